@@ -1,0 +1,119 @@
+"""Errors raised by the dispatcher package.
+
+Every error the project raises derives from :class:`DispatcherError`::
+
+    DispatcherError
+     ├── ConfigError                 bad configuration file, key or value (fatal at start-up)
+     ├── RequestError                an error a remote caller is told about by type
+     │    ├── BadRequestError        arguments missing, unexpected, ill-typed or invalid
+     │    ├── NotFoundError          the named definition, process, node or engine is unknown
+     │    ├── UnknownOperationError  the service has no handler for the operation
+     │    └── WriteConflictError     an optimistic write lost a race, or a duplicate create
+     ├── RemoteError                 any other error raised by a remote handler (by type name)
+     ├── TransportError              the broker could not be reached (recoverable)
+     │    └── RpcTimeoutError        no reply arrived before the call's timeout
+     └── StoreError                  the database failed (recoverable: retried by callers)
+
+The four :class:`RequestError` types travel on the wire as
+``dashi.exceptions.<Name>`` and are rebuilt as the same types by the client, so
+legacy dashi clients see the names they expect.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BadRequestError",
+    "ConfigError",
+    "DispatcherError",
+    "NotFoundError",
+    "RemoteError",
+    "RequestError",
+    "RpcTimeoutError",
+    "StoreError",
+    "TransportError",
+    "UnknownOperationError",
+    "WriteConflictError",
+]
+
+
+class DispatcherError(Exception):
+    """Base class of every error raised by this project."""
+
+
+class ConfigError(DispatcherError):
+    """A configuration file, key or value is invalid.
+
+    The message is one line that names the offending key.
+    """
+
+
+class RequestError(DispatcherError):
+    """An error that crosses the wire under its own type name.
+
+    Attributes:
+        value: the human-readable message.
+        exc_type: the wire type name (``dashi.exceptions.<Name>``).
+        traceback: the remote traceback, when the server was configured to send it.
+    """
+
+    wire_prefix = "dashi.exceptions."
+
+    def __init__(self, value: str = "", *, traceback: str | None = None) -> None:
+        super().__init__(value)
+        self.value = value
+        self.traceback = traceback
+
+    @property
+    def exc_type(self) -> str:
+        return self.wire_prefix + type(self).__name__
+
+
+class BadRequestError(RequestError):
+    """The request's arguments are missing, unexpected, ill-typed or invalid."""
+
+
+class NotFoundError(RequestError):
+    """The named entity does not exist."""
+
+
+class UnknownOperationError(RequestError):
+    """The service has no handler registered under the requested operation name."""
+
+
+class WriteConflictError(RequestError):
+    """A versioned write lost a race, or an entity with the same key already exists."""
+
+
+class RemoteError(DispatcherError):
+    """A remote handler failed with an error that has no wire type of its own.
+
+    Attributes:
+        exc_type: the remote exception's type name (e.g. ``KeyError``).
+        value: its message.
+        traceback: the remote traceback, if the server sends tracebacks.
+    """
+
+    def __init__(self, exc_type: str, value: str, traceback: str | None = None) -> None:
+        super().__init__(f"{exc_type}: {value}")
+        self.exc_type = exc_type
+        self.value = value
+        self.traceback = traceback
+
+
+class TransportError(DispatcherError):
+    """The message broker could not be reached or dropped the connection."""
+
+
+class RpcTimeoutError(TransportError, TimeoutError):
+    """No reply arrived before the call's timeout expired."""
+
+
+class StoreError(DispatcherError):
+    """The database failed in a way a retry may fix (connection lost, serialization)."""
+
+
+#: Wire name (without prefix) -> class, for the types rebuilt on the client.
+KNOWN_REQUEST_ERRORS: dict[str, type[RequestError]] = {
+    cls.__name__: cls
+    for cls in (BadRequestError, NotFoundError, UnknownOperationError, WriteConflictError)
+}

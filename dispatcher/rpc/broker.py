@@ -1,0 +1,115 @@
+"""Where and how to reach the message broker.
+
+A :class:`BrokerConfig` holds everything the RPC layer needs to open kombu
+connections and name broker objects the dashi way:
+
+* the exchange is ``<sysname>.<exchange>`` when a sysname is set (a direct,
+  non-durable exchange);
+* a service's queue and routing key are ``<sysname>.<service>``;
+* URLs are kombu URLs: ``amqp://user:pass@host:5672/vhost`` for RabbitMQ, or
+  ``embedded://`` for the broker-less transport whose messages live under
+  ``<state_dir>/broker`` (see :mod:`dispatcher.rpc.transport.embedded`).
+
+Credentials are never logged: use :func:`mask_uri` whenever a URL is shown.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import kombu
+
+from dispatcher.rpc.transport import embedded
+from dispatcher.settings import Settings
+
+__all__ = ["BrokerConfig", "mask_uri"]
+
+#: Embedded transport polling interval (seconds): low enough for ~ms latency.
+EMBEDDED_POLLING_INTERVAL = 0.005
+#: Time allowed for the TCP connect and AMQP handshake.
+CONNECT_TIMEOUT = 5.0
+
+_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)(?P<user>[^:@/]*)(?::[^@/]*)?@")
+
+
+def mask_uri(uri: str) -> str:
+    """Return ``uri`` with any password replaced by ``***``."""
+    return _CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:***@", uri)
+
+
+@dataclass(frozen=True)
+class BrokerConfig:
+    """Connection parameters and dashi naming rules.
+
+    Attributes:
+        uri: kombu URL (``amqp://...`` or ``embedded://``).
+        exchange: exchange name before sysname prefixing.
+        sysname: optional system name that prefixes the exchange and service names.
+        heartbeat: AMQP heartbeat in seconds (0 disables it).
+        state_dir: where the embedded transport keeps its messages.
+        send_tracebacks: whether services include tracebacks in error replies.
+        ssl: use TLS to the broker.
+    """
+
+    uri: str = "embedded://"
+    exchange: str = "default_dashi_exchange"
+    sysname: str | None = None
+    heartbeat: int = 30
+    state_dir: Path | None = None
+    send_tracebacks: bool = False
+    ssl: bool = False
+    transport_options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BrokerConfig:
+        amqp = settings.server.amqp
+        return cls(
+            uri=settings.amqp_uri,
+            exchange=amqp.exchange,
+            sysname=settings.dashi.sysname,
+            heartbeat=amqp.heartbeat,
+            state_dir=settings.state_dir,
+            send_tracebacks=settings.dashi.send_tracebacks,
+            ssl=amqp.ssl,
+        )
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.uri.split("://", 1)[0] == embedded.SCHEME
+
+    @property
+    def masked_uri(self) -> str:
+        return mask_uri(self.uri)
+
+    def prefixed(self, name: str) -> str:
+        """``<sysname>.<name>`` when a sysname is set, else ``name``."""
+        return f"{self.sysname}.{name}" if self.sysname else name
+
+    @property
+    def exchange_name(self) -> str:
+        return self.prefixed(self.exchange)
+
+    def kombu_exchange(self) -> kombu.Exchange:
+        return kombu.Exchange(self.exchange_name, type="direct", durable=False, auto_delete=False)
+
+    def connection(self) -> kombu.Connection:
+        """A new, unconnected kombu connection."""
+        options = dict(self.transport_options)
+        if self.is_embedded:
+            embedded.register()
+            state_dir = self.state_dir or Path.cwd() / ".pd-state"
+            options.setdefault("data_folder", str(state_dir / "broker"))
+            options.setdefault("polling_interval", EMBEDDED_POLLING_INTERVAL)
+            heartbeat = 0
+        else:
+            heartbeat = self.heartbeat
+        return kombu.Connection(
+            self.uri,
+            heartbeat=heartbeat,
+            ssl=self.ssl or None,
+            connect_timeout=CONNECT_TIMEOUT,
+            transport_options=options,
+        )

@@ -1,0 +1,355 @@
+"""The client side of the dashi RPC protocol.
+
+:meth:`RpcClient.call` publishes ``{"op", "args"}`` to ``<sysname>.<service>`` with
+the ``sender`` and ``reply-to`` application headers and waits for the reply;
+:meth:`RpcClient.fire` publishes without waiting.
+
+Replies come back on **one long-lived reply queue per client** (exclusive, bound to
+the dashi exchange under its own name) and are matched by the AMQP
+``correlation_id`` property, which our services echo. A legacy dashi service does
+not echo it; such an uncorrelated reply is taken as the answer to the call in
+progress (calls on one client are serialized, so there is exactly one). With
+``legacy_reply_queues=True`` the client instead declares a fresh reply queue for
+every call, exactly as dashi did.
+
+Remote errors are rebuilt as the same exception types
+(:mod:`dispatcher.errors`); a call that gets no reply in time raises
+:class:`~dispatcher.errors.RpcTimeoutError`, also when the broker is unreachable
+for the whole timeout. The client reconnects by itself after the broker restarts.
+
+A client may be shared between threads: calls are serialized. Use one client per
+thread for parallel calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+import uuid
+from typing import Any
+
+import kombu
+from kombu.message import Message
+
+from dispatcher.errors import RpcTimeoutError, TransportError
+from dispatcher.rpc.broker import BrokerConfig
+from dispatcher.rpc.protocol import HEADER_REPLY_TO, HEADER_SENDER, error_from_payload
+
+__all__ = ["DEFAULT_TIMEOUT", "RpcClient"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds a call waits for its reply unless told otherwise (dashi's default).
+DEFAULT_TIMEOUT = 10.0
+#: Seconds ``fire`` keeps trying to reach the broker before giving up.
+DEFAULT_FIRE_TIMEOUT = 10.0
+_BACKOFF_START, _BACKOFF_FACTOR, _BACKOFF_MAX = 0.1, 2.0, 2.0
+
+
+class _Channel:
+    """One connection with a producer and, for calls, a reply consumer."""
+
+    def __init__(self, broker: BrokerConfig) -> None:
+        self.connection = broker.connection()
+        self.connection.connect()
+        self.channel = self.connection.channel()
+        self.exchange = broker.kombu_exchange()
+        self.exchange(self.channel).declare()
+        self.producer = kombu.Producer(self.channel, exchange=self.exchange)
+        self.reply_queue: kombu.Queue | None = None
+        self.consumer: kombu.Consumer | None = None
+        self.last_used = time.monotonic()
+
+    def close(self) -> None:
+        try:
+            if self.consumer is not None:
+                self.consumer.cancel()
+            if self.reply_queue is not None and self.connection.connected:
+                self.reply_queue(self.channel).delete(nowait=True)
+        except Exception:  # best effort on a connection that may be dead
+            log.debug("error while closing a client channel", exc_info=True)
+        try:
+            self.connection.release()
+        except Exception:
+            log.debug("error while releasing a client connection", exc_info=True)
+
+
+class RpcClient:
+    """Call and fire dashi operations.
+
+    Args:
+        broker: where the broker is and how names are prefixed.
+        name: this client's name, sent (sysname-prefixed) in the ``sender`` header.
+        timeout: default seconds a call waits for its reply.
+        legacy_reply_queues: use a fresh reply queue per call (the dashi way).
+    """
+
+    def __init__(
+        self,
+        broker: BrokerConfig,
+        name: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        legacy_reply_queues: bool = False,
+    ) -> None:
+        self.broker = broker
+        self.name = name or f"client-{uuid.uuid4().hex[:12]}"
+        self.timeout = timeout
+        self.legacy_reply_queues = legacy_reply_queues
+        self._call_lock = threading.Lock()
+        self._fire_lock = threading.Lock()
+        self._call_channel: _Channel | None = None
+        self._fire_channel: _Channel | None = None
+        self._reply_name = uuid.uuid4().hex
+        self._waiting_for: str | None = None
+        self._reply: dict[str, Any] | None = None
+
+    @property
+    def sender(self) -> str:
+        return self.broker.prefixed(self.name)
+
+    # -- public API ---------------------------------------------------------------
+
+    def call(
+        self,
+        service: str,
+        op: str,
+        timeout: float | None = None,
+        args: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Call ``op`` on ``service`` and return its result.
+
+        Args:
+            service: the service name (sysname-prefixed by this client).
+            op: the operation name.
+            timeout: seconds to wait for the reply (default: the client's).
+            args: the arguments as a dict (an alternative to keyword arguments).
+
+        Raises:
+            BadRequestError, NotFoundError, UnknownOperationError, WriteConflictError:
+                the service raised that error.
+            RemoteError: the service failed with another error.
+            RpcTimeoutError: no reply within the timeout (also when the broker
+                stayed unreachable that long).
+        """
+        body = {"op": op, "args": _merge_args(args, kwargs)}
+        timeout = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + timeout
+        with self._call_lock:
+            reply = self._call(service, op, body, timeout, deadline)
+        error = reply.get("error") if isinstance(reply, dict) else None
+        if error:
+            raise error_from_payload(error)
+        return reply.get("result") if isinstance(reply, dict) else None
+
+    def fire(
+        self,
+        service: str,
+        op: str,
+        args: dict[str, Any] | None = None,
+        *,
+        timeout: float = DEFAULT_FIRE_TIMEOUT,
+        **kwargs: Any,
+    ) -> None:
+        """Send ``op`` to ``service`` without waiting for a reply.
+
+        Raises:
+            TransportError: the broker stayed unreachable for ``timeout`` seconds.
+        """
+        body = {"op": op, "args": _merge_args(args, kwargs)}
+        deadline = time.monotonic() + timeout
+        delay = _BACKOFF_START
+        with self._fire_lock:
+            while True:
+                try:
+                    if self._fire_channel is None:
+                        self._fire_channel = _Channel(self.broker)
+                    self._publish(self._fire_channel, service, body, headers={})
+                    return
+                except self._recoverable() as exc:
+                    self._drop("_fire_channel")
+                    if time.monotonic() + delay > deadline:
+                        raise TransportError(
+                            f"could not send {op} to {service}: broker "
+                            f"{self.broker.masked_uri} unreachable ({exc})"
+                        ) from exc
+                    time.sleep(delay)
+                    delay = min(delay * _BACKOFF_FACTOR, _BACKOFF_MAX)
+
+    def close(self) -> None:
+        """Close the client's connections (its reply queue goes with them)."""
+        with self._call_lock:
+            self._drop("_call_channel")
+        with self._fire_lock:
+            self._drop("_fire_channel")
+
+    def __enter__(self) -> RpcClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # -- internals ----------------------------------------------------------------
+
+    def _recoverable(self) -> tuple[type[BaseException], ...]:
+        connection = (self._call_channel or self._fire_channel or _Probe(self.broker)).connection
+        return (*connection.connection_errors, *connection.channel_errors, OSError)
+
+    def _drop(self, attribute: str) -> None:
+        channel = getattr(self, attribute)
+        setattr(self, attribute, None)
+        if channel is not None:
+            channel.close()
+
+    def _publish(
+        self, channel: _Channel, service: str, body: dict[str, Any], headers: dict[str, str]
+    ) -> None:
+        headers = {HEADER_SENDER: self.sender, **headers}
+        routing_key = self.broker.prefixed(service)
+        properties = {}
+        if "correlation_id" in headers:
+            properties["correlation_id"] = headers.pop("correlation_id")
+        channel.producer.publish(
+            body,
+            routing_key=routing_key,
+            serializer="json",
+            headers=headers,
+            retry=False,
+            **properties,
+        )
+        channel.last_used = time.monotonic()
+
+    def _ensure_reply_consumer(self, channel: _Channel, timeout: float) -> str:
+        if self.legacy_reply_queues:
+            name = uuid.uuid4().hex
+            queue = kombu.Queue(
+                name,
+                channel.exchange,
+                routing_key=name,
+                durable=False,
+                queue_arguments=None
+                if self.broker.is_embedded
+                else {"x-expires": int((timeout + 1) * 1000)},
+            )
+        elif channel.reply_queue is not None:
+            return channel.reply_queue.name  # type: ignore[no-any-return]
+        else:
+            name = self._reply_name
+            queue = kombu.Queue(
+                name,
+                channel.exchange,
+                routing_key=name,
+                durable=False,
+                exclusive=not self.broker.is_embedded,
+                auto_delete=True,
+            )
+        channel.reply_queue = queue
+        channel.consumer = kombu.Consumer(
+            channel.channel,
+            queues=[queue],
+            on_message=self._on_reply,
+            accept=["json"],
+            no_ack=True,
+        )
+        channel.consumer.consume()
+        return name
+
+    def _on_reply(self, message: Message) -> None:
+        correlation_id = message.properties.get("correlation_id")
+        if self._waiting_for is None:
+            return
+        if correlation_id and correlation_id != self._waiting_for:
+            log.debug("discarding a late reply (correlation id %s)", correlation_id)
+            return
+        try:
+            body = message.decode()
+        except Exception as exc:
+            body = {"result": None, "error": {"exc_type": "InvalidReply", "value": str(exc)}}
+        self._reply = body if isinstance(body, dict) else {"result": body, "error": None}
+
+    def _call(
+        self, service: str, op: str, body: dict[str, Any], timeout: float, deadline: float
+    ) -> dict[str, Any]:
+        delay = _BACKOFF_START
+        correlation_id = uuid.uuid4().hex
+        last_error: BaseException | None = None
+        published = False
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                if self._call_channel is None:
+                    self._call_channel = _Channel(self.broker)
+                channel = self._call_channel
+                reply_to = self._ensure_reply_consumer(channel, timeout)
+                self._waiting_for, self._reply = correlation_id, None
+                if not published:
+                    self._publish(
+                        channel,
+                        service,
+                        body,
+                        {HEADER_REPLY_TO: reply_to, "correlation_id": correlation_id},
+                    )
+                    published = True
+                reply = self._wait(channel, deadline)
+                if self.legacy_reply_queues:
+                    self._drop_legacy_queue(channel)
+                if reply is not None:
+                    return reply
+                break
+            except self._recoverable() as exc:
+                # The request may or may not have reached the broker; a request
+                # published on a connection that then failed is sent again.
+                last_error = exc
+                published = False
+                self._drop("_call_channel")
+                sleep = min(delay, max(0.0, deadline - time.monotonic()))
+                time.sleep(sleep)
+                delay = min(delay * _BACKOFF_FACTOR, _BACKOFF_MAX)
+            finally:
+                self._waiting_for = None
+        if last_error is not None and not published:
+            raise RpcTimeoutError(
+                f"{op} on {service}: broker {self.broker.masked_uri} unreachable "
+                f"for {timeout:g}s ({last_error})"
+            )
+        raise RpcTimeoutError(f"{op} on {service}: no reply within {timeout:g}s")
+
+    def _wait(self, channel: _Channel, deadline: float) -> dict[str, Any] | None:
+        while self._reply is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            try:
+                channel.connection.drain_events(timeout=min(remaining, 1.0))
+            except socket.timeout:
+                channel.connection.heartbeat_check()
+        return self._reply
+
+    def _drop_legacy_queue(self, channel: _Channel) -> None:
+        queue, channel.reply_queue = channel.reply_queue, None
+        consumer, channel.consumer = channel.consumer, None
+        if consumer is not None:
+            consumer.cancel()
+        if queue is not None:
+            try:
+                queue(channel.channel).delete(nowait=True)
+            except Exception:
+                log.debug("could not delete reply queue %s", queue.name, exc_info=True)
+
+
+class _Probe:
+    """Gives access to a transport's error classes without connecting."""
+
+    def __init__(self, broker: BrokerConfig) -> None:
+        self.connection = broker.connection()
+
+
+def _merge_args(args: dict[str, Any] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+    if args and kwargs:
+        raise TypeError("specify args dict or keyword arguments, not both")
+    return dict(args or kwargs)

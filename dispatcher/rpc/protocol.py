@@ -1,0 +1,115 @@
+"""The dashi wire protocol: message bodies, headers and error payloads.
+
+Request body: ``{"op": NAME, "args": {...}}`` (JSON). Application headers:
+``sender`` (the sysname-prefixed caller name) and, for calls, ``reply-to`` (the
+routing key the reply is published to on the same exchange). Our client also sets
+the AMQP ``correlation_id`` property, which our service copies to the reply;
+legacy peers ignore it.
+
+Reply body: ``{"result": ..., "error": null | {"exc_type", "value", "traceback"}}``.
+Known error types travel as ``dashi.exceptions.<Name>``; anything else carries the
+bare exception class name and is rebuilt as :class:`~dispatcher.errors.RemoteError`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from dispatcher.errors import (
+    KNOWN_REQUEST_ERRORS,
+    BadRequestError,
+    RemoteError,
+    RequestError,
+)
+
+__all__ = [
+    "ERROR_PREFIX",
+    "HEADER_REPLY_TO",
+    "HEADER_SENDER",
+    "ErrorPayload",
+    "Request",
+    "decode_request",
+    "error_from_payload",
+    "error_payload",
+    "reply_body",
+]
+
+ERROR_PREFIX = "dashi.exceptions."
+HEADER_REPLY_TO = "reply-to"
+HEADER_SENDER = "sender"
+
+
+class ErrorPayload(BaseModel):
+    """The ``error`` member of a reply."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    exc_type: str
+    value: str = ""
+    traceback: str | None = None
+
+
+class Request(BaseModel):
+    """A decoded request body."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    op: str
+    args: dict[str, Any] | None = None
+
+
+def decode_request(body: Any) -> Request:
+    """Validate a request body.
+
+    Raises:
+        BadRequestError: the body is not ``{"op": str, "args": dict | null}``.
+    """
+    if not isinstance(body, dict):
+        raise BadRequestError(
+            f"Invalid request: body must be an object, not {type(body).__name__}"
+        )
+    try:
+        return Request.model_validate(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise BadRequestError(f"Invalid request: {where}: {first['msg']}") from None
+
+
+def error_payload(exc: BaseException, traceback_text: str | None) -> dict[str, Any]:
+    """Build the wire form of ``exc`` (a known type keeps its dashi name)."""
+    if isinstance(exc, RequestError) and type(exc).__name__ in KNOWN_REQUEST_ERRORS:
+        exc_type = ERROR_PREFIX + _known_base(exc).__name__
+        value = exc.value
+    elif isinstance(exc, RemoteError):
+        exc_type, value = exc.exc_type, exc.value
+    else:
+        exc_type, value = type(exc).__name__, str(exc)
+    return {"exc_type": exc_type, "value": value, "traceback": traceback_text or ""}
+
+
+def _known_base(exc: RequestError) -> type[RequestError]:
+    for cls in type(exc).__mro__:
+        if cls.__name__ in KNOWN_REQUEST_ERRORS and KNOWN_REQUEST_ERRORS[cls.__name__] is cls:
+            return cls
+    return BadRequestError  # pragma: no cover - every RequestError subclass has a known base
+
+
+def reply_body(result: Any = None, error: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"result": result, "error": error}
+
+
+def error_from_payload(payload: Any) -> Exception:
+    """Rebuild the exception a reply's ``error`` member describes."""
+    try:
+        error = ErrorPayload.model_validate(payload)
+    except ValidationError:
+        return RemoteError("InvalidReply", f"malformed error payload: {payload!r}")
+    traceback_text = error.traceback or None
+    if error.exc_type.startswith(ERROR_PREFIX):
+        cls = KNOWN_REQUEST_ERRORS.get(error.exc_type[len(ERROR_PREFIX) :])
+        if cls is not None:
+            return cls(error.value, traceback=traceback_text)
+    return RemoteError(error.exc_type, error.value, traceback_text)

@@ -1,0 +1,307 @@
+"""The service side of the dashi RPC protocol.
+
+An :class:`RpcService` consumes its queue (``<sysname>.<name>``), runs the handler
+registered for each request's ``op`` and, when the request carries a ``reply-to``
+header, publishes ``{"result", "error"}`` back to the exchange under that routing
+key. Every message is acknowledged after it is handled, whatever the outcome, so a
+failing handler is never redelivered; only a crash before the ack redelivers.
+
+Errors:
+
+* unknown op → ``UnknownOperationError``;
+* missing, unexpected or ill-typed arguments → ``BadRequestError`` naming the
+  argument (handlers may declare pydantic-checked annotations);
+* a :class:`~dispatcher.errors.RequestError` raised by a handler keeps its type
+  and is logged without a traceback;
+* anything else becomes a generic error carrying the exception's type name and is
+  logged with its traceback; the traceback goes to the caller only when
+  ``send_tracebacks`` is configured.
+
+Each worker thread owns one broker connection and competes for the queue, so
+handlers run concurrently on ``workers`` threads. Connections that drop are
+re-established with capped exponential backoff; AMQP heartbeats are serviced
+while idle.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import socket
+import threading
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import kombu
+from kombu.message import Message
+from pydantic import ConfigDict, ValidationError, validate_call
+
+from dispatcher.errors import (
+    BadRequestError,
+    RequestError,
+    TransportError,
+    UnknownOperationError,
+)
+from dispatcher.rpc.broker import BrokerConfig
+from dispatcher.rpc.protocol import (
+    HEADER_REPLY_TO,
+    HEADER_SENDER,
+    decode_request,
+    error_payload,
+    reply_body,
+)
+
+__all__ = ["RpcService"]
+
+log = logging.getLogger(__name__)
+
+#: Broker-side expiry of an unused service queue (dashi's value, in ms).
+SERVICE_QUEUE_EXPIRES_MS = 60_000
+#: How long a worker blocks waiting for a message before servicing heartbeats.
+_DRAIN_SECONDS = 1.0
+#: Reconnection backoff: first delay, growth factor and cap (seconds).
+_BACKOFF_START, _BACKOFF_FACTOR, _BACKOFF_MAX = 0.2, 2.0, 5.0
+
+Handler = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class _Registration:
+    func: Handler
+    signature: inspect.Signature
+    sender_kwarg: str | None
+
+
+class RpcService:
+    """Serve registered operations on one dashi service queue.
+
+    Args:
+        broker: where the broker is and how names are prefixed.
+        name: the service name (queue name before sysname prefixing).
+        workers: number of threads (and broker connections) handling requests.
+    """
+
+    def __init__(self, broker: BrokerConfig, name: str, *, workers: int = 1) -> None:
+        self.broker = broker
+        self.name = name
+        self.workers = workers
+        self._handlers: dict[str, _Registration] = {}
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._ready = threading.Semaphore(0)
+
+    # -- registration -------------------------------------------------------------
+
+    def handle(
+        self,
+        op: str,
+        func: Handler,
+        *,
+        sender_kwarg: str | None = None,
+        validate: bool = True,
+    ) -> None:
+        """Register ``func`` for operation ``op``.
+
+        Args:
+            op: the operation name callers use.
+            func: called with the request's ``args`` as keyword arguments.
+            sender_kwarg: if set, the ``sender`` header is passed under this keyword
+                (``None`` when the header is missing).
+            validate: check argument values against ``func``'s annotations with
+                pydantic (lax mode) before calling it.
+        """
+        signature = inspect.signature(func)
+        wrapped = func
+        if validate and any(
+            p.annotation is not inspect.Parameter.empty for p in signature.parameters.values()
+        ):
+            wrapped = validate_call(func, config=ConfigDict(arbitrary_types_allowed=True))
+        self._handlers[op] = _Registration(wrapped, signature, sender_kwarg)
+
+    @property
+    def operations(self) -> list[str]:
+        return sorted(self._handlers)
+
+    # -- request handling (transport independent) -----------------------------------
+
+    def dispatch(self, body: Any, headers: Mapping[str, Any]) -> dict[str, Any]:
+        """Handle one decoded request and return the reply body."""
+        op = "?"
+        try:
+            request = decode_request(body)
+            op = request.op
+            registration = self._handlers.get(op)
+            if registration is None:
+                raise UnknownOperationError(f"Unknown operation: {op}")
+            args = dict(request.args or {})
+            if registration.sender_kwarg:
+                args[registration.sender_kwarg] = headers.get(HEADER_SENDER)
+            try:
+                registration.signature.bind(**args)
+            except TypeError as exc:
+                raise BadRequestError(f"Type error: {exc}") from None
+            try:
+                result = registration.func(**args)
+            except ValidationError as exc:
+                raise BadRequestError(_describe_validation(exc)) from None
+            return reply_body(result=result)
+        except RequestError as exc:
+            log.info("Known '%s' error in handler %s:%s: %s", type(exc).__name__, self.name, op, exc)
+            return reply_body(error=error_payload(exc, self._traceback(exc)))
+        except Exception as exc:
+            log.exception("Unexpected error in handler %s:%s", self.name, op)
+            return reply_body(error=error_payload(exc, self._traceback(exc)))
+
+    def _traceback(self, exc: BaseException) -> str | None:
+        if not self.broker.send_tracebacks:
+            return None
+        return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+
+    # -- consuming ----------------------------------------------------------------
+
+    def queue(self) -> kombu.Queue:
+        queue_name = self.broker.prefixed(self.name)
+        return kombu.Queue(
+            queue_name,
+            self.broker.kombu_exchange(),
+            routing_key=queue_name,
+            durable=False,
+            auto_delete=False,
+            queue_arguments=None
+            if self.broker.is_embedded
+            else {"x-expires": SERVICE_QUEUE_EXPIRES_MS},
+        )
+
+    def start(self, ready_timeout: float | None = 30.0) -> None:
+        """Start the worker threads; wait until each has declared and consumes its queue.
+
+        Raises:
+            TransportError: the broker could not be reached within ``ready_timeout``.
+        """
+        self._stop.clear()
+        self._ready = threading.Semaphore(0)
+        for index in range(self.workers):
+            thread = threading.Thread(
+                target=self._worker, name=f"rpc-{self.name}-{index}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+        deadline = None if ready_timeout is None else time.monotonic() + ready_timeout
+        for _ in range(self.workers):
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if not self._ready.acquire(timeout=remaining):
+                self.stop()
+                raise TransportError(
+                    f"service {self.name}: could not reach the broker at {self.broker.masked_uri}"
+                )
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop consuming; in-flight handlers finish and are acknowledged."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout)
+        self._threads = []
+
+    @property
+    def running(self) -> bool:
+        return any(thread.is_alive() for thread in self._threads)
+
+    def _worker(self) -> None:
+        delay = _BACKOFF_START
+        first = True
+        while not self._stop.is_set():
+            connection = self.broker.connection()
+            try:
+                connection.connect()
+                self._consume(connection, first)
+                first = False
+                delay = _BACKOFF_START
+            except (*connection.connection_errors, *connection.channel_errors, OSError) as exc:
+                if self._stop.is_set():
+                    break
+                log.warning(
+                    "service %s: broker %s unavailable (%s); reconnecting in %.1fs",
+                    self.name,
+                    self.broker.masked_uri,
+                    exc,
+                    delay,
+                )
+                self._stop.wait(delay)
+                delay = min(delay * _BACKOFF_FACTOR, _BACKOFF_MAX)
+            except Exception:
+                # A bug must not silently kill a worker: log it and start over.
+                log.exception("service %s: worker failed; restarting it", self.name)
+                self._stop.wait(delay)
+                delay = min(delay * _BACKOFF_FACTOR, _BACKOFF_MAX)
+            finally:
+                try:
+                    connection.release()
+                except Exception:  # closing a dead connection may fail in many ways
+                    log.debug("error while releasing a broken connection", exc_info=True)
+
+    def _consume(self, connection: kombu.Connection, announce: bool) -> None:
+        channel = connection.channel()
+        producer = kombu.Producer(channel, exchange=self.broker.kombu_exchange())
+        queue = self.queue()
+
+        def on_message(message: Message) -> None:
+            self._on_message(message, producer)
+
+        with kombu.Consumer(
+            channel, queues=[queue], on_message=on_message, accept=["json"], prefetch_count=1
+        ):
+            if announce:
+                self._ready.release()
+            else:
+                log.info("service %s: reconnected to %s", self.name, self.broker.masked_uri)
+            while not self._stop.is_set():
+                try:
+                    connection.drain_events(timeout=_DRAIN_SECONDS)
+                except socket.timeout:
+                    connection.heartbeat_check()
+
+    def _on_message(self, message: Message, producer: kombu.Producer) -> None:
+        headers = message.headers or {}
+        try:
+            body = message.decode()
+        except Exception as exc:  # any decode failure is the sender's fault
+            reply = reply_body(
+                error=error_payload(BadRequestError(f"Invalid request: {exc}"), None)
+            )
+            log.info("service %s: undecodable message (%s)", self.name, exc)
+        else:
+            reply = self.dispatch(body, headers)
+        reply_to = headers.get(HEADER_REPLY_TO)
+        if isinstance(reply_to, str) and reply_to:
+            properties: dict[str, Any] = {}
+            correlation_id = message.properties.get("correlation_id")
+            if correlation_id:
+                properties["correlation_id"] = correlation_id
+            try:
+                producer.publish(
+                    reply,
+                    routing_key=reply_to,
+                    serializer="json",
+                    headers={HEADER_SENDER: self.broker.prefixed(self.name)},
+                    retry=False,
+                    **properties,
+                )
+            except (TypeError, ValueError) as exc:
+                log.error("service %s: reply could not be serialized: %s", self.name, exc)
+                producer.publish(
+                    reply_body(error=error_payload(exc, None)),
+                    routing_key=reply_to,
+                    serializer="json",
+                    retry=False,
+                    **properties,
+                )
+        message.ack()
+
+
+def _describe_validation(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    where = ".".join(str(part) for part in first["loc"]) or "arguments"
+    return f"invalid argument {where}: {first['msg']}"

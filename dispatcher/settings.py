@@ -1,0 +1,369 @@
+"""Typed configuration shared by ``pd-dispatcher``, ``pd-eeagent`` and ``pd-cli``.
+
+Settings are built once at the edge (the CLI) from YAML files and a mapping of
+environment variables, then passed down. Nothing else in the project reads files
+or ``os.environ`` for configuration.
+
+The keys are the fixed ones of the architecture page, with the legacy keys of the
+EPU Process Dispatcher and eeagent accepted verbatim::
+
+    server:
+      amqp: {uri: "amqp://guest:guest@localhost//", exchange: default_dashi_exchange}
+      # or the legacy form: {host, port, username, password, vhost}
+    dashi: {sysname: null}
+    processdispatcher: {service_name, database_url, engines, default_engine, ...}
+    provisioner: {driver: local | static | libcloud, ...}
+    eeagent: {name, node_id, slots, heartbeat, launch_type: {name, supd_directory}}
+    pd: {name: process_dispatcher}
+
+Environment variables ``PD_AMQP_URI`` and ``PD_DATABASE_URL`` override the files.
+"""
+
+from __future__ import annotations
+
+import copy
+import urllib.parse
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from dispatcher.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_EXCHANGE",
+    "DEFAULT_SERVICE_NAME",
+    "AmqpSettings",
+    "DashiSettings",
+    "EEAgentSettings",
+    "EngineSettings",
+    "ProcessDispatcherSettings",
+    "ProvisionerSettings",
+    "Settings",
+    "default_state_dir",
+    "load_settings",
+]
+
+#: The dashi exchange name used by every legacy component unless configured.
+DEFAULT_EXCHANGE = "default_dashi_exchange"
+#: The dispatcher's service (queue) name, as in the legacy system.
+DEFAULT_SERVICE_NAME = "process_dispatcher"
+#: The embedded, broker-less transport; its messages live under ``<state_dir>/broker``.
+EMBEDDED_URI = "embedded://"
+#: AMQP heartbeat in seconds (dashi's value).
+DEFAULT_AMQP_HEARTBEAT = 30
+#: Engine heartbeat defaults: monitoring is on by default (decision 3).
+DEFAULT_HEARTBEAT_PERIOD = 30.0
+DEFAULT_HEARTBEAT_WARNING = 45.0
+DEFAULT_HEARTBEAT_MISSING = 60.0
+#: Legacy defaults file: 30 s between launch retries, 2 s between restarts.
+DEFAULT_DISPATCH_RETRY_SECONDS = 30.0
+DEFAULT_MINIMUM_TIME_BETWEEN_STARTS = 2.0
+#: The engine used when nothing is configured (the embedded default).
+DEFAULT_ENGINE_ID = "default"
+DEFAULT_ENGINE_SLOTS = 4
+
+_Model = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
+_Strict = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class AmqpSettings(BaseModel):
+    """``server.amqp``: how to reach the broker."""
+
+    model_config = _Model
+
+    uri: str | None = None
+    host: str | None = None
+    port: int | None = None
+    username: str | None = None
+    password: str | None = None
+    vhost: str | None = None
+    exchange: str = DEFAULT_EXCHANGE
+    heartbeat: int = Field(DEFAULT_AMQP_HEARTBEAT, ge=0)
+    ssl: bool = False
+
+    def resolved_uri(self) -> str:
+        """The kombu URL: ``uri`` if set, else one built from the legacy keys, else embedded."""
+        if self.uri:
+            return self.uri
+        if self.host:
+            user = urllib.parse.quote(self.username or "guest", safe="")
+            password = urllib.parse.quote(self.password or "guest", safe="")
+            port = f":{self.port}" if self.port else ""
+            vhost = urllib.parse.quote(self.vhost or "/", safe="")
+            return f"amqp://{user}:{password}@{self.host}{port}/{vhost}"
+        return EMBEDDED_URI
+
+
+class ServerSettings(BaseModel):
+    model_config = _Model
+    amqp: AmqpSettings = AmqpSettings()
+
+
+class DashiSettings(BaseModel):
+    """``dashi``: wire-protocol options."""
+
+    model_config = _Model
+
+    sysname: str | None = None
+    serializer: Literal["json"] = "json"
+    #: Send server tracebacks to remote callers (off by default: security).
+    send_tracebacks: bool = False
+
+    @field_validator("sysname")
+    @classmethod
+    def _no_dots(cls, value: str | None) -> str | None:
+        if value is not None and not value:
+            return None
+        return value
+
+
+class EngineSettings(BaseModel):
+    """One entry of ``processdispatcher.engines`` (legacy keys)."""
+
+    model_config = _Model
+
+    slots: int = Field(ge=1)
+    base_need: int = Field(0, ge=0)
+    config: dict[str, Any] | None = None
+    replicas: int = Field(1, ge=1)
+    spare_slots: int = Field(0, ge=0)
+    iaas_allocation: str | None = None
+    maximum_vms: int | None = Field(None, ge=0)
+    heartbeat_period: float = Field(DEFAULT_HEARTBEAT_PERIOD, gt=0)
+    heartbeat_warning: float | None = DEFAULT_HEARTBEAT_WARNING
+    heartbeat_missing: float | None = DEFAULT_HEARTBEAT_MISSING
+    deployable_type: str | None = None
+    #: Name of the provisioner site (under ``provisioner.sites``) this engine uses.
+    site: str | None = None
+
+    @model_validator(mode="after")
+    def _heartbeats(self) -> EngineSettings:
+        warning, missing = self.heartbeat_warning, self.heartbeat_missing
+        if (warning is None) != (missing is None):
+            raise ValueError("heartbeat_warning and heartbeat_missing must be given together")
+        if warning is not None and missing is not None:
+            if warning <= self.heartbeat_period:
+                raise ValueError("heartbeat_warning must be greater than heartbeat_period")
+            if missing <= warning:
+                raise ValueError("heartbeat_missing must be greater than heartbeat_warning")
+        return self
+
+
+def _default_engines() -> dict[str, EngineSettings]:
+    return {DEFAULT_ENGINE_ID: EngineSettings(slots=DEFAULT_ENGINE_SLOTS)}
+
+
+class ProcessDispatcherSettings(BaseModel):
+    """``processdispatcher``: the daemon's own keys (legacy names kept)."""
+
+    model_config = _Model
+
+    service_name: str = DEFAULT_SERVICE_NAME
+    #: SQLAlchemy URL; ``None`` means SQLite in ``<state_dir>/dispatcher.db``.
+    database_url: str | None = None
+    engines: dict[str, EngineSettings] = Field(default_factory=_default_engines)
+    default_engine: str | None = None
+    process_engines: dict[str, str] = Field(default_factory=dict)
+    restart_throttling_config: dict[str, Any] = Field(
+        default_factory=lambda: {"minimum_time_between_starts": DEFAULT_MINIMUM_TIME_BETWEEN_STARTS}
+    )
+    dispatch_retry_seconds: float | None = Field(DEFAULT_DISPATCH_RETRY_SECONDS, ge=0)
+    launch_type: str = "supd"
+    #: Number of threads that serve RPCs concurrently.
+    rpc_workers: int = Field(8, ge=1, le=256)
+    monitor_resource_heartbeats: bool = True
+
+    @model_validator(mode="after")
+    def _engine_references(self) -> ProcessDispatcherSettings:
+        if self.default_engine is not None and self.default_engine not in self.engines:
+            raise ValueError(f"default_engine {self.default_engine!r} is not among the engines")
+        if self.default_engine is None and len(self.engines) > 1:
+            raise ValueError("default_engine is required when more than one engine is configured")
+        for path, engine_id in self.process_engines.items():
+            if not path:
+                raise ValueError("process_engines has an empty module path")
+            if engine_id not in self.engines:
+                raise ValueError(f"process_engines maps {path!r} to unknown engine {engine_id!r}")
+        return self
+
+    @property
+    def effective_default_engine(self) -> str | None:
+        """The default engine; with exactly one engine configured it is that one."""
+        if self.default_engine is not None:
+            return self.default_engine
+        if len(self.engines) == 1:
+            return next(iter(self.engines))
+        return None
+
+
+class ProvisionerSettings(BaseModel):
+    """``provisioner``: how engine needs become nodes."""
+
+    model_config = _Model
+
+    driver: Literal["static", "local", "libcloud"] = "local"
+    #: Named sites; an engine may pick one with its ``site`` key.
+    sites: dict[str, dict[str, Any]] = Field(default_factory=dict)
+
+
+class LaunchTypeSettings(BaseModel):
+    model_config = _Model
+
+    name: Literal["supd"] = "supd"
+    supd_directory: Path | None = None
+    supdexe: Path | None = None
+
+
+class EEAgentSettings(BaseModel):
+    """``eeagent``: the agent's legacy keys."""
+
+    model_config = _Model
+
+    name: str = "eeagent"
+    node_id: str | None = None
+    slots: int = Field(DEFAULT_ENGINE_SLOTS, ge=1)
+    heartbeat: float = Field(DEFAULT_HEARTBEAT_PERIOD, gt=0)
+    launch_type: LaunchTypeSettings = LaunchTypeSettings()
+    #: Leave supervisord and its children running on a clean shutdown.
+    leave_running_on_shutdown: bool = False
+
+    @field_validator("name")
+    @classmethod
+    def _name_has_no_dot(cls, value: str) -> str:
+        # The dispatcher keeps only the text after the last "." of the sender.
+        if not value or "." in value:
+            raise ValueError("must be a non-empty name without '.'")
+        return value
+
+
+class PdSettings(BaseModel):
+    model_config = _Model
+    name: str = DEFAULT_SERVICE_NAME
+
+
+class Settings(BaseModel):
+    """The whole configuration of one process."""
+
+    model_config = _Model
+
+    state_dir: Path
+    server: ServerSettings = ServerSettings()
+    dashi: DashiSettings = DashiSettings()
+    processdispatcher: ProcessDispatcherSettings = ProcessDispatcherSettings()
+    provisioner: ProvisionerSettings = ProvisionerSettings()
+    eeagent: EEAgentSettings = EEAgentSettings()
+    pd: PdSettings = PdSettings()
+    logging: dict[str, Any] | None = None
+
+    @property
+    def amqp_uri(self) -> str:
+        return self.server.amqp.resolved_uri()
+
+    @property
+    def database_url(self) -> str:
+        url = self.processdispatcher.database_url
+        return url or f"sqlite:///{self.state_dir / 'dispatcher.db'}"
+
+
+def default_state_dir(environ: Mapping[str, str]) -> Path:
+    """Where embedded state lives: ``$PD_STATE_DIR``, else ``$XDG_STATE_HOME/process-dispatcher``."""
+    if environ.get("PD_STATE_DIR"):
+        return Path(environ["PD_STATE_DIR"]).expanduser()
+    base = environ.get("XDG_STATE_HOME") or str(Path(environ.get("HOME", "/tmp")) / ".local/state")
+    return Path(base).expanduser() / "process-dispatcher"
+
+
+def deep_merge(base: dict[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Return ``base`` updated recursively with ``override`` (later wins)."""
+    merged = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = deep_merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def _set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    node = data
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = node[part] = {}
+        node = child
+    node[leaf] = value
+
+
+def read_config_files(paths: Sequence[str | Path]) -> dict[str, Any]:
+    """Read and deep-merge YAML files in order.
+
+    Raises:
+        ConfigError: a file is missing, unreadable, not YAML, or not a mapping.
+    """
+    merged: dict[str, Any] = {}
+    for path in paths:
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read configuration file: {exc.strerror}") from exc
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+            problem = getattr(exc, "problem", None) or "invalid YAML"
+            raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from exc
+        if data is None:
+            continue
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of keys")
+        merged = deep_merge(merged, data)
+    return merged
+
+
+def _format_validation_error(exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    key = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    more = len(exc.errors()) - 1
+    suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+    value = first.get("input")
+    shown = ""
+    if first["type"] not in ("missing",) and not isinstance(value, dict | list):
+        shown = f" (got {value!r})"
+    return f"configuration key {key}: {first['msg']}{shown}{suffix}"
+
+
+def load_settings(
+    paths: Sequence[str | Path] = (),
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build :class:`Settings` from YAML files, environment variables and dotted overrides.
+
+    Args:
+        paths: YAML files, deep-merged in order (later files win).
+        environ: environment variables; ``PD_AMQP_URI``, ``PD_DATABASE_URL`` and
+            ``PD_STATE_DIR`` are honoured.
+        overrides: dotted keys (``{"dashi.sysname": "x"}``) applied last.
+
+    Raises:
+        ConfigError: with a one-line message naming the offending key.
+    """
+    environ = environ or {}
+    data = read_config_files(paths)
+    if environ.get("PD_AMQP_URI"):
+        _set_path(data, "server.amqp.uri", environ["PD_AMQP_URI"])
+    if environ.get("PD_DATABASE_URL"):
+        _set_path(data, "processdispatcher.database_url", environ["PD_DATABASE_URL"])
+    for dotted, value in (overrides or {}).items():
+        _set_path(data, dotted, value)
+    if data.get("state_dir") is None or environ.get("PD_STATE_DIR"):
+        data["state_dir"] = str(default_state_dir(environ))
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc)) from exc
