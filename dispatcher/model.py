@@ -1,0 +1,118 @@
+"""The stored records: definitions, processes, resources (eeagents), nodes, engines.
+
+Records are plain dataclasses. Versioned records (process, resource, node) carry
+``version``: ``0`` for a record not yet stored; the store sets it on every write
+and refuses a write whose version is stale (optimistic concurrency). ``to_dict``
+gives the legacy wire shape (without the version).
+
+Processes are keyed by ``upid`` alone (the legacy ``owner`` was always ``None``);
+assignment keys are ``(upid, round)`` and show on the wire as
+``[None, upid, round]`` lists, as the legacy ``dump`` did.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from dispatcher.states import ExecutionResourceState, ProcessState
+
+__all__ = ["Definition", "EngineRecord", "Node", "Process", "Resource"]
+
+
+@dataclass
+class Definition:
+    definition_id: str
+    definition_type: str | None = None
+    executable: Any = None
+    name: str | None = None
+    description: str | None = None
+    version: Any = None  # legacy field, always None
+
+    def to_dict(self) -> dict[str, Any]:
+        return copy.deepcopy(asdict(self))
+
+
+@dataclass
+class Process:
+    upid: str
+    definition: dict[str, Any]
+    name: str | None = None
+    state: str = ProcessState.UNSCHEDULED
+    round: int = 0
+    configuration: Any = field(default_factory=dict)
+    constraints: dict[str, Any] = field(default_factory=dict)
+    subscribers: list[Any] | None = None
+    queueing_mode: str | None = None
+    restart_mode: str | None = None
+    node_exclusive: str | None = None
+    assigned: str | None = None
+    hostname: str | None = None
+    starts: int = 0
+    start_times: list[float] = field(default_factory=list)
+    dispatches: int = 0
+    dispatch_times: list[float] = field(default_factory=list)
+    version: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The full legacy record (``describe_process``, ``dump``)."""
+        data = copy.deepcopy(asdict(self))
+        data.pop("version")
+        data["owner"] = None
+        return data
+
+    def summary(self) -> dict[str, Any]:
+        """The legacy "process dict": upid, state, round, assigned."""
+        return {"upid": self.upid, "state": self.state, "round": self.round, "assigned": self.assigned}
+
+
+@dataclass
+class Resource:
+    """An eeagent: ``slot_count`` slots on one node."""
+
+    resource_id: str
+    node_id: str
+    slot_count: int
+    state: str = ExecutionResourceState.OK
+    properties: dict[str, Any] = field(default_factory=dict)
+    #: ``(upid, round)`` pairs placed on this agent.
+    assigned: list[tuple[str, int]] = field(default_factory=list)
+    last_heartbeat: str | None = None
+    version: int = 0
+
+    @property
+    def available_slots(self) -> int:
+        return max(0, self.slot_count - len(self.assigned))
+
+    def to_dict(self) -> dict[str, Any]:
+        data = copy.deepcopy(asdict(self))
+        data.pop("version")
+        data["assigned"] = [[None, upid, round_] for upid, round_ in self.assigned]
+        return data
+
+
+@dataclass
+class Node:
+    """A VM (or a local group of agents) that hosts resources."""
+
+    node_id: str
+    domain_id: str | None = None
+    properties: dict[str, Any] = field(default_factory=dict)
+    resources: list[str] = field(default_factory=list)
+    node_exclusive: list[str] = field(default_factory=list)
+    state_time: float = 0.0
+    version: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = copy.deepcopy(asdict(self))
+        data.pop("version")
+        return data
+
+
+@dataclass
+class EngineRecord:
+    """An engine added at run time with ``add_engine`` (persisted)."""
+
+    engine_id: str
+    spec: dict[str, Any]

@@ -1,0 +1,98 @@
+"""The ``Store`` interface: everything the dispatcher keeps, behind one protocol.
+
+Implementations: :mod:`dispatcher.store.memory` (the in-process fake for unit
+tests) and :mod:`dispatcher.store.sql` (SQLAlchemy: SQLite or PostgreSQL). One
+contract test suite runs against both.
+
+Rules every implementation follows:
+
+* ``get_*`` return deep copies; mutating a returned record changes nothing until
+  it is written back.
+* ``add_*`` of an existing key raises ``WriteConflictError``; on success the
+  record's ``version`` becomes 1.
+* ``update_*`` of versioned records (process, resource, node) succeeds only when
+  the record's ``version`` equals the stored one; it then increments both.
+  A stale version raises ``WriteConflictError``; a missing record ``NotFoundError``.
+* Definitions are not versioned: update and remove of a missing one raise
+  ``NotFoundError``.
+* The queue is an ordered list of ``(upid, round)``; duplicates are allowed;
+  ``remove_queued`` removes the oldest matching entry or raises ``NotFoundError``.
+* Database failures a retry may fix raise ``StoreError``; no library exception
+  leaves the store.
+* After each committed write the store calls its listeners with the kind of
+  record written (``"definition"``, ``"process"``, ``"queue"``, ``"resource"``,
+  ``"node"``, ``"engine"``, ``"state"``), in the writing thread. Listeners must
+  return quickly and must not raise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection
+from typing import Protocol
+
+from dispatcher.model import Definition, Node, Process, Resource
+
+__all__ = ["ChangeListener", "Store"]
+
+ChangeListener = Callable[[str], None]
+
+
+class Store(Protocol):
+    # -- lifecycle -------------------------------------------------------------------
+    def add_listener(self, listener: ChangeListener) -> None:
+        """Call ``listener(kind)`` after every committed write made through this store."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+    # -- definitions ----------------------------------------------------------------
+    def add_definition(self, definition: Definition) -> None: ...
+    def get_definition(self, definition_id: str) -> Definition | None: ...
+    def update_definition(self, definition: Definition) -> None: ...
+    def remove_definition(self, definition_id: str) -> None: ...
+    def list_definition_ids(self) -> list[str]: ...
+
+    # -- processes ------------------------------------------------------------------
+    def add_process(self, process: Process) -> None: ...
+    def get_process(self, upid: str) -> Process | None: ...
+    def update_process(self, process: Process) -> None: ...
+    def list_processes(self, states: Collection[str] | None = None) -> list[Process]:
+        """All processes (optionally only those in ``states``), in creation order."""
+
+    # -- queue ----------------------------------------------------------------------
+    def enqueue(self, upid: str, round_: int) -> None: ...
+    def remove_queued(self, upid: str, round_: int) -> None: ...
+    def list_queued(self) -> list[tuple[str, int]]:
+        """Queue entries, oldest first."""
+
+    def clear_queue(self) -> None: ...
+
+    # -- resources (eeagents) -------------------------------------------------------
+    def add_resource(self, resource: Resource) -> None: ...
+    def get_resource(self, resource_id: str) -> Resource | None: ...
+    def update_resource(self, resource: Resource) -> None: ...
+    def remove_resource(self, resource_id: str) -> None: ...
+    def list_resources(self) -> list[Resource]: ...
+
+    # -- nodes ----------------------------------------------------------------------
+    def add_node(self, node: Node) -> None: ...
+    def get_node(self, node_id: str) -> Node | None: ...
+    def update_node(self, node: Node) -> None: ...
+    def remove_node(self, node_id: str) -> None: ...
+    def list_nodes(self) -> list[Node]: ...
+
+    # -- engines added with add_engine ---------------------------------------------
+    def add_engine(self, engine_id: str, spec: dict[str, object]) -> None:
+        """Persist an engine; an existing id raises ``WriteConflictError``."""
+
+    def list_engines(self) -> dict[str, dict[str, object]]: ...
+
+    # -- dispatcher-wide state ------------------------------------------------------
+    def get_pd_state(self) -> str:
+        """``UNINITIALIZED`` until :meth:`set_initialized`, else the stored state."""
+
+    def set_pd_state(self, state: str) -> None: ...
+    def is_system_boot(self) -> bool: ...
+    def set_system_boot(self, system_boot: bool) -> None: ...
+    def is_initialized(self) -> bool: ...
+    def set_initialized(self) -> None: ...
