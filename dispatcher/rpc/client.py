@@ -28,6 +28,7 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import kombu
@@ -51,13 +52,15 @@ _BACKOFF_START, _BACKOFF_FACTOR, _BACKOFF_MAX = 0.1, 2.0, 2.0
 class _Channel:
     """One connection with a producer and, for calls, a reply consumer."""
 
-    def __init__(self, broker: BrokerConfig) -> None:
+    def __init__(
+        self, broker: BrokerConfig, on_return: Callable[..., None] | None = None
+    ) -> None:
         self.connection = broker.connection()
         self.connection.connect()
         self.channel = self.connection.channel()
         self.exchange = broker.kombu_exchange()
         self.exchange(self.channel).declare()
-        self.producer = kombu.Producer(self.channel, exchange=self.exchange)
+        self.producer = kombu.Producer(self.channel, exchange=self.exchange, on_return=on_return)
         self.reply_queue: kombu.Queue | None = None
         self.consumer: kombu.Consumer | None = None
         self.last_used = time.monotonic()
@@ -105,6 +108,7 @@ class RpcClient:
         self._reply_name = uuid.uuid4().hex
         self._waiting_for: str | None = None
         self._reply: dict[str, Any] | None = None
+        self._returned = False
 
     @property
     def sender(self) -> str:
@@ -205,7 +209,13 @@ class RpcClient:
             channel.close()
 
     def _publish(
-        self, channel: _Channel, service: str, body: dict[str, Any], headers: dict[str, str]
+        self,
+        channel: _Channel,
+        service: str,
+        body: dict[str, Any],
+        headers: dict[str, str],
+        *,
+        mandatory: bool = False,
     ) -> None:
         headers = {HEADER_SENDER: self.sender, **headers}
         routing_key = self.broker.prefixed(service)
@@ -218,6 +228,7 @@ class RpcClient:
             serializer="json",
             headers=headers,
             retry=False,
+            mandatory=mandatory and not self.broker.is_embedded,
             **properties,
         )
         channel.last_used = time.monotonic()
@@ -257,6 +268,12 @@ class RpcClient:
         channel.consumer.consume()
         return name
 
+    def _on_return(self, exception: Exception, exchange: str, routing_key: str, message: Any) -> None:
+        """The broker returned a request no queue was bound for (e.g. right after a restart)."""
+        correlation_id = getattr(message, "properties", {}).get("correlation_id")
+        if correlation_id and correlation_id == self._waiting_for:
+            self._returned = True
+
     def _on_reply(self, message: Message) -> None:
         correlation_id = message.properties.get("correlation_id")
         if self._waiting_for is None:
@@ -277,22 +294,24 @@ class RpcClient:
         correlation_id = uuid.uuid4().hex
         last_error: BaseException | None = None
         published = False
+        unroutable = False
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
             try:
                 if self._call_channel is None:
-                    self._call_channel = _Channel(self.broker)
+                    self._call_channel = _Channel(self.broker, on_return=self._on_return)
                 channel = self._call_channel
                 reply_to = self._ensure_reply_consumer(channel, timeout)
-                self._waiting_for, self._reply = correlation_id, None
+                self._waiting_for, self._reply, self._returned = correlation_id, None, False
                 if not published:
                     self._publish(
                         channel,
                         service,
                         body,
                         {HEADER_REPLY_TO: reply_to, "correlation_id": correlation_id},
+                        mandatory=True,
                     )
                     published = True
                 reply = self._wait(channel, deadline)
@@ -300,7 +319,13 @@ class RpcClient:
                     self._drop_legacy_queue(channel)
                 if reply is not None:
                     return reply
-                break
+                if not self._returned:
+                    break
+                # Nobody consumes the service queue yet (it is declared by the
+                # service): the request was not delivered, so sending it again is safe.
+                published, unroutable = False, True
+                time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
+                delay = min(delay * _BACKOFF_FACTOR, _BACKOFF_MAX)
             except self._recoverable() as exc:
                 # The request may or may not have reached the broker; a request
                 # published on a connection that then failed is sent again.
@@ -317,10 +342,15 @@ class RpcClient:
                 f"{op} on {service}: broker {self.broker.masked_uri} unreachable "
                 f"for {timeout:g}s ({last_error})"
             )
+        if unroutable:
+            raise RpcTimeoutError(
+                f"{op} on {service}: no reply within {timeout:g}s "
+                f"(no queue {self.broker.prefixed(service)!r}: is the service running?)"
+            )
         raise RpcTimeoutError(f"{op} on {service}: no reply within {timeout:g}s")
 
     def _wait(self, channel: _Channel, deadline: float) -> dict[str, Any] | None:
-        while self._reply is None:
+        while self._reply is None and not self._returned:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return None
@@ -345,7 +375,9 @@ class RpcClient:
 class _Probe:
     """Gives access to a transport's error classes without connecting."""
 
-    def __init__(self, broker: BrokerConfig) -> None:
+    def __init__(
+        self, broker: BrokerConfig, on_return: Callable[..., None] | None = None
+    ) -> None:
         self.connection = broker.connection()
 
 

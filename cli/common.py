@@ -1,0 +1,57 @@
+"""Helpers shared by the three commands: settings from options, logging."""
+
+from __future__ import annotations
+
+import logging
+import logging.config
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import click
+
+from dispatcher.errors import ConfigError
+from dispatcher.settings import Settings, load_settings
+
+__all__ = ["CONFIG_HELP", "LOG_LEVEL_HELP", "configure_logging", "settings_from_options"]
+
+CONFIG_HELP = (
+    "YAML configuration file; may be repeated, later files are deep-merged over earlier "
+    "ones. PD_AMQP_URI, PD_DATABASE_URL and PD_STATE_DIR override the files."
+)
+LOG_LEVEL_HELP = "Logging level when the configuration has no 'logging' section."
+
+#: Exit status for usage and configuration errors (click's convention).
+EXIT_USAGE = 2
+
+
+def settings_from_options(
+    config_files: Sequence[str], overrides: Mapping[str, Any] | None = None
+) -> Settings:
+    """Build settings from files, the environment and command-line overrides.
+
+    Exits with status 2 and a one-line message on a configuration error.
+    """
+    try:
+        return load_settings(
+            config_files,
+            os.environ,
+            {key: value for key, value in (overrides or {}).items() if value is not None},
+        )
+    except ConfigError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        raise SystemExit(EXIT_USAGE) from None
+
+
+def configure_logging(settings: Settings, level: str) -> None:
+    """Apply the configuration's ``logging`` dictConfig, or a plain stderr format."""
+    if settings.logging:
+        logging.config.dictConfig(settings.logging)
+        return
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # kombu and amqp are chatty at INFO about reconnections we already report.
+    logging.getLogger("amqp").setLevel(logging.WARNING)
+    logging.getLogger("kombu").setLevel(logging.WARNING)

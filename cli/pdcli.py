@@ -1,0 +1,418 @@
+"""``pd-cli``: the operator's terminal interface to the Process Dispatcher."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+import yaml
+
+from cli.common import CONFIG_HELP, settings_from_options
+from dispatcher.client import ProcessDispatcherClient
+from dispatcher.errors import DispatcherError, RemoteError, RequestError, TransportError
+from dispatcher.rpc.broker import mask_uri
+from dispatcher.states import QueueingMode, RestartMode
+
+HELP = """Operate a Process Dispatcher: definitions, processes, nodes and engines.
+
+With no configuration it talks to the local dispatcher on the embedded defaults.
+Set PD_AMQP_URI (or --config) to reach one through RabbitMQ.
+
+Exit status: 0 success, 1 error reported by the dispatcher, 2 usage error,
+3 timeout or unreachable broker.
+"""
+
+EXIT_REMOTE, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class Context:
+    def __init__(
+        self, config_files: tuple[str, ...], sysname: str | None, timeout: float, fmt: str
+    ):
+        self.config_files = config_files
+        self.sysname = sysname
+        self.timeout = timeout
+        self.format = fmt
+
+    @contextmanager
+    def client(self) -> Iterator[ProcessDispatcherClient]:
+        settings = settings_from_options(self.config_files, {"dashi.sysname": self.sysname})
+        self.uri = settings.amqp_uri
+        client = ProcessDispatcherClient.from_settings(
+            settings, name="pd-cli", timeout=self.timeout
+        )
+        try:
+            yield client
+        except TransportError as exc:
+            click.echo(f"Error: {exc} (broker {mask_uri(self.uri)})", err=True)
+            raise SystemExit(EXIT_UNREACHABLE) from None
+        except (RequestError, RemoteError) as exc:
+            value = getattr(exc, "value", str(exc))
+            click.echo(f"Error: {type(exc).__name__}: {value}", err=True)
+            raise SystemExit(EXIT_REMOTE) from None
+        except DispatcherError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            raise SystemExit(EXIT_REMOTE) from None
+        finally:
+            client.close()
+
+    def render(self, result: Any) -> None:
+        if self.format == "yaml":
+            click.echo(yaml.safe_dump(result, default_flow_style=False, sort_keys=True), nl=False)
+        elif self.format == "json" or not isinstance(result, dict | list):
+            click.echo(json.dumps(result, indent=2, sort_keys=True))
+        else:
+            _render_table(result)
+
+
+def _render_table(result: dict[str, Any] | list[Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    rows = result if isinstance(result, list) else [result]
+    if rows and all(isinstance(row, dict) for row in rows):
+        columns = list(dict.fromkeys(key for row in rows for key in row))
+        table = Table(*columns)
+        for row in rows:
+            table.add_row(*(_cell(row.get(column)) for column in columns))
+        console.print(table)
+    else:
+        for row in rows:
+            console.print(_cell(row))
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, dict | list):
+        return json.dumps(value, sort_keys=True)
+    return "" if value is None else str(value)
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+@click.group(help=HELP)
+@click.option("--config", "config_files", multiple=True, metavar="FILE", help=CONFIG_HELP)
+@click.option("--sysname", default=None, help="System name prefixing queues and the exchange.")
+@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for each reply.")
+@click.option("--json", "fmt", flag_value="json", help="Print JSON (stable, for scripts).")
+@click.option("--yaml", "fmt", flag_value="yaml", help="Print YAML (stable, for scripts).")
+@click.pass_context
+def main(
+    ctx: click.Context,
+    config_files: tuple[str, ...],
+    sysname: str | None,
+    timeout: float,
+    fmt: str | None,
+) -> None:
+    ctx.obj = Context(config_files, sysname, timeout, fmt or "table")
+
+
+# -- definitions -------------------------------------------------------------------
+
+
+@main.group(help="Process definitions: what a process runs.")
+def definition() -> None:
+    pass
+
+
+def _executable(
+    file: str | None,
+    exec_: str | None,
+    args: tuple[str, ...],
+    env: tuple[str, ...],
+    workdir: str | None,
+) -> tuple[Any, str | None, str | None]:
+    if file:
+        data = yaml.safe_load(Path(file).read_text(encoding="utf-8"))
+        if not isinstance(data, dict) or "executable" not in data:
+            raise click.BadParameter(
+                "the file must be a mapping with an 'executable' key", param_hint="--file"
+            )
+        return data["executable"], data.get("name"), data.get("description")
+    if not exec_:
+        raise click.UsageError("give --exec (with --arg, --env, --workdir) or --file")
+    executable: dict[str, Any] = {"exec": exec_, "argv": list(args)}
+    if env:
+        pairs = {}
+        for item in env:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--env")
+            pairs[key] = value
+        executable["env"] = pairs
+    if workdir:
+        executable["working_directory"] = workdir
+    return executable, None, None
+
+
+def _definition_options(func: F) -> F:
+    for decorator in reversed(
+        [
+            click.argument("definition_id"),
+            click.option("--exec", "exec_", help="Program to run (no shell is involved)."),
+            click.option("--arg", "args", multiple=True, help="One argument; repeat in order."),
+            click.option("--env", multiple=True, metavar="KEY=VALUE", help="Environment variable."),
+            click.option("--workdir", help="Working directory of the process."),
+            click.option(
+                "--file",
+                type=click.Path(exists=True, dir_okay=False),
+                help="YAML/JSON definition file.",
+            ),
+            click.option("--type", "definition_type", default="supd", show_default=True),
+            click.option("--name"),
+            click.option("--description"),
+        ]
+    ):
+        func = decorator(func)
+    return func
+
+
+@definition.command("create", help="Create a definition.")
+@_definition_options
+@pass_ctx
+def definition_create(
+    ctx: Context,
+    definition_id: str,
+    exec_: str | None,
+    args: tuple[str, ...],
+    env: tuple[str, ...],
+    workdir: str | None,
+    file: str | None,
+    definition_type: str,
+    name: str | None,
+    description: str | None,
+) -> None:
+    executable, file_name, file_description = _executable(file, exec_, args, env, workdir)
+    with ctx.client() as pd:
+        pd.create_definition(
+            definition_id,
+            definition_type,
+            executable,
+            name or file_name,
+            description or file_description,
+        )
+        ctx.render(pd.describe_definition(definition_id))
+
+
+@definition.command("update", help="Replace a definition.")
+@_definition_options
+@pass_ctx
+def definition_update(
+    ctx: Context,
+    definition_id: str,
+    exec_: str | None,
+    args: tuple[str, ...],
+    env: tuple[str, ...],
+    workdir: str | None,
+    file: str | None,
+    definition_type: str,
+    name: str | None,
+    description: str | None,
+) -> None:
+    executable, file_name, file_description = _executable(file, exec_, args, env, workdir)
+    with ctx.client() as pd:
+        pd.update_definition(
+            definition_id,
+            definition_type,
+            executable,
+            name or file_name,
+            description or file_description,
+        )
+        ctx.render(pd.describe_definition(definition_id))
+
+
+@definition.command("describe", help="Show a definition.")
+@click.argument("definition_id")
+@pass_ctx
+def definition_describe(ctx: Context, definition_id: str) -> None:
+    with ctx.client() as pd:
+        result = pd.describe_definition(definition_id)
+    if result is None:
+        click.echo(f"Error: no definition {definition_id!r}", err=True)
+        raise SystemExit(EXIT_REMOTE)
+    ctx.render(result)
+
+
+@definition.command("remove", help="Remove a definition.")
+@click.argument("definition_id")
+@pass_ctx
+def definition_remove(ctx: Context, definition_id: str) -> None:
+    with ctx.client() as pd:
+        pd.remove_definition(definition_id)
+
+
+@definition.command("list", help="List definition ids.")
+@pass_ctx
+def definition_list(ctx: Context) -> None:
+    with ctx.client() as pd:
+        ctx.render(sorted(pd.list_definitions()))
+
+
+# -- processes ---------------------------------------------------------------------
+
+
+@main.group(help="Processes: schedule, inspect, restart, terminate.")
+def process() -> None:
+    pass
+
+
+def _json_option(value: str | None, name: str) -> Any:
+    if value is None:
+        return None
+    try:
+        return yaml.safe_load(value)
+    except yaml.YAMLError as exc:
+        raise click.BadParameter(f"not valid JSON/YAML: {exc}", param_hint=name) from None
+
+
+@process.command("schedule", help="Schedule a process (every schedule_process parameter).")
+@click.argument("upid")
+@click.option("--definition", "definition_id", help="Definition id (required for a new process).")
+@click.option("--configuration", help="Configuration as JSON/YAML.")
+@click.option(
+    "--subscriber", "subscribers", multiple=True, metavar="NAME:OP", help="Notify NAME with OP."
+)
+@click.option(
+    "--constraint", "constraints", multiple=True, metavar="KEY=VALUE", help="Placement constraint."
+)
+@click.option("--queueing-mode", type=click.Choice(QueueingMode.ALL))
+@click.option("--restart-mode", type=click.Choice(RestartMode.ALL))
+@click.option("--engine", "execution_engine_id", help="Execution engine id.")
+@click.option("--node-exclusive", help="Tag held on the node while the process runs.")
+@click.option("--name", help="Process name.")
+@pass_ctx
+def process_schedule(
+    ctx: Context,
+    upid: str,
+    definition_id: str | None,
+    configuration: str | None,
+    subscribers: tuple[str, ...],
+    constraints: tuple[str, ...],
+    queueing_mode: str | None,
+    restart_mode: str | None,
+    execution_engine_id: str | None,
+    node_exclusive: str | None,
+    name: str | None,
+) -> None:
+    subs = []
+    for item in subscribers:
+        target, sep, op = item.partition(":")
+        if not sep or not target or not op:
+            raise click.BadParameter(f"{item!r} is not NAME:OP", param_hint="--subscriber")
+        subs.append([target, op])
+    cons: dict[str, Any] = {}
+    for item in constraints:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--constraint")
+        cons[key] = value
+    with ctx.client() as pd:
+        ctx.render(
+            pd.schedule_process(
+                upid,
+                definition_id,
+                _json_option(configuration, "--configuration"),
+                subs or None,
+                cons or None,
+                queueing_mode,
+                restart_mode,
+                execution_engine_id,
+                node_exclusive,
+                name,
+            )
+        )
+
+
+@process.command("create", help="Create a process without scheduling it.")
+@click.argument("upid")
+@click.argument("definition_id")
+@click.option("--name")
+@pass_ctx
+def process_create(ctx: Context, upid: str, definition_id: str, name: str | None) -> None:
+    with ctx.client() as pd:
+        ctx.render(pd.create_process(upid, definition_id, name))
+
+
+@process.command("describe", help="Show a process's full record.")
+@click.argument("upid")
+@pass_ctx
+def process_describe(ctx: Context, upid: str) -> None:
+    with ctx.client() as pd:
+        result = pd.describe_process(upid)
+    if result is None:
+        click.echo(f"Error: no process {upid!r}", err=True)
+        raise SystemExit(EXIT_REMOTE)
+    ctx.render(result)
+
+
+@process.command("list", help="List processes.")
+@click.option("--state", help="Only processes in this state (e.g. 500-RUNNING).")
+@pass_ctx
+def process_list(ctx: Context, state: str | None) -> None:
+    with ctx.client() as pd:
+        processes = pd.describe_processes()
+    rows = [
+        {
+            "upid": p["upid"],
+            "name": p.get("name"),
+            "state": p["state"],
+            "round": p["round"],
+            "assigned": p.get("assigned"),
+        }
+        for p in sorted(processes, key=lambda p: p["upid"])
+        if state is None or p["state"] == state
+    ]
+    ctx.render(rows)
+
+
+@process.command("restart", help="Restart a running process (new round).")
+@click.argument("upid")
+@pass_ctx
+def process_restart(ctx: Context, upid: str) -> None:
+    with ctx.client() as pd:
+        ctx.render(pd.restart_process(upid))
+
+
+@process.command("terminate", help="Terminate a process.")
+@click.argument("upid")
+@pass_ctx
+def process_terminate(ctx: Context, upid: str) -> None:
+    with ctx.client() as pd:
+        ctx.render(pd.terminate_process(upid))
+
+
+# -- system ------------------------------------------------------------------------
+
+
+@main.command(help="Everything the dispatcher holds: resources, processes, nodes.")
+@pass_ctx
+def dump(ctx: Context) -> None:
+    with ctx.client() as pd:
+        result = pd.dump()
+    if ctx.format == "table":
+        ctx.format = "yaml"
+    ctx.render(result)
+
+
+@main.command("system-boot", help="Turn system-boot mode on or off.")
+@click.argument("mode", type=click.Choice(["on", "off"]))
+@pass_ctx
+def system_boot(ctx: Context, mode: str) -> None:
+    with ctx.client() as pd:
+        pd.set_system_boot(mode == "on")
+
+
+def run() -> None:  # pragma: no cover - console entry point
+    main(prog_name="pd-cli")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

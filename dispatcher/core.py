@@ -1,0 +1,593 @@
+"""The dispatcher core: the definition and process RPCs (reference §1, §2, §3, §8, §9).
+
+:class:`ProcessDispatcherCore` has one method per RPC operation, named exactly as
+the legacy operation and taking the legacy keyword arguments, so the service can
+register each method under its own name (see :data:`RPC_OPERATIONS`). Each method
+validates its arguments with :mod:`dispatcher.requests` before touching the store
+(a rejected request writes nothing) and returns a JSON-ready value: ``None``, a
+"process dict" (``upid, state, round, assigned``), a full record, or a list.
+
+The core is synchronous and stateless apart from the store: it runs on every RPC
+worker thread at once. Concurrent writers are reconciled with the store's
+optimistic versions: each operation re-reads and re-decides on
+:class:`~dispatcher.errors.WriteConflictError`, up to
+:data:`~dispatcher.transitions.WRITE_CONFLICT_RETRIES` times, then gives up with
+``BadRequestError("process X could not be updated")`` as legacy did.
+
+Where this core deliberately differs from the legacy one:
+
+* unknown ``queueing_mode``/``restart_mode`` values, ill-typed arguments and an
+  invalid ``definition_id`` given to ``schedule_process`` are rejected up front;
+* ``restart_process`` moves the agent's slot to the new round (decision 4: the
+  agent really restarts, and the slot accounting follows the new round);
+* queue entries of a process that ``terminate_process`` ended are all removed
+  (duplicates included), and a ``schedule_process`` that raced with a
+  termination removes the entry it just added, so a terminated process is never
+  left in the queue.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+from dispatcher.errors import BadRequestError, NotFoundError, WriteConflictError
+from dispatcher.messaging import Messenger
+from dispatcher.model import Definition, Process
+from dispatcher.requests import (
+    CreateDefinitionRequest,
+    CreateProcessRequest,
+    DescribeDefinitionRequest,
+    DescribeProcessRequest,
+    RemoveDefinitionRequest,
+    RestartProcessRequest,
+    ScheduleProcessRequest,
+    SetSystemBootRequest,
+    TerminateProcessRequest,
+    UpdateDefinitionRequest,
+)
+from dispatcher.states import ProcessState
+from dispatcher.store.base import Store
+from dispatcher.transitions import WRITE_CONFLICT_RETRIES, ProcessTransitions
+
+__all__ = ["RPC_OPERATIONS", "ProcessDispatcherCore"]
+
+log = logging.getLogger(__name__)
+
+#: The operations served by :class:`ProcessDispatcherCore`, by method name.
+RPC_OPERATIONS: Final = (
+    "create_definition",
+    "describe_definition",
+    "update_definition",
+    "remove_definition",
+    "list_definitions",
+    "create_process",
+    "schedule_process",
+    "describe_process",
+    "describe_processes",
+    "restart_process",
+    "terminate_process",
+    "set_system_boot",
+    "dump",
+)
+
+_TERMINAL: Final = frozenset(ProcessState.TERMINAL_STATES)
+
+
+class ProcessDispatcherCore:
+    """Definition and process RPCs over a store.
+
+    Register the methods named in :data:`RPC_OPERATIONS` as RPC handlers with the
+    service's own annotation checking turned off: every method validates its
+    arguments itself and gives the legacy error messages.
+
+    Args:
+        store: where definitions, processes, the queue, resources and nodes live.
+        messenger: sends subscriber notifications and eeagent commands.
+        clock: returns the current time in epoch seconds.
+
+    Attributes:
+        transitions: the shared state-machine helpers (``process_change_state``,
+            ``process_next_round``, ``notify_process`` ...) bound to the same store,
+            messenger and clock, for the matchmaker, heartbeats and the doctor.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        messenger: Messenger,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.messenger = messenger
+        self.clock = clock
+        self.transitions = ProcessTransitions(store, messenger, clock=clock)
+
+    # -- definitions ------------------------------------------------------------------
+
+    def create_definition(
+        self,
+        definition_id: str,
+        definition_type: str | None,
+        executable: Any,
+        name: str | None = None,
+        description: str | None = None,
+    ) -> None:
+        """Store a new process definition (not idempotent).
+
+        Args:
+            definition_id: the new definition's id.
+            definition_type: the launch type it is meant for (``supd``, ``pyon`` ...).
+            executable: what to run (for ``supd`` a dict such as
+                ``{"exec": "/bin/sleep", "argv": ["5"]}``); any JSON value.
+            name: a display name.
+            description: free text.
+
+        Raises:
+            BadRequestError: an argument is invalid.
+            WriteConflictError: a definition with this id exists.
+        """
+        req = CreateDefinitionRequest.parse(
+            definition_id=definition_id,
+            definition_type=definition_type,
+            executable=executable,
+            name=name,
+            description=description,
+        )
+        self.store.add_definition(_definition(req))
+
+    def describe_definition(self, definition_id: str) -> dict[str, Any] | None:
+        """Return a definition record.
+
+        Args:
+            definition_id: the definition's id.
+
+        Raises:
+            BadRequestError: the id is invalid.
+
+        Returns:
+            ``{definition_id, definition_type, executable, name, description,
+            version}``, or ``None`` if there is no such definition.
+        """
+        req = DescribeDefinitionRequest.parse(definition_id=definition_id)
+        definition = self.store.get_definition(req.definition_id)
+        return None if definition is None else definition.to_dict()
+
+    def update_definition(
+        self,
+        definition_id: str,
+        definition_type: str | None,
+        executable: Any,
+        name: str | None = None,
+        description: str | None = None,
+    ) -> None:
+        """Replace a definition wholesale (omitted ``name``/``description`` become None).
+
+        Existing processes keep the copy of the definition taken at their creation.
+
+        Args:
+            definition_id: the definition's id.
+            definition_type: as for :meth:`create_definition`.
+            executable: as for :meth:`create_definition`.
+            name: a display name.
+            description: free text.
+
+        Raises:
+            BadRequestError: an argument is invalid.
+            NotFoundError: there is no such definition.
+        """
+        req = UpdateDefinitionRequest.parse(
+            definition_id=definition_id,
+            definition_type=definition_type,
+            executable=executable,
+            name=name,
+            description=description,
+        )
+        self.store.update_definition(_definition(req))
+
+    def remove_definition(self, definition_id: str) -> None:
+        """Remove a definition; existing processes are unaffected.
+
+        Args:
+            definition_id: the definition's id.
+
+        Raises:
+            BadRequestError: the id is invalid.
+            NotFoundError: there is no such definition.
+        """
+        req = RemoveDefinitionRequest.parse(definition_id=definition_id)
+        self.store.remove_definition(req.definition_id)
+
+    def list_definitions(self) -> list[str]:
+        """Return the ids of every definition."""
+        return self.store.list_definition_ids()
+
+    # -- processes: create and schedule -----------------------------------------------
+
+    def create_process(
+        self, upid: str, definition_id: str, name: str | None = None
+    ) -> dict[str, Any]:
+        """Create a process in ``100-UNSCHEDULED``, round 0 (idempotent; no notification).
+
+        If the process exists (in any state) nothing is written and its current
+        process dict is returned, provided the request matches it.
+
+        Args:
+            upid: the new process's id.
+            definition_id: the definition it runs (copied into the process).
+            name: a display name.
+
+        Raises:
+            BadRequestError: an argument is invalid; or the process exists with a
+                different ``name`` (when one is given) or ``definition_id``.
+            NotFoundError: there is no such definition.
+
+        Returns:
+            The process dict.
+        """
+        req = CreateProcessRequest.parse(upid=upid, definition_id=definition_id, name=name)
+        definition = self._get_definition(req.definition_id)
+        process = Process(upid=req.upid, definition=definition.to_dict(), name=req.name)
+        try:
+            self.store.add_process(process)
+            return process.summary()
+        except WriteConflictError:
+            existing = self.store.get_process(req.upid)
+            if existing is None:  # pragma: no cover - processes are never removed
+                raise
+        _check_same_creation(existing, req.definition_id, req.name)
+        return existing.summary()
+
+    def schedule_process(
+        self,
+        upid: str,
+        definition_id: str | None = None,
+        configuration: dict[str, Any] | None = None,
+        subscribers: list[Any] | None = None,
+        constraints: dict[str, Any] | None = None,
+        queueing_mode: str | None = None,
+        restart_mode: str | None = None,
+        execution_engine_id: str | None = None,
+        node_exclusive: str | None = None,
+        name: str | None = None,
+    ) -> dict[str, Any]:
+        """Request that a process run (reference §1.8); idempotent for in-play processes.
+
+        The fields ``configuration, subscribers, constraints, queueing_mode,
+        restart_mode, node_exclusive, name`` are written wholesale (``constraints``
+        ``None`` becomes ``{}``; ``execution_engine_id`` becomes
+        ``constraints["engine"]``):
+
+        * unknown process: created (``definition_id`` required) in ``200-REQUESTED``,
+          round 0;
+        * ``100-UNSCHEDULED``: ``definition_id``, if given, must match; REQUESTED,
+          same round;
+        * any other terminal state: REQUESTED, ``round + 1`` (``definition_id``
+          ignored);
+        * in play (REQUESTED ... TERMINATING): nothing is written, but every field
+          except ``name`` must equal the stored value.
+
+        In every successful case ``(upid, round)`` is appended to the queue (a
+        harmless nudge for an in-play process). Subscribers are not notified of
+        REQUESTED.
+
+        Args:
+            upid: the process's id.
+            definition_id: the definition, required when the process is unknown.
+            configuration: the process configuration (a JSON object).
+            subscribers: ``[name, operation]`` pairs notified of state changes.
+            constraints: resource properties the placement must match.
+            queueing_mode: one of ``NEVER, ALWAYS, START_ONLY, RESTART_ONLY``.
+            restart_mode: one of ``NEVER, ALWAYS, ABNORMAL``.
+            execution_engine_id: the engine to run on (``constraints["engine"]``).
+            node_exclusive: a tag at most one process per node may carry.
+            name: a display name (ignored for an in-play process).
+
+        Raises:
+            BadRequestError: an argument is invalid; a parameter differs from an
+                in-play process's; ``definition_id`` differs from an unscheduled
+                process's; or the write kept conflicting.
+            NotFoundError: the process is unknown and no ``definition_id`` is given,
+                or the definition is unknown.
+
+        Returns:
+            The process dict.
+        """
+        req = ScheduleProcessRequest.parse(
+            upid=upid,
+            definition_id=definition_id,
+            configuration=configuration,
+            subscribers=subscribers,
+            constraints=constraints,
+            queueing_mode=queueing_mode,
+            restart_mode=restart_mode,
+            execution_engine_id=execution_engine_id,
+            node_exclusive=node_exclusive,
+            name=name,
+        )
+        for _ in range(WRITE_CONFLICT_RETRIES):
+            scheduled = self._try_schedule(req)
+            if scheduled is not None:
+                self._enqueue_scheduled(scheduled)
+                return scheduled.summary()
+        raise BadRequestError(f"process {req.upid} could not be updated")
+
+    def _try_schedule(self, req: ScheduleProcessRequest) -> Process | None:
+        """One optimistic attempt of :meth:`schedule_process`; None on a write conflict."""
+        updates = req.updates()
+        process = self.store.get_process(req.upid)
+        if process is None:
+            if req.definition_id is None:
+                raise NotFoundError(f"process {req.upid} does not exist")
+            definition = self._get_definition(req.definition_id)
+            process = Process(
+                upid=req.upid, definition=definition.to_dict(), state=ProcessState.REQUESTED
+            )
+            _apply(process, updates)
+            try:
+                self.store.add_process(process)
+            except WriteConflictError:
+                return None
+            return process
+
+        if process.state in _TERMINAL:
+            if process.state == ProcessState.UNSCHEDULED:
+                stored_id = process.definition.get("definition_id")
+                if req.definition_id is not None and req.definition_id != stored_id:
+                    raise BadRequestError(
+                        f"process {req.upid} exists with different definition_id '{stored_id}'"
+                    )
+            else:
+                process.round += 1
+            process.state = ProcessState.REQUESTED
+            _apply(process, updates)
+            try:
+                self.store.update_process(process)
+            except WriteConflictError:
+                return None
+            return process
+
+        # In play: an idempotent repeat of the request that put it there.
+        for key in ScheduleProcessRequest.UPDATE_FIELDS:
+            if key != "name" and getattr(process, key) != updates[key]:
+                raise BadRequestError(
+                    f"process {req.upid} is {process.state} but {key} parameter value "
+                    "doesn't match request"
+                )
+        return process
+
+    def _enqueue_scheduled(self, process: Process) -> None:
+        """Queue ``(upid, round)``; take it back if the process ended meanwhile.
+
+        A concurrent ``terminate_process`` may end the process between our write and
+        our enqueue, after it already cleared the queue; re-reading after the
+        enqueue closes that window.
+        """
+        self.store.enqueue(process.upid, process.round)
+        current = self.store.get_process(process.upid)
+        if current is None or current.round != process.round or current.state in _TERMINAL:
+            # NotFound: the terminating caller removed it already.
+            with contextlib.suppress(NotFoundError):
+                self.store.remove_queued(process.upid, process.round)
+
+    # -- processes: describe ----------------------------------------------------------
+
+    def describe_process(self, upid: str) -> dict[str, Any] | None:
+        """Return the full record of a process, or ``None`` if there is no such process.
+
+        Args:
+            upid: the process's id (a string; not checked against the identifier rule).
+
+        Raises:
+            BadRequestError: ``upid`` is not a string.
+        """
+        req = DescribeProcessRequest.parse(upid=upid)
+        process = self.store.get_process(req.upid)
+        return None if process is None else process.to_dict()
+
+    def describe_processes(self) -> list[dict[str, Any]]:
+        """Return the full record of every process."""
+        return [process.to_dict() for process in self.store.list_processes()]
+
+    # -- processes: restart and terminate ---------------------------------------------
+
+    def restart_process(self, upid: str) -> dict[str, Any]:
+        """Restart a RUNNING process in place under a new round (decision 4).
+
+        The process becomes ``400-PENDING`` with ``round + 1`` and keeps its
+        assignment; its agent's slot is moved to the new round; then the agent is
+        told ``restart_process(u_pid, round)``. Subscribers are not notified
+        (legacy). A process that is not RUNNING is returned unchanged.
+
+        Args:
+            upid: the process's id.
+
+        Raises:
+            BadRequestError: ``upid`` is invalid, or the write kept conflicting.
+            NotFoundError: there is no such process.
+            TransportError: the agent could not be told (the new round is stored).
+
+        Returns:
+            The process dict.
+        """
+        req = RestartProcessRequest.parse(upid=upid)
+        for _ in range(WRITE_CONFLICT_RETRIES):
+            process = self._get_process(req.upid)
+            if process.state != ProcessState.RUNNING:
+                log.warning(
+                    "process %s is %s, not %s: not restarting",
+                    req.upid,
+                    process.state,
+                    ProcessState.RUNNING,
+                )
+                return process.summary()
+            old_key = (process.upid, process.round)
+            restarted = copy.deepcopy(process)
+            restarted.state = ProcessState.PENDING
+            restarted.round += 1
+            try:
+                self.store.update_process(restarted)
+            except WriteConflictError:
+                continue
+            if restarted.assigned is None:  # RUNNING implies assigned; be defensive
+                log.warning("process %s is RUNNING but not assigned: no agent to restart", upid)
+                return restarted.summary()
+            self._move_assignment(restarted.assigned, old_key, (restarted.upid, restarted.round))
+            self.messenger.fire(
+                restarted.assigned, "restart_process", u_pid=restarted.upid, round=restarted.round
+            )
+            return restarted.summary()
+        raise BadRequestError(f"process {req.upid} could not be updated")
+
+    def terminate_process(self, upid: str) -> dict[str, Any]:
+        """Terminate a process (reference §1.11).
+
+        * Terminal: returned unchanged; no message, no notification.
+        * Not assigned to an agent: ``700-TERMINATED`` at once, subscribers notified,
+          its queue entries for the current round removed.
+        * Assigned: ``600-TERMINATING`` is stored (notified if it changed), then the
+          agent is told ``terminate_process(u_pid, round)``; this is re-sent on
+          every call, so repeating the call retries. The agent's heartbeat brings
+          the final state.
+
+        Args:
+            upid: the process's id.
+
+        Raises:
+            BadRequestError: ``upid`` is invalid, or the write kept conflicting.
+            NotFoundError: there is no such process.
+            TransportError: the agent could not be told (TERMINATING is stored).
+
+        Returns:
+            The process dict.
+        """
+        req = TerminateProcessRequest.parse(upid=upid)
+        for _ in range(WRITE_CONFLICT_RETRIES):
+            process = self._get_process(req.upid)
+            if process.state in _TERMINAL:
+                return process.summary()
+            ended = copy.deepcopy(process)
+            if process.assigned is None:
+                ended.state = ProcessState.TERMINATED
+                try:
+                    self.store.update_process(ended)
+                except WriteConflictError:
+                    continue  # re-decide: it may have been assigned meanwhile
+                self.transitions.notify_process(ended)
+                self.transitions.dequeue_all(ended.upid, ended.round)
+                return ended.summary()
+            if process.state < ProcessState.TERMINATING:
+                ended.state = ProcessState.TERMINATING
+                try:
+                    self.store.update_process(ended)
+                except WriteConflictError:
+                    continue
+                self.transitions.notify_process(ended)
+            self.messenger.fire(
+                process.assigned, "terminate_process", u_pid=ended.upid, round=ended.round
+            )
+            return ended.summary()
+        raise BadRequestError(f"process {req.upid} could not be updated")
+
+    # -- dispatcher-wide ----------------------------------------------------------------
+
+    def set_system_boot(self, system_boot: bool) -> None:
+        """Set or clear the system-boot flag (the doctor watches it).
+
+        Args:
+            system_boot: exactly ``True`` or ``False``.
+
+        Raises:
+            BadRequestError: ``system_boot`` is not a boolean.
+        """
+        req = SetSystemBootRequest.parse(system_boot=system_boot)
+        self.store.set_system_boot(req.system_boot)
+
+    def dump(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """Return every resource, process and node record (reference §8).
+
+        Returns:
+            ``{"resources": {resource_id: record}, "processes": {upid: record},
+            "nodes": {node_id: record}}``; the queue, definitions and dispatcher
+            state are not included.
+        """
+        return {
+            "resources": {r.resource_id: r.to_dict() for r in self.store.list_resources()},
+            "processes": {p.upid: p.to_dict() for p in self.store.list_processes()},
+            "nodes": {n.node_id: n.to_dict() for n in self.store.list_nodes()},
+        }
+
+    # -- helpers ----------------------------------------------------------------------
+
+    def _get_definition(self, definition_id: str) -> Definition:
+        definition = self.store.get_definition(definition_id)
+        if definition is None:
+            raise NotFoundError(f"Couldn't find process definition {definition_id}")
+        return definition
+
+    def _get_process(self, upid: str) -> Process:
+        process = self.store.get_process(upid)
+        if process is None:
+            raise NotFoundError(f"process {upid} does not exist")
+        return process
+
+    def _move_assignment(
+        self, resource_id: str, old_key: tuple[str, int], new_key: tuple[str, int]
+    ) -> None:
+        """Move a process's slot on a resource from ``old_key`` to ``new_key``.
+
+        ``old_key`` is removed if present (a heartbeat may already have pruned it as
+        stale) and ``new_key`` added, so the slot stays reserved under the round the
+        process now runs in. Retries on write conflict; a resource that disappeared
+        (evacuated meanwhile) is left alone.
+        """
+        while True:
+            resource = self.store.get_resource(resource_id)
+            if resource is None:
+                return
+            assigned = [key for key in resource.assigned if key != old_key]
+            if new_key not in assigned:
+                assigned.append(new_key)
+            if assigned == resource.assigned:
+                return
+            resource.assigned = assigned
+            try:
+                self.store.update_resource(resource)
+            except WriteConflictError:
+                continue
+            except NotFoundError:
+                return
+            return
+
+
+def _definition(req: CreateDefinitionRequest) -> Definition:
+    return Definition(
+        definition_id=req.definition_id,
+        definition_type=req.definition_type,
+        executable=copy.deepcopy(req.executable),
+        name=req.name,
+        description=req.description,
+    )
+
+
+def _apply(process: Process, updates: dict[str, Any]) -> None:
+    for key, value in updates.items():
+        setattr(process, key, value)
+
+
+def _check_same_creation(existing: Process, definition_id: str, name: str | None) -> None:
+    """Raise unless a repeated ``create_process`` matches the existing process."""
+    if name is not None and existing.name != name:
+        raise BadRequestError(
+            f"process {existing.upid} exists with different name '{existing.name}'"
+        )
+    stored_id = existing.definition.get("definition_id")
+    if stored_id != definition_id:
+        raise BadRequestError(
+            f"process {existing.upid} exists with different definition_id '{stored_id}'"
+        )

@@ -1,0 +1,309 @@
+"""Validated arguments of the dispatcher's RPC operations: one pydantic model per operation.
+
+The core builds the model for an operation from the keyword arguments it received
+(straight from the wire, or from an in-process caller) before it reads or writes
+anything, so a rejected request writes nothing. :meth:`Request.parse` turns every
+validation failure into a :class:`~dispatcher.errors.BadRequestError` whose
+message names the offending field:
+
+* identifiers (``upid``, ``definition_id``) must be non-empty strings of ASCII
+  letters, digits and ``.-_``; anything else gives the legacy messages
+  ``"invalid upid"`` / ``"invalid definition_id"``;
+* ``queueing_mode`` must be one of :attr:`QueueingMode.ALL` or ``None`` and
+  ``restart_mode`` one of :attr:`RestartMode.ALL` or ``None`` (the legacy system
+  accepted unknown modes silently; this project rejects them);
+* ``set_system_boot`` accepts exactly ``True`` or ``False``
+  (``"expected a boolean value for system boot"``);
+* every other field is type-checked strictly (no coercion: ``"1"`` is not an int,
+  ``1`` is not a string) and gives ``"invalid <field>: <reason>"``.
+
+JSON-shaped values (``executable``, ``configuration``, ``constraints``,
+``subscribers``) are normalised through a JSON round trip, exactly as the store
+will hand them back (tuples become lists), so that the idempotency comparisons of
+``schedule_process`` compare like with like. ``subscribers`` becomes a list of
+``[name, operation]`` lists.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from typing import Annotated, Any, ClassVar, Self
+
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError
+
+from dispatcher.errors import BadRequestError
+from dispatcher.states import QueueingMode, RestartMode
+
+__all__ = [
+    "REQUEST_MODELS",
+    "CreateDefinitionRequest",
+    "CreateProcessRequest",
+    "DescribeDefinitionRequest",
+    "DescribeProcessRequest",
+    "DescribeProcessesRequest",
+    "DumpRequest",
+    "ListDefinitionsRequest",
+    "RemoveDefinitionRequest",
+    "Request",
+    "RestartProcessRequest",
+    "ScheduleProcessRequest",
+    "SetSystemBootRequest",
+    "TerminateProcessRequest",
+    "UpdateDefinitionRequest",
+    "is_valid_identifier",
+]
+
+_IDENTIFIER_CHARS = frozenset(string.ascii_letters + string.digits + ".-_")
+
+
+def is_valid_identifier(value: object) -> bool:
+    """True if ``value`` is a non-empty string of ASCII letters, digits and ``.-_``.
+
+    This is the legacy ``epu.util.is_valid_identifier`` rule for upids and
+    definition ids.
+    """
+    return isinstance(value, str) and bool(value) and all(c in _IDENTIFIER_CHARS for c in value)
+
+
+def _identifier(value: str) -> str:
+    if not is_valid_identifier(value):
+        raise ValueError("not a valid identifier")
+    return value
+
+
+def _json_value(value: Any) -> Any:
+    """``value`` as it comes back from a JSON column (see :mod:`dispatcher.store._codec`)."""
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    try:
+        return json.loads(json.dumps(value))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"not JSON-serializable ({exc})") from None
+
+
+def _one_of(allowed: tuple[str, ...]) -> AfterValidator:
+    def check(value: str | None) -> str | None:
+        if value is not None and value not in allowed:
+            raise ValueError(f"{value!r} is not one of {', '.join(allowed)} (or null)")
+        return value
+
+    return AfterValidator(check)
+
+
+def _subscriber_pairs(value: Any) -> Any:
+    """Accept a list (or tuple) of ``[name, operation]`` pairs of strings; give lists."""
+    if value is None:
+        return None
+    if not isinstance(value, list | tuple):
+        raise ValueError("expected a list of [name, operation] pairs")
+    pairs: list[list[str]] = []
+    for item in value:
+        if (
+            not isinstance(item, list | tuple)
+            or len(item) != 2
+            or not all(isinstance(part, str) for part in item)
+        ):
+            raise ValueError(f"expected [name, operation] pairs of strings, got {item!r}")
+        pairs.append([item[0], item[1]])
+    return pairs
+
+
+Identifier = Annotated[str, AfterValidator(_identifier)]
+JsonValue = Annotated[Any, AfterValidator(_json_value)]
+JsonObject = Annotated[dict[str, Any], AfterValidator(_json_value)]
+Subscribers = Annotated[list[list[str]] | None, BeforeValidator(_subscriber_pairs)]
+QueueingModeName = Annotated[str | None, _one_of(QueueingMode.ALL)]
+RestartModeName = Annotated[str | None, _one_of(RestartMode.ALL)]
+
+
+class Request(BaseModel):
+    """Base of the request models: strict types, no unknown fields, immutable."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    #: Fields whose every failure reads ``"invalid <field>"`` (the legacy wording).
+    identifier_fields: ClassVar[frozenset[str]] = frozenset({"upid", "definition_id"})
+
+    @classmethod
+    def parse(cls, **args: Any) -> Self:
+        """Validate keyword arguments as received by the operation.
+
+        Args:
+            **args: the operation's arguments by name.
+
+        Raises:
+            BadRequestError: an argument is invalid; the message names the first
+                invalid field (in declaration order).
+
+        Returns:
+            The validated request.
+        """
+        try:
+            return cls.model_validate(args)
+        except ValidationError as exc:
+            raise BadRequestError(cls._describe(exc)) from None
+
+    @classmethod
+    def _describe(cls, exc: ValidationError) -> str:
+        error = exc.errors(include_url=False)[0]
+        loc = error["loc"]
+        field = str(loc[0]) if loc else "arguments"
+        if field in cls.identifier_fields:
+            return f"invalid {field}"
+        reason = error["msg"].removeprefix("Value error, ")
+        return f"invalid {field}: {reason}"
+
+
+# -- definitions -----------------------------------------------------------------------
+
+
+class CreateDefinitionRequest(Request):
+    """``create_definition(definition_id, definition_type, executable, name, description)``."""
+
+    definition_id: Identifier
+    definition_type: str | None
+    executable: JsonValue
+    name: str | None = None
+    description: str | None = None
+
+
+class UpdateDefinitionRequest(CreateDefinitionRequest):
+    """``update_definition``: the same arguments as ``create_definition``."""
+
+
+class DescribeDefinitionRequest(Request):
+    """``describe_definition(definition_id)``."""
+
+    definition_id: Identifier
+
+
+class RemoveDefinitionRequest(DescribeDefinitionRequest):
+    """``remove_definition(definition_id)``."""
+
+
+class ListDefinitionsRequest(Request):
+    """``list_definitions()``: no arguments."""
+
+
+# -- processes -------------------------------------------------------------------------
+
+
+class CreateProcessRequest(Request):
+    """``create_process(upid, definition_id, name=None)``."""
+
+    upid: Identifier
+    definition_id: Identifier
+    name: str | None = None
+
+
+class ScheduleProcessRequest(Request):
+    """``schedule_process(upid, definition_id=None, ..., name=None)``."""
+
+    upid: Identifier
+    definition_id: Identifier | None = None
+    configuration: JsonObject | None = None
+    subscribers: Subscribers = None
+    constraints: JsonObject | None = None
+    queueing_mode: QueueingModeName = None
+    restart_mode: RestartModeName = None
+    execution_engine_id: str | None = None
+    node_exclusive: str | None = None
+    name: str | None = None
+
+    #: The record fields a schedule writes ("updates"), in the order they are checked
+    #: by the idempotency comparison of an in-play process.
+    UPDATE_FIELDS: ClassVar[tuple[str, ...]] = (
+        "configuration",
+        "subscribers",
+        "constraints",
+        "queueing_mode",
+        "restart_mode",
+        "node_exclusive",
+        "name",
+    )
+
+    def updates(self) -> dict[str, Any]:
+        """The values written to the process record, keyed by field.
+
+        ``constraints`` ``None`` becomes ``{}``, and a non-empty
+        ``execution_engine_id`` is written into ``constraints["engine"]`` (legacy
+        behaviour: the engine is not stored separately). Each call returns fresh
+        copies.
+
+        Returns:
+            A dict with exactly the keys of :attr:`UPDATE_FIELDS`.
+        """
+        constraints = _json_value(self.constraints) if self.constraints is not None else {}
+        if self.execution_engine_id:
+            constraints["engine"] = self.execution_engine_id
+        return {
+            "configuration": _json_value(self.configuration),
+            "subscribers": _json_value(self.subscribers),
+            "constraints": constraints,
+            "queueing_mode": self.queueing_mode,
+            "restart_mode": self.restart_mode,
+            "node_exclusive": self.node_exclusive,
+            "name": self.name,
+        }
+
+
+class DescribeProcessRequest(Request):
+    """``describe_process(upid)``.
+
+    Legacy did not validate this upid; a string that is not a valid identifier
+    simply names no process. A non-string is still rejected.
+    """
+
+    upid: str
+
+
+class DescribeProcessesRequest(Request):
+    """``describe_processes()``: no arguments."""
+
+
+class RestartProcessRequest(Request):
+    """``restart_process(upid)``."""
+
+    upid: Identifier
+
+
+class TerminateProcessRequest(Request):
+    """``terminate_process(upid)``."""
+
+    upid: Identifier
+
+
+# -- dispatcher-wide -------------------------------------------------------------------
+
+
+class SetSystemBootRequest(Request):
+    """``set_system_boot(system_boot)``: exactly ``True`` or ``False``."""
+
+    system_boot: bool
+
+    @classmethod
+    def _describe(cls, exc: ValidationError) -> str:
+        return "expected a boolean value for system boot"
+
+
+class DumpRequest(Request):
+    """``dump()``: no arguments."""
+
+
+#: Operation name -> its request model.
+REQUEST_MODELS: dict[str, type[Request]] = {
+    "create_definition": CreateDefinitionRequest,
+    "describe_definition": DescribeDefinitionRequest,
+    "update_definition": UpdateDefinitionRequest,
+    "remove_definition": RemoveDefinitionRequest,
+    "list_definitions": ListDefinitionsRequest,
+    "create_process": CreateProcessRequest,
+    "schedule_process": ScheduleProcessRequest,
+    "describe_process": DescribeProcessRequest,
+    "describe_processes": DescribeProcessesRequest,
+    "restart_process": RestartProcessRequest,
+    "terminate_process": TerminateProcessRequest,
+    "set_system_boot": SetSystemBootRequest,
+    "dump": DumpRequest,
+}

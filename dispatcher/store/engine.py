@@ -1,0 +1,156 @@
+"""SQLAlchemy engines for the SQL store, and the translation of SQLAlchemy errors.
+
+Supported URLs (SQLAlchemy syntax):
+
+* ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``: the embedded
+  default. The parent directory is created. Connections use WAL journaling,
+  ``synchronous=NORMAL``, a 30 s busy timeout and no foreign-key enforcement, and
+  may be used from any thread. Write transactions start with ``BEGIN IMMEDIATE``
+  so that concurrent writers queue on the busy timeout instead of failing.
+* ``sqlite://`` (in memory): one connection shared by every thread; for
+  single-threaded tests only.
+* ``postgresql+psycopg://user:password@host:port/dbname``: the production store
+  (psycopg 3), a pool of 10 connections (+20 overflow) checked before use.
+
+Every ``sqlalchemy.exc`` error is translated by :func:`store_error`; messages never
+contain the password.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Final
+
+import sqlalchemy.exc as sa_exc
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
+
+from dispatcher.errors import ConfigError, StoreError
+
+__all__ = [
+    "PG_MAX_OVERFLOW",
+    "PG_POOL_SIZE",
+    "SQLITE_BUSY_TIMEOUT",
+    "WRITE",
+    "make_engine",
+    "parse_url",
+    "safe_url",
+    "store_error",
+]
+
+#: Seconds a SQLite writer waits for the database lock before failing.
+SQLITE_BUSY_TIMEOUT: Final = 30.0
+#: PostgreSQL pool: enough for the RPC workers plus the singletons.
+PG_POOL_SIZE: Final = 10
+PG_MAX_OVERFLOW: Final = 20
+#: Seconds to wait for a PostgreSQL connection to open.
+PG_CONNECT_TIMEOUT: Final = 10
+#: Execution option marking a connection that will write (``BEGIN IMMEDIATE`` on SQLite).
+WRITE: Final = "pd_write"
+
+
+def parse_url(url: str | URL) -> URL:
+    """Parse a SQLAlchemy URL.
+
+    Raises:
+        ConfigError: the URL is malformed or names an unsupported backend.
+    """
+    try:
+        parsed = make_url(url)
+    except sa_exc.ArgumentError:
+        raise ConfigError(
+            "invalid database URL (expected sqlite:///... or postgresql+psycopg://...)"
+        ) from None
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise ConfigError(
+            f"unsupported database {parsed.get_backend_name()!r}: use sqlite or postgresql"
+        )
+    return parsed
+
+
+def safe_url(url: URL) -> str:
+    """The URL with its password masked, for messages and logs."""
+    return url.render_as_string(hide_password=True)
+
+
+def make_engine(url: str | URL) -> Engine:
+    """An engine configured for the dispatcher; see the module docstring.
+
+    Raises:
+        ConfigError: the URL is malformed, or its driver is not installed.
+    """
+    parsed = parse_url(url)
+    try:
+        if parsed.get_backend_name() == "sqlite":
+            return _sqlite_engine(parsed)
+        return create_engine(
+            parsed,
+            pool_size=PG_POOL_SIZE,
+            max_overflow=PG_MAX_OVERFLOW,
+            pool_pre_ping=True,
+            connect_args={
+                "connect_timeout": PG_CONNECT_TIMEOUT,
+                "application_name": "process-dispatcher",
+            },
+        )
+    except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError, ImportError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"cannot use database {safe_url(parsed)}: {reason}") from None
+
+
+def _is_memory(url: URL) -> bool:
+    return url.database in (None, "", ":memory:") or "mode=memory" in str(url.query)
+
+
+def _sqlite_engine(url: URL) -> Engine:
+    memory = _is_memory(url)
+    if not memory and url.database and not url.database.startswith("file:"):
+        Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    kwargs: dict[str, Any] = {
+        "connect_args": {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT},
+    }
+    if memory:
+        kwargs["poolclass"] = StaticPool
+    engine = create_engine(url, **kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
+        # Take transaction control away from the sqlite3 module (it would otherwise
+        # BEGIN lazily and DEFERRED); _on_begin below issues the BEGIN.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            if not memory:
+                cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT * 1000)}")
+            cursor.execute("PRAGMA foreign_keys=OFF")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        # A deferred transaction that later writes can fail at once with SQLITE_BUSY
+        # (no busy wait when upgrading a read lock); writers therefore lock up front.
+        immediate = conn.get_execution_options().get(WRITE, False)
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    return engine
+
+
+def store_error(exc: sa_exc.SQLAlchemyError, url: URL, operation: str) -> StoreError:
+    """A :class:`StoreError` for ``exc``, with a one-line message without credentials.
+
+    Args:
+        exc: the SQLAlchemy error (``DBAPIError`` subclasses carry the driver error).
+        url: the database URL, used to name the database and to scrub the password.
+        operation: what the store was doing, e.g. ``"update_process"``.
+    """
+    orig = getattr(exc, "orig", None)
+    cause = orig if isinstance(orig, BaseException) else exc
+    detail = str(cause).strip().splitlines()[0] if str(cause).strip() else ""
+    message = f"{operation} on {safe_url(url)} failed: {type(cause).__name__}: {detail}"
+    if url.password:
+        message = message.replace(str(url.password), "***")
+    return StoreError(message)

@@ -1,0 +1,138 @@
+"""The SQL schema: one SQLAlchemy ``MetaData`` shared by the SQL store and the migrations.
+
+Alembic's autogenerate compares this metadata with a migrated database; a test
+asserts the difference is empty, so a schema change here needs a new revision
+under ``dispatcher/migrations/versions``.
+
+Tables:
+
+``definitions``  one row per definition (JSON: ``executable``, legacy ``version``).
+``processes``    one row per process; ``id`` gives creation order, ``upid`` is unique,
+                 ``version`` is the optimistic-concurrency counter.
+``queue``        ``(upid, round)`` entries; ``id`` gives FIFO order; duplicates allowed.
+``resources``    eeagents, versioned.
+``nodes``        VMs, versioned.
+``engines``      engines added with ``add_engine`` (JSON spec).
+``pd_state``     key/value rows: ``pd_state``, ``system_boot``, ``initialized``.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+)
+
+__all__ = [
+    "definitions",
+    "engines",
+    "metadata",
+    "nodes",
+    "pd_state",
+    "processes",
+    "queue",
+    "resources",
+]
+
+#: Constraint names are fixed so that migrations can refer to them on every backend.
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# SQLite only makes INTEGER PRIMARY KEY an auto-incrementing rowid alias.
+_BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+definitions = Table(
+    "definitions",
+    metadata,
+    Column("definition_id", Text, primary_key=True),
+    Column("definition_type", Text),
+    Column("executable", JSON),
+    Column("name", Text),
+    Column("description", Text),
+    Column("legacy_version", JSON),
+)
+
+processes = Table(
+    "processes",
+    metadata,
+    Column("id", _BigId, primary_key=True, autoincrement=True),
+    Column("upid", Text, nullable=False, unique=True),
+    Column("name", Text),
+    Column("state", Text, nullable=False),
+    Column("round", Integer, nullable=False),
+    Column("definition", JSON),
+    Column("configuration", JSON),
+    Column("constraints", JSON),
+    Column("subscribers", JSON),
+    Column("queueing_mode", Text),
+    Column("restart_mode", Text),
+    Column("node_exclusive", Text),
+    Column("assigned", Text),
+    Column("hostname", Text),
+    Column("starts", Integer, nullable=False),
+    Column("start_times", JSON),
+    Column("dispatches", Integer, nullable=False),
+    Column("dispatch_times", JSON),
+    Column("version", Integer, nullable=False),
+    Index(None, "state"),
+)
+
+queue = Table(
+    "queue",
+    metadata,
+    Column("id", _BigId, primary_key=True, autoincrement=True),
+    Column("upid", Text, nullable=False),
+    Column("round", Integer, nullable=False),
+    Index(None, "upid", "round"),
+)
+
+resources = Table(
+    "resources",
+    metadata,
+    Column("resource_id", Text, primary_key=True),
+    Column("node_id", Text, nullable=False),
+    Column("slot_count", Integer, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("properties", JSON),
+    Column("assigned", JSON),
+    Column("last_heartbeat", Text),
+    Column("version", Integer, nullable=False),
+)
+
+nodes = Table(
+    "nodes",
+    metadata,
+    Column("node_id", Text, primary_key=True),
+    Column("domain_id", Text),
+    Column("properties", JSON),
+    Column("resources", JSON),
+    Column("node_exclusive", JSON),
+    Column("state_time", Float, nullable=False),
+    Column("version", Integer, nullable=False),
+)
+
+engines = Table(
+    "engines",
+    metadata,
+    Column("engine_id", Text, primary_key=True),
+    Column("spec", JSON, nullable=False),
+)
+
+pd_state = Table(
+    "pd_state",
+    metadata,
+    Column("key", Text, primary_key=True),
+    Column("value", Text, nullable=False),
+)

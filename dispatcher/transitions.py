@@ -1,0 +1,295 @@
+"""The process state machine: guarded transitions, restart policy and queueing decisions.
+
+Shared by the RPC core (:mod:`dispatcher.core`), the matchmaker, heartbeat handling
+and the doctor. Everything here is synchronous and works only through the
+:class:`~dispatcher.store.base.Store` and :class:`~dispatcher.messaging.Messenger`
+interfaces.
+
+A process's ``(round, state)`` only moves forward: a state moves backwards only
+together with ``round += 1``. Writers read a record, decide, and write it back with
+the version they read; on :class:`~dispatcher.errors.WriteConflictError` they re-read
+and re-check their guard, so a stale or out-of-order event becomes a no-op instead
+of overwriting newer state (reference §2.3).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from typing import Any, Final
+
+from dispatcher.errors import NotFoundError, TransportError, WriteConflictError
+from dispatcher.messaging import Messenger
+from dispatcher.model import Process
+from dispatcher.states import ProcessState, QueueingMode, RestartMode
+from dispatcher.store.base import Store
+
+__all__ = [
+    "WRITE_CONFLICT_RETRIES",
+    "ProcessTransitions",
+    "get_queueing_decision",
+    "process_should_restart",
+]
+
+log = logging.getLogger(__name__)
+
+#: Optimistic attempts an RPC makes before giving up (legacy ``_WRITE_CONFLICT_RETRIES``).
+WRITE_CONFLICT_RETRIES: Final = 5
+
+#: Fields a transition must not set through ``**updates`` (it sets them itself, or they
+#: identify the record).
+_PROTECTED_FIELDS: Final = frozenset({"upid", "state", "round", "version"})
+_PROCESS_FIELDS: Final = frozenset(f.name for f in dataclasses.fields(Process))
+
+
+def process_should_restart(
+    process: Process, exit_state: str, is_system_restart: bool = False
+) -> bool:
+    """Whether a process that ended in ``exit_state`` is restarted (reference §3.2).
+
+    1. During a system restart, a truthy ``configuration["process"]
+       ["omit_from_system_restart"]`` means no restart. A malformed configuration
+       (``process`` not a dict, or no dict at all) is ignored and evaluation goes on.
+    2. ``restart_mode`` ``None`` or ``ABNORMAL``: restart unless ``exit_state`` is
+       ``800-EXITED`` (TERMINATED, TERMINATING and FAILED count as abnormal).
+    3. ``ALWAYS``: restart whatever the exit state.
+    4. ``NEVER`` (and any other value, as legacy): do not restart.
+
+    Args:
+        process: the process record.
+        exit_state: the state the process ended in (the reported state for heartbeat
+            deaths, ``850-FAILED`` for evacuations, ``700-TERMINATED`` at system boot).
+        is_system_restart: the dispatcher is restarting the whole system (doctor).
+
+    Returns:
+        True if the process should go to a new round.
+    """
+    if is_system_restart:
+        configuration = process.configuration
+        section = configuration.get("process") if isinstance(configuration, dict) else None
+        if isinstance(section, dict) and section.get("omit_from_system_restart"):
+            return False
+    mode = process.restart_mode
+    if mode is None or mode == RestartMode.ABNORMAL:
+        return exit_state != ProcessState.EXITED
+    return mode == RestartMode.ALWAYS
+
+
+def get_queueing_decision(queueing_mode: str | None, starts: int) -> str:
+    """The state of a process that cannot be placed now (reference §3.1).
+
+    Consulted by the matchmaker when no slot matches, or when a restart is
+    throttled. ``starts`` counts the process's transitions into RUNNING.
+
+    ========================  ============  ===========
+    mode                      starts == 0   starts > 0
+    ========================  ============  ===========
+    ``NEVER``                 REJECTED      REJECTED
+    ``ALWAYS``                WAITING       WAITING
+    ``START_ONLY``            WAITING       REJECTED
+    ``RESTART_ONLY``          REJECTED      WAITING
+    ``None`` (or unknown)     WAITING       WAITING
+    ========================  ============  ===========
+
+    Args:
+        queueing_mode: the process's ``queueing_mode``.
+        starts: the process's ``starts`` counter.
+
+    Returns:
+        ``"300-WAITING"`` or ``"900-REJECTED"``.
+    """
+    started = starts > 0
+    if queueing_mode == QueueingMode.NEVER:
+        may_wait = False
+    elif queueing_mode == QueueingMode.START_ONLY:
+        may_wait = not started
+    elif queueing_mode == QueueingMode.RESTART_ONLY:
+        may_wait = started
+    else:  # ALWAYS, None; unknown values cannot be stored (requests reject them)
+        may_wait = True
+    return ProcessState.WAITING if may_wait else ProcessState.REJECTED
+
+
+class ProcessTransitions:
+    """Guarded, notifying writes of process records.
+
+    Args:
+        store: where processes and the queue live.
+        messenger: sends subscriber notifications.
+        clock: returns the current time in epoch seconds (for ``start_times``).
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        messenger: Messenger,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.messenger = messenger
+        self.clock = clock
+
+    # -- notifications ----------------------------------------------------------------
+
+    def notify_process(self, process: Process) -> None:
+        """Tell each subscriber of ``process`` its state just written (reference §9).
+
+        Fires ``(name, operation, process={"upid", "round", "state", "assigned"})``
+        for each ``[name, operation]`` pair; nothing when there are no subscribers.
+        Call it only after the write it reports succeeded. A pair that is not a
+        two-element sequence is skipped. Delivery failures are logged, not raised:
+        the state change is already committed and notifications are never retried.
+
+        Args:
+            process: the record as written.
+        """
+        if not process.subscribers:
+            return
+        payload = process.summary()
+        for subscriber in process.subscribers:
+            if not isinstance(subscriber, list | tuple) or len(subscriber) != 2:
+                log.warning(
+                    "process %s: ignoring malformed subscriber %r", process.upid, subscriber
+                )
+                continue
+            name, operation = subscriber
+            try:
+                self.messenger.fire(str(name), str(operation), process=dict(payload))
+            except TransportError as exc:
+                log.warning(
+                    "process %s: could not notify subscriber %s/%s of %s: %s",
+                    process.upid,
+                    name,
+                    operation,
+                    process.state,
+                    exc,
+                )
+
+    # -- guarded transitions ----------------------------------------------------------
+
+    def process_change_state(
+        self, process: Process, new_state: str, **updates: Any
+    ) -> tuple[Process, bool]:
+        """Move a process forward to ``new_state`` unless it has moved on meanwhile.
+
+        The write happens only while the stored state is lower than ``new_state`` and
+        the round is still ``process.round``; on a write conflict the record is
+        re-read and the guard re-checked. Entering ``500-RUNNING`` increments
+        ``starts`` and appends the clock's time to ``start_times``. Subscribers are
+        notified only when the write happened.
+
+        Args:
+            process: the record as last read (not modified).
+            new_state: the target state.
+            **updates: other fields to set in the same write (e.g. ``assigned=None``).
+
+        Raises:
+            TypeError: ``updates`` names an unknown or protected field.
+            NotFoundError: the process record disappeared during the write.
+
+        Returns:
+            ``(record, written)``: the record as written, or as last read when the
+            guard stopped the write, and whether the write happened.
+        """
+        _check_update_fields(updates)
+        expected_round = process.round
+        current = copy.deepcopy(process)
+        while current.state < new_state and current.round == expected_round:
+            candidate = copy.deepcopy(current)
+            candidate.state = new_state
+            for key, value in updates.items():
+                setattr(candidate, key, copy.deepcopy(value))
+            if new_state == ProcessState.RUNNING:
+                candidate.starts += 1
+                candidate.start_times.append(self.clock())
+            try:
+                self.store.update_process(candidate)
+            except WriteConflictError:
+                fresh = self.store.get_process(process.upid)
+                if fresh is None:
+                    return current, False
+                current = fresh
+                continue
+            self.notify_process(candidate)
+            return candidate, True
+        return current, False
+
+    def process_next_round(
+        self,
+        process: Process,
+        newstate: str = ProcessState.DIED_REQUESTED,
+        enqueue: bool = True,
+    ) -> tuple[Process, bool]:
+        """Send a dead process round again: ``round += 1``, unassigned, re-queued.
+
+        Applied only while the stored state is lower than ``600-TERMINATING`` and the
+        round is still ``process.round`` (re-read on write conflict). On success the
+        entry ``(upid, new round)`` is appended to the queue tail (unless
+        ``enqueue`` is False: the doctor's system-boot path) and subscribers are
+        notified.
+
+        Args:
+            process: the record as last read (not modified).
+            newstate: ``250-DIED_REQUESTED``, or ``150-UNSCHEDULED_PENDING`` at
+                system boot.
+            enqueue: whether to queue the new round for the matchmaker.
+
+        Raises:
+            NotFoundError: the process record disappeared during the write.
+
+        Returns:
+            ``(record, written)`` as for :meth:`process_change_state`.
+        """
+        expected_round = process.round
+        current = copy.deepcopy(process)
+        while current.state < ProcessState.TERMINATING and current.round == expected_round:
+            candidate = copy.deepcopy(current)
+            candidate.state = newstate
+            candidate.assigned = None
+            candidate.round = expected_round + 1
+            try:
+                self.store.update_process(candidate)
+            except WriteConflictError:
+                fresh = self.store.get_process(process.upid)
+                if fresh is None:
+                    return current, False
+                current = fresh
+                continue
+            if enqueue:
+                self.store.enqueue(candidate.upid, candidate.round)
+            self.notify_process(candidate)
+            return candidate, True
+        return current, False
+
+    # -- queue ------------------------------------------------------------------------
+
+    def dequeue_all(self, upid: str, round_: int) -> int:
+        """Remove every queue entry ``(upid, round_)`` (duplicates included).
+
+        Args:
+            upid: the process.
+            round_: the round whose entries go.
+
+        Returns:
+            How many entries were removed.
+        """
+        removed = 0
+        while True:
+            try:
+                self.store.remove_queued(upid, round_)
+            except NotFoundError:
+                return removed
+            removed += 1
+
+
+def _check_update_fields(updates: dict[str, Any]) -> None:
+    unknown = sorted(set(updates) - _PROCESS_FIELDS)
+    if unknown:
+        raise TypeError(f"unknown process field(s): {', '.join(unknown)}")
+    protected = sorted(set(updates) & _PROTECTED_FIELDS)
+    if protected:
+        raise TypeError(f"a transition sets these itself: {', '.join(protected)}")

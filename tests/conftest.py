@@ -1,0 +1,129 @@
+"""Session-wide test fixtures.
+
+Real servers: ``rabbitmq`` and ``postgres`` start one private server each (see
+:mod:`tests.infra`) the first time a test needs it, and stop it at the end of the
+session. When a server cannot be run here, tests needing it are skipped - or fail
+when ``CI=true``, where every test must really run.
+
+Tests marked ``@pytest.mark.rabbitmq`` / ``postgres`` / ``supervisord`` get the
+matching fixture automatically, so they skip (or fail in CI) even when they only
+reach the server indirectly.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from typing import NoReturn
+
+import pytest
+
+from tests.infra import PostgresServer, RabbitMQServer, supervisord_path
+
+
+def in_ci() -> bool:
+    """True when the test run must not skip anything (``CI=true``)."""
+    return os.environ.get("CI", "").strip().lower() == "true"
+
+
+def unavailable(reason: str) -> NoReturn:
+    """Skip the current test, or fail it when running in CI."""
+    if in_ci():
+        pytest.fail(f"{reason} (CI=true: required here)", pytrace=False)
+    pytest.skip(reason)
+
+
+# --------------------------------------------------------------------------- markers
+
+MARKER_FIXTURES = {
+    "rabbitmq": "rabbitmq",
+    "postgres": "postgres",
+    "supervisord": "supervisord_bin",
+}
+
+
+@pytest.fixture(autouse=True)
+def _marker_requirements(request: pytest.FixtureRequest) -> None:
+    """Set up the server fixture matching each infrastructure marker of the test."""
+    for marker, fixture in MARKER_FIXTURES.items():
+        if request.node.get_closest_marker(marker) is not None:
+            ensure_running(request.getfixturevalue(fixture))
+
+
+def ensure_running(server: object) -> None:
+    """Restart a session server that an earlier test stopped and left down."""
+    if isinstance(server, RabbitMQServer | PostgresServer) and not server.running:
+        server.start()
+
+
+# --------------------------------------------------------------------------- RabbitMQ
+
+
+@pytest.fixture(scope="session")
+def rabbitmq() -> Iterator[RabbitMQServer]:
+    """A private RabbitMQ broker shared by the session (``.uri``, ``.restart()``...)."""
+    reason = RabbitMQServer.missing_reason()
+    if reason:
+        unavailable(reason)
+    server = RabbitMQServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def amqp_uri(rabbitmq: RabbitMQServer) -> str:
+    """``amqp://guest:guest@127.0.0.1:<port>//`` of the session broker."""
+    ensure_running(rabbitmq)
+    return rabbitmq.uri
+
+
+@pytest.fixture
+def sysname() -> str:
+    """A unique dashi sysname per test, isolating its exchanges and queues."""
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """A private PostgreSQL server shared by the session (``.url(db)``, ``.restart()``...)."""
+    reason = PostgresServer.missing_reason()
+    if reason:
+        unavailable(reason)
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def postgres_url(postgres: PostgresServer) -> Iterator[str]:
+    """SQLAlchemy URL of a fresh, empty database, dropped after the test."""
+    name = f"pdtest_{uuid.uuid4().hex[:12]}"
+    ensure_running(postgres)
+    postgres.create_database(name)
+    try:
+        yield postgres.url(name)
+    finally:
+        ensure_running(postgres)
+        postgres.drop_database(name)
+
+
+# --------------------------------------------------------------------------- supervisord
+
+
+@pytest.fixture(scope="session")
+def supervisord_bin() -> str:
+    """Path of the ``supervisord`` executable (the venv's, else the one on PATH)."""
+    path = supervisord_path()
+    if path is None:
+        unavailable("supervisord is not installed (pip install supervisor)")
+    return path

@@ -1,0 +1,114 @@
+"""The Alembic migrations build the schema of dispatcher/store/schema.py, idempotently."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect
+
+from dispatcher.errors import StoreError
+from dispatcher.model import Process
+from dispatcher.store import migrate
+from dispatcher.store.engine import make_engine
+from dispatcher.store.schema import metadata
+from dispatcher.store.sql import SqlStore
+from tests.store.conftest import SQL_BACKENDS
+
+
+@pytest.fixture(params=SQL_BACKENDS)
+def empty_url(request: pytest.FixtureRequest) -> str:
+    """The URL of an empty SQLite or PostgreSQL database."""
+    if request.param == "sqlite":
+        return f"sqlite:///{request.getfixturevalue('tmp_path')}/new/pd.db"
+    url: str = request.getfixturevalue("postgres_url")
+    return url
+
+
+def table_names(url: str) -> set[str]:
+    engine = make_engine(url)
+    try:
+        return set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def test_upgrade_head_creates_every_table(empty_url: str) -> None:
+    # Given an empty database
+    assert migrate.current(empty_url) is None
+    # When upgraded to head
+    migrate.upgrade(empty_url)
+    # Then every table of the schema exists and the revision is the head
+    assert table_names(empty_url) == set(metadata.tables) | {"alembic_version"}
+    assert migrate.current(empty_url) == migrate.head()
+
+
+def test_migrations_match_the_schema_module(empty_url: str) -> None:
+    # Given a database upgraded to head
+    migrate.upgrade(empty_url)
+    # When autogenerate compares it with the metadata the store uses
+    engine = make_engine(empty_url)
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            diff = compare_metadata(context, metadata)
+    finally:
+        engine.dispose()
+    # Then there is nothing to migrate
+    assert diff == []
+
+
+def test_upgrade_twice_is_a_no_op(empty_url: str) -> None:
+    # Given a migrated database holding data
+    store = SqlStore(empty_url, create=True)
+    store.add_process(Process(upid="p1", definition={}))
+    store.close()
+    # When upgraded again (directly and through create=True)
+    migrate.upgrade(empty_url)
+    store = SqlStore(empty_url, create=True)
+    # Then nothing changed
+    assert migrate.current(empty_url) == migrate.head()
+    assert [p.upid for p in store.list_processes()] == ["p1"]
+    store.close()
+
+
+def test_concurrent_upgrades_migrate_once(empty_url: str) -> None:
+    # Given four dispatchers starting together on an empty database
+    errors: list[BaseException] = []
+
+    def start() -> None:
+        try:
+            SqlStore(empty_url, create=True).close()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=start) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    # Then all of them started and the schema is at head
+    assert errors == []
+    assert migrate.current(empty_url) == migrate.head()
+
+
+def test_store_refuses_an_unmigrated_database(empty_url: str) -> None:
+    # Given an empty database, When opened without create, Then StoreError says why
+    with pytest.raises(StoreError, match="no schema"):
+        SqlStore(empty_url)
+    # And once migrated it opens
+    migrate.upgrade(empty_url)
+    SqlStore(empty_url).close()
+
+
+def test_upgrade_does_not_depend_on_the_working_directory(
+    tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a working directory with no alembic.ini or migrations folder
+    monkeypatch.chdir(str(tmp_path))
+    url = f"sqlite:///{tmp_path}/pd.db"
+    # When upgraded, Then it works
+    migrate.upgrade(url)
+    assert migrate.current(url) == migrate.head()

@@ -1,0 +1,132 @@
+"""Configuration: YAML files, environment variables, one-line errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from dispatcher.errors import ConfigError
+from dispatcher.rpc.broker import BrokerConfig, mask_uri
+from dispatcher.settings import load_settings
+
+
+def write(tmp_path, name, text):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_no_configuration_gives_the_embedded_defaults(tmp_path):
+    settings = load_settings(environ={"PD_STATE_DIR": str(tmp_path)})
+    assert settings.amqp_uri == "embedded://"
+    assert settings.database_url == f"sqlite:///{tmp_path / 'dispatcher.db'}"
+    assert settings.processdispatcher.service_name == "process_dispatcher"
+    assert settings.processdispatcher.effective_default_engine == "default"
+    assert settings.server.amqp.exchange == "default_dashi_exchange"
+    assert settings.dashi.sysname is None
+
+
+def test_later_files_deep_merge_over_earlier_ones(tmp_path):
+    first = write(tmp_path, "a.yml", "server:\n  amqp:\n    uri: amqp://a//\n    exchange: ex1\n")
+    second = write(tmp_path, "b.yml", "server:\n  amqp:\n    exchange: ex2\ndashi:\n  sysname: s\n")
+    settings = load_settings([first, second], environ={})
+    assert settings.amqp_uri == "amqp://a//"
+    assert settings.server.amqp.exchange == "ex2"
+    assert BrokerConfig.from_settings(settings).exchange_name == "s.ex2"
+
+
+def test_environment_variables_override_the_files(tmp_path):
+    path = write(
+        tmp_path,
+        "c.yml",
+        "server: {amqp: {uri: 'amqp://file//'}}\nprocessdispatcher: {database_url: 'sqlite://'}\n",
+    )
+    settings = load_settings(
+        [path], environ={"PD_AMQP_URI": "amqp://env//", "PD_DATABASE_URL": "postgresql://x/y"}
+    )
+    assert settings.amqp_uri == "amqp://env//"
+    assert settings.database_url == "postgresql://x/y"
+
+
+def test_the_legacy_amqp_keys_build_an_escaped_uri(tmp_path):
+    path = write(
+        tmp_path,
+        "legacy.yml",
+        "server:\n  amqp:\n    host: rabbit\n    port: 5673\n    username: u@x\n"
+        "    password: p/ss:w\n    vhost: /\n",
+    )
+    assert load_settings([path], environ={}).amqp_uri == "amqp://u%40x:p%2Fss%3Aw@rabbit:5673/%2F"
+
+
+def test_legacy_engine_configuration_is_accepted_verbatim(tmp_path):
+    path = write(
+        tmp_path,
+        "pd.yml",
+        """
+processdispatcher:
+  engines:
+    engine1: {slots: 4, base_need: 1}
+    engine4: {slots: 4, heartbeat_period: 1, heartbeat_warning: 10, heartbeat_missing: 20}
+  default_engine: engine1
+  process_engines: {a.b.C: engine4}
+  restart_throttling_config: {minimum_time_between_starts: 2}
+  dispatch_retry_seconds: 30
+  launch_type: supd
+  static_resources: true
+""",
+    )
+    pd = load_settings([path], environ={}).processdispatcher
+    assert pd.engines["engine1"].base_need == 1
+    assert pd.engines["engine4"].heartbeat_missing == 20
+    assert pd.process_engines == {"a.b.C": "engine4"}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("processdispatcher: {engines: {e: {slots: 0}}}", "processdispatcher.engines.e.slots"),
+        ("processdispatcher: {engines: {e: {slots: many}}}", "processdispatcher.engines.e.slots"),
+        ("processdispatcher: {default_engine: nope}", "default_engine 'nope'"),
+        (
+            "processdispatcher: {engines: {a: {slots: 1}, b: {slots: 1}}}",
+            "default_engine is required",
+        ),
+        ("processdispatcher: {process_engines: {a.b: ghost}}", "unknown engine 'ghost'"),
+        ("eeagent: {name: 'has.dot'}", "eeagent.name"),
+        ("provisioner: {driver: cloudy}", "provisioner.driver"),
+        (
+            "processdispatcher: {engines: {e: {slots: 1, heartbeat_warning: null}}}",
+            "given together",
+        ),
+        (
+            "processdispatcher: {engines: {e: {slots: 1, heartbeat_warning: 50, "
+            "heartbeat_missing: 40}}}",
+            "greater than heartbeat_warning",
+        ),
+        ("- just\n- a list\n", "top level must be a mapping"),
+        ("key: [unclosed\n", "invalid YAML (line"),
+    ],
+)
+def test_a_bad_file_or_value_is_a_one_line_error_naming_the_key(tmp_path, text, message):
+    path = write(tmp_path, "bad.yml", text)
+    with pytest.raises(ConfigError) as info:
+        load_settings([path], environ={})
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_a_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read configuration file"):
+        load_settings([tmp_path / "absent.yml"], environ={})
+
+
+@pytest.mark.parametrize(
+    ("uri", "masked"),
+    [
+        ("amqp://guest:secret@host:5672//", "amqp://guest:***@host:5672//"),
+        ("amqp://host//", "amqp://host//"),
+        ("postgresql+psycopg://pd:pw@db/pd", "postgresql+psycopg://pd:***@db/pd"),
+        ("embedded://", "embedded://"),
+    ],
+)
+def test_credentials_are_masked(uri, masked):
+    assert mask_uri(uri) == masked
