@@ -301,7 +301,11 @@ class RpcClient:
                 break
             try:
                 if self._call_channel is None:
-                    self._call_channel = _Channel(self.broker, on_return=self._on_return)
+                    self._call_channel = _Channel(
+                        self.broker,
+                        # virtual transports have no basic.return (and no restarts)
+                        on_return=None if self.broker.is_embedded else self._on_return,
+                    )
                 channel = self._call_channel
                 reply_to = self._ensure_reply_consumer(channel, timeout)
                 self._waiting_for, self._reply, self._returned = correlation_id, None, False
