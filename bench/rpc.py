@@ -24,9 +24,11 @@ import kombu
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dispatcher.rpc.broker import BrokerConfig  # noqa: E402
-from dispatcher.rpc.client import RpcClient  # noqa: E402
-from dispatcher.rpc.service import RpcService  # noqa: E402
+import contextlib
+
+from dispatcher.rpc.broker import BrokerConfig
+from dispatcher.rpc.client import RpcClient
+from dispatcher.rpc.service import RpcService
 
 
 def measure(call: Callable[[int], object], calls: int) -> dict[str, float]:
@@ -76,10 +78,8 @@ class RawServer:
             with kombu.Consumer(connection.default_channel, [queue], callbacks=[on_request]):
                 self.ready.set()
                 while not self.stop.is_set():
-                    try:
+                    with contextlib.suppress(TimeoutError):
                         connection.drain_events(timeout=0.2)
-                    except TimeoutError:
-                        pass
 
 
 class RawClient:

@@ -258,7 +258,5 @@ class ProcessDispatcherClient:
     def add_engine(self, definition: Mapping[str, Any]) -> None:
         self._call("add_engine", definition=dict(definition))
 
-    def get_process_logs(
-        self, upid: str, stream: str = "stdout", tail_bytes: int = 65536
-    ) -> Any:
+    def get_process_logs(self, upid: str, stream: str = "stdout", tail_bytes: int = 65536) -> Any:
         return self._call("get_process_logs", upid=upid, stream=stream, tail_bytes=tail_bytes)

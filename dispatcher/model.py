@@ -64,7 +64,12 @@ class Process:
 
     def summary(self) -> dict[str, Any]:
         """The legacy "process dict": upid, state, round, assigned."""
-        return {"upid": self.upid, "state": self.state, "round": self.round, "assigned": self.assigned}
+        return {
+            "upid": self.upid,
+            "state": self.state,
+            "round": self.round,
+            "assigned": self.assigned,
+        }
 
 
 @dataclass

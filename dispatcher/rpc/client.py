@@ -24,7 +24,6 @@ thread for parallel calls.
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 import time
 import uuid
@@ -52,9 +51,7 @@ _BACKOFF_START, _BACKOFF_FACTOR, _BACKOFF_MAX = 0.1, 2.0, 2.0
 class _Channel:
     """One connection with a producer and, for calls, a reply consumer."""
 
-    def __init__(
-        self, broker: BrokerConfig, on_return: Callable[..., None] | None = None
-    ) -> None:
+    def __init__(self, broker: BrokerConfig, on_return: Callable[..., None] | None = None) -> None:
         self.connection = broker.connection()
         self.connection.connect()
         self.channel = self.connection.channel()
@@ -268,7 +265,9 @@ class RpcClient:
         channel.consumer.consume()
         return name
 
-    def _on_return(self, exception: Exception, exchange: str, routing_key: str, message: Any) -> None:
+    def _on_return(
+        self, exception: Exception, exchange: str, routing_key: str, message: Any
+    ) -> None:
         """The broker returned a request no queue was bound for (e.g. right after a restart)."""
         correlation_id = getattr(message, "properties", {}).get("correlation_id")
         if correlation_id and correlation_id == self._waiting_for:
@@ -360,7 +359,7 @@ class RpcClient:
                 return None
             try:
                 channel.connection.drain_events(timeout=min(remaining, 1.0))
-            except socket.timeout:
+            except TimeoutError:
                 channel.connection.heartbeat_check()
         return self._reply
 
@@ -379,9 +378,7 @@ class RpcClient:
 class _Probe:
     """Gives access to a transport's error classes without connecting."""
 
-    def __init__(
-        self, broker: BrokerConfig, on_return: Callable[..., None] | None = None
-    ) -> None:
+    def __init__(self, broker: BrokerConfig, on_return: Callable[..., None] | None = None) -> None:
         self.connection = broker.connection()
 
 

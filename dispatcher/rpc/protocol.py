@@ -67,9 +67,7 @@ def decode_request(body: Any) -> Request:
         BadRequestError: the body is not ``{"op": str, "args": dict | null}``.
     """
     if not isinstance(body, dict):
-        raise BadRequestError(
-            f"Invalid request: body must be an object, not {type(body).__name__}"
-        )
+        raise BadRequestError(f"Invalid request: body must be an object, not {type(body).__name__}")
     try:
         return Request.model_validate(body)
     except ValidationError as exc:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import socket
 import threading
 import time
 import traceback
@@ -118,7 +117,7 @@ class RpcService:
         if validate and any(
             p.annotation is not inspect.Parameter.empty for p in signature.parameters.values()
         ):
-            wrapped = validate_call(func, config=ConfigDict(arbitrary_types_allowed=True))
+            wrapped = validate_call(config=ConfigDict(arbitrary_types_allowed=True))(func)
         self._handlers[op] = _Registration(wrapped, signature, sender_kwarg)
 
     @property
@@ -149,7 +148,9 @@ class RpcService:
                 raise BadRequestError(_describe_validation(exc)) from None
             return reply_body(result=result)
         except RequestError as exc:
-            log.info("Known '%s' error in handler %s:%s: %s", type(exc).__name__, self.name, op, exc)
+            log.info(
+                "Known '%s' error in handler %s:%s: %s", type(exc).__name__, self.name, op, exc
+            )
             return reply_body(error=error_payload(exc, self._traceback(exc)))
         except Exception as exc:
             log.exception("Unexpected error in handler %s:%s", self.name, op)
@@ -260,7 +261,7 @@ class RpcService:
             while not self._stop.is_set():
                 try:
                     connection.drain_events(timeout=_DRAIN_SECONDS)
-                except socket.timeout:
+                except TimeoutError:
                     connection.heartbeat_check()
 
     def _on_message(self, message: Message, producer: kombu.Producer) -> None:

@@ -70,9 +70,7 @@ def test_service_and_client_carry_on_after_a_broker_restart(rabbitmq, sysname):
 
 @pytest.mark.rabbitmq
 @pytest.mark.slow
-def test_a_call_made_during_an_outage_succeeds_when_the_broker_returns_in_time(
-    rabbitmq, sysname
-):
+def test_a_call_made_during_an_outage_succeeds_when_the_broker_returns_in_time(rabbitmq, sysname):
     broker = BrokerConfig(uri=rabbitmq.uri, sysname=sysname, heartbeat=10)
     service = RpcService(broker, "svc")
     service.handle("ping", lambda value: value)

@@ -26,11 +26,11 @@ message TTL, no AMQP heartbeats.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import os
 import select
-import socket
 import time
 import uuid
 from pathlib import Path
@@ -81,16 +81,12 @@ class _Inotify:
             pass
 
     def wait(self, timeout: float) -> None:
-        try:
+        with contextlib.suppress(InterruptedError):
             select.select([self.fd], [], [], timeout)
-        except InterruptedError:
-            pass
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             os.close(self.fd)
-        except OSError:
-            pass
 
 
 class Channel(filesystem.Channel):
@@ -199,7 +195,7 @@ class Transport(filesystem.Transport):
                 pass
             elapsed = time.monotonic() - start
             if timeout is not None and elapsed >= timeout:
-                raise socket.timeout()
+                raise TimeoutError()
             remaining = _MAX_IDLE_WAIT if timeout is None else timeout - elapsed
             if watch is not None:
                 watch.wait(min(remaining, _MAX_IDLE_WAIT))
@@ -211,5 +207,3 @@ class Transport(filesystem.Transport):
             self._watch.close()
             self._watch = None
         super().close_connection(connection)
-
-
