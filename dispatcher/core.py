@@ -437,7 +437,9 @@ class ProcessDispatcherCore:
             if restarted.assigned is None:  # RUNNING implies assigned; be defensive
                 log.warning("process %s is RUNNING but not assigned: no agent to restart", upid)
                 return restarted.summary()
-            self._move_assignment(restarted.assigned, old_key, (restarted.upid, restarted.round))
+            self.transitions.move_assignment(
+                restarted.assigned, old_key, (restarted.upid, restarted.round)
+            )
             self.messenger.fire(
                 restarted.assigned, "restart_process", u_pid=restarted.upid, round=restarted.round
             )
@@ -535,34 +537,6 @@ class ProcessDispatcherCore:
         if process is None:
             raise NotFoundError(f"process {upid} does not exist")
         return process
-
-    def _move_assignment(
-        self, resource_id: str, old_key: tuple[str, int], new_key: tuple[str, int]
-    ) -> None:
-        """Move a process's slot on a resource from ``old_key`` to ``new_key``.
-
-        ``old_key`` is removed if present (a heartbeat may already have pruned it as
-        stale) and ``new_key`` added, so the slot stays reserved under the round the
-        process now runs in. Retries on write conflict; a resource that disappeared
-        (evacuated meanwhile) is left alone.
-        """
-        while True:
-            resource = self.store.get_resource(resource_id)
-            if resource is None:
-                return
-            assigned = [key for key in resource.assigned if key != old_key]
-            if new_key not in assigned:
-                assigned.append(new_key)
-            if assigned == resource.assigned:
-                return
-            resource.assigned = assigned
-            try:
-                self.store.update_resource(resource)
-            except WriteConflictError:
-                continue
-            except NotFoundError:
-                return
-            return
 
 
 def _definition(req: CreateDefinitionRequest) -> Definition:

@@ -15,7 +15,7 @@ import logging
 import threading
 from typing import Any
 
-from dispatcher.core import ProcessDispatcherCore
+from dispatcher.core import RPC_OPERATIONS, ProcessDispatcherCore
 from dispatcher.rpc.broker import BrokerConfig
 from dispatcher.rpc.client import RpcClient
 from dispatcher.rpc.messenger import RpcMessenger
@@ -27,22 +27,6 @@ __all__ = ["RPC_OPERATIONS", "DispatcherService"]
 
 log = logging.getLogger(__name__)
 
-#: The operations served, by their legacy names (each is a core method).
-RPC_OPERATIONS = (
-    "create_definition",
-    "describe_definition",
-    "update_definition",
-    "remove_definition",
-    "list_definitions",
-    "create_process",
-    "schedule_process",
-    "describe_process",
-    "describe_processes",
-    "restart_process",
-    "terminate_process",
-    "set_system_boot",
-    "dump",
-)
 
 
 class DispatcherService:

@@ -265,6 +265,42 @@ class ProcessTransitions:
             return candidate, True
         return current, False
 
+    # -- resources ------------------------------------------------------------------
+
+    def move_assignment(
+        self, resource_id: str, old_key: tuple[str, int], new_key: tuple[str, int]
+    ) -> None:
+        """Move a process's slot on a resource from ``old_key`` to ``new_key``.
+
+        Used when a process changes round in place (``restart_process``, decision 4):
+        ``old_key`` is removed if present (a heartbeat may already have pruned it as
+        stale) and ``new_key`` added, so the slot stays reserved under the round the
+        process now runs in. Retries on write conflict; a resource that disappeared
+        (evacuated meanwhile) is left alone.
+
+        Args:
+            resource_id: the eeagent holding the process.
+            old_key: ``(upid, old round)``.
+            new_key: ``(upid, new round)``.
+        """
+        while True:
+            resource = self.store.get_resource(resource_id)
+            if resource is None:
+                return
+            assigned = [key for key in resource.assigned if key != old_key]
+            if new_key not in assigned:
+                assigned.append(new_key)
+            if assigned == resource.assigned:
+                return
+            resource.assigned = assigned
+            try:
+                self.store.update_resource(resource)
+            except WriteConflictError:
+                continue
+            except NotFoundError:
+                return
+            return
+
     # -- queue ------------------------------------------------------------------------
 
     def dequeue_all(self, upid: str, round_: int) -> int:

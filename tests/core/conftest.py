@@ -8,7 +8,7 @@ import pytest
 
 from dispatcher.core import ProcessDispatcherCore
 from dispatcher.messaging import RecordingMessenger
-from dispatcher.model import Definition, Process, Resource
+from dispatcher.model import Process, Resource
 from dispatcher.store.memory import MemoryStore
 
 #: The time the fake clock always reports (epoch seconds).
@@ -43,7 +43,9 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def core(store: MemoryStore, messenger: RecordingMessenger, clock: FakeClock) -> ProcessDispatcherCore:
+def core(
+    store: MemoryStore, messenger: RecordingMessenger, clock: FakeClock
+) -> ProcessDispatcherCore:
     core = ProcessDispatcherCore(store, messenger, clock=clock)
     core.create_definition(
         DEFINITION_ID, "supd", {"module": "some.module", "class": "SomeClass"}, name="dee"
@@ -83,9 +85,7 @@ def put_process(
 def snapshot(store: MemoryStore) -> dict[str, Any]:
     """Everything the store holds, versions included, for "nothing was written" checks."""
     return {
-        "definitions": {
-            i: store.get_definition(i) for i in store.list_definition_ids()
-        },
+        "definitions": {i: store.get_definition(i) for i in store.list_definition_ids()},
         "processes": [(p.to_dict(), p.version) for p in store.list_processes()],
         "queue": store.list_queued(),
         "resources": [(r.to_dict(), r.version) for r in store.list_resources()],

@@ -21,7 +21,7 @@ def test_definitions_can_be_created_described_updated_listed_and_removed(
     # Given an empty dispatcher
     core = bare_core
     # When a definition is created
-    assert core.create_definition("d1", "t1", "notepad.exe") is None
+    assert core.create_definition("d1", "t1", "notepad.exe") is None  # type: ignore[func-returns-value]
     # Then it is described with the six legacy fields
     assert core.describe_definition("d1") == {
         "definition_id": "d1",
@@ -32,13 +32,13 @@ def test_definitions_can_be_created_described_updated_listed_and_removed(
         "version": None,
     }
     # When it is updated
-    assert core.update_definition("d1", "t1", "notepad2.exe") is None
+    assert core.update_definition("d1", "t1", "notepad2.exe") is None  # type: ignore[func-returns-value]
     # Then the new executable shows, and it is listed
     described = core.describe_definition("d1")
     assert described is not None and described["executable"] == "notepad2.exe"
     assert "d1" in core.list_definitions()
     # When it is removed, it is gone
-    assert core.remove_definition("d1") is None
+    assert core.remove_definition("d1") is None  # type: ignore[func-returns-value]
     assert core.list_definitions() == []
 
 

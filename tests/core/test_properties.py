@@ -28,9 +28,10 @@ from dispatcher.states import ProcessState as S
 from dispatcher.store.memory import MemoryStore
 from dispatcher.transitions import get_queueing_decision, process_should_restart
 
-UPIDS = st.sampled_from(["p0", "p1", "p2"])
+UPIDS = st.sampled_from(["p0", "p1"])
 RESOURCES = ("r1", "r2")
 PLACED = (S.ASSIGNED, S.PENDING, S.RUNNING, S.TERMINATING)
+UNPLACED = (S.REQUESTED, S.DIED_REQUESTED, S.WAITING)
 TERMINAL = frozenset(S.TERMINAL_STATES)
 
 
@@ -49,6 +50,17 @@ class DispatcherMachine(RuleBasedStateMachine):
 
     def get(self, upid: str) -> Process | None:
         return self.store.get_process(upid)
+
+    def upids_in(self, states: Any) -> list[str]:
+        return [p.upid for p in self.store.list_processes() if p.state in states]
+
+    def queued_unplaced(self) -> list[str]:
+        queued = set(self.store.list_queued())
+        return [
+            p.upid
+            for p in self.store.list_processes()
+            if p.state in UNPLACED and (p.upid, p.round) in queued
+        ]
 
     def remove_slot(self, resource_id: str, key: tuple[str, int]) -> None:
         resource = self.store.get_resource(resource_id)
@@ -135,16 +147,19 @@ class DispatcherMachine(RuleBasedStateMachine):
         else:
             assert result == before.summary()
 
+    @precondition(lambda self: bool(self.upids_in([S.RUNNING])))
+    @rule(data=st.data())
+    def restart_a_running_process(self, data: st.DataObject) -> None:
+        self.restart(data.draw(st.sampled_from(self.upids_in([S.RUNNING]))))
+
     # -- the matchmaker -------------------------------------------------------------------
 
-    @rule(upid=UPIDS, resource_id=st.sampled_from(RESOURCES), slot_free=st.booleans())
-    def matchmake(self, upid: str, resource_id: str, slot_free: bool) -> None:
-        process = self.get(upid)
-        if process is None or (upid, process.round) not in self.store.list_queued():
-            return
-        if process.state not in (S.REQUESTED, S.DIED_REQUESTED, S.WAITING):
-            return
-        key = (upid, process.round)
+    @precondition(lambda self: bool(self.queued_unplaced()))
+    @rule(data=st.data(), resource_id=st.sampled_from(RESOURCES), slot_free=st.booleans())
+    def matchmake(self, data: st.DataObject, resource_id: str, slot_free: bool) -> None:
+        process = self.get(data.draw(st.sampled_from(self.queued_unplaced())))
+        assert process is not None
+        key = (process.upid, process.round)
         if slot_free:
             resource = self.store.get_resource(resource_id)
             assert resource is not None
@@ -153,9 +168,7 @@ class DispatcherMachine(RuleBasedStateMachine):
             _, written = self.core.transitions.process_change_state(
                 process, S.ASSIGNED, assigned=resource_id
             )
-            if not written:
-                self.remove_slot(resource_id, key)
-                return
+            assert written
             self.store.remove_queued(*key)
         elif process.state < S.WAITING:
             decision = get_queueing_decision(process.queueing_mode, process.starts)
@@ -172,17 +185,16 @@ class DispatcherMachine(RuleBasedStateMachine):
 
     # -- the eeagent's heartbeats ---------------------------------------------------------
 
-    @precondition(lambda self: True)
+    @precondition(lambda self: bool(self.upids_in(PLACED)))
     @rule(
-        upid=UPIDS,
+        data=st.data(),
         reported=st.sampled_from([S.PENDING, S.RUNNING, S.TERMINATED, S.EXITED, S.FAILED]),
     )
-    def agent_reports(self, upid: str, reported: str) -> None:
-        process = self.get(upid)
-        if process is None or process.assigned is None or process.state not in PLACED:
-            return
+    def agent_reports(self, data: st.DataObject, reported: str) -> None:
+        process = self.get(data.draw(st.sampled_from(self.upids_in(PLACED))))
+        assert process is not None and process.assigned is not None
         transitions = self.core.transitions
-        key = (upid, process.round)
+        key = (process.upid, process.round)
         resource_id = process.assigned
         if reported in (S.PENDING, S.RUNNING):
             if process.state in (S.ASSIGNED, S.PENDING):
@@ -231,8 +243,8 @@ class DispatcherMachine(RuleBasedStateMachine):
 
 
 DispatcherMachine.TestCase.settings = settings(
-    max_examples=150,
-    stateful_step_count=40,
+    max_examples=200,
+    stateful_step_count=50,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )

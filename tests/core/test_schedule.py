@@ -92,12 +92,8 @@ def test_create_process_is_idempotent_but_refuses_a_different_definition_or_name
     first = core.create_process("proc1", "def1")
     second = core.create_process("proc1", "def1")
     # Then both return UNSCHEDULED round 0, and it is not queued
-    assert first == second == {
-        "upid": "proc1",
-        "state": ProcessState.UNSCHEDULED,
-        "round": 0,
-        "assigned": None,
-    }
+    unscheduled = {"upid": "proc1", "state": ProcessState.UNSCHEDULED, "round": 0, "assigned": None}
+    assert first == second == unscheduled
     assert store.list_queued() == []
     before = snapshot(store)
     # When it is created with def2 or another name, Then BadRequestError, nothing written
@@ -285,7 +281,12 @@ def test_rescheduling_a_terminal_process_requests_it_in_the_next_round(
     # When it is scheduled again with no arguments (a definition_id is ignored)
     result = core.schedule_process("proc1", "ignored-definition")
     # Then REQUESTED in round 3, queued under round 3
-    assert result == {"upid": "proc1", "state": ProcessState.REQUESTED, "round": 3, "assigned": None}
+    assert result == {
+        "upid": "proc1",
+        "state": ProcessState.REQUESTED,
+        "round": 3,
+        "assigned": None,
+    }
     assert store.list_queued() == [("proc1", 3)]
     # And every schedulable field is reset (wholesale update), the history kept
     record = core.describe_process("proc1")

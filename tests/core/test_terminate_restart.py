@@ -260,7 +260,12 @@ def test_restarting_a_running_process_moves_it_to_pending_in_the_next_round(
     # When it is restarted
     result = core.restart_process("proc1")
     # Then it is PENDING in round 1, still assigned to hats
-    assert result == {"upid": "proc1", "state": ProcessState.PENDING, "round": 1, "assigned": "hats"}
+    assert result == {
+        "upid": "proc1",
+        "state": ProcessState.PENDING,
+        "round": 1,
+        "assigned": "hats",
+    }
     # And hats is told to restart it in round 1; subscribers are not notified
     assert messenger.messages == [
         FiredMessage("hats", "restart_process", {"u_pid": "proc1", "round": 1})

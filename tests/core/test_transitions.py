@@ -222,9 +222,7 @@ def test_change_state_refuses_unknown_or_protected_fields(
 # -- process_next_round --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    "state", [S.REQUESTED, S.WAITING, S.ASSIGNED, S.PENDING, S.RUNNING]
-)
+@pytest.mark.parametrize("state", [S.REQUESTED, S.WAITING, S.ASSIGNED, S.PENDING, S.RUNNING])
 def test_next_round_requeues_a_dead_process_unassigned_in_round_plus_one(
     transitions: ProcessTransitions,
     store: MemoryStore,
@@ -283,7 +281,7 @@ def test_next_round_happens_once_when_two_actors_race(
     process = put_process(store, "p1", S.RUNNING, assigned="r1")
     transitions = ProcessTransitions(store, messenger)
     # When both send it to the next round
-    first, first_changed = transitions.process_next_round(process)
+    _, first_changed = transitions.process_next_round(process)
     second, second_changed = transitions.process_next_round(process)
     # Then only the first wins: round 1, queued once
     assert (first_changed, second_changed) == (True, False)

@@ -247,7 +247,7 @@ def test_set_system_boot_sets_and_clears_the_flag(
     core: ProcessDispatcherCore, store: MemoryStore
 ) -> None:
     # Given the flag clear, When set True then False, Then the store follows (idempotently)
-    assert core.set_system_boot(True) is None
+    assert core.set_system_boot(True) is None  # type: ignore[func-returns-value]
     core.set_system_boot(True)
     assert store.is_system_boot()
     core.set_system_boot(False)
@@ -285,7 +285,5 @@ def test_rpc_operations_are_methods_with_the_legacy_keyword_names(
         "set_system_boot": ["system_boot"],
         "dump": [],
     }  # fmt: skip
-    actual = {
-        op: list(inspect.signature(getattr(core, op)).parameters) for op in expected
-    }
+    actual = {op: list(inspect.signature(getattr(core, op)).parameters) for op in expected}
     assert actual == expected
