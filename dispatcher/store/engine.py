@@ -5,12 +5,17 @@ Supported URLs (SQLAlchemy syntax):
 * ``sqlite:///relative/path.db``, ``sqlite:////absolute/path.db``: the embedded
   default. The parent directory is created. Connections use WAL journaling,
   ``synchronous=NORMAL``, a 30 s busy timeout and no foreign-key enforcement, and
-  may be used from any thread. Write transactions start with ``BEGIN IMMEDIATE``
-  so that concurrent writers queue on the busy timeout instead of failing.
+  may be used from any thread. Statements autocommit; a connection given the
+  :data:`WRITE` execution option runs one ``BEGIN IMMEDIATE`` transaction instead
+  (the migrations), so that concurrent writers queue on the busy timeout.
 * ``sqlite://`` (in memory): one connection shared by every thread; for
   single-threaded tests only.
 * ``postgresql+psycopg://user:password@host:port/dbname``: the production store
-  (psycopg 3), a pool of 10 connections (+20 overflow) checked before use.
+  (psycopg 3), a pool of 10 connections (+20 overflow). A pooled connection idle
+  for more than 2 s is pinged before use; busy connections are not (a ping on
+  every checkout costs a round trip per store call, about a quarter of the
+  throughput). A connection that died while busy fails one statement, after which
+  the whole pool is replaced; the SQL store retries reads transparently.
 
 Every ``sqlalchemy.exc`` error is translated by :func:`store_error`; messages never
 contain the password.
@@ -18,6 +23,7 @@ contain the password.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Final
 
@@ -27,8 +33,11 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
 from dispatcher.errors import ConfigError, StoreError
+from dispatcher.store._codec import dumps
 
 __all__ = [
+    "PG_CONNECT_TIMEOUT",
+    "PG_IDLE_PING_SECONDS",
     "PG_MAX_OVERFLOW",
     "PG_POOL_SIZE",
     "SQLITE_BUSY_TIMEOUT",
@@ -44,6 +53,8 @@ SQLITE_BUSY_TIMEOUT: Final = 30.0
 #: PostgreSQL pool: enough for the RPC workers plus the singletons.
 PG_POOL_SIZE: Final = 10
 PG_MAX_OVERFLOW: Final = 20
+#: A pooled PostgreSQL connection idle for longer than this is pinged before use.
+PG_IDLE_PING_SECONDS: Final = 2.0
 #: Seconds to wait for a PostgreSQL connection to open.
 PG_CONNECT_TIMEOUT: Final = 10
 #: Execution option marking a connection that will write (``BEGIN IMMEDIATE`` on SQLite).
@@ -84,19 +95,43 @@ def make_engine(url: str | URL) -> Engine:
     try:
         if parsed.get_backend_name() == "sqlite":
             return _sqlite_engine(parsed)
-        return create_engine(
-            parsed,
-            pool_size=PG_POOL_SIZE,
-            max_overflow=PG_MAX_OVERFLOW,
-            pool_pre_ping=True,
-            connect_args={
-                "connect_timeout": PG_CONNECT_TIMEOUT,
-                "application_name": "process-dispatcher",
-            },
-        )
+        return _postgres_engine(parsed)
     except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError, ImportError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"cannot use database {safe_url(parsed)}: {reason}") from None
+
+
+def _postgres_engine(url: URL) -> Engine:
+    engine = create_engine(
+        url,
+        json_serializer=dumps,
+        pool_size=PG_POOL_SIZE,
+        max_overflow=PG_MAX_OVERFLOW,
+        connect_args={
+            "connect_timeout": PG_CONNECT_TIMEOUT,
+            "application_name": "process-dispatcher",
+        },
+    )
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
+        idle_since = record.info.get(_IDLE_SINCE)
+        if idle_since is None or time.monotonic() - idle_since < PG_IDLE_PING_SECONDS:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            # The pool discards this connection and checks out another (up to 3 times).
+            raise sa_exc.DisconnectionError(f"idle connection is dead: {exc}") from exc
+
+    return engine
+
+
+_IDLE_SINCE: Final = "pd_idle_since"
 
 
 def _is_memory(url: URL) -> bool:
@@ -108,6 +143,7 @@ def _sqlite_engine(url: URL) -> Engine:
     if not memory and url.database and not url.database.startswith("file:"):
         Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     kwargs: dict[str, Any] = {
+        "json_serializer": dumps,
         "connect_args": {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT},
     }
     if memory:
@@ -117,7 +153,7 @@ def _sqlite_engine(url: URL) -> Engine:
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: ConnectionPoolEntry) -> None:
         # Take transaction control away from the sqlite3 module (it would otherwise
-        # BEGIN lazily and DEFERRED); _on_begin below issues the BEGIN.
+        # BEGIN lazily and DEFERRED): statements autocommit unless _on_begin begins.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         try:
@@ -131,10 +167,12 @@ def _sqlite_engine(url: URL) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        # A deferred transaction that later writes can fail at once with SQLITE_BUSY
-        # (no busy wait when upgrading a read lock); writers therefore lock up front.
-        immediate = conn.get_execution_options().get(WRITE, False)
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        # Only connections marked WRITE get a transaction (the migrations); every
+        # other statement autocommits. BEGIN IMMEDIATE because a deferred transaction
+        # that later writes can fail at once with SQLITE_BUSY (no busy wait when a
+        # read lock is upgraded).
+        if conn.get_execution_options().get(WRITE, False):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
 

@@ -16,17 +16,87 @@ import copy
 import threading
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, Generic, TypeVar
 
 from dispatcher.errors import NotFoundError, WriteConflictError
 from dispatcher.model import Definition, Node, Process, Resource
 from dispatcher.states import ProcessDispatcherState
-from dispatcher.store._codec import clone, json_copy
+from dispatcher.store._codec import (
+    DEFINITION,
+    NODE,
+    PROCESS,
+    RESOURCE,
+    Layout,
+    gc_paused,
+    json_copy,
+)
 from dispatcher.store.base import ChangeListener
 
 __all__ = ["MemoryStore"]
 
-_V = TypeVar("_V", Process, Resource, Node)
+_R = TypeVar("_R", bound=Definition | Process | Resource | Node)
+
+
+class _Table(Generic[_R]):
+    """Records of one type, each kept as its scalar fields and its JSON-encoded fields.
+
+    Not locked: the store calls it under its own lock.
+    """
+
+    def __init__(self, layout: Layout[_R], what: str) -> None:
+        self.layout = layout
+        self.what = what
+        self.rows: dict[str, tuple[tuple[Any, ...], str]] = {}  # insertion = creation order
+        fields = layout.scalar_fields
+        self._version = fields.index("version") if layout.cls is not Definition else None
+
+    def _put(self, key: str, record: _R) -> None:
+        self.rows[key] = (self.layout.scalars(record), self.layout.encode(record))
+
+    def get(self, key: str) -> _R | None:
+        row = self.rows.get(key)
+        return None if row is None else self.layout.build_from_arrays([row])[0]
+
+    def list(self, keys: Collection[str] | None = None) -> list[_R]:
+        rows = self.rows if keys is None else {k: self.rows[k] for k in keys}
+        return self.layout.build_from_arrays(list(rows.values()))
+
+    def add(self, key: str, record: _R) -> None:
+        if key in self.rows:
+            raise WriteConflictError(f"{self.what} {key!r} exists")
+        if self._version is None:
+            self._put(key, record)
+            return
+        version = record.version
+        record.version = 1
+        try:
+            self._put(key, record)
+        except BaseException:
+            record.version = version
+            raise
+
+    def update(self, key: str, record: _R) -> None:
+        row = self.rows.get(key)
+        if row is None:
+            raise NotFoundError(f"{self.what} {key!r} not found")
+        if self._version is None:
+            self._put(key, record)
+            return
+        stored = row[0][self._version]
+        if stored != record.version:
+            raise WriteConflictError(
+                f"{self.what} {key!r} changed: version {record.version}, stored {stored}"
+            )
+        record.version = stored + 1
+        try:
+            self._put(key, record)
+        except BaseException:
+            record.version = stored
+            raise
+
+    def remove(self, key: str) -> None:
+        if self.rows.pop(key, None) is None:
+            raise NotFoundError(f"{self.what} {key!r} not found")
 
 
 class MemoryStore:
@@ -35,11 +105,11 @@ class MemoryStore:
     def __init__(self) -> None:
         self._lock = threading.RLock()
         self._listeners: list[ChangeListener] = []
-        self._definitions: dict[str, Definition] = {}
-        self._processes: dict[str, Process] = {}  # insertion order = creation order
+        self._definitions = _Table(DEFINITION, "definition")
+        self._processes = _Table(PROCESS, "process")
+        self._resources = _Table(RESOURCE, "resource")
+        self._nodes = _Table(NODE, "node")
         self._queue: list[tuple[str, int]] = []
-        self._resources: dict[str, Resource] = {}
-        self._nodes: dict[str, Node] = {}
         self._engines: dict[str, dict[str, object]] = {}
         self._pd_state: str = ProcessDispatcherState.UNINITIALIZED
         self._system_boot = False
@@ -65,83 +135,48 @@ class MemoryStore:
 
     # -- definitions ----------------------------------------------------------------
     def add_definition(self, definition: Definition) -> None:
-        stored = clone(definition)
         with self._writing("definition"):
-            if definition.definition_id in self._definitions:
-                raise WriteConflictError(f"definition {definition.definition_id!r} exists")
-            self._definitions[definition.definition_id] = stored
+            self._definitions.add(definition.definition_id, definition)
 
     def get_definition(self, definition_id: str) -> Definition | None:
         with self._lock:
-            found = self._definitions.get(definition_id)
-            return None if found is None else clone(found)
+            return self._definitions.get(definition_id)
 
     def update_definition(self, definition: Definition) -> None:
-        stored = clone(definition)
         with self._writing("definition"):
-            if definition.definition_id not in self._definitions:
-                raise NotFoundError(f"definition {definition.definition_id!r} not found")
-            self._definitions[definition.definition_id] = stored
+            self._definitions.update(definition.definition_id, definition)
 
     def remove_definition(self, definition_id: str) -> None:
         with self._writing("definition"):
-            if self._definitions.pop(definition_id, None) is None:
-                raise NotFoundError(f"definition {definition_id!r} not found")
+            self._definitions.remove(definition_id)
 
     def list_definition_ids(self) -> list[str]:
+        """Definition ids, sorted."""
         with self._lock:
-            return sorted(self._definitions)
-
-    # -- versioned records: shared logic ---------------------------------------------
-    @staticmethod
-    def _add(table: dict[str, _V], key: str, record: _V, what: str) -> None:
-        if key in table:
-            raise WriteConflictError(f"{what} {key!r} exists")
-        stored = clone(record)
-        stored.version = 1
-        table[key] = stored
-        record.version = 1
-
-    @staticmethod
-    def _update(table: dict[str, _V], key: str, record: _V, what: str) -> None:
-        current = table.get(key)
-        if current is None:
-            raise NotFoundError(f"{what} {key!r} not found")
-        if current.version != record.version:
-            raise WriteConflictError(
-                f"{what} {key!r} changed: version {record.version}, stored {current.version}"
-            )
-        stored = clone(record)
-        stored.version = record.version + 1
-        table[key] = stored
-        record.version = stored.version
-
-    @staticmethod
-    def _remove(table: dict[str, _V], key: str, what: str) -> None:
-        if table.pop(key, None) is None:
-            raise NotFoundError(f"{what} {key!r} not found")
+            return sorted(self._definitions.rows)
 
     # -- processes ------------------------------------------------------------------
     def add_process(self, process: Process) -> None:
         with self._writing("process"):
-            self._add(self._processes, process.upid, process, "process")
+            self._processes.add(process.upid, process)
 
     def get_process(self, upid: str) -> Process | None:
         with self._lock:
-            found = self._processes.get(upid)
-            return None if found is None else clone(found)
+            return self._processes.get(upid)
 
     def update_process(self, process: Process) -> None:
         with self._writing("process"):
-            self._update(self._processes, process.upid, process, "process")
+            self._processes.update(process.upid, process)
 
     def list_processes(self, states: Collection[str] | None = None) -> list[Process]:
         """All processes (optionally only those in ``states``), in creation order."""
-        with self._lock:
-            wanted = None if states is None else frozenset(states)
-            return [
-                clone(p) for p in self._processes.values() if wanted is None or p.state in wanted
-            ]
+        state_index = PROCESS.scalar_fields.index("state")
+        with self._lock, gc_paused():  # the listing may hold 100,000 records: see _codec
+            if states is None:
+                return self._processes.list()
+            wanted = frozenset(states)
+            keys = [k for k, (sc, _) in self._processes.rows.items() if sc[state_index] in wanted]
+            return self._processes.list(keys)
 
     # -- queue ----------------------------------------------------------------------
     def enqueue(self, upid: str, round_: int) -> None:
@@ -167,48 +202,46 @@ class MemoryStore:
     # -- resources (eeagents) -------------------------------------------------------
     def add_resource(self, resource: Resource) -> None:
         with self._writing("resource"):
-            self._add(self._resources, resource.resource_id, resource, "resource")
+            self._resources.add(resource.resource_id, resource)
 
     def get_resource(self, resource_id: str) -> Resource | None:
         with self._lock:
-            found = self._resources.get(resource_id)
-            return None if found is None else clone(found)
+            return self._resources.get(resource_id)
 
     def update_resource(self, resource: Resource) -> None:
         with self._writing("resource"):
-            self._update(self._resources, resource.resource_id, resource, "resource")
+            self._resources.update(resource.resource_id, resource)
 
     def remove_resource(self, resource_id: str) -> None:
         with self._writing("resource"):
-            self._remove(self._resources, resource_id, "resource")
+            self._resources.remove(resource_id)
 
     def list_resources(self) -> list[Resource]:
         """All resources, ordered by id."""
         with self._lock:
-            return [clone(self._resources[key]) for key in sorted(self._resources)]
+            return self._resources.list(sorted(self._resources.rows))
 
     # -- nodes ----------------------------------------------------------------------
     def add_node(self, node: Node) -> None:
         with self._writing("node"):
-            self._add(self._nodes, node.node_id, node, "node")
+            self._nodes.add(node.node_id, node)
 
     def get_node(self, node_id: str) -> Node | None:
         with self._lock:
-            found = self._nodes.get(node_id)
-            return None if found is None else clone(found)
+            return self._nodes.get(node_id)
 
     def update_node(self, node: Node) -> None:
         with self._writing("node"):
-            self._update(self._nodes, node.node_id, node, "node")
+            self._nodes.update(node.node_id, node)
 
     def remove_node(self, node_id: str) -> None:
         with self._writing("node"):
-            self._remove(self._nodes, node_id, "node")
+            self._nodes.remove(node_id)
 
     def list_nodes(self) -> list[Node]:
         """All nodes, ordered by id."""
         with self._lock:
-            return [clone(self._nodes[key]) for key in sorted(self._nodes)]
+            return self._nodes.list(sorted(self._nodes.rows))
 
     # -- engines added with add_engine ---------------------------------------------
     def add_engine(self, engine_id: str, spec: dict[str, object]) -> None:

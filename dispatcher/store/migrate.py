@@ -11,6 +11,7 @@ on SQLite the transaction starts with ``BEGIN IMMEDIATE`` for the same effect.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Final
 
@@ -23,7 +24,15 @@ from sqlalchemy import Connection, Engine, text
 
 from dispatcher.store.engine import WRITE, make_engine, store_error
 
-__all__ = ["MIGRATIONS_DIR", "current", "current_on", "head", "upgrade", "upgrade_engine"]
+__all__ = [
+    "MIGRATIONS_DIR",
+    "current",
+    "current_on",
+    "downgrade",
+    "head",
+    "upgrade",
+    "upgrade_engine",
+]
 
 #: The package directory holding ``env.py`` and ``versions/``.
 MIGRATIONS_DIR: Final = Path(__file__).resolve().parent.parent / "migrations"
@@ -62,15 +71,36 @@ def upgrade(url: str, revision: str = "head") -> None:
 
 def upgrade_engine(engine: Engine, revision: str = "head") -> None:
     """Like :func:`upgrade`, on an engine made by :func:`~dispatcher.store.engine.make_engine`."""
+    _migrate(engine, command.upgrade, revision, "schema upgrade")
+
+
+def downgrade(url: str, revision: str) -> None:
+    """Take the database at ``url`` back to ``revision`` (``"base"``: drop everything).
+
+    Raises:
+        ConfigError: the URL is malformed or unsupported.
+        StoreError: the database failed.
+    """
+    engine = make_engine(url)
+    try:
+        _migrate(engine, command.downgrade, revision, "schema downgrade")
+    finally:
+        engine.dispose()
+
+
+def _migrate(
+    engine: Engine, step: Callable[[Config, str], None], revision: str, operation: str
+) -> None:
+    """Run an Alembic command in one locked transaction."""
     try:
         with engine.connect() as conn:
             conn = conn.execution_options(**{WRITE: True})
             with conn.begin():
                 if conn.dialect.name == "postgresql":
                     conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
-                command.upgrade(_config(conn), revision)
+                step(_config(conn), revision)
     except sa_exc.SQLAlchemyError as exc:
-        raise store_error(exc, engine.url, "schema upgrade") from exc
+        raise store_error(exc, engine.url, operation) from exc
 
 
 def current(url: str) -> str | None:

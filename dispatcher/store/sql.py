@@ -4,43 +4,59 @@ URL format (SQLAlchemy): ``sqlite:////var/lib/pd/pd.db`` or
 ``postgresql+psycopg://user:password@host:5432/dbname``; see
 :mod:`dispatcher.store.engine` for the connection settings of each backend.
 
-Capabilities: every rule of :mod:`dispatcher.store.base`. Each method is one short
-transaction. Versioned records are written with ``UPDATE ... WHERE key = ? AND
-version = ?``: a write based on a stale read matches no row and raises
-``WriteConflictError`` (optimistic concurrency, no locks held between calls), so
+Capabilities: every rule of :mod:`dispatcher.store.base`. Every method is one
+or two single statements in autocommit mode (each atomic on its own), so no
+transaction or lock outlives a call. Versioned records are written with
+``UPDATE ... SET version = version + 1 WHERE key = ? AND version = ?``: a write
+based on a stale read matches no row and raises ``WriteConflictError``, so
 several threads, and several dispatcher instances sharing one PostgreSQL
-database, never lose an update. Reads use SQLAlchemy Core (no ORM) so that
-listing 100,000 processes stays fast.
+database, never lose an update. SQLAlchemy Core only (no ORM), statements built
+once, JSON columns decoded in one batch per listing: ``list_processes`` of
+100,000 processes takes about a second.
 
 Errors: a duplicate key on add becomes ``WriteConflictError``; every other
-database failure becomes ``StoreError`` (message without credentials), after
-one or two transparent retries for reads and for failures to connect. A value
-that is not JSON-serializable raises ``TypeError``.
+database failure becomes ``StoreError`` (message without credentials). Reads,
+and failures to connect, are retried twice first; other writes are not (a
+statement that failed in flight may have committed), callers retry them. A
+value that is not JSON-serializable raises ``TypeError``.
 
-Listeners are called in the writing thread after the transaction committed.
+Listeners are called in the writing thread after the write committed.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
-from typing import Any, Final, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 import sqlalchemy.exc as sa_exc
-from sqlalchemy import Connection, Table, bindparam, delete, func, insert, select, update
+from sqlalchemy import (
+    Column,
+    Connection,
+    Engine,
+    Select,
+    Table,
+    Text,
+    bindparam,
+    cast,
+    delete,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from dispatcher.errors import NotFoundError, StoreError, WriteConflictError
 from dispatcher.model import Definition, Node, Process, Resource
 from dispatcher.states import ProcessDispatcherState
 from dispatcher.store import migrate
-from dispatcher.store._codec import assigned_pairs
+from dispatcher.store._codec import DEFINITION, NODE, PROCESS, RESOURCE, Layout, gc_paused
 from dispatcher.store.base import ChangeListener
-from dispatcher.store.engine import WRITE, make_engine, parse_url, store_error
+from dispatcher.store.engine import make_engine, parse_url, safe_url, store_error
 from dispatcher.store.schema import (
     definitions,
     engines,
@@ -56,6 +72,7 @@ __all__ = ["SqlStore"]
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
+_R = TypeVar("_R", bound=Definition | Process | Resource | Node)
 
 #: Extra attempts for reads (and for connecting) after a transient failure.
 READ_RETRIES: Final = 2
@@ -67,55 +84,78 @@ _SYSTEM_BOOT_KEY: Final = "system_boot"
 _INITIALIZED_KEY: Final = "initialized"
 
 
-@dataclasses.dataclass(frozen=True)
-class _Kind:
-    """How one versioned record type maps onto its table."""
+class _Mapping(Generic[_R]):
+    """How one record type maps onto its table, with its statements built once."""
 
-    name: str
-    table: Table
-    key: str
-    fields: tuple[str, ...]  # dataclass field order == selected column order
-    record: Callable[..., Any]
-
-    @property
-    def data_fields(self) -> tuple[str, ...]:
-        return tuple(f for f in self.fields if f not in (self.key, "version"))
-
-
-def _fields(cls: type) -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(cls))
-
-
-def _resource(*values: Any) -> Resource:
-    resource = Resource(*values)
-    resource.assigned = assigned_pairs(resource.assigned)
-    return resource
-
-
-_PROCESS = _Kind("process", processes, "upid", _fields(Process), Process)
-_RESOURCE = _Kind("resource", resources, "resource_id", _fields(Resource), _resource)
-_NODE = _Kind("node", nodes, "node_id", _fields(Node), Node)
-_DEFINITION_COLUMNS: Final = tuple(
-    definitions.c["legacy_version" if f == "version" else f] for f in _fields(Definition)
-)
-
-
-def _update_statement(kind: _Kind) -> Any:
-    table = kind.table
-    return (
-        update(table)
-        .where(table.c[kind.key] == bindparam("k_key"), table.c.version == bindparam("k_version"))
-        .values(
-            {**{f: bindparam(f"p_{f}") for f in kind.data_fields}, "version": table.c.version + 1}
+    def __init__(
+        self, name: str, layout: Layout[_R], table: Table, renames: dict[str, str]
+    ) -> None:
+        self.name = name
+        self.layout = layout
+        self.table = table
+        self.columns = {f: renames.get(f, f) for f in layout.fields}
+        self.key_column: Column[Any] = table.c[self.columns[layout.key]]
+        # Definition.version is the legacy field (always None), not a row version.
+        self.versioned = layout.cls is not Definition
+        # JSON columns are read as text and decoded in one batch (see _codec).
+        self.select: Select[Any] = select(
+            *(table.c[self.columns[f]] for f in layout.scalar_fields),
+            *(cast(table.c[self.columns[f]], Text) for f in layout.json_fields),
         )
-    )
+        data = [
+            f for f in layout.fields if f != layout.key and not (self.versioned and f == "version")
+        ]
+        where = self.key_column == bindparam("k_key")
+        values: dict[str, Any] = {self.columns[f]: bindparam(f"p_{f}") for f in data}
+        if self.versioned:
+            where = where & (table.c.version == bindparam("k_version"))
+            values["version"] = table.c.version + 1
+        self.update = update(table).where(where).values(values)
+        self.insert = insert(table)
+        self.get = self.select.where(self.key_column == bindparam("k_key"))
+        self.list = self.select.order_by(self.key_column)
+        self.delete = delete(table).where(self.key_column == bindparam("k_key"))
+        probed = table.c.version if self.versioned else self.key_column
+        self.probe = select(probed).where(self.key_column == bindparam("k_key"))
+        self._data = data
+
+    def row(self, record: _R) -> dict[str, Any]:
+        """Column values for an insert."""
+        return {column: getattr(record, field) for field, column in self.columns.items()}
+
+    def update_params(self, record: _R) -> dict[str, Any]:
+        params = {f"p_{f}": getattr(record, f) for f in self._data}
+        params["k_key"] = getattr(record, self.layout.key)
+        if self.versioned:
+            params["k_version"] = record.version
+        return params
 
 
-_UPDATES: Final = {kind.name: _update_statement(kind) for kind in (_PROCESS, _RESOURCE, _NODE)}
-_SELECTS: Final = {
-    kind.name: select(*(kind.table.c[f] for f in kind.fields))
-    for kind in (_PROCESS, _RESOURCE, _NODE)
-}
+_DEFINITIONS: Final = _Mapping("definition", DEFINITION, definitions, {"version": "legacy_version"})
+_PROCESSES: Final = _Mapping("process", PROCESS, processes, {})
+_RESOURCES: Final = _Mapping("resource", RESOURCE, resources, {})
+_NODES: Final = _Mapping("node", NODE, nodes, {})
+
+# Statements are built once: building and cache-keying a statement per call costs
+# about a third of a simple read.
+_LIST_DEFINITION_IDS: Final = select(definitions.c.definition_id).order_by(
+    definitions.c.definition_id
+)
+_LIST_PROCESSES: Final = _PROCESSES.select.order_by(processes.c.id)
+_LIST_PROCESSES_IN_STATES: Final = _LIST_PROCESSES.where(
+    processes.c.state.in_(bindparam("states", expanding=True))
+)
+_ENQUEUE: Final = insert(queue)
+_QUEUE_MATCH: Final = (queue.c.upid == bindparam("upid")) & (queue.c.round == bindparam("round"))
+_DEQUEUE: Final = delete(queue).where(
+    queue.c.id == select(func.min(queue.c.id)).where(_QUEUE_MATCH).scalar_subquery()
+)
+_QUEUED: Final = select(queue.c.id).where(_QUEUE_MATCH).limit(1)
+_LIST_QUEUED: Final = select(queue.c.upid, queue.c.round).order_by(queue.c.id)
+_CLEAR_QUEUE: Final = delete(queue)
+_ADD_ENGINE: Final = insert(engines)
+_LIST_ENGINES: Final = select(engines.c.engine_id, engines.c.spec).order_by(engines.c.engine_id)
+_STATE_VALUES: Final = select(pd_state.c.key, pd_state.c.value)
 
 
 class SqlStore:
@@ -129,15 +169,28 @@ class SqlStore:
     Raises:
         ConfigError: the URL is malformed or unsupported.
         StoreError: the database cannot be reached, or (``create=False``) has not
-            been migrated to this version's schema.
+            been migrated.
     """
 
     def __init__(self, url: str, *, create: bool = False) -> None:
         self._url = parse_url(url)
         self._engine = make_engine(self._url)
+        # Every store operation is a short sequence of single statements, each atomic
+        # on its own, so they run in autocommit mode: no BEGIN/COMMIT round trips.
+        # (SQLite's engine already leaves transactions off unless asked for one.)
+        self._auto: Engine = (
+            self._engine.execution_options(isolation_level="AUTOCOMMIT")
+            if self._engine.dialect.name == "postgresql"
+            else self._engine
+        )
+        upsert = postgresql.insert if self._engine.dialect.name == "postgresql" else sqlite.insert
+        self._set_state = (
+            upsert(pd_state)
+            .values(key=bindparam("key"), value=bindparam("value"))
+            .on_conflict_do_update(index_elements=["key"], set_={"value": bindparam("value")})
+        )
         self._listeners: list[ChangeListener] = []
         self._listeners_lock = threading.Lock()
-        self._dialect = self._engine.dialect.name
         try:
             if create:
                 migrate.upgrade_engine(self._engine)
@@ -148,20 +201,20 @@ class SqlStore:
             raise
 
     def __repr__(self) -> str:
-        return f"SqlStore({self._url.render_as_string(hide_password=True)!r})"
+        return f"SqlStore({safe_url(self._url)!r})"
 
     def _check_schema(self) -> None:
         found, wanted = migrate.current_on(self._engine), migrate.head()
         if found is None:
             raise StoreError(
-                f"database {self._url.render_as_string(hide_password=True)} has no schema; "
+                f"database {safe_url(self._url)} has no schema; "
                 "create it with create=True or dispatcher.store.migrate.upgrade"
             )
         if found != wanted:
-            # A newer revision (a newer dispatcher migrated first) is tolerated.
+            # A newer dispatcher may have migrated first; its schema stays compatible.
             log.warning("database schema revision %s, this dispatcher expects %s", found, wanted)
 
-    # -- plumbing --------------------------------------------------------------------
+    # -- lifecycle -------------------------------------------------------------------
     def add_listener(self, listener: ChangeListener) -> None:
         """Call ``listener(kind)`` after every committed write made through this store."""
         with self._listeners_lock:
@@ -171,6 +224,7 @@ class SqlStore:
         """Close every pooled connection; the store must not be used afterwards."""
         self._engine.dispose()
 
+    # -- plumbing --------------------------------------------------------------------
     def _notify(self, kind: str) -> None:
         with self._listeners_lock:
             listeners = list(self._listeners)
@@ -179,6 +233,7 @@ class SqlStore:
 
     @contextmanager
     def _translated(self, operation: str) -> Iterator[None]:
+        """Turn SQLAlchemy errors into :class:`StoreError` (or ``TypeError`` for bad values)."""
         try:
             yield
         except sa_exc.StatementError as exc:
@@ -190,12 +245,11 @@ class SqlStore:
         except sa_exc.SQLAlchemyError as exc:
             raise store_error(exc, self._url, operation) from exc
 
-    def _connect(self, operation: str, *, write: bool) -> Connection:
-        """A pooled connection, retrying transient failures (nothing was sent yet)."""
+    def _connect(self, operation: str) -> Connection:
+        """A pooled connection, retrying transient failures (no statement was sent yet)."""
         for attempt in range(READ_RETRIES + 1):
             try:
-                conn = self._engine.connect()
-                return conn.execution_options(**{WRITE: True}) if write else conn
+                return self._auto.connect()
             except sa_exc.DBAPIError as exc:
                 if attempt == READ_RETRIES:
                     raise store_error(exc, self._url, operation) from exc
@@ -204,11 +258,11 @@ class SqlStore:
         raise AssertionError("unreachable")
 
     def _read(self, operation: str, fn: Callable[[Connection], _T]) -> _T:
-        """Run ``fn`` in a read transaction, retrying transient failures."""
+        """Run the read ``fn``, retrying it after a transient failure."""
         for attempt in range(READ_RETRIES + 1):
             with self._translated(operation):
                 try:
-                    with self._connect(operation, write=False) as conn:
+                    with self._connect(operation) as conn:
                         return fn(conn)
                 except sa_exc.DBAPIError as exc:
                     transient = (
@@ -221,253 +275,215 @@ class SqlStore:
         raise AssertionError("unreachable")
 
     def _write(self, kind: str, operation: str, fn: Callable[[Connection], _T]) -> _T:
-        """Run ``fn`` in one write transaction, commit, then notify the listeners."""
-        with (
-            self._translated(operation),
-            self._connect(operation, write=True) as conn,
-            conn.begin(),
-        ):
+        """Run the write ``fn`` (autocommitted statements), then notify the listeners.
+
+        Writes are not retried: a statement that failed in flight may have committed.
+        """
+        with self._translated(operation), self._connect(operation) as conn:
             result = fn(conn)
         self._notify(kind)
         return result
 
-    def _insert(self, kind: str, operation: str, table: Table, row: dict[str, Any]) -> None:
+    # -- records: shared logic -------------------------------------------------------
+    def _add(self, mapping: _Mapping[_R], record: _R) -> None:
+        row = mapping.row(record)
+        key = getattr(record, mapping.layout.key)
+        if mapping.versioned:
+            row["version"] = 1
+
         def run(conn: Connection) -> None:
             try:
-                conn.execute(insert(table), row)
-            except sa_exc.IntegrityError as exc:
-                raise WriteConflictError(f"{operation}: {kind} already exists") from exc
+                conn.execute(mapping.insert, [row])  # executemany: no RETURNING
+            except sa_exc.IntegrityError:
+                raise WriteConflictError(f"{mapping.name} {key!r} exists") from None
 
-        self._write(kind, operation, run)
+        self._write(mapping.name, f"add_{mapping.name}", run)
+        if mapping.versioned:
+            record.version = 1
 
-    # -- versioned records: shared logic ---------------------------------------------
-    def _add(self, kind: _Kind, record: Any) -> None:
-        row = {f: getattr(record, f) for f in kind.fields}
-        row["version"] = 1
-        key = row[kind.key]
-        try:
-            self._insert(kind.name, f"add_{kind.name}", kind.table, row)
-        except WriteConflictError:
-            raise WriteConflictError(f"{kind.name} {key!r} exists") from None
-        record.version = 1
-
-    def _update(self, kind: _Kind, record: Any) -> None:
-        key, version = getattr(record, kind.key), record.version
-        params = {f"p_{f}": getattr(record, f) for f in kind.data_fields}
-        params["k_key"], params["k_version"] = key, version
+    def _update(self, mapping: _Mapping[_R], record: _R) -> None:
+        params = mapping.update_params(record)
+        key = params["k_key"]
 
         def run(conn: Connection) -> None:
-            if conn.execute(_UPDATES[kind.name], params).rowcount == 1:
+            if conn.execute(mapping.update, params).rowcount == 1:
                 return
-            stored = conn.execute(
-                select(kind.table.c.version).where(kind.table.c[kind.key] == key)
-            ).scalar()
+            if not mapping.versioned:
+                raise NotFoundError(f"{mapping.name} {key!r} not found")
+            stored = conn.execute(mapping.probe, {"k_key": key}).scalar()
             if stored is None:
-                raise NotFoundError(f"{kind.name} {key!r} not found")
+                raise NotFoundError(f"{mapping.name} {key!r} not found")
             raise WriteConflictError(
-                f"{kind.name} {key!r} changed: version {version}, stored {stored}"
+                f"{mapping.name} {key!r} changed: version {record.version}, stored {stored}"
             )
 
-        self._write(kind.name, f"update_{kind.name}", run)
-        record.version = version + 1
+        self._write(mapping.name, f"update_{mapping.name}", run)
+        if mapping.versioned:
+            record.version += 1
 
-    def _get(self, kind: _Kind, key: str) -> Any:
-        stmt = _SELECTS[kind.name].where(kind.table.c[kind.key] == key)
-        row = self._read(f"get_{kind.name}", lambda conn: conn.execute(stmt).first())
-        return None if row is None else kind.record(*row)
+    def _get(self, mapping: _Mapping[_R], key: str) -> _R | None:
+        params = {"k_key": key}
+        rows = self._read(
+            f"get_{mapping.name}", lambda conn: conn.execute(mapping.get, params).all()
+        )
+        return mapping.layout.build_from_columns(rows)[0] if rows else None
 
-    def _list(self, kind: _Kind) -> list[Any]:
-        stmt = _SELECTS[kind.name].order_by(kind.table.c[kind.key])
-        rows = self._read(f"list_{kind.name}s", lambda conn: conn.execute(stmt).all())
-        return [kind.record(*row) for row in rows]
+    def _list(self, mapping: _Mapping[_R]) -> list[_R]:
+        rows = self._read(f"list_{mapping.name}s", lambda conn: conn.execute(mapping.list).all())
+        return mapping.layout.build_from_columns(rows)
 
-    def _remove(self, kind: _Kind, key: str) -> None:
-        table = kind.table
+    def _remove(self, mapping: _Mapping[_R], key: str) -> None:
+        params = {"k_key": key}
 
         def run(conn: Connection) -> None:
-            if conn.execute(delete(table).where(table.c[kind.key] == key)).rowcount == 0:
-                raise NotFoundError(f"{kind.name} {key!r} not found")
+            if conn.execute(mapping.delete, params).rowcount == 0:
+                raise NotFoundError(f"{mapping.name} {key!r} not found")
 
-        self._write(kind.name, f"remove_{kind.name}", run)
+        self._write(mapping.name, f"remove_{mapping.name}", run)
 
     # -- definitions ----------------------------------------------------------------
-    @staticmethod
-    def _definition_row(definition: Definition) -> dict[str, Any]:
-        return {
-            col.name: getattr(definition, f)
-            for col, f in zip(_DEFINITION_COLUMNS, _fields(Definition), strict=True)
-        }
-
     def add_definition(self, definition: Definition) -> None:
-        try:
-            self._insert(
-                "definition", "add_definition", definitions, self._definition_row(definition)
-            )
-        except WriteConflictError:
-            raise WriteConflictError(f"definition {definition.definition_id!r} exists") from None
+        self._add(_DEFINITIONS, definition)
 
     def get_definition(self, definition_id: str) -> Definition | None:
-        stmt = select(*_DEFINITION_COLUMNS).where(definitions.c.definition_id == definition_id)
-        row = self._read("get_definition", lambda conn: conn.execute(stmt).first())
-        return None if row is None else Definition(*row)
+        return self._get(_DEFINITIONS, definition_id)
 
     def update_definition(self, definition: Definition) -> None:
-        row = self._definition_row(definition)
-        key = row.pop("definition_id")
-        stmt = update(definitions).where(definitions.c.definition_id == key).values(row)
-
-        def run(conn: Connection) -> None:
-            if conn.execute(stmt).rowcount == 0:
-                raise NotFoundError(f"definition {key!r} not found")
-
-        self._write("definition", "update_definition", run)
+        self._update(_DEFINITIONS, definition)
 
     def remove_definition(self, definition_id: str) -> None:
-        stmt = delete(definitions).where(definitions.c.definition_id == definition_id)
-
-        def run(conn: Connection) -> None:
-            if conn.execute(stmt).rowcount == 0:
-                raise NotFoundError(f"definition {definition_id!r} not found")
-
-        self._write("definition", "remove_definition", run)
+        self._remove(_DEFINITIONS, definition_id)
 
     def list_definition_ids(self) -> list[str]:
         """Definition ids, sorted."""
-        stmt = select(definitions.c.definition_id).order_by(definitions.c.definition_id)
+        stmt = _LIST_DEFINITION_IDS
         return self._read("list_definition_ids", lambda conn: list(conn.execute(stmt).scalars()))
 
     # -- processes ------------------------------------------------------------------
     def add_process(self, process: Process) -> None:
-        self._add(_PROCESS, process)
+        self._add(_PROCESSES, process)
 
     def get_process(self, upid: str) -> Process | None:
-        found: Process | None = self._get(_PROCESS, upid)
-        return found
+        return self._get(_PROCESSES, upid)
 
     def update_process(self, process: Process) -> None:
-        self._update(_PROCESS, process)
+        self._update(_PROCESSES, process)
 
     def list_processes(self, states: Collection[str] | None = None) -> list[Process]:
         """All processes (optionally only those in ``states``), in creation order."""
-        stmt = _SELECTS["process"].order_by(processes.c.id)
+        stmt, params = _LIST_PROCESSES, {}
         if states is not None:
-            stmt = stmt.where(processes.c.state.in_(list(states)))
-        rows = self._read("list_processes", lambda conn: conn.execute(stmt).all())
-        return [Process(*row) for row in rows]
+            stmt, params = _LIST_PROCESSES_IN_STATES, {"states": list(states)}
+        with gc_paused():  # the listing may hold 100,000 rows: see _codec
+            rows = self._read("list_processes", lambda conn: conn.execute(stmt, params).all())
+            return PROCESS.build_from_columns(rows)
 
     # -- queue ----------------------------------------------------------------------
     def enqueue(self, upid: str, round_: int) -> None:
-        self._write(
-            "queue",
-            "enqueue",
-            lambda conn: conn.execute(insert(queue), {"upid": upid, "round": round_}),
-        )
+        row = {"upid": upid, "round": round_}
+        self._write("queue", "enqueue", lambda conn: conn.execute(_ENQUEUE, [row]))
 
     def remove_queued(self, upid: str, round_: int) -> None:
-        match = (queue.c.upid == upid) & (queue.c.round == round_)
-        oldest = select(func.min(queue.c.id)).where(match).scalar_subquery()
-        stmt = delete(queue).where(queue.c.id == oldest)
+        params = {"upid": upid, "round": round_}
 
         def run(conn: Connection) -> None:
-            # Under READ COMMITTED a concurrent remover may take the entry the
-            # subquery picked; try again while a matching entry remains.
-            while conn.execute(stmt).rowcount == 0:
-                if conn.execute(select(queue.c.id).where(match).limit(1)).first() is None:
+            # A concurrent remover may take the entry the subquery picked (PostgreSQL
+            # evaluates it before waiting on the row lock); try again while one remains.
+            while conn.execute(_DEQUEUE, params).rowcount == 0:
+                if conn.execute(_QUEUED, params).first() is None:
                     raise NotFoundError(f"queue entry ({upid!r}, {round_}) not found")
 
         self._write("queue", "remove_queued", run)
 
     def list_queued(self) -> list[tuple[str, int]]:
         """Queue entries, oldest first."""
-        stmt = select(queue.c.upid, queue.c.round).order_by(queue.c.id)
-        rows = self._read("list_queued", lambda conn: conn.execute(stmt).all())
+        rows = self._read("list_queued", lambda conn: conn.execute(_LIST_QUEUED).all())
         return [(upid, round_) for upid, round_ in rows]
 
     def clear_queue(self) -> None:
-        self._write("queue", "clear_queue", lambda conn: conn.execute(delete(queue)))
+        self._write("queue", "clear_queue", lambda conn: conn.execute(_CLEAR_QUEUE))
 
     # -- resources (eeagents) -------------------------------------------------------
     def add_resource(self, resource: Resource) -> None:
-        self._add(_RESOURCE, resource)
+        self._add(_RESOURCES, resource)
 
     def get_resource(self, resource_id: str) -> Resource | None:
-        found: Resource | None = self._get(_RESOURCE, resource_id)
-        return found
+        return self._get(_RESOURCES, resource_id)
 
     def update_resource(self, resource: Resource) -> None:
-        self._update(_RESOURCE, resource)
+        self._update(_RESOURCES, resource)
 
     def remove_resource(self, resource_id: str) -> None:
-        self._remove(_RESOURCE, resource_id)
+        self._remove(_RESOURCES, resource_id)
 
     def list_resources(self) -> list[Resource]:
         """All resources, ordered by id."""
-        found: list[Resource] = self._list(_RESOURCE)
-        return found
+        return self._list(_RESOURCES)
 
     # -- nodes ----------------------------------------------------------------------
     def add_node(self, node: Node) -> None:
-        self._add(_NODE, node)
+        self._add(_NODES, node)
 
     def get_node(self, node_id: str) -> Node | None:
-        found: Node | None = self._get(_NODE, node_id)
-        return found
+        return self._get(_NODES, node_id)
 
     def update_node(self, node: Node) -> None:
-        self._update(_NODE, node)
+        self._update(_NODES, node)
 
     def remove_node(self, node_id: str) -> None:
-        self._remove(_NODE, node_id)
+        self._remove(_NODES, node_id)
 
     def list_nodes(self) -> list[Node]:
         """All nodes, ordered by id."""
-        found: list[Node] = self._list(_NODE)
-        return found
+        return self._list(_NODES)
 
     # -- engines added with add_engine ---------------------------------------------
     def add_engine(self, engine_id: str, spec: dict[str, object]) -> None:
         """Persist an engine; an existing id raises ``WriteConflictError``."""
-        try:
-            self._insert("engine", "add_engine", engines, {"engine_id": engine_id, "spec": spec})
-        except WriteConflictError:
-            raise WriteConflictError(f"engine {engine_id!r} exists") from None
+        row = {"engine_id": engine_id, "spec": spec}
+
+        def run(conn: Connection) -> None:
+            try:
+                conn.execute(_ADD_ENGINE, [row])
+            except sa_exc.IntegrityError:
+                raise WriteConflictError(f"engine {engine_id!r} exists") from None
+
+        self._write("engine", "add_engine", run)
 
     def list_engines(self) -> dict[str, dict[str, object]]:
         """All engines added with :meth:`add_engine`, ordered by id."""
-        stmt = select(engines.c.engine_id, engines.c.spec).order_by(engines.c.engine_id)
-        rows = self._read("list_engines", lambda conn: conn.execute(stmt).all())
+        rows = self._read("list_engines", lambda conn: conn.execute(_LIST_ENGINES).all())
         return {engine_id: spec for engine_id, spec in rows}
 
     # -- dispatcher-wide state ------------------------------------------------------
-    def _state_values(self) -> dict[str, str]:
-        stmt = select(pd_state.c.key, pd_state.c.value)
-        rows = self._read("get_pd_state", lambda conn: conn.execute(stmt).all())
+    def _state_values(self, operation: str) -> dict[str, str]:
+        rows = self._read(operation, lambda conn: conn.execute(_STATE_VALUES).all())
         return {key: value for key, value in rows}
 
-    def _set_state_value(self, key: str, value: str) -> None:
-        dialect_insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
-        stmt = dialect_insert(pd_state).values(key=key, value=value)
-        stmt = stmt.on_conflict_do_update(index_elements=["key"], set_={"value": value})
-        self._write("state", f"set {key}", lambda conn: conn.execute(stmt))
+    def _set_state_value(self, operation: str, key: str, value: str) -> None:
+        params = {"key": key, "value": value}
+        self._write("state", operation, lambda conn: conn.execute(self._set_state, params))
 
     def get_pd_state(self) -> str:
         """``UNINITIALIZED`` until :meth:`set_initialized`, else the stored state."""
-        values = self._state_values()
+        values = self._state_values("get_pd_state")
         if values.get(_INITIALIZED_KEY) != "true":
             return ProcessDispatcherState.UNINITIALIZED
         return values.get(_PD_STATE_KEY, ProcessDispatcherState.UNINITIALIZED)
 
     def set_pd_state(self, state: str) -> None:
-        self._set_state_value(_PD_STATE_KEY, state)
+        self._set_state_value("set_pd_state", _PD_STATE_KEY, state)
 
     def is_system_boot(self) -> bool:
-        return self._state_values().get(_SYSTEM_BOOT_KEY) == "true"
+        return self._state_values("is_system_boot").get(_SYSTEM_BOOT_KEY) == "true"
 
     def set_system_boot(self, system_boot: bool) -> None:
-        self._set_state_value(_SYSTEM_BOOT_KEY, "true" if system_boot else "false")
+        self._set_state_value(
+            "set_system_boot", _SYSTEM_BOOT_KEY, "true" if system_boot else "false"
+        )
 
     def is_initialized(self) -> bool:
-        return self._state_values().get(_INITIALIZED_KEY) == "true"
+        return self._state_values("is_initialized").get(_INITIALIZED_KEY) == "true"
 
     def set_initialized(self) -> None:
-        self._set_state_value(_INITIALIZED_KEY, "true")
+        self._set_state_value("set_initialized", _INITIALIZED_KEY, "true")

@@ -111,3 +111,22 @@ def test_concurrent_queue_writers_keep_every_entry(store_factory: StoreFactory) 
 
     run_threads(remove)
     assert stores[1].list_queued() == []
+
+
+def test_concurrent_removals_of_duplicate_entries_all_succeed(store_factory: StoreFactory) -> None:
+    # Given 8 duplicate queue entries and one other
+    stores = [store_factory(), store_factory()]
+    for _ in range(THREADS):
+        stores[0].enqueue("dup", 0)
+    stores[0].enqueue("other", 0)
+    barrier = threading.Barrier(THREADS)
+
+    # When 8 threads each remove one duplicate at the same moment
+    def remove(index: int) -> None:
+        barrier.wait()
+        stores[index % 2].remove_queued("dup", 0)
+
+    run_threads(remove)
+
+    # Then every removal found an entry, and only the other entry is left
+    assert stores[1].list_queued() == [("other", 0)]

@@ -89,9 +89,9 @@ def test_definition_add_existing_conflicts(store: Store) -> None:
 
 def test_definition_update_and_remove(store: Store) -> None:
     store.add_definition(Definition("d1", executable="a"))
-    store.update_definition(Definition("d1", executable={"new": 1}, name="n"))
-    got = store.get_definition("d1")
-    assert got == Definition("d1", executable={"new": 1}, name="n")
+    updated = Definition("d1", "t", {"new": 1}, "n", "desc", version="legacy")
+    store.update_definition(updated)
+    assert store.get_definition("d1") == updated
     store.remove_definition("d1")
     assert store.get_definition("d1") is None
     assert store.list_definition_ids() == []

@@ -11,6 +11,7 @@ from sqlalchemy.engine import make_url
 
 from dispatcher.errors import ConfigError, StoreError
 from dispatcher.model import Process
+from dispatcher.store import engine as engine_module
 from dispatcher.store.sql import SqlStore
 from tests.infra import PostgresServer, free_port
 
@@ -111,4 +112,20 @@ def test_store_recovers_after_postgres_restarts(
     assert store.get_process("p1") is not None
     store.enqueue("p1", 0)
     assert store.list_queued() == [("p1", 0)]
+    store.close()
+
+
+@pytest.mark.postgres
+def test_idle_connections_are_checked_before_a_write(
+    postgres: PostgresServer, postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a store whose pooled connections count as idle at once
+    monkeypatch.setattr(engine_module, "PG_IDLE_PING_SECONDS", 0.0)
+    store = SqlStore(postgres_url, create=True)
+    store.enqueue("p1", 0)
+    # When the server restarts behind the pool's back
+    postgres.restart()
+    # Then the next write succeeds on a fresh connection
+    store.enqueue("p1", 1)
+    assert store.list_queued() == [("p1", 0), ("p1", 1)]
     store.close()

@@ -112,3 +112,14 @@ def test_upgrade_does_not_depend_on_the_working_directory(
     # When upgraded, Then it works
     migrate.upgrade(url)
     assert migrate.current(url) == migrate.head()
+
+
+def test_downgrade_to_base_drops_every_table(empty_url: str) -> None:
+    # Given a migrated database, When downgraded to base, Then only Alembic's table is left
+    migrate.upgrade(empty_url)
+    migrate.downgrade(empty_url, "base")
+    assert table_names(empty_url) == {"alembic_version"}
+    assert migrate.current(empty_url) is None
+    # And it can be upgraded again
+    migrate.upgrade(empty_url)
+    assert migrate.current(empty_url) == migrate.head()

@@ -1,0 +1,116 @@
+"""A fake eeagent that speaks the real wire protocol over a real broker.
+
+It behaves like the legacy test agent (reference §11): ``launch_process`` records
+the process as ``500-RUNNING`` and heartbeats at once; ``terminate_process`` marks
+it ``700-TERMINATED``; ``restart_process`` sets the new round, RUNNING; ``cleanup``
+forgets it. Tests can make it report ``850-FAILED`` or ``800-EXITED``. Every
+heartbeat lists all the processes it holds, in the legacy message format.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from typing import Any
+
+from dispatcher.rpc.broker import BrokerConfig
+from dispatcher.rpc.client import RpcClient
+from dispatcher.rpc.service import RpcService
+
+
+class FakeEEAgent:
+    def __init__(
+        self,
+        broker: BrokerConfig,
+        name: str,
+        node_id: str,
+        *,
+        pd_name: str = "process_dispatcher",
+        launch_state: str = "500-RUNNING",
+    ) -> None:
+        self.name = name
+        self.node_id = node_id
+        self.pd_name = pd_name
+        self.launch_state = launch_state
+        self.processes: dict[str, dict[str, Any]] = {}
+        self.received: list[tuple[str, dict[str, Any]]] = []
+        self.lock = threading.Lock()
+        self.service = RpcService(broker, name)
+        for op in ("launch_process", "terminate_process", "restart_process", "cleanup"):
+            self.service.handle(op, getattr(self, op), validate=False)
+        self.service.handle("get_process_logs", self.get_process_logs, validate=False)
+        self.client = RpcClient(broker, name)
+
+    def start(self) -> FakeEEAgent:
+        self.service.start()
+        self.heartbeat()
+        return self
+
+    def stop(self) -> None:
+        self.service.stop()
+        self.client.close()
+
+    # -- operations -------------------------------------------------------------------
+
+    def launch_process(self, u_pid: str, round: int, run_type: str, parameters: Any) -> None:
+        with self.lock:
+            self.received.append(("launch_process", {"u_pid": u_pid, "round": round}))
+            self.processes[u_pid] = {"round": int(round), "state": self.launch_state}
+        self.heartbeat()
+
+    def terminate_process(self, u_pid: str, round: int) -> None:
+        with self.lock:
+            self.received.append(("terminate_process", {"u_pid": u_pid, "round": round}))
+            process = self.processes.get(u_pid)
+            if process is not None and process["round"] == int(round):
+                process["state"] = "700-TERMINATED"
+        self.heartbeat()
+
+    def restart_process(self, u_pid: str, round: int) -> None:
+        with self.lock:
+            self.received.append(("restart_process", {"u_pid": u_pid, "round": round}))
+            if u_pid in self.processes:
+                self.processes[u_pid] = {"round": int(round), "state": "500-RUNNING"}
+        self.heartbeat()
+
+    def cleanup(self, u_pid: str, round: int) -> None:
+        with self.lock:
+            self.received.append(("cleanup", {"u_pid": u_pid, "round": round}))
+            process = self.processes.get(u_pid)
+            if process is not None and process["round"] == int(round):
+                del self.processes[u_pid]
+
+    def get_process_logs(
+        self, u_pid: str, round: int, stream: str = "stdout", tail_bytes: int = 65536
+    ) -> dict[str, Any]:
+        return {"upid": u_pid, "round": round, "stream": stream, "data": f"log of {u_pid}\n"}
+
+    # -- test controls ----------------------------------------------------------------
+
+    def set_state(self, upid: str, state: str) -> None:
+        with self.lock:
+            self.processes[upid]["state"] = state
+        self.heartbeat()
+
+    def ops(self, op: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return [args for name, args in self.received if name == op]
+
+    def heartbeat(self) -> None:
+        with self.lock:
+            processes = [
+                {
+                    "upid": upid,
+                    "round": str(p["round"]),
+                    "state": [int(p["state"][:3]), p["state"][4:]],
+                    "msg": "None",
+                }
+                for upid, p in self.processes.items()
+            ]
+        message = {
+            "eeagent_id": self.name,
+            "node_id": self.node_id,
+            "timestamp": dt.datetime.now(dt.UTC).isoformat(),
+            "processes": processes,
+        }
+        self.client.fire(self.pd_name, "heartbeat", message=message)
