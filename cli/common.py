@@ -55,3 +55,4 @@ def configure_logging(settings: Settings, level: str) -> None:
     # kombu and amqp are chatty at INFO about reconnections we already report.
     logging.getLogger("amqp").setLevel(logging.WARNING)
     logging.getLogger("kombu").setLevel(logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
