@@ -77,7 +77,13 @@ def _render_table(result: dict[str, Any] | list[Any]) -> None:
     from rich.table import Table
 
     console = Console()
-    rows = result if isinstance(result, list) else [result]
+    if isinstance(result, dict):
+        table = Table("field", "value", show_header=False)
+        for key, value in result.items():
+            table.add_row(key, _cell(value))
+        console.print(table)
+        return
+    rows = result
     if rows and all(isinstance(row, dict) for row in rows):
         columns = list(dict.fromkeys(key for row in rows for key in row))
         table = Table(*columns)
@@ -373,6 +379,86 @@ def process_list(ctx: Context, state: str | None) -> None:
     ctx.render(rows)
 
 
+#: States from which a process does not move without a request.
+_FINAL_STATES = ("700-TERMINATED", "800-EXITED", "850-FAILED", "900-REJECTED")
+
+
+@process.command("wait", help="Wait until a process reaches a state (default 500-RUNNING).")
+@click.argument("upid")
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    default=("500-RUNNING",),
+    show_default=True,
+    help="Target state; repeat to accept several.",
+)
+@click.option("--max-wait", default=60.0, show_default=True, help="Seconds before giving up.")
+@click.option("--poll", default=0.2, show_default=True, help="Seconds between checks.")
+@pass_ctx
+def process_wait(
+    ctx: Context, upid: str, states: tuple[str, ...], max_wait: float, poll: float
+) -> None:
+    import time
+
+    from rich.console import Console
+
+    deadline = time.monotonic() + max_wait
+    console = Console(stderr=True)
+    state = None
+    with ctx.client() as pd, console.status(f"waiting for {upid}") as status:
+        while True:
+            record = pd.describe_process(upid)
+            if record is None:
+                click.echo(f"Error: no process {upid!r}", err=True)
+                raise SystemExit(EXIT_REMOTE)
+            state = record["state"]
+            status.update(f"{upid}: {state}, waiting for {' or '.join(states)}")
+            if state in states:
+                break
+            if state in _FINAL_STATES:
+                click.echo(f"Error: process {upid} is {state}", err=True)
+                raise SystemExit(EXIT_REMOTE)
+            if time.monotonic() >= deadline:
+                click.echo(f"Error: timed out waiting for {upid} (it is {state})", err=True)
+                raise SystemExit(EXIT_UNREACHABLE)
+            time.sleep(poll)
+    ctx.render({"upid": upid, "state": state})
+
+
+@process.command("logs", help="Print the tail of a process's stdout or stderr.")
+@click.argument("upid")
+@click.option("--stderr", "stream", flag_value="stderr", help="Show stderr instead of stdout.")
+@click.option("--stdout", "stream", flag_value="stdout", default=True, hidden=True)
+@click.option("--tail", "tail_bytes", default=65536, show_default=True, type=click.IntRange(0))
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new output (Ctrl-C stops).")
+@click.option("--interval", default=1.0, show_default=True, help="Seconds between polls.")
+@pass_ctx
+def process_logs(
+    ctx: Context, upid: str, stream: str, tail_bytes: int, follow: bool, interval: float
+) -> None:
+    import time
+
+    with ctx.client() as pd:
+        text = str(pd.get_process_logs(upid, stream, tail_bytes) or "")
+        click.echo(text, nl=False)
+        while follow:
+            time.sleep(interval)
+            latest = str(pd.get_process_logs(upid, stream, tail_bytes) or "")
+            click.echo(_new_output(text, latest), nl=False)
+            text = latest
+
+
+def _new_output(previous: str, latest: str) -> str:
+    """The part of ``latest`` (a tail) that follows what ``previous`` showed."""
+    if not previous:
+        return latest
+    for start in range(len(previous)):
+        if latest.startswith(previous[start:]):
+            return latest[len(previous) - start :]
+    return latest
+
+
 @process.command("restart", help="Restart a running process (new round).")
 @click.argument("upid")
 @pass_ctx
@@ -387,6 +473,68 @@ def process_restart(ctx: Context, upid: str) -> None:
 def process_terminate(ctx: Context, upid: str) -> None:
     with ctx.client() as pd:
         ctx.render(pd.terminate_process(upid))
+
+
+# -- nodes and engines ---------------------------------------------------------------
+
+
+@main.group(help="Nodes (VMs or local agent groups) and their agents.")
+def node() -> None:
+    pass
+
+
+@node.command("list", help="List nodes with their agents and slot use.")
+@pass_ctx
+def node_list(ctx: Context) -> None:
+    with ctx.client() as pd:
+        dump = pd.dump()
+    rows = []
+    for node_id, record in sorted(dump["nodes"].items()):
+        agents = [
+            dump["resources"][r] for r in record.get("resources", []) if r in dump["resources"]
+        ]
+        rows.append(
+            {
+                "node_id": node_id,
+                "domain_id": record.get("domain_id"),
+                "agents": ", ".join(f"{a['resource_id']} ({a['state']})" for a in agents),
+                "slots used": f"{sum(len(a['assigned']) for a in agents)}/"
+                f"{sum(a['slot_count'] for a in agents)}",
+                "node_exclusive": ", ".join(record.get("node_exclusive") or []),
+            }
+        )
+    ctx.render(rows)
+
+
+@main.group(help="Execution engines.")
+def engine() -> None:
+    pass
+
+
+@engine.command("list", help="List engines and their settings.")
+@pass_ctx
+def engine_list(ctx: Context) -> None:
+    with ctx.client() as pd:
+        engines = pd.list_engines()
+    ctx.render([{"engine_id": key, **value} for key, value in sorted(engines.items())])
+
+
+@engine.command("add", help="Add an engine (persisted by the dispatcher).")
+@click.argument("engine_id")
+@click.option("--slots", type=click.IntRange(min=1), required=True, help="Slots per agent.")
+@click.option("--replicas", type=click.IntRange(min=1), help="Agents per node.")
+@click.option("--base-need", type=click.IntRange(min=0), help="Nodes to keep at least.")
+@click.option("--spare-slots", type=click.IntRange(min=0), help="Free slots to keep.")
+@click.option("--maximum-vms", type=click.IntRange(min=0), help="Most nodes.")
+@click.option("--heartbeat-period", type=float)
+@click.option("--heartbeat-warning", type=float)
+@click.option("--heartbeat-missing", type=float)
+@pass_ctx
+def engine_add(ctx: Context, /, engine_id: str, **options: Any) -> None:
+    definition = {"engine_id": engine_id, **{k: v for k, v in options.items() if v is not None}}
+    with ctx.client() as pd:
+        pd.add_engine(definition)
+        ctx.render(pd.list_engines().get(engine_id))
 
 
 # -- system ------------------------------------------------------------------------

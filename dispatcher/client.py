@@ -256,7 +256,13 @@ class ProcessDispatcherClient:
         self._call("node_state", **args)
 
     def add_engine(self, definition: Mapping[str, Any]) -> None:
+        """Add an engine (``engine_id``, ``slots`` and the other engine keys)."""
         self._call("add_engine", definition=dict(definition))
+
+    def list_engines(self) -> dict[str, dict[str, Any]]:
+        """Engine id → its settings (configured and added)."""
+        result: dict[str, dict[str, Any]] = self._call("list_engines")
+        return result
 
     def get_process_logs(self, upid: str, stream: str = "stdout", tail_bytes: int = 65536) -> Any:
         return self._call("get_process_logs", upid=upid, stream=stream, tail_bytes=tail_bytes)

@@ -82,8 +82,8 @@ class FakeEEAgent:
 
     def get_process_logs(
         self, u_pid: str, round: int, stream: str = "stdout", tail_bytes: int = 65536
-    ) -> dict[str, Any]:
-        return {"upid": u_pid, "round": round, "stream": stream, "data": f"log of {u_pid}\n"}
+    ) -> str:
+        return f"{stream} of {u_pid} round {round}\n"
 
     # -- test controls ----------------------------------------------------------------
 
