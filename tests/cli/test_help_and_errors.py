@@ -85,3 +85,15 @@ def test_no_dispatcher_on_the_embedded_transport_is_a_timeout_with_status_3(tmp_
     )
     assert result.exit_code == 3
     assert "no reply within" in result.output
+
+
+def test_the_cli_reference_in_docs_is_current():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    result = subprocess.run(
+        [sys.executable, "scripts/cli_reference.py", "--check"], cwd=root, capture_output=True
+    )
+    assert result.returncode == 0, result.stderr.decode()
