@@ -33,9 +33,9 @@ _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _USER_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*\$?")
 #: upids that can be used as they are in a supervisord program name.
 _PLAIN_UPID = re.compile(r"[A-Za-z0-9_.-]{1,100}")
-#: Characters no argument, variable or path can carry through supervisord's
-#: configuration file (and NUL through execve).
-_UNPASSABLE = re.compile(r"[\x00\n\r]")
+#: Characters no argument, variable or path can carry: NUL (execve) and carriage
+#: return (supervisord reads its configuration with universal newlines).
+_UNPASSABLE = re.compile(r"[\x00\r]")
 
 
 class ParameterError(EEAgentError, ValueError):
@@ -44,7 +44,7 @@ class ParameterError(EEAgentError, ValueError):
 
 def _check_text(value: str, what: str) -> str:
     if _UNPASSABLE.search(value):
-        raise ValueError(f"{what} contains a NUL, newline or carriage return")
+        raise ValueError(f"{what} contains a NUL or carriage return")
     return value
 
 

@@ -7,9 +7,11 @@ splits ``command`` with ``shlex.split`` and parses ``environment`` with a
 non-POSIX ``shlex``. This module quotes values so that all of that gives back
 exactly what the agent was asked to run:
 
-* ``command``: each argument is shell-quoted piece by piece, with ``;`` and ``#``
-  always inside quotes right after a quote character and every ``%`` doubled
-  outside quotes, so neither the comment stripping nor ``%(here)s`` can match;
+* ``command``: each argument is shell-quoted piece by piece, with ``;``, ``#`` and
+  newline each quoted on its own (so a ``;`` always follows a quote, and every
+  continuation line of a multi-line value starts and ends with one, which the
+  parser's stripping cannot touch) and every ``%`` doubled outside quotes, so
+  neither the comment stripping nor ``%(here)s`` can match;
 * ``environment``: ``KEY="value"`` (or single quotes), ``%`` doubled;
 * paths: ``%`` doubled.
 
@@ -72,7 +74,7 @@ PROGRAM_DEFAULTS: dict[str, str] = {
     "stderr_logfile_backups": str(LOG_BACKUPS),
 }
 
-_SPECIAL = re.compile(r"([;#%])")
+_SPECIAL = re.compile(r"([;#%\n])")
 _HERE = "%(here)s"
 
 
@@ -105,7 +107,7 @@ def _quote_word(arg: str) -> str:
             continue
         if piece == "%":
             pieces.append("%%")
-        elif piece in (";", "#"):
+        elif piece in (";", "#", "\n"):
             pieces.append(f"'{piece}'")
         else:
             pieces.append(shlex.quote(piece))
@@ -116,11 +118,11 @@ def command_line(argv: Sequence[str]) -> str:
     """The ``command`` option that makes supervisord exec exactly ``argv``.
 
     Raises:
-        ValueError: an argument holds NUL, newline or carriage return.
+        ValueError: an argument holds NUL or a carriage return.
     """
     for arg in argv:
-        if "\x00" in arg or "\n" in arg or "\r" in arg:
-            raise ValueError("an argument contains a NUL, newline or carriage return")
+        if "\x00" in arg or "\r" in arg:
+            raise ValueError("an argument contains a NUL or carriage return")
     return " ".join(_quote_word(arg) for arg in argv)
 
 
@@ -175,9 +177,7 @@ def program_options(spec: ProgramSpec, stdout_log: str, stderr_log: str) -> dict
             :func:`shim_argv`), or a log path cannot be written.
     """
     env_text = environment_value(spec.env) if spec.env else ""
-    directory = (
-        config_value(spec.working_directory) if spec.working_directory is not None else ""
-    )
+    directory = config_value(spec.working_directory) if spec.working_directory is not None else ""
     argv: tuple[str, ...] = spec.argv
     if env_text is None or directory is None:
         argv = shim_argv(spec, with_env=env_text is None, with_directory=directory is None)

@@ -1,0 +1,79 @@
+"""``pd-eeagent``: the execution engine agent."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from types import FrameType
+
+import click
+
+from cli.common import CONFIG_HELP, LOG_LEVEL_HELP, configure_logging, settings_from_options
+from dispatcher.errors import DispatcherError
+
+__all__ = ["main"]
+
+HELP = """Run an execution engine agent: processes under a private supervisord.
+
+The agent serves launch_process, terminate_process, restart_process, cleanup,
+dump_state and get_process_logs on the queue named eeagent.name, and sends
+heartbeats to the dispatcher (pd.name) at start-up, every eeagent.heartbeat
+seconds and after every process state change.
+
+Its supervisord, state file and process logs live in
+<eeagent.launch_type.supd_directory>/<eeagent.name>/ (supd_directory defaults to
+<state_dir>/eeagent). An agent killed with SIGKILL and started again reattaches to
+the processes still running there.
+
+SIGTERM or SIGINT stops the agent cleanly: its processes and supervisord are
+stopped (reported 850-FAILED "stopped: the agent shut down") unless
+eeagent.leave_running_on_shutdown is true, in which case they keep running for
+the next agent to reattach to.
+
+Exit status: 0 after a clean stop, 1 if the agent cannot start, 2 for a usage or
+configuration error.
+"""
+
+NAME_HELP = "Agent name: its queue and heartbeat id (eeagent.name). No '.' allowed."
+NODE_ID_HELP = "Node id sent in heartbeats (eeagent.node_id)."
+SLOTS_HELP = "How many processes may run at once (eeagent.slots)."
+
+
+@click.command(help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_files", multiple=True, metavar="FILE", help=CONFIG_HELP)
+@click.option("--name", metavar="NAME", help=NAME_HELP)
+@click.option("--node-id", metavar="ID", help=NODE_ID_HELP)
+@click.option("--slots", type=click.IntRange(min=1), metavar="N", help=SLOTS_HELP)
+@click.option("--log-level", default="info", show_default=True, help=LOG_LEVEL_HELP)
+def main(
+    config_files: tuple[str, ...],
+    name: str | None,
+    node_id: str | None,
+    slots: int | None,
+    log_level: str,
+) -> None:
+    from eeagent.service import run_agent
+
+    settings = settings_from_options(
+        config_files,
+        {"eeagent.name": name, "eeagent.node_id": node_id, "eeagent.slots": slots},
+    )
+    configure_logging(settings, log_level)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        run_agent(settings, dict(os.environ), stop)
+    except DispatcherError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+if __name__ == "__main__":  # pragma: no cover - python -m cli.eeagent
+    main()

@@ -1,0 +1,320 @@
+"""The agent on the wire: RPC operations, the monitor loop and heartbeats.
+
+:class:`AgentService` serves the legacy operations on the queue named
+``eeagent.name`` (one worker, so requests are handled in the order they arrive:
+a terminate never overtakes its launch), polls the backend every
+:data:`POLL_INTERVAL` seconds on a thread of its own, and fires heartbeats to
+``pd.name`` (op ``heartbeat``, argument ``message``) from a third thread, so a slow
+broker never delays monitoring. A heartbeat goes out as soon as the agent consumes
+its queue (so a dispatcher that answers it reaches the agent), every
+``eeagent.heartbeat`` seconds, and right after every state change (changes that
+happen while one is being sent are coalesced into the next: each heartbeat carries
+the full state).
+
+:func:`run_agent` builds the whole agent from :class:`~dispatcher.settings.Settings`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from dispatcher.errors import DispatcherError
+from dispatcher.rpc.broker import BrokerConfig
+from dispatcher.rpc.client import RpcClient
+from dispatcher.rpc.service import RpcService
+from dispatcher.settings import Settings
+from eeagent.agent import EEAgent
+from eeagent.persistence import AgentLock, StateStore
+from eeagent.supdconf import STOP_WAIT_SECONDS
+from eeagent.supervisor import SupervisorControl
+
+__all__ = ["POLL_INTERVAL", "AgentService", "Heartbeater", "agent_home", "run_agent"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds between two looks at supervisord (``getAllProcessInfo``: ~1.5 ms for 8
+#: programs, so about 1.5 % of a core at this rate). Exits are seen this fast.
+POLL_INTERVAL = 0.1
+#: Seconds a heartbeat publish may keep trying to reach the broker.
+HEARTBEAT_SEND_TIMEOUT = 5.0
+#: Seconds each attempt to start consuming waits for the broker.
+RPC_READY_TIMEOUT = 5.0
+#: Environment variables supervisord (and so every process) does not inherit:
+#: they carry the agent's own broker and database credentials.
+PRIVATE_ENV_PREFIX = "PD_"
+
+
+class Heartbeater:
+    """Sends the agent's heartbeat periodically and on request, from its own thread.
+
+    Args:
+        build: returns the message to send.
+        send: sends it; exceptions are logged and the next beat is tried as usual.
+        interval: seconds between periodic beats (counted from the last beat).
+    """
+
+    def __init__(
+        self,
+        build: Callable[[], dict[str, Any]],
+        send: Callable[[dict[str, Any]], None],
+        interval: float,
+    ) -> None:
+        self.build = build
+        self.send = send
+        self.interval = interval
+        self.sent = 0
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def request(self) -> None:
+        """Have a heartbeat sent as soon as possible (never blocks)."""
+        self._wake.set()
+
+    @property
+    def started(self) -> bool:
+        """Whether :meth:`start` was called (and :meth:`stop` not yet)."""
+        return self._thread is not None
+
+    def start(self) -> None:
+        """Start the thread; it sends the first heartbeat at once."""
+        self._stop.clear()
+        self._wake.set()
+        self._thread = threading.Thread(target=self._run, name="eeagent-heartbeat", daemon=True)
+        self._thread.start()
+
+    def stop(self, final: bool = True) -> None:
+        """Stop the thread, after sending one last heartbeat if ``final``."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(HEARTBEAT_SEND_TIMEOUT + 5)
+            self._thread = None
+        if final:
+            self._beat()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self._wake.wait(self.interval)
+            if self._stop.is_set():
+                break
+            self._wake.clear()
+            self._beat()
+
+    def _beat(self) -> None:
+        try:
+            self.send(self.build())
+            self.sent += 1
+        except DispatcherError as exc:
+            log.warning("heartbeat not sent: %s", exc)
+        except Exception:  # a bug must not stop the heartbeats
+            log.exception("heartbeat failed")
+
+
+class AgentService:
+    """An :class:`EEAgent` served over dashi RPC, with its monitor and heartbeats.
+
+    Args:
+        agent: the agent (its ``on_change`` is wired to the heartbeater here).
+        broker: where the broker is.
+        pd_name: the dispatcher's service name (heartbeat destination).
+        heartbeat: seconds between periodic heartbeats.
+        poll_interval: seconds between two polls of the backend.
+        leave_running: on :meth:`stop`, leave supervisord and its processes running.
+    """
+
+    def __init__(
+        self,
+        agent: EEAgent,
+        *,
+        broker: BrokerConfig,
+        pd_name: str,
+        heartbeat: float,
+        poll_interval: float = POLL_INTERVAL,
+        leave_running: bool = False,
+    ) -> None:
+        self.agent = agent
+        self.broker = broker
+        self.pd_name = pd_name
+        self.poll_interval = poll_interval
+        self.leave_running = leave_running
+        self.client = RpcClient(broker, name=agent.name)
+        self.heartbeater = Heartbeater(agent.heartbeat, self._send_heartbeat, heartbeat)
+        agent.on_change = self.heartbeater.request
+        self.rpc = RpcService(broker, agent.name, workers=1)
+        self._register()
+        self._stop = threading.Event()
+        self._monitor: threading.Thread | None = None
+        self._rpc_starter: threading.Thread | None = None
+
+    def _register(self) -> None:
+        agent = self.agent
+
+        def launch_process(u_pid: str, round: int, run_type: str, parameters: Any = None) -> None:
+            agent.launch_process(u_pid, round, run_type, parameters)
+
+        def terminate_process(u_pid: str, round: int) -> None:
+            agent.terminate_process(u_pid, round)
+
+        def restart_process(u_pid: str, round: int) -> None:
+            agent.restart_process(u_pid, round)
+
+        def cleanup(u_pid: str, round: int) -> None:
+            agent.cleanup(u_pid, round)
+
+        def dump_state(rpc: bool = False) -> dict[str, Any] | None:
+            return agent.dump_state(rpc)
+
+        def get_process_logs(
+            u_pid: str, round: int, stream: str = "stdout", tail_bytes: int = 65536
+        ) -> str:
+            return agent.get_process_logs(u_pid, round, stream, tail_bytes)
+
+        for handler in (
+            launch_process,
+            terminate_process,
+            restart_process,
+            cleanup,
+            dump_state,
+            get_process_logs,
+        ):
+            self.rpc.handle(handler.__name__, handler)
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    def start(self, *, wait_for_broker: bool = True) -> None:
+        """Attach to the backend, then start monitoring, heartbeats and RPC service.
+
+        Args:
+            wait_for_broker: return only once the service consumes its queue;
+                otherwise keep trying to reach the broker in the background.
+
+        Raises:
+            BackendStartError: supervisord could not be started.
+        """
+        self._stop.clear()
+        self.agent.open()
+        self._monitor = threading.Thread(
+            target=self._monitor_loop, name="eeagent-monitor", daemon=True
+        )
+        self._monitor.start()
+        self._rpc_starter = threading.Thread(
+            target=self._start_rpc, name="eeagent-rpc-start", daemon=True
+        )
+        self._rpc_starter.start()
+        if wait_for_broker:
+            self._rpc_starter.join()
+
+    def stop(self) -> None:
+        """Stop serving; stop or leave the processes (``leave_running``); send a last heartbeat."""
+        self._stop.set()
+        if self._rpc_starter is not None:
+            self._rpc_starter.join()
+        self.rpc.stop()
+        if self._monitor is not None:
+            self._monitor.join()
+        self.agent.shutdown(leave_running=self.leave_running)
+        self.heartbeater.stop(final=self.heartbeater.started)
+        self.client.close()
+
+    def _start_rpc(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.rpc.start(ready_timeout=RPC_READY_TIMEOUT)
+            except DispatcherError as exc:
+                log.warning("%s; retrying", exc)
+                continue
+            log.info(
+                "agent %s serving on %s (heartbeats to %s)",
+                self.agent.name,
+                self.broker.masked_uri,
+                self.pd_name,
+            )
+            # Only now: a dispatcher answering the first heartbeat must find the queue.
+            self.heartbeater.start()
+            return
+
+    def _monitor_loop(self) -> None:
+        while not self._stop.wait(self.poll_interval):
+            try:
+                self.agent.poll()
+            except Exception:  # a bug must not stop monitoring
+                log.exception("monitoring failed")
+
+    def _send_heartbeat(self, message: dict[str, Any]) -> None:
+        self.client.fire(self.pd_name, "heartbeat", timeout=HEARTBEAT_SEND_TIMEOUT, message=message)
+
+
+def agent_home(settings: Settings) -> tuple[Path, Path]:
+    """``(supd_directory, home)``: the configured or default directories of the agent.
+
+    ``supd_directory`` defaults to ``<state_dir>/eeagent``; the agent's home (its
+    supervisord, state file and process logs) is ``<supd_directory>/<eeagent.name>``.
+    """
+    supd_directory = settings.eeagent.launch_type.supd_directory or settings.state_dir / "eeagent"
+    supd_directory = Path(supd_directory).expanduser().absolute()
+    return supd_directory, supd_directory / settings.eeagent.name
+
+
+def run_agent(
+    settings: Settings,
+    environ: Mapping[str, str],
+    stop: threading.Event,
+    *,
+    ready: Callable[[AgentService], None] | None = None,
+) -> None:
+    """Run the agent described by ``settings`` until ``stop`` is set.
+
+    Args:
+        settings: the whole configuration (``eeagent``, ``pd``, broker keys).
+        environ: the agent's environment; supervisord and the processes get it
+            without ``PD_*`` variables.
+        stop: set it (e.g. from a signal handler) to shut down cleanly.
+        ready: called once the agent runs.
+
+    Raises:
+        AgentLockedError: another agent runs in the same home directory.
+        BackendStartError: supervisord could not be started.
+    """
+    eea = settings.eeagent
+    supd_directory, home = agent_home(settings)
+    lock = AgentLock(home / "agent.lock")
+    lock.acquire()
+    try:
+        control = SupervisorControl(
+            home,
+            supdexe=eea.launch_type.supdexe,
+            environ={k: v for k, v in environ.items() if not k.startswith(PRIVATE_ENV_PREFIX)},
+        )
+        agent = EEAgent(
+            name=eea.name,
+            node_id=eea.node_id,
+            slots=eea.slots,
+            control=control,
+            store=StateStore(home / "state.json"),
+            default_directory=str(supd_directory),
+            stop_wait=STOP_WAIT_SECONDS,
+        )
+        service = AgentService(
+            agent,
+            broker=BrokerConfig.from_settings(settings),
+            pd_name=settings.pd.name,
+            heartbeat=eea.heartbeat,
+            leave_running=eea.leave_running_on_shutdown,
+        )
+        started = time.monotonic()
+        service.start(wait_for_broker=False)
+        log.info("agent %s started in %.2fs (home %s)", eea.name, time.monotonic() - started, home)
+        if ready is not None:
+            ready(service)
+        try:
+            stop.wait()
+        finally:
+            service.stop()
+    finally:
+        lock.release()

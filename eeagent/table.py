@@ -1,0 +1,128 @@
+"""The agent's process table: records, retiring programs, and their persistence.
+
+The table knows nothing of requests or backends. It keeps two flags for the agent:
+*dirty* (something must be saved) and *changed* (what a heartbeat would say
+changed); :meth:`ProcessTable.commit` acts on both.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from dispatcher.states import ProcessState
+from eeagent.errors import PersistenceError
+from eeagent.persistence import AgentSnapshot, StateStore
+from eeagent.records import ProcessRecord, RetiringProgram
+
+__all__ = ["ProcessTable"]
+
+log = logging.getLogger(__name__)
+
+
+class ProcessTable:
+    """Records by ``(upid, round)`` in launch order, and programs being retired.
+
+    Args:
+        agent: the agent's name (saved in the state file).
+        store: where to persist (``None``: nowhere).
+        on_change: called by :meth:`commit` when the reported state changed.
+
+    Not thread-safe: the agent calls it under its lock.
+    """
+
+    def __init__(self, agent: str, store: StateStore | None, on_change: Callable[[], None]) -> None:
+        self.agent = agent
+        self.store = store
+        self.on_change = on_change
+        self.records: dict[tuple[str, int], ProcessRecord] = {}
+        self.retiring: dict[str, RetiringProgram] = {}
+        self.backend: str | None = None
+        self.dirty = False
+        self.changed = False
+
+    # -- records ------------------------------------------------------------------
+
+    def get(self, upid: str, round: int) -> ProcessRecord | None:
+        return self.records.get((upid, round))
+
+    def by_upid(self, upid: str) -> ProcessRecord | None:
+        """The record of ``upid`` at any round (the agent holds at most one)."""
+        for record in self.records.values():
+            if record.upid == upid:
+                return record
+        return None
+
+    def add(self, record: ProcessRecord) -> None:
+        self.records[(record.upid, record.round)] = record
+        self.dirty = self.changed = True
+
+    def remove(self, record: ProcessRecord) -> None:
+        del self.records[(record.upid, record.round)]
+        self.dirty = self.changed = True
+
+    def live_count(self) -> int:
+        return sum(1 for record in self.records.values() if record.live)
+
+    def set_state(self, record: ProcessRecord, state: str, msg: str | None = None) -> None:
+        """Move ``record`` to ``state``; ``msg`` replaces its message when given.
+
+        Entering ``400-PENDING`` or ``500-RUNNING`` clears the message.
+        """
+        if record.state == state and (msg is None or record.msg == msg):
+            return
+        suffix = f" ({msg})" if msg else ""
+        log.info("%s round %d: %s -> %s%s", record.upid, record.round, record.state, state, suffix)
+        record.state = state
+        if msg is not None or state in (ProcessState.PENDING, ProcessState.RUNNING):
+            record.msg = msg
+        self.dirty = self.changed = True
+
+    # -- persistence --------------------------------------------------------------
+
+    def load(self) -> None:
+        """Replace the table with the saved state; an unreadable file is moved aside."""
+        if self.store is None:
+            return
+        try:
+            snapshot = self.store.load()
+        except PersistenceError as exc:
+            moved = self.store.quarantine()
+            log.error("%s; moved it to %s and starting with no processes", exc, moved)
+            return
+        if snapshot is None:
+            return
+        self.records = {(r.upid, r.round): r for r in snapshot.processes}
+        self.retiring = {p.name: p for p in snapshot.retiring}
+        self.backend = snapshot.backend
+
+    def save(self) -> None:
+        """Persist now.
+
+        Raises:
+            PersistenceError: the state file cannot be written.
+        """
+        self.dirty = False
+        if self.store is not None:
+            self.store.save(
+                AgentSnapshot(
+                    agent=self.agent,
+                    backend=self.backend,
+                    processes=list(self.records.values()),
+                    retiring=list(self.retiring.values()),
+                )
+            )
+
+    def commit(self) -> None:
+        """Persist if anything changed, then announce a change of the reported state.
+
+        A write failure is logged, not raised: the agent keeps running and reporting.
+        """
+        if self.dirty:
+            try:
+                self.save()
+            except PersistenceError as exc:
+                log.error("cannot save the agent state: %s", exc)
+        if self.changed:
+            self.changed = False
+            self.on_change()

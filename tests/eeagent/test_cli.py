@@ -1,0 +1,82 @@
+"""``pd-eeagent``: help, configuration errors, and the curated public surface."""
+
+from __future__ import annotations
+
+import pkgutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import eeagent
+from cli.eeagent import main
+
+
+def test_help_describes_the_agent_and_its_options() -> None:
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0
+    for text in (
+        "--config FILE",
+        "--name NAME",
+        "--node-id ID",
+        "--slots N",
+        "--log-level",
+        "supd_directory",
+        "leave_running_on_shutdown",
+        "SIGTERM",
+    ):
+        assert text in result.output
+
+
+def test_a_missing_config_file_is_a_one_line_error_with_status_2(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["--config", str(tmp_path / "nope.yml")])
+    assert result.exit_code == 2
+    assert result.output.strip().count("\n") == 0
+    assert "nope.yml: cannot read configuration file" in result.output
+
+
+def test_an_invalid_key_is_a_one_line_error_naming_it(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yml"
+    config.write_text("eeagent:\n  slots: 0\n")
+    result = CliRunner().invoke(main, ["--config", str(config)])
+    assert result.exit_code == 2
+    assert "configuration key eeagent.slots" in result.output
+
+
+def test_a_name_with_a_dot_is_refused(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["--name", "a.b"])
+    assert result.exit_code == 2
+    assert "eeagent.name" in result.output
+
+
+def test_slots_must_be_positive() -> None:
+    result = CliRunner().invoke(main, ["--slots", "0"])
+    assert result.exit_code == 2
+    assert "--slots" in result.output
+
+
+def test_an_agent_that_cannot_start_exits_1_with_the_reason(tmp_path: Path) -> None:
+    config = tmp_path / "agent.yml"
+    config.write_text(
+        f"state_dir: {tmp_path / 'state'}\n"
+        "server: {amqp: {uri: 'embedded://'}}\n"
+        "eeagent:\n"
+        f"  launch_type: {{supdexe: {tmp_path / 'no-supervisord'}}}\n"
+    )
+    result = CliRunner().invoke(main, ["--config", str(config)])
+    assert result.exit_code == 1
+    assert "cannot run" in result.output and "no-supervisord" in result.output
+
+
+def test_the_public_surface_is_exactly_what_all_lists() -> None:
+    exported = {name for name in dir(eeagent) if not name.startswith("_")}
+    modules = {module.name for module in pkgutil.iter_modules(eeagent.__path__)}
+    assert exported - modules == set(eeagent.__all__)
+    assert eeagent.__all__ == sorted(eeagent.__all__, key=lambda n: (not n.isupper(), n))
+
+
+@pytest.mark.parametrize("name", eeagent.__all__)
+def test_every_exported_name_is_documented(name: str) -> None:
+    value = getattr(eeagent, name)
+    if callable(value):
+        assert value.__doc__

@@ -1,0 +1,230 @@
+"""The agent on the wire, broker-less (the embedded transport): operations,
+heartbeats at start-up, on change and periodically, and a clean stop."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dispatcher.errors import BadRequestError, NotFoundError, TransportError
+from dispatcher.rpc.broker import BrokerConfig
+from dispatcher.rpc.client import RpcClient
+from eeagent import AgentService, EEAgent, FakeProcessControl, Heartbeater, SupervisorControl
+from tests.eeagent.conftest import PdSink, process_state, sleeper, stop_supervisord
+
+
+@pytest.fixture
+def broker(tmp_path: Path, sysname: str) -> BrokerConfig:
+    # A sysname per test: the embedded transport keeps exchange state per process.
+    return BrokerConfig(uri="embedded://", state_dir=tmp_path / "state", sysname=sysname)
+
+
+@pytest.fixture
+def pd(broker: BrokerConfig) -> Iterator[PdSink]:
+    sink = PdSink(broker)
+    sink.service.start()
+    yield sink
+    sink.service.stop()
+
+
+@pytest.fixture
+def client(broker: BrokerConfig) -> Iterator[RpcClient]:
+    with RpcClient(broker, name="pd-test") as rpc:
+        yield rpc
+
+
+def serve(agent: EEAgent, broker: BrokerConfig, heartbeat: float = 30.0) -> AgentService:
+    service = AgentService(agent, broker=broker, pd_name="process_dispatcher", heartbeat=heartbeat)
+    service.start()
+    return service
+
+
+@pytest.fixture
+def fake_service(
+    broker: BrokerConfig, pd: PdSink
+) -> Iterator[tuple[AgentService, FakeProcessControl]]:
+    control = FakeProcessControl()
+    agent = EEAgent(name="agent1", node_id="node1", slots=2, control=control)
+    service = serve(agent, broker)
+    yield service, control
+    service.stop()
+
+
+def test_the_agent_sends_a_heartbeat_at_start_up_under_its_own_name(
+    fake_service: tuple[AgentService, FakeProcessControl], pd: PdSink, sysname: str
+) -> None:
+    message, sender = pd.next()
+    assert sender == f"{sysname}.agent1"
+    assert message["eeagent_id"] == "agent1"
+    assert message["node_id"] == "node1"
+    assert message["processes"] == []
+
+
+def test_a_launch_is_answered_by_a_heartbeat_reporting_it_running(
+    fake_service: tuple[AgentService, FakeProcessControl], pd: PdSink, client: RpcClient
+) -> None:
+    pd.next()
+    client.fire(
+        "agent1", "launch_process", u_pid="p1", round=1, run_type="supd", parameters=sleeper()
+    )
+    beat = pd.wait_for(lambda m: process_state(m, "p1") == [500, "RUNNING"])
+    assert beat["processes"] == [
+        {"upid": "p1", "round": "1", "state": [500, "RUNNING"], "msg": "None"}
+    ]
+
+
+def test_a_state_change_seen_by_the_monitor_is_reported_at_once(
+    fake_service: tuple[AgentService, FakeProcessControl], pd: PdSink, client: RpcClient
+) -> None:
+    _, control = fake_service
+    client.fire(
+        "agent1", "launch_process", u_pid="p1", round=1, run_type="supd", parameters=sleeper()
+    )
+    pd.wait_for(lambda m: process_state(m, "p1") == [500, "RUNNING"])
+    control.exit("p1-1", 3)
+    started = time.monotonic()
+    beat = pd.wait_for(lambda m: process_state(m, "p1") == [850, "FAILED"], timeout=5)
+    assert time.monotonic() - started < 2  # not the 30 s periodic beat
+    assert beat["processes"][0]["msg"] == "exited with code 3"
+
+
+def test_the_operations_are_served_with_their_legacy_names(
+    fake_service: tuple[AgentService, FakeProcessControl], pd: PdSink, client: RpcClient
+) -> None:
+    _, control = fake_service
+    client.call(
+        "agent1", "launch_process", u_pid="p1", round=1, run_type="supd", parameters=sleeper()
+    )
+    control.write_log("p1-1", "stdout", b"hello\n")
+    assert client.call("agent1", "get_process_logs", u_pid="p1", round=1) == "hello\n"
+    client.call("agent1", "restart_process", u_pid="p1", round=2)
+    dumped = client.call("agent1", "dump_state", rpc=True)
+    assert [(p["upid"], p["round"]) for p in dumped["processes"]] == [("p1", "2")]
+    client.call("agent1", "terminate_process", u_pid="p1", round=2)
+    pd.wait_for(lambda m: process_state(m, "p1") == [700, "TERMINATED"])
+    client.call("agent1", "cleanup", u_pid="p1", round=2)
+    assert client.call("agent1", "dump_state", rpc=True)["processes"] == []
+
+
+def test_dump_state_without_rpc_sends_a_heartbeat(
+    fake_service: tuple[AgentService, FakeProcessControl], pd: PdSink, client: RpcClient
+) -> None:
+    pd.next()
+    assert client.call("agent1", "dump_state") is None
+    message, _ = pd.next(timeout=5)
+    assert message["eeagent_id"] == "agent1"
+
+
+def test_bad_requests_get_typed_errors_over_the_wire(
+    fake_service: tuple[AgentService, FakeProcessControl], client: RpcClient
+) -> None:
+    with pytest.raises(NotFoundError, match="no process nobody round 1"):
+        client.call("agent1", "get_process_logs", u_pid="nobody", round=1)
+    with pytest.raises(BadRequestError, match="round"):
+        client.call("agent1", "launch_process", u_pid="p1", round="one", run_type="supd")
+    with pytest.raises(BadRequestError, match="u_pid"):
+        client.call("agent1", "terminate_process", round=1)
+
+
+def test_heartbeats_are_sent_periodically(broker: BrokerConfig, pd: PdSink) -> None:
+    agent = EEAgent(name="agent1", node_id="n", slots=1, control=FakeProcessControl())
+    service = serve(agent, broker, heartbeat=0.2)
+    try:
+        first = pd.next()[0]["timestamp"]
+        stamps = [pd.next(timeout=2)[0]["timestamp"] for _ in range(3)]
+    finally:
+        service.stop()
+    assert stamps == sorted(stamps) and first < stamps[0]
+
+
+def test_a_stopped_service_sends_a_last_heartbeat_and_stops_its_processes(
+    broker: BrokerConfig, pd: PdSink, client: RpcClient
+) -> None:
+    control = FakeProcessControl()
+    agent = EEAgent(name="agent1", node_id="n", slots=1, control=control)
+    service = serve(agent, broker)
+    client.call(
+        "agent1", "launch_process", u_pid="p1", round=1, run_type="supd", parameters=sleeper()
+    )
+    service.stop()
+    last = pd.wait_for(lambda m: process_state(m, "p1") == [850, "FAILED"])
+    assert last["processes"][0]["msg"] == "stopped: the agent shut down"
+    assert control.closed and not control.alive
+
+
+def test_a_heartbeat_that_cannot_be_sent_does_not_stop_the_next_ones() -> None:
+    sent: list[dict[str, Any]] = []
+    failures = iter([TransportError("broker down"), RuntimeError("bug")])
+
+    def send(message: dict[str, Any]) -> None:
+        error = next(failures, None)
+        if error is not None:
+            raise error
+        sent.append(message)
+
+    beats = Heartbeater(lambda: {"n": len(sent)}, send, interval=30)
+    beats.start()
+    for _ in range(2):
+        time.sleep(0.05)
+        beats.request()
+    deadline = time.monotonic() + 5
+    while not sent and time.monotonic() < deadline:
+        beats.request()
+        time.sleep(0.05)
+    beats.stop(final=False)
+    assert sent
+
+
+def test_change_requests_are_coalesced_into_one_heartbeat() -> None:
+    release = threading.Event()
+    sent: list[int] = []
+
+    def send(message: dict[str, Any]) -> None:
+        release.wait(5)
+        sent.append(1)
+
+    beats = Heartbeater(lambda: {}, send, interval=30)
+    beats.start()  # the start-up beat blocks in send()
+    time.sleep(0.05)
+    for _ in range(20):
+        beats.request()
+    release.set()
+    time.sleep(0.3)
+    beats.stop(final=False)
+    assert sent == [1, 1]
+
+
+@pytest.mark.supervisord
+def test_end_to_end_over_the_embedded_transport_with_a_real_supervisord(
+    broker: BrokerConfig, pd: PdSink, client: RpcClient, tmp_path: Path
+) -> None:
+    # Given an agent with a real supervisord, reachable without any broker server
+    control = SupervisorControl(tmp_path / "agent1")
+    agent = EEAgent(name="agent1", node_id="node1", slots=2, control=control)
+    service = serve(agent, broker)
+    try:
+        # When the dispatcher fires a launch, as it does
+        client.fire(
+            "agent1",
+            "launch_process",
+            u_pid="p1",
+            round=1,
+            run_type="supd",
+            parameters={"exec": "sh", "argv": ["-c", "echo started; sleep 600"]},
+        )
+        # Then a heartbeat reports it running, and its output can be read
+        pd.wait_for(lambda m: process_state(m, "p1") == [500, "RUNNING"])
+        deadline = time.monotonic() + 5
+        while client.call("agent1", "get_process_logs", u_pid="p1", round=1) != "started\n":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        client.fire("agent1", "terminate_process", u_pid="p1", round=1)
+        pd.wait_for(lambda m: process_state(m, "p1") == [700, "TERMINATED"])
+    finally:
+        service.stop()
+        stop_supervisord(control)
