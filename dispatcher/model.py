@@ -1,4 +1,4 @@
-"""The stored records: definitions, processes, resources (eeagents), nodes, engines.
+"""The stored records: definitions, processes, resources (eeagents), nodes, engines, VMs.
 
 Records are plain dataclasses. Versioned records (process, resource, node) carry
 ``version``: ``0`` for a record not yet stored; the store sets it on every write
@@ -18,7 +18,7 @@ from typing import Any
 
 from dispatcher.states import ExecutionResourceState, ProcessState
 
-__all__ = ["Definition", "EngineRecord", "Node", "Process", "Resource"]
+__all__ = ["VM", "Definition", "EngineRecord", "Node", "Process", "Resource"]
 
 
 @dataclass
@@ -121,3 +121,44 @@ class EngineRecord:
 
     engine_id: str
     spec: dict[str, Any]
+
+
+@dataclass
+class VM:
+    """A node the provisioner launched or adopted: a cloud VM, or a local group of agents.
+
+    Versioned like processes. ``state`` is one of
+    :class:`dispatcher.provisioner.VMState` (``requested``, ``pending``, ``running``,
+    ``terminating``, ``terminated``, ``failed``); ``final_state`` is where a
+    ``terminating`` node goes once destroyed (``terminated``, or ``failed`` when it
+    is destroyed because it failed). ``node_id`` is also the id of its
+    :class:`Node` record and the ``node_id`` its agents send in heartbeats.
+    """
+
+    node_id: str
+    engine_id: str
+    #: The provisioner site (``provisioner.sites``) it was launched on.
+    site: str
+    state: str = "requested"
+    final_state: str = "terminated"
+    #: The provider's id (a cloud instance id; the node id for local nodes).
+    provider_id: str | None = None
+    #: Facts from the provider (addresses, pids...), also given to its Node record.
+    properties: dict[str, Any] = field(default_factory=dict)
+    #: Why it is terminating, terminated or failed.
+    reason: str | None = None
+    #: The last provider error met while creating or destroying it.
+    last_error: str | None = None
+    #: Failed create (or destroy) attempts so far.
+    attempts: int = 0
+    #: Epoch seconds before which the next attempt must not start (backoff).
+    next_attempt: float = 0.0
+    requested_at: float = 0.0
+    #: Epoch seconds of the last state change.
+    state_time: float = 0.0
+    version: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        data = copy.deepcopy(asdict(self))
+        data.pop("version")
+        return data

@@ -25,10 +25,19 @@ import copy
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from dispatcher.errors import ConfigError
 
@@ -39,9 +48,13 @@ __all__ = [
     "DashiSettings",
     "EEAgentSettings",
     "EngineSettings",
+    "LibcloudSiteSettings",
+    "LocalSiteSettings",
     "ProcessDispatcherSettings",
     "ProvisionerSettings",
     "Settings",
+    "SiteSettings",
+    "StaticSiteSettings",
     "default_state_dir",
     "load_settings",
 ]
@@ -64,6 +77,25 @@ DEFAULT_MINIMUM_TIME_BETWEEN_STARTS = 2.0
 #: The engine used when nothing is configured (the embedded default).
 DEFAULT_ENGINE_ID = "default"
 DEFAULT_ENGINE_SLOTS = 4
+#: The provisioner site of engines that name none.
+DEFAULT_SITE = "default"
+#: Seconds a new node may take to send its first heartbeat before it is replaced:
+#: local agents start in about a second; a VM boots, installs the project, starts.
+DEFAULT_LOCAL_BOOT_TIMEOUT = 60.0
+DEFAULT_CLOUD_BOOT_TIMEOUT = 900.0
+#: Provisioner loop: a pass at least this often (seconds), sooner when woken.
+DEFAULT_PROVISIONER_INTERVAL = 5.0
+#: Seconds between two listings of the provider's nodes (vanished and orphan nodes).
+DEFAULT_PROVISIONER_SYNC_INTERVAL = 60.0
+#: Retry backoff of failed cloud calls: first delay, doubled up to the maximum.
+DEFAULT_RETRY_INITIAL = 1.0
+DEFAULT_RETRY_MAX = 300.0
+#: Seconds terminated and failed node records stay visible in ``dump``.
+DEFAULT_PROVISIONER_HISTORY = 3600.0
+#: Create and destroy calls in flight at once.
+DEFAULT_PROVISIONER_PARALLEL = 8
+#: Seconds a local agent gets to stop cleanly (SIGTERM) before it is killed.
+DEFAULT_LOCAL_STOP_TIMEOUT = 30.0
 
 _Model = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
 _Strict = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -199,14 +231,133 @@ class ProcessDispatcherSettings(BaseModel):
         return None
 
 
+class StaticSiteSettings(BaseModel):
+    """A ``static`` site: nothing is provisioned; nodes come with ``node_state``."""
+
+    model_config = _Strict
+
+    driver: Literal["static"] = "static"
+
+
+class LocalSiteSettings(BaseModel):
+    """A ``local`` site: each node is ``replicas`` local ``pd-eeagent`` processes."""
+
+    model_config = _Strict
+
+    driver: Literal["local"] = "local"
+    boot_timeout: float = Field(DEFAULT_LOCAL_BOOT_TIMEOUT, gt=0)
+    #: Where node directories go; default ``<state_dir>/nodes``.
+    directory: Path | None = None
+    #: The agent command (argv, no shell); default ``<this python> -m cli.eeagent``.
+    agent_command: list[str] | None = None
+    #: Agent heartbeat seconds; default the engine's ``heartbeat_period``.
+    heartbeat: float | None = Field(None, gt=0)
+    stop_timeout: float = Field(DEFAULT_LOCAL_STOP_TIMEOUT, gt=0)
+    log_level: str = "info"
+
+
+class LibcloudSiteSettings(BaseModel):
+    """A ``libcloud`` site: nodes are VMs of any Apache Libcloud compute provider.
+
+    Credentials are :class:`~pydantic.SecretStr`: they never show in a repr.
+    """
+
+    model_config = _Strict
+
+    driver: Literal["libcloud"] = "libcloud"
+    #: A Libcloud ``Provider`` name: ``ec2``, ``openstack``, ``gce``, ``dummy`` ...
+    provider: str
+    key: SecretStr | None = None
+    secret: SecretStr | None = None
+    region: str | None = None
+    #: Further driver constructor arguments (``host``, ``port``, ``secure`` ...).
+    driver_options: dict[str, Any] = Field(default_factory=dict)
+    image: str
+    size: str
+    location: str | None = None
+    key_pair: str | None = None
+    security_groups: list[str] = Field(default_factory=list)
+    #: Extra tags on every node (the provisioner's own ``pd-*`` tags win).
+    tags: dict[str, str] = Field(default_factory=dict)
+    #: Further ``create_node`` arguments (``ex_*`` extensions of the provider).
+    create_options: dict[str, Any] = Field(default_factory=dict)
+    #: Renames of the ``create_node`` arguments for ``user_data``, ``tags``,
+    #: ``key_pair`` and ``security_groups`` (EC2/OpenStack names by default).
+    argument_names: dict[str, str] = Field(default_factory=dict)
+    boot_timeout: float = Field(DEFAULT_CLOUD_BOOT_TIMEOUT, gt=0)
+    #: The broker URI agents on the VMs use; default ``server.amqp.uri``.
+    agent_amqp_uri: SecretStr | None = None
+    #: Shell commands cloud-init runs first (e.g. install python3-pip).
+    setup_commands: list[str] = Field(default_factory=list)
+    #: The shell command that installs this project on the VM.
+    install_command: str = "python3 -m pip install process-dispatcher"
+    #: The agent executable on the VM.
+    agent_command: str = "pd-eeagent"
+    #: The agents' ``state_dir`` on the VM.
+    agent_state_dir: str = "/var/lib/process-dispatcher"
+    #: Agent heartbeat seconds; default the engine's ``heartbeat_period``.
+    agent_heartbeat: float | None = Field(None, gt=0)
+
+
+SiteSettings = Annotated[
+    StaticSiteSettings | LocalSiteSettings | LibcloudSiteSettings, Field(discriminator="driver")
+]
+_SITE: TypeAdapter[SiteSettings] = TypeAdapter(SiteSettings)
+
+
 class ProvisionerSettings(BaseModel):
-    """``provisioner``: how engine needs become nodes."""
+    """``provisioner``: how engine needs become nodes.
+
+    ``driver`` is the driver of engines that name no ``site`` (their site is
+    ``sites.default`` when it exists); ``sites`` are named driver options, each
+    validated as :class:`LocalSiteSettings`, :class:`LibcloudSiteSettings` or
+    :class:`StaticSiteSettings` by its ``driver`` key (default: ``driver``).
+    """
 
     model_config = _Model
 
     driver: Literal["static", "local", "libcloud"] = "local"
     #: Named sites; an engine may pick one with its ``site`` key.
     sites: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    interval: float = Field(DEFAULT_PROVISIONER_INTERVAL, gt=0)
+    sync_interval: float = Field(DEFAULT_PROVISIONER_SYNC_INTERVAL, gt=0)
+    retry_initial: float = Field(DEFAULT_RETRY_INITIAL, gt=0)
+    retry_max: float = Field(DEFAULT_RETRY_MAX, gt=0)
+    history: float = Field(DEFAULT_PROVISIONER_HISTORY, ge=0)
+    max_parallel: int = Field(DEFAULT_PROVISIONER_PARALLEL, ge=1, le=256)
+
+    @model_validator(mode="after")
+    def _typed_sites(self) -> ProvisionerSettings:
+        for name in self.sites:
+            self.site(name)
+        if self.retry_max < self.retry_initial:
+            raise ValueError("retry_max must not be less than retry_initial")
+        return self
+
+    def site(self, name: str | None) -> SiteSettings:
+        """The typed settings of site ``name`` (``None``: the default site).
+
+        Raises:
+            KeyError: ``name`` is not a configured site (``None`` never raises).
+            ValueError: the site's options are invalid (the message names the key).
+        """
+        if name is None or (name == DEFAULT_SITE and name not in self.sites):
+            raw = self.sites.get(DEFAULT_SITE, {"driver": self.driver})
+            name = DEFAULT_SITE
+        else:
+            raw = self.sites[name]
+        data = {"driver": self.driver, **raw}
+        if data["driver"] == "libcloud" and "provider" not in data and name == DEFAULT_SITE:
+            raise ValueError(
+                "provisioner.driver is libcloud: configure provisioner.sites.default "
+                "(provider, image, size ...) or give each engine a site"
+            )
+        try:
+            return _SITE.validate_python(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(part) for part in first["loc"][1:]) or "driver"
+            raise ValueError(f"sites.{name}.{where}: {first['msg']}") from None
 
 
 class LaunchTypeSettings(BaseModel):

@@ -27,20 +27,21 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Final, Generic, TypeVar
 
-from dispatcher.model import Definition, Node, Process, Resource
+from dispatcher.model import VM, Definition, Node, Process, Resource
 
 __all__ = [
     "DEFINITION",
     "NODE",
     "PROCESS",
     "RESOURCE",
+    "VM_LAYOUT",
     "Layout",
     "dumps",
     "gc_paused",
     "json_copy",
 ]
 
-_R = TypeVar("_R", bound=Definition | Process | Resource | Node)
+_R = TypeVar("_R", bound=Definition | Process | Resource | Node | VM)
 
 #: JSON text as stored: compact (smaller rows, faster to parse).
 _ENCODER: Final = json.JSONEncoder(separators=(",", ":"))
@@ -158,3 +159,4 @@ PROCESS: Final = Layout(
 )
 RESOURCE: Final = Layout(Resource, "resource_id", ("properties", "assigned"))
 NODE: Final = Layout(Node, "node_id", ("properties", "resources", "node_exclusive"))
+VM_LAYOUT: Final = Layout(VM, "node_id", ("properties",))

@@ -10,7 +10,7 @@ Rules every implementation follows:
   it is written back.
 * ``add_*`` of an existing key raises ``WriteConflictError``; on success the
   record's ``version`` becomes 1.
-* ``update_*`` of versioned records (process, resource, node) succeeds only when
+* ``update_*`` of versioned records (process, resource, node, VM) succeeds only when
   the record's ``version`` equals the stored one; it then increments both.
   A stale version raises ``WriteConflictError``; a missing record ``NotFoundError``.
 * Definitions are not versioned: update and remove of a missing one raise
@@ -21,7 +21,7 @@ Rules every implementation follows:
   leaves the store.
 * After each committed write the store calls its listeners with the kind of
   record written (``"definition"``, ``"process"``, ``"queue"``, ``"resource"``,
-  ``"node"``, ``"engine"``, ``"state"``), in the writing thread. Listeners must
+  ``"node"``, ``"vm"``, ``"engine"``, ``"state"``), in the writing thread. Listeners must
   return quickly and must not raise.
 """
 
@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from typing import Protocol
 
-from dispatcher.model import Definition, Node, Process, Resource
+from dispatcher.model import VM, Definition, Node, Process, Resource
 
 __all__ = ["ChangeListener", "Store"]
 
@@ -80,6 +80,14 @@ class Store(Protocol):
     def update_node(self, node: Node) -> None: ...
     def remove_node(self, node_id: str) -> None: ...
     def list_nodes(self) -> list[Node]: ...
+
+    # -- VMs: nodes the provisioner launched (keyed by node id) --------------------
+    def add_vm(self, vm: VM) -> None: ...
+    def get_vm(self, node_id: str) -> VM | None: ...
+    def update_vm(self, vm: VM) -> None: ...
+    def remove_vm(self, node_id: str) -> None: ...
+    def list_vms(self) -> list[VM]:
+        """All VMs, ordered by node id."""
 
     # -- engines added with add_engine ---------------------------------------------
     def add_engine(self, engine_id: str, spec: dict[str, object]) -> None:

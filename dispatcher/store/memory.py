@@ -19,13 +19,14 @@ from contextlib import contextmanager
 from typing import Any, Generic, TypeVar
 
 from dispatcher.errors import NotFoundError, WriteConflictError
-from dispatcher.model import Definition, Node, Process, Resource
+from dispatcher.model import VM, Definition, Node, Process, Resource
 from dispatcher.states import ProcessDispatcherState
 from dispatcher.store._codec import (
     DEFINITION,
     NODE,
     PROCESS,
     RESOURCE,
+    VM_LAYOUT,
     Layout,
     gc_paused,
     json_copy,
@@ -34,7 +35,7 @@ from dispatcher.store.base import ChangeListener
 
 __all__ = ["MemoryStore"]
 
-_R = TypeVar("_R", bound=Definition | Process | Resource | Node)
+_R = TypeVar("_R", bound=Definition | Process | Resource | Node | VM)
 
 
 class _Table(Generic[_R]):
@@ -109,6 +110,7 @@ class MemoryStore:
         self._processes = _Table(PROCESS, "process")
         self._resources = _Table(RESOURCE, "resource")
         self._nodes = _Table(NODE, "node")
+        self._vms = _Table(VM_LAYOUT, "vm")
         self._queue: list[tuple[str, int]] = []
         self._engines: dict[str, dict[str, object]] = {}
         self._pd_state: str = ProcessDispatcherState.UNINITIALIZED
@@ -242,6 +244,28 @@ class MemoryStore:
         """All nodes, ordered by id."""
         with self._lock:
             return self._nodes.list(sorted(self._nodes.rows))
+
+    # -- VMs (provisioned nodes) ---------------------------------------------------
+    def add_vm(self, vm: VM) -> None:
+        with self._writing("vm"):
+            self._vms.add(vm.node_id, vm)
+
+    def get_vm(self, node_id: str) -> VM | None:
+        with self._lock:
+            return self._vms.get(node_id)
+
+    def update_vm(self, vm: VM) -> None:
+        with self._writing("vm"):
+            self._vms.update(vm.node_id, vm)
+
+    def remove_vm(self, node_id: str) -> None:
+        with self._writing("vm"):
+            self._vms.remove(node_id)
+
+    def list_vms(self) -> list[VM]:
+        """All VMs, ordered by node id."""
+        with self._lock:
+            return self._vms.list(sorted(self._vms.rows))
 
     # -- engines added with add_engine ---------------------------------------------
     def add_engine(self, engine_id: str, spec: dict[str, object]) -> None:

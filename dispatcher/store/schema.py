@@ -12,6 +12,7 @@ Tables:
 ``queue``        ``(upid, round)`` entries; ``id`` gives FIFO order; duplicates allowed.
 ``resources``    eeagents, versioned.
 ``nodes``        VMs, versioned.
+``vms``          nodes the provisioner launched, with their lifecycle state, versioned.
 ``engines``      engines added with ``add_engine`` (JSON spec).
 ``pd_state``     key/value rows: ``pd_state``, ``system_boot``, ``initialized``.
 """
@@ -39,6 +40,7 @@ __all__ = [
     "processes",
     "queue",
     "resources",
+    "vms",
 ]
 
 #: Constraint names are fixed so that migrations can refer to them on every backend.
@@ -135,4 +137,23 @@ pd_state = Table(
     metadata,
     Column("key", Text, primary_key=True),
     Column("value", Text, nullable=False),
+)
+
+vms = Table(
+    "vms",
+    metadata,
+    Column("node_id", Text, primary_key=True),
+    Column("engine_id", Text, nullable=False),
+    Column("site", Text, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("final_state", Text, nullable=False),
+    Column("provider_id", Text),
+    Column("properties", JSON),
+    Column("reason", Text),
+    Column("last_error", Text),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt", Float, nullable=False),
+    Column("requested_at", Float, nullable=False),
+    Column("state_time", Float, nullable=False),
+    Column("version", Integer, nullable=False),
 )

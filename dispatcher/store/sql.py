@@ -51,10 +51,18 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 
 from dispatcher.errors import NotFoundError, StoreError, WriteConflictError
-from dispatcher.model import Definition, Node, Process, Resource
+from dispatcher.model import VM, Definition, Node, Process, Resource
 from dispatcher.states import ProcessDispatcherState
 from dispatcher.store import migrate
-from dispatcher.store._codec import DEFINITION, NODE, PROCESS, RESOURCE, Layout, gc_paused
+from dispatcher.store._codec import (
+    DEFINITION,
+    NODE,
+    PROCESS,
+    RESOURCE,
+    VM_LAYOUT,
+    Layout,
+    gc_paused,
+)
 from dispatcher.store.base import ChangeListener
 from dispatcher.store.engine import make_engine, parse_url, safe_url, store_error
 from dispatcher.store.schema import (
@@ -65,6 +73,7 @@ from dispatcher.store.schema import (
     processes,
     queue,
     resources,
+    vms,
 )
 
 __all__ = ["SqlStore"]
@@ -72,7 +81,7 @@ __all__ = ["SqlStore"]
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
-_R = TypeVar("_R", bound=Definition | Process | Resource | Node)
+_R = TypeVar("_R", bound=Definition | Process | Resource | Node | VM)
 
 #: Extra attempts for reads (and for connecting) after a transient failure.
 READ_RETRIES: Final = 2
@@ -135,6 +144,7 @@ _DEFINITIONS: Final = _Mapping("definition", DEFINITION, definitions, {"version"
 _PROCESSES: Final = _Mapping("process", PROCESS, processes, {})
 _RESOURCES: Final = _Mapping("resource", RESOURCE, resources, {})
 _NODES: Final = _Mapping("node", NODE, nodes, {})
+_VMS: Final = _Mapping("vm", VM_LAYOUT, vms, {})
 
 # Statements are built once: building and cache-keying a statement per call costs
 # about a third of a simple read.
@@ -436,6 +446,23 @@ class SqlStore:
     def list_nodes(self) -> list[Node]:
         """All nodes, ordered by id."""
         return self._list(_NODES)
+
+    # -- VMs (provisioned nodes) ---------------------------------------------------
+    def add_vm(self, vm: VM) -> None:
+        self._add(_VMS, vm)
+
+    def get_vm(self, node_id: str) -> VM | None:
+        return self._get(_VMS, node_id)
+
+    def update_vm(self, vm: VM) -> None:
+        self._update(_VMS, vm)
+
+    def remove_vm(self, node_id: str) -> None:
+        self._remove(_VMS, node_id)
+
+    def list_vms(self) -> list[VM]:
+        """All VMs, ordered by node id."""
+        return self._list(_VMS)
 
     # -- engines added with add_engine ---------------------------------------------
     def add_engine(self, engine_id: str, spec: dict[str, object]) -> None:

@@ -1,0 +1,442 @@
+"""Eeagent heartbeats, node announcements, run-time engines and process logs.
+
+:class:`HeartbeatHandler` serves four RPC operations with their legacy names and
+arguments: ``heartbeat(message, sender)`` (reference §6), ``node_state(node_id,
+domain_id, state, properties=None)`` (§1.12), ``add_engine(definition)`` (§1.15) and
+``get_process_logs(upid, stream="stdout", tail_bytes=65536)`` (new). Every argument
+is validated before anything is read or written (:mod:`dispatcher.heartbeat_messages`).
+
+**First heartbeat** of an unknown agent (§6.2): it is registered on its node with
+the slot count of the node's engine, or dropped (with a log line) when the message
+has no ``node_id``, the node is unknown, or the node's domain names no known
+engine (:mod:`dispatcher.registration`). Its process list is not processed
+(legacy); the next heartbeat is.
+
+**Later heartbeats** (§6.3): ``last_heartbeat`` moves forward only (a future
+timestamp counts as now), and each reported ``(upid, round, state)`` is answered by
+the rules below, where *alive* means a reported state below ``700-TERMINATED``:
+
+====================================================  =======================================
+report                                                outcome
+====================================================  =======================================
+unknown upid, or a round never issued (decision 7)    ``terminate_process`` if alive, else
+                                                      ``cleanup``
+older round, alive, process ``400-PENDING`` in a      nothing: a restart is in flight
+newer round on this same agent                        (decision 4; see below)
+any other older round                                 ``terminate_process`` if alive, else
+                                                      ``cleanup``
+the process's state, terminal                         ``cleanup``
+current round, process not on this agent              ``terminate_process`` if alive, else
+                                                      ``cleanup``
+PENDING/RUNNING for an ASSIGNED/PENDING process       forward to that state (RUNNING counts a
+                                                      start); its queue entries are dropped
+TERMINATED/FAILED/EXITED for a TERMINATING process    ``700-TERMINATED``, then ``cleanup``
+TERMINATED/FAILED/EXITED for ASSIGNED..RUNNING        next round if the restart mode says so
+                                                      (exit state = the report), else the
+                                                      reported state; then ``cleanup``
+anything else (``600-TERMINATING``, ``900-REJECTED``  ignored
+...)
+====================================================  =======================================
+
+Processes that end release their ``node_exclusive`` tag before the resource is
+written, and the resource's ``assigned`` list keeps only ``(upid, round)`` entries
+whose process is still in that round and below ``700-TERMINATED``: that frees the
+slots. An entry missing for a process this agent runs in its current round (a
+``restart_process`` racing with this heartbeat) is put back.
+
+Where this differs from the legacy handling, deliberately:
+
+* processes an agent reports alive that the dispatcher does not know are
+  terminated (decision 7), and so is a round the dispatcher never issued;
+* a report of the current round counts only from the agent the process is assigned
+  to: another agent's copy (for instance one still running after an evacuation
+  marked the process FAILED or TERMINATED) is terminated rather than adopted;
+* an ending that races with another writer (``terminate_process``, evacuation) is
+  re-decided on the fresh record instead of being dropped, so a process is never
+  left TERMINATING after its agent was told to clean it up;
+* the resource is written once per heartbeat (timestamp and slots together), with
+  conflict retries instead of giving up.
+
+**Restart rule** (decision 4): ``restart_process`` stores ``400-PENDING`` with
+``round + 1``, moves the agent's slot to the new round and tells the agent, which
+replaces the old round by the new one. A heartbeat built before the agent did so
+still reports the old round alive. Answering it with ``terminate_process`` would be
+a no-op on our agent, but on an agent that did not restart (a legacy agent, whose
+restart is disabled, or a lost message) it would kill the only running copy and
+leave the process PENDING forever; so that report is left unanswered, and the slot
+stays held under the new round. Any other older-round report is answered as legacy.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from dispatcher.engines import EngineRegistry
+from dispatcher.errors import (
+    BadRequestError,
+    NotFoundError,
+    TransportError,
+    WriteConflictError,
+)
+from dispatcher.evacuation import Evacuation, release_node_exclusive
+from dispatcher.heartbeat_messages import (
+    HeartbeatMessage,
+    NodeStateRequest,
+    ReportedProcess,
+    resource_id_from_sender,
+)
+from dispatcher.messaging import Messenger
+from dispatcher.model import Process, Resource
+from dispatcher.process_logs import DEFAULT_LOGS_TIMEOUT, AgentCaller, ProcessLogs
+from dispatcher.registration import Registration
+from dispatcher.states import InstanceState, ProcessState
+from dispatcher.store.base import Store
+from dispatcher.transitions import (
+    WRITE_CONFLICT_RETRIES,
+    ProcessTransitions,
+    process_should_restart,
+)
+
+__all__ = ["RPC_OPERATIONS", "HeartbeatHandler"]
+
+log = logging.getLogger(__name__)
+
+#: The operations served by :class:`HeartbeatHandler`, by method name.
+RPC_OPERATIONS: Final = ("heartbeat", "node_state", "add_engine", "get_process_logs")
+
+_IN_PLAY: Final = frozenset({ProcessState.ASSIGNED, ProcessState.PENDING, ProcessState.RUNNING})
+_STARTED: Final = frozenset({ProcessState.ASSIGNED, ProcessState.PENDING})
+_ALIVE_REPORTS: Final = frozenset({ProcessState.PENDING, ProcessState.RUNNING})
+_END_REPORTS: Final = frozenset({ProcessState.TERMINATED, ProcessState.FAILED, ProcessState.EXITED})
+
+
+@dataclass
+class _Beat:
+    """What one heartbeat decided, applied after the reported processes are handled."""
+
+    #: The latest record read or written of each reported process.
+    processes: dict[str, Process] = field(default_factory=dict)
+    #: ``(upid, round)`` this agent runs in the process's current round.
+    placed: list[tuple[str, int]] = field(default_factory=list)
+    #: ``node_exclusive`` tags of processes that ended.
+    tags: list[str] = field(default_factory=list)
+    #: ``(op, upid, round)`` to fire to the agent.
+    orders: list[tuple[str, str, int]] = field(default_factory=list)
+
+
+class HeartbeatHandler:
+    """The health RPCs: heartbeats, node states, run-time engines and process logs.
+
+    Register the methods named in :data:`RPC_OPERATIONS` as RPC handlers with the
+    service's annotation checking off (each validates its own arguments), and
+    ``heartbeat`` with ``sender_kwarg="sender"``. Thread-safe: state lives in the
+    store only.
+
+    Args:
+        store: where processes, resources, nodes and engines live.
+        messenger: sends subscriber notifications and eeagent commands.
+        engines: the engines this dispatcher knows; ``add_engine`` extends it, and
+            engines another instance added are merged in from the store on demand.
+        caller: calls eeagents (``get_process_logs``); an RPC client.
+        logs_timeout: seconds ``get_process_logs`` waits for the agent.
+        clock: returns the current time in epoch seconds.
+
+    Attributes:
+        process_logs: serves ``get_process_logs``.
+        transitions: the guarded process writes (shared with the doctor).
+        evacuation: moves the processes of lost agents on (shared with the doctor).
+        registration: records nodes and first heartbeats.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        messenger: Messenger,
+        engines: EngineRegistry,
+        *,
+        caller: AgentCaller | None = None,
+        logs_timeout: float = DEFAULT_LOGS_TIMEOUT,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.messenger = messenger
+        self.engines = engines
+        self.clock = clock
+        self.process_logs = ProcessLogs(store, caller, timeout=logs_timeout)
+        self.transitions = ProcessTransitions(store, messenger, clock=clock)
+        self.evacuation = Evacuation(store, self.transitions)
+        self.registration = Registration(store, engines, self.evacuation, clock=clock)
+
+    # -- heartbeat ----------------------------------------------------------------------
+
+    def heartbeat(self, message: Any, sender: Any = None) -> None:
+        """Take an eeagent's report (fired by the agent; see the module docstring).
+
+        Args:
+            message: the heartbeat (``eeagent_id``, ``node_id``, ``timestamp``,
+                ``processes``).
+            sender: the ``sender`` header, ``"<sysname>.<agent name>"``; the
+                resource id is its text after the last ``.`` (without it, the
+                message's ``eeagent_id``).
+
+        Raises:
+            BadRequestError: the message or sender is malformed; nothing is stored.
+        """
+        try:
+            beat = HeartbeatMessage.parse(message)
+            resource_id = resource_id_from_sender(sender, beat.eeagent_id)
+        except BadRequestError as exc:
+            log.warning("dropping heartbeat from %r: %s", sender, exc)
+            raise
+        now = datetime.fromtimestamp(self.clock(), UTC)
+        stamp = min(beat.timestamp, now).astimezone(UTC)
+        resource = self.store.get_resource(resource_id)
+        if resource is None:
+            self.registration.register_agent(resource_id, beat.node_id, stamp)
+        else:
+            self._report(resource, beat, stamp)
+
+    def _report(self, resource: Resource, beat: HeartbeatMessage, stamp: datetime) -> None:
+        """A heartbeat of a known agent (reference §6.3)."""
+        result = _Beat()
+        for reported in beat.processes:
+            self._apply(resource.resource_id, reported, result)
+        if result.tags:
+            # Before the resource write: the matchmaker, woken by it, may place a
+            # process waiting for one of these tags.
+            release_node_exclusive(self.store, resource.node_id, result.tags)
+        self._write_resource(resource, stamp, result)
+        for op, upid, round_ in result.orders:
+            try:
+                self.messenger.fire(resource.resource_id, op, u_pid=upid, round=round_)
+            except TransportError as exc:
+                # The agent reports the process again; the next heartbeat retries.
+                log.warning(
+                    "could not send %s(%s, %d) to %s: %s",
+                    op,
+                    upid,
+                    round_,
+                    resource.resource_id,
+                    exc,
+                )
+
+    def _apply(self, resource_id: str, reported: ReportedProcess, result: _Beat) -> None:
+        """Decide what one reported process means (the table in the module docstring)."""
+        upid, round_, state = reported.upid, reported.round, reported.state
+        alive = state < ProcessState.TERMINATED
+        answer = "terminate_process" if alive else "cleanup"
+        process = self.store.get_process(upid)
+        if process is None or round_ > process.round:
+            log.warning(
+                "eeagent %s holds %s round %d (%s), unknown to the dispatcher: %s",
+                resource_id,
+                upid,
+                round_,
+                state,
+                answer,
+            )
+            result.orders.append((answer, upid, round_))
+            return
+        result.processes[upid] = process
+        if round_ < process.round:
+            if alive and process.state == ProcessState.PENDING and process.assigned == resource_id:
+                log.debug("%s round %d still reported during its restart", upid, round_)
+                return
+            result.orders.append((answer, upid, round_))
+            return
+        if state == process.state and not alive:
+            result.orders.append(("cleanup", upid, round_))  # a repeat until cleaned up
+            return
+        if process.assigned != resource_id:
+            log.warning(
+                "eeagent %s reports %s round %d %s, but the process is %s on %s: %s",
+                resource_id,
+                upid,
+                round_,
+                state,
+                process.state,
+                process.assigned,
+                answer,
+            )
+            result.orders.append((answer, upid, round_))
+            return
+        if state == process.state:
+            result.placed.append((upid, round_))
+            return
+        if state in _END_REPORTS:
+            self._end(process, state, result)
+            result.orders.append(("cleanup", upid, round_))
+            return
+        if state in _ALIVE_REPORTS and process.state in _STARTED:
+            process, _ = self.transitions.process_change_state(process, state)
+            result.processes[upid] = process
+            self.transitions.dequeue_all(upid, round_)
+        if process.round == round_ and process.state < ProcessState.TERMINATED:
+            result.placed.append((upid, round_))
+
+    def _end(self, process: Process, reported: str, result: _Beat) -> None:
+        """The agent says the process's current round ended: record how."""
+        round_ = process.round
+        for _ in range(WRITE_CONFLICT_RETRIES):
+            before = process.state
+            if before == ProcessState.TERMINATING:
+                process, written = self.transitions.process_change_state(
+                    process, ProcessState.TERMINATED, assigned=None
+                )
+            elif before in _IN_PLAY:
+                if process_should_restart(process, reported):
+                    process, written = self.transitions.process_next_round(process)
+                else:
+                    process, written = self.transitions.process_change_state(
+                        process, reported, assigned=None
+                    )
+            else:
+                return  # already ended (or never started): nothing to record
+            result.processes[process.upid] = process
+            if written:
+                if process.node_exclusive:
+                    result.tags.append(process.node_exclusive)
+                return
+            if process.round != round_ or process.state == before:
+                return  # moved on meanwhile (restarted, evacuated ...)
+
+    def _write_resource(self, resource: Resource, stamp: datetime, result: _Beat) -> None:
+        """Move ``last_heartbeat`` forward and free the slots of ended processes."""
+        fresh = False
+        for _ in range(WRITE_CONFLICT_RETRIES):
+            last = _later(resource.last_heartbeat, stamp)
+            assigned = self._rebuild(resource, result, fresh)
+            if last == resource.last_heartbeat and assigned == resource.assigned:
+                return
+            resource.last_heartbeat, resource.assigned = last, assigned
+            try:
+                self.store.update_resource(resource)
+                return
+            except WriteConflictError:
+                pass
+            except NotFoundError:
+                return  # evacuated meanwhile
+            current = self.store.get_resource(resource.resource_id)
+            if current is None:
+                return
+            resource, fresh = current, True
+        log.warning(
+            "resource %s kept changing: the next heartbeat updates it", resource.resource_id
+        )
+
+    def _rebuild(self, resource: Resource, result: _Beat, fresh: bool) -> list[tuple[str, int]]:
+        """The ``assigned`` list after this heartbeat (see the module docstring)."""
+        cache: dict[str, Process | None] = {} if fresh else dict(result.processes)
+
+        def process_of(upid: str) -> Process | None:
+            if upid not in cache:
+                cache[upid] = self.store.get_process(upid)
+            return cache[upid]
+
+        def holds(key: tuple[str, int]) -> bool:
+            process = process_of(key[0])
+            return (
+                process is not None
+                and process.round == key[1]
+                and process.state < ProcessState.TERMINATED
+            )
+
+        def runs_here(key: tuple[str, int]) -> bool:
+            process = process_of(key[0])
+            return process is not None and process.assigned == resource.resource_id
+
+        assigned = [key for key in resource.assigned if holds(key)]
+        for key in result.placed:
+            if key not in assigned and holds(key) and runs_here(key):
+                assigned.append(key)
+        return assigned
+
+    # -- node_state ---------------------------------------------------------------------
+
+    def node_state(
+        self,
+        node_id: str,
+        domain_id: str | None,
+        state: str,
+        properties: dict[str, Any] | None = None,
+    ) -> None:
+        """A node (VM) changed state (reference §1.12; decision 3).
+
+        * ``600-RUNNING``: an unknown node is recorded (``state_time`` = now); a
+          known one is left unchanged (its properties are not updated).
+        * ``700-TERMINATING``, ``800-TERMINATED``, ``900-FAILED``, ``950-REJECTED``:
+          the node is evacuated (its agents disabled, their processes moved on by
+          restart mode, the records removed); an unknown node is ignored.
+        * anything else is ignored.
+
+        Args:
+            node_id: the node (VM) id.
+            domain_id: ``pd_domain_<engine>``: the engine its agents serve.
+            state: an :class:`~dispatcher.states.InstanceState` string.
+            properties: node properties placement constraints can match (e.g.
+                ``hostname``).
+
+        Raises:
+            BadRequestError: an argument is ill-typed.
+        """
+        req = NodeStateRequest.parse(
+            node_id=node_id, domain_id=domain_id, state=state, properties=properties
+        )
+        if req.state == InstanceState.RUNNING:
+            self.registration.node_running(req.node_id, req.domain_id, req.properties)
+        elif req.state in InstanceState.DEAD:
+            self.registration.node_dead(req.node_id, req.state)
+        else:
+            log.debug("node %s is %s: ignored", req.node_id, req.state)
+
+    # -- add_engine ---------------------------------------------------------------------
+
+    def add_engine(self, definition: Any) -> None:
+        """Add an engine at run time; it is persisted and seen by every instance.
+
+        Args:
+            definition: ``{"engine_id", "slots", ...}`` with the legacy engine keys
+                (``base_need``, ``config``, ``replicas``, ``spare_slots``,
+                ``iaas_allocation``, ``maximum_vms``, ``heartbeat_period``,
+                ``heartbeat_warning``, ``heartbeat_missing``, ``deployable_type``).
+
+        Raises:
+            BadRequestError: the definition is invalid (the message names the key).
+            WriteConflictError: an engine with this id exists.
+        """
+        engine_id, engine = EngineRegistry.parse_definition(definition)
+        if self.registration.engine(engine_id) is not None:
+            raise WriteConflictError(f"engine {engine_id!r} already exists")
+        self.store.add_engine(engine_id, engine.model_dump(mode="json", exclude_unset=True))
+        if engine_id not in self.engines:
+            self.engines.add(engine_id, engine)
+        log.info("engine %s added (%d slots)", engine_id, engine.slots)
+
+    # -- get_process_logs ---------------------------------------------------------------
+
+    def get_process_logs(self, upid: str, stream: str = "stdout", tail_bytes: int = 65536) -> str:
+        """The end of a process's output, fetched from its agent.
+
+        See :meth:`dispatcher.process_logs.ProcessLogs.get_process_logs` for the
+        arguments and errors.
+        """
+        return self.process_logs.get_process_logs(upid, stream, tail_bytes)
+
+
+def _later(stored: str | None, stamp: datetime) -> str:
+    """The later of a stored ``last_heartbeat`` and ``stamp``, as stored text."""
+    if stored is not None:
+        try:
+            previous = datetime.fromisoformat(stored)
+        except ValueError:
+            return stamp.isoformat()
+        if previous.tzinfo is None:
+            previous = previous.replace(tzinfo=UTC)
+        if previous >= stamp:
+            return stored
+    return stamp.isoformat()

@@ -1,0 +1,320 @@
+"""How many nodes each engine needs, and where that number goes (reference §4.5).
+
+:func:`calculate_need` counts the processes that want an engine (queued ones,
+ones placed on its agents, and processes held back by a system boot) and turns
+them into a node count. :class:`NeedRegistrar` remembers what it last told the
+:class:`NeedSink` (the provisioner) and, after each completed matchmaking pass,
+reports the engines whose need changed. On a scale-down it picks the nodes to
+retire, newest unoccupied first (FILO), and disables their agents first so they
+never receive new work.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from dispatcher.engines import EngineRegistry
+from dispatcher.errors import NotFoundError, WriteConflictError
+from dispatcher.model import Node, Resource
+from dispatcher.settings import EngineSettings
+from dispatcher.states import ExecutionResourceState
+from dispatcher.store.base import Store
+
+__all__ = [
+    "EngineNeed",
+    "NeedRegistrar",
+    "NeedRegistration",
+    "NeedSink",
+    "RecordingNeedSink",
+    "calculate_need",
+    "calculate_needs",
+    "choose_retirees",
+]
+
+log = logging.getLogger(__name__)
+
+
+class NeedSink(Protocol):
+    """Receives each engine's node count: the provisioner's side of the needs."""
+
+    def register_need(self, engine_id: str, need: int, retirable_nodes: list[str]) -> None:
+        """Keep ``need`` nodes of ``engine_id`` running.
+
+        Called by the matchmaker, in its thread, after a completed matchmaking pass
+        for every engine whose need changed since the last call, and for every
+        engine on the first pass of a leadership term (even when the need is 0).
+        Implementations must return quickly (record the target and act on it
+        elsewhere). An exception is logged and the same registration is attempted
+        again after the next pass.
+
+        Args:
+            engine_id: the engine (its legacy EPUM domain is ``pd_domain_<engine>``).
+            need: how many nodes the engine should have (legacy ``preserve_n``).
+            retirable_nodes: on a scale-down, the node ids to remove first, newest
+                first. Their agents are already ``DISABLED``. Empty otherwise.
+        """
+
+
+@dataclass(frozen=True, slots=True)
+class NeedRegistration:
+    """One call recorded by :class:`RecordingNeedSink`."""
+
+    engine_id: str
+    need: int
+    retirable_nodes: list[str] = field(default_factory=list)
+
+
+class RecordingNeedSink:
+    """A :class:`NeedSink` that records every registration (the fake for tests).
+
+    Thread-safe. Attributes:
+        error: when set, every call records the registration and then raises it.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._registrations: list[NeedRegistration] = []
+        self.error: Exception | None = None
+
+    def register_need(self, engine_id: str, need: int, retirable_nodes: list[str]) -> None:
+        """Record the registration; raise :attr:`error` if one is set."""
+        with self._lock:
+            self._registrations.append(NeedRegistration(engine_id, need, list(retirable_nodes)))
+            error = self.error
+        if error is not None:
+            raise error
+
+    @property
+    def registrations(self) -> list[NeedRegistration]:
+        """Every registration so far, oldest first (a copy)."""
+        with self._lock:
+            return list(self._registrations)
+
+    def for_engine(self, engine_id: str) -> list[NeedRegistration]:
+        """The registrations of one engine, oldest first."""
+        return [r for r in self.registrations if r.engine_id == engine_id]
+
+    def current(self, engine_id: str) -> int | None:
+        """The last need registered for ``engine_id``, or ``None``."""
+        mine = self.for_engine(engine_id)
+        return mine[-1].need if mine else None
+
+    def clear(self) -> None:
+        """Forget every recorded registration."""
+        with self._lock:
+            self._registrations.clear()
+
+
+@dataclass(frozen=True, slots=True)
+class EngineNeed:
+    """The need of one engine and the facts behind it.
+
+    Attributes:
+        engine_id: the engine.
+        need: nodes wanted: ``max(base_need, occupied nodes, ceil((processes +
+            spare_slots) / (slots * replicas)))``, capped at ``maximum_vms``.
+        process_count: distinct processes counted (without spare slots).
+        occupied_nodes: nodes where one of its agents holds a process.
+        unoccupied_nodes: its other nodes (retirement candidates).
+    """
+
+    engine_id: str
+    need: int
+    process_count: int
+    occupied_nodes: frozenset[str]
+    unoccupied_nodes: frozenset[str]
+
+
+def calculate_need(
+    engine_id: str,
+    engine: EngineSettings,
+    *,
+    queued: Iterable[str],
+    resources: Iterable[Resource],
+    boot_pending: Iterable[str] = (),
+) -> EngineNeed:
+    """The need of one engine (reference §4.5).
+
+    A process counts once however many rounds of it are queued or placed.
+
+    Args:
+        engine_id: the engine.
+        engine: its settings (slots, replicas, spare_slots, base_need, maximum_vms).
+        queued: upids of queue entries whose effective engine is ``engine_id``
+            (WAITING and briefly ASSIGNED ones included).
+        resources: resource records of any engine and state; those whose
+            ``properties["engine"]`` is ``engine_id`` count, whatever their state.
+        boot_pending: upids of this engine's ``150-UNSCHEDULED_PENDING`` processes,
+            while the system boots.
+
+    Returns:
+        The need, with the occupied and unoccupied nodes.
+    """
+    upids = set(queued)
+    upids.update(boot_pending)
+    occupied: set[str] = set()
+    every: set[str] = set()
+    for resource in resources:
+        if (resource.properties or {}).get("engine") != engine_id:
+            continue
+        every.add(resource.node_id)
+        if resource.assigned:
+            occupied.add(resource.node_id)
+            upids.update(upid for upid, _ in resource.assigned)
+    per_node = engine.slots * engine.replicas
+    process_need = math.ceil((len(upids) + engine.spare_slots) / per_node)
+    need = max(engine.base_need, len(occupied), process_need)
+    if engine.maximum_vms is not None:
+        need = min(need, engine.maximum_vms)
+    return EngineNeed(engine_id, need, len(upids), frozenset(occupied), frozenset(every - occupied))
+
+
+def calculate_needs(
+    engines: EngineRegistry,
+    *,
+    queued: Iterable[tuple[str, str | None]],
+    resources: Iterable[Resource],
+    boot_pending: Iterable[tuple[str, str | None]] = (),
+) -> dict[str, EngineNeed]:
+    """The need of every engine of ``engines``.
+
+    Args:
+        engines: the registry.
+        queued: ``(upid, engine)`` of every queue entry (``None``: no engine).
+        resources: every resource record.
+        boot_pending: ``(upid, engine)`` of processes held back by a system boot.
+
+    Returns:
+        Engine id → its need. Processes of unknown engines are not counted.
+    """
+    by_engine: dict[str, list[str]] = {engine_id: [] for engine_id in engines}
+    for upid, engine_id in queued:
+        if engine_id in by_engine:
+            by_engine[engine_id].append(upid)
+    booting: dict[str, list[str]] = {engine_id: [] for engine_id in engines}
+    for upid, engine_id in boot_pending:
+        if engine_id in booting:
+            booting[engine_id].append(upid)
+    listed = list(resources)
+    result = {}
+    for engine_id, engine in engines.items():
+        result[engine_id] = calculate_need(
+            engine_id,
+            engine,
+            queued=by_engine[engine_id],
+            resources=listed,
+            boot_pending=booting[engine_id],
+        )
+    return result
+
+
+def choose_retirees(unoccupied: Iterable[str], nodes: Mapping[str, Node], count: int) -> list[str]:
+    """The nodes to retire on a scale-down: the newest unoccupied ones (FILO).
+
+    Args:
+        unoccupied: candidate node ids.
+        nodes: node records by id (an unknown node counts as created at time 0).
+        count: how many nodes the need dropped by.
+
+    Returns:
+        Up to ``count`` node ids, newest first (ties: highest id first).
+    """
+    if count <= 0:
+        return []
+
+    def created(node_id: str) -> tuple[float, str]:
+        node = nodes.get(node_id)
+        return (node.state_time if node is not None else 0.0, node_id)
+
+    return sorted(unoccupied, key=created, reverse=True)[:count]
+
+
+class NeedRegistrar:
+    """Reports changed needs to a :class:`NeedSink`, retiring nodes on a scale-down.
+
+    The registered needs live in memory: a new leadership term starts empty
+    (:meth:`reset`), so its first report covers every engine.
+
+    Args:
+        store: where resources are disabled.
+        sink: the receiver of the needs.
+    """
+
+    def __init__(self, store: Store, sink: NeedSink) -> None:
+        self._store = store
+        self._sink = sink
+        self._registered: dict[str, int] = {}
+
+    @property
+    def registered(self) -> dict[str, int]:
+        """The needs last reported, by engine (a copy)."""
+        return dict(self._registered)
+
+    def reset(self) -> None:
+        """Forget what was reported. Called at the start of each leadership term."""
+        self._registered.clear()
+
+    def report(
+        self,
+        needs: Mapping[str, EngineNeed],
+        resources: Mapping[str, Resource],
+        nodes: Mapping[str, Node],
+    ) -> None:
+        """Tell the sink about every engine whose need changed.
+
+        Called by the matchmaker after a completed pass. On a scale-down, the
+        retirees' agents are set ``DISABLED`` in the store (and in ``resources``)
+        before the sink hears of them.
+
+        Args:
+            needs: the current need of each engine.
+            resources: resource records by id, as the pass left them (updated in
+                place for disabled agents).
+            nodes: node records by id.
+        """
+        for engine_id, need in needs.items():
+            previous = self._registered.get(engine_id)
+            if previous == need.need:
+                continue
+            retirees: list[str] = []
+            if previous is not None and need.need < previous:
+                retirees = choose_retirees(need.unoccupied_nodes, nodes, previous - need.need)
+                for resource in list(resources.values()):
+                    if resource.node_id in retirees:
+                        disabled = self._disable(resource.resource_id)
+                        if disabled is not None:
+                            resources[resource.resource_id] = disabled
+            try:
+                self._sink.register_need(engine_id, need.need, retirees)
+            except Exception:
+                log.exception("could not register the need of engine %s; will retry", engine_id)
+                continue
+            log.info(
+                "engine %s needs %d node(s)%s",
+                engine_id,
+                need.need,
+                f", retiring {', '.join(retirees)}" if retirees else "",
+            )
+            self._registered[engine_id] = need.need
+
+    def _disable(self, resource_id: str) -> Resource | None:
+        """Set a resource DISABLED (absorbing); the record as written, or None if gone."""
+        while True:
+            resource = self._store.get_resource(resource_id)
+            if resource is None:
+                return None
+            if resource.state == ExecutionResourceState.DISABLED:
+                return resource
+            resource.state = ExecutionResourceState.DISABLED
+            try:
+                self._store.update_resource(resource)
+            except WriteConflictError:
+                continue
+            except NotFoundError:
+                return None
+            return resource

@@ -1,0 +1,79 @@
+"""The configuration a provisioned node's ``pd-eeagent`` processes run with.
+
+Local nodes get it as a YAML file, cloud nodes inside their user-data. It holds
+the broker URI (with its credentials), so it is written with mode 0600, never
+logged, and :class:`AgentTemplate`'s repr masks it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from dispatcher.rpc.broker import mask_uri
+from dispatcher.settings import DEFAULT_EXCHANGE, DEFAULT_SERVICE_NAME, Settings
+
+__all__ = ["AgentTemplate"]
+
+
+@dataclass(frozen=True)
+class AgentTemplate:
+    """What every agent of this dispatcher shares: where to find the broker and us.
+
+    Attributes:
+        amqp_uri: the broker URI the agents use (may hold credentials).
+        exchange: the dashi exchange (``server.amqp.exchange``).
+        sysname: ``dashi.sysname``.
+        pd_name: the dispatcher's service name (``pd.name`` of the agents).
+        ssl: TLS to the broker.
+    """
+
+    amqp_uri: str = field(repr=False)
+    exchange: str = DEFAULT_EXCHANGE
+    sysname: str | None = None
+    pd_name: str = DEFAULT_SERVICE_NAME
+    ssl: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings, amqp_uri: str | None = None) -> AgentTemplate:
+        """The template of a dispatcher's agents; ``amqp_uri`` overrides its own URI."""
+        amqp = settings.server.amqp
+        return cls(
+            amqp_uri=amqp_uri or settings.amqp_uri,
+            exchange=amqp.exchange,
+            sysname=settings.dashi.sysname,
+            pd_name=settings.processdispatcher.service_name,
+            ssl=amqp.ssl,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"AgentTemplate(amqp_uri={mask_uri(self.amqp_uri)!r}, exchange={self.exchange!r}, "
+            f"sysname={self.sysname!r}, pd_name={self.pd_name!r})"
+        )
+
+    def config(
+        self,
+        *,
+        state_dir: str,
+        supd_directory: str,
+        node_id: str,
+        slots: int,
+        heartbeat: float,
+    ) -> dict[str, Any]:
+        """The ``pd-eeagent`` configuration (the agent name is given on its command line)."""
+        amqp: dict[str, Any] = {"uri": self.amqp_uri, "exchange": self.exchange}
+        if self.ssl:
+            amqp["ssl"] = True
+        return {
+            "state_dir": state_dir,
+            "server": {"amqp": amqp},
+            "dashi": {"sysname": self.sysname},
+            "pd": {"name": self.pd_name},
+            "eeagent": {
+                "node_id": node_id,
+                "slots": slots,
+                "heartbeat": heartbeat,
+                "launch_type": {"name": "supd", "supd_directory": supd_directory},
+            },
+        }
