@@ -3,10 +3,16 @@
 ``DispatcherService`` owns the object graph of one ``pd-dispatcher`` process::
 
     RpcService (worker threads) ──▶ ProcessDispatcherCore ──▶ Store (SQL)
-                                        └──▶ RpcMessenger ──▶ agents, subscribers
+                       │        └─▶ HeartbeatHandler (heartbeat, node_state,
+                       │            add_engine, get_process_logs)
+                       └─ every instance serves every RPC
+    LeaderElector ──(while leading)──▶ Matchmaker thread, Doctor thread
+    RpcMessenger ──▶ agents (launch, terminate, cleanup), subscribers
 
-Collaborators are injected; :meth:`DispatcherService.build` makes the default
-graph from settings.
+The matchmaker and the doctor are leader singletons (decision 8): every instance
+builds them, and only the instance holding the database lock runs them, one thread
+each per leadership term. Collaborators are injected; :meth:`DispatcherService.build`
+makes the default graph from settings.
 """
 
 from __future__ import annotations
@@ -15,7 +21,15 @@ import logging
 import threading
 from typing import Any
 
-from dispatcher.core import RPC_OPERATIONS, ProcessDispatcherCore
+from dispatcher.core import RPC_OPERATIONS as CORE_OPERATIONS
+from dispatcher.core import ProcessDispatcherCore
+from dispatcher.doctor import Doctor
+from dispatcher.engines import EngineRegistry
+from dispatcher.errors import ConfigError
+from dispatcher.heartbeats import RPC_OPERATIONS as HEALTH_OPERATIONS
+from dispatcher.heartbeats import HeartbeatHandler
+from dispatcher.leadership import LeaderElector, lock_for_database
+from dispatcher.matchmaker import Matchmaker
 from dispatcher.rpc.broker import BrokerConfig
 from dispatcher.rpc.client import RpcClient
 from dispatcher.rpc.messenger import RpcMessenger
@@ -23,10 +37,34 @@ from dispatcher.rpc.service import RpcService
 from dispatcher.settings import Settings
 from dispatcher.store.base import Store
 
-__all__ = ["RPC_OPERATIONS", "DispatcherService"]
+__all__ = ["RPC_OPERATIONS", "DispatcherService", "engine_registry"]
 
 log = logging.getLogger(__name__)
 
+#: Every operation a dispatcher serves.
+RPC_OPERATIONS = (*CORE_OPERATIONS, *HEALTH_OPERATIONS)
+
+#: Seconds :meth:`DispatcherService.stop` waits for each leader thread.
+_JOIN_TIMEOUT = 10.0
+
+
+def engine_registry(settings: Settings) -> EngineRegistry:
+    """The configured engines, checked.
+
+    Raises:
+        ConfigError: the default engine is unknown, a ``process_engines`` entry
+            names an unknown engine, or several engines are configured without a
+            ``default_engine``.
+    """
+    pd = settings.processdispatcher
+    if not pd.engines:
+        raise ConfigError("processdispatcher.engines: at least one engine must be configured")
+    if pd.effective_default_engine is None:
+        raise ConfigError(
+            "processdispatcher.default_engine: required when several engines are configured "
+            f"({', '.join(sorted(pd.engines))})"
+        )
+    return EngineRegistry.from_settings(pd)
 
 
 class DispatcherService:
@@ -35,8 +73,12 @@ class DispatcherService:
     Args:
         settings: the process's settings.
         store: where state lives.
-        core: the RPC semantics.
+        core: the definition and process RPCs.
+        heartbeats: the health RPCs.
         rpc: the service the operations are registered on.
+        matchmaker: run while this instance leads (``None``: never).
+        doctor: run while this instance leads (``None``: never).
+        elector: decides leadership (``None`` with no singletons).
         messenger_client: the client used for one-way messages (closed on stop).
     """
 
@@ -46,34 +88,99 @@ class DispatcherService:
         *,
         store: Store,
         core: ProcessDispatcherCore,
+        heartbeats: HeartbeatHandler | None = None,
         rpc: RpcService,
+        matchmaker: Matchmaker | None = None,
+        doctor: Doctor | None = None,
+        elector: LeaderElector | None = None,
         messenger_client: RpcClient | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.core = core
+        self.heartbeats = heartbeats
         self.rpc = rpc
+        self.matchmaker = matchmaker
+        self.doctor = doctor
+        self.elector = elector
         self.messenger_client = messenger_client
         self._stopped = threading.Event()
-        for op in RPC_OPERATIONS:
+        self._threads: list[threading.Thread] = []
+        for op in CORE_OPERATIONS:
             self.rpc.handle(op, getattr(core, op), validate=False)
+        if heartbeats is not None:
+            for op in HEALTH_OPERATIONS:
+                sender = "sender" if op == "heartbeat" else None
+                self.rpc.handle(op, getattr(heartbeats, op), sender_kwarg=sender, validate=False)
 
     @classmethod
     def build(cls, settings: Settings) -> DispatcherService:
-        """The default object graph: SQL store (migrated), AMQP messenger and service."""
+        """The default object graph: SQL store (migrated), AMQP messenger and service,
+        the health handler, and the leader's matchmaker and doctor."""
         from dispatcher.store.sql import SqlStore
 
+        engines = engine_registry(settings)
+        pd = settings.processdispatcher
         broker = BrokerConfig.from_settings(settings)
         store = SqlStore(settings.database_url, create=True)
-        service_name = settings.processdispatcher.service_name
-        client = RpcClient(broker, service_name)
-        core = ProcessDispatcherCore(store, RpcMessenger(client))
-        rpc = RpcService(broker, service_name, workers=settings.processdispatcher.rpc_workers)
-        return cls(settings, store=store, core=core, rpc=rpc, messenger_client=client)
+        try:
+            engines.merge_stored(store.list_engines())
+            service_name = pd.service_name
+            client = RpcClient(broker, service_name)
+            messenger = RpcMessenger(client)
+            core = ProcessDispatcherCore(store, messenger)
+            heartbeats = HeartbeatHandler(store, messenger, engines, caller=client)
+            matchmaker = Matchmaker(
+                store,
+                messenger,
+                engines,
+                run_type=pd.launch_type,
+                restart_throttling_config=pd.restart_throttling_config,
+                dispatch_retry_seconds=pd.dispatch_retry_seconds,
+            )
+            doctor = Doctor(
+                store, messenger, engines, heartbeats, monitor=pd.monitor_resource_heartbeats
+            )
+            rpc = RpcService(broker, service_name, workers=pd.rpc_workers)
+        except BaseException:
+            store.close()
+            raise
+        service = cls(
+            settings,
+            store=store,
+            core=core,
+            heartbeats=heartbeats,
+            rpc=rpc,
+            matchmaker=matchmaker,
+            doctor=doctor,
+            messenger_client=client,
+        )
+        lock = lock_for_database(settings.database_url, f"{broker.sysname or ''}.{service_name}")
+        service.elector = LeaderElector(lock, service._on_elected)
+        return service
+
+    @property
+    def is_leader(self) -> bool:
+        return self.elector is not None and self.elector.is_leader
+
+    def _on_elected(self, term: threading.Event) -> None:
+        """A leadership term starts: run the singletons until it ends."""
+        self._threads = [t for t in self._threads if t.is_alive()]
+        for name, singleton in (("matchmaker", self.matchmaker), ("doctor", self.doctor)):
+            if singleton is None:
+                continue
+            thread = threading.Thread(
+                target=singleton.run, args=(term,), name=f"pd-{name}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+        log.info("dispatcher %s leads: matchmaker and doctor running", self.rpc.name)
 
     def start(self) -> None:
         """Start serving; returns once every worker consumes the service queue."""
         self.rpc.start()
+        if self.elector is not None:
+            self.elector.start()
         log.info(
             "dispatcher %s serving %d operations on %s",
             self.rpc.name,
@@ -86,6 +193,13 @@ class DispatcherService:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        if self.elector is not None:
+            self.elector.stop()
+        for singleton in (self.matchmaker, self.doctor):
+            if singleton is not None:
+                singleton.wake()
+        for thread in self._threads:
+            thread.join(_JOIN_TIMEOUT)
         self.rpc.stop()
         if self.messenger_client is not None:
             self.messenger_client.close()

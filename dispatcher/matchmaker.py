@@ -1,0 +1,558 @@
+"""The matchmaker: queued processes onto free eeagent slots, and launches (reference §5).
+
+A leader singleton (decision 8): every dispatcher instance builds one and the
+instance holding leadership runs :meth:`Matchmaker.run` for its term.
+
+A **pass** (:meth:`Matchmaker.matchmake`) reads the queue, the waiting processes,
+the resources and the nodes, lets :func:`dispatcher.placement.plan` decide (a
+pure function), then writes the decisions:
+
+1. every resource that receives work is written once, with all its new
+   assignments (optimistic versions: a resource changed meanwhile is not written,
+   its processes stay queued and another pass follows at once);
+2. ``node_exclusive`` tags are added to their nodes;
+3. the assigned processes are written ``350-ASSIGNED`` (``assigned``,
+   ``hostname``, ``dispatches``, ``dispatch_times``) and their subscribers told;
+   a process that moved on meanwhile (e.g. it was terminated) has its slot and tag
+   backed out and is not launched;
+4. ``launch_process`` is fired to each agent, and the launch is tracked for
+   retries (:class:`~dispatcher.launcher.DispatchRetries`);
+5. entries that were placed, dropped or rejected leave the queue; processes with no
+   slot become ``300-WAITING`` (or ``900-REJECTED``, by queueing mode).
+
+A process left waiting for a slot is **stale**: it is not examined again until a
+resource record changes (or an engine is added), because until then no slot can
+appear for it. Throttled restarts (§5.6) are re-examined when the throttle ends.
+
+After a complete pass the engines' needs are computed
+(:func:`dispatcher.needs.calculate_needs`) and handed to the
+:class:`~dispatcher.needs.NeedRegistrar`, which tells the provisioner.
+
+The loop sleeps until a store event (``queue``, ``resource``, ``engine``,
+``state``), the next throttle expiry, the next launch retry, or ``poll_interval``
+(the safety net for writes made by other dispatcher instances, whose store events
+this instance does not hear). Nothing is read while nothing changed: a poll that
+finds the queue and the resources as they were does no pass.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from dispatcher.engines import EngineRegistry
+from dispatcher.errors import NotFoundError, WriteConflictError
+from dispatcher.launcher import DispatchRetries, fire_launch
+from dispatcher.messaging import Messenger
+from dispatcher.model import Node, Process, Resource
+from dispatcher.needs import NeedRegistrar, calculate_needs
+from dispatcher.placement import (
+    THROTTLE_KEY,
+    Assign,
+    Drop,
+    Hold,
+    Key,
+    Wait,
+    effective_constraints,
+    effective_engine,
+    plan,
+)
+from dispatcher.states import ProcessDispatcherState, ProcessState
+from dispatcher.store.base import Store
+from dispatcher.store.batch import batch_writer
+from dispatcher.transitions import ProcessTransitions
+
+__all__ = ["Matchmaker", "PassResult"]
+
+log = logging.getLogger(__name__)
+
+#: The process states a queue entry can be waiting in (below ``400-PENDING``).
+QUEUED_STATES: Final = (
+    ProcessState.REQUESTED,
+    ProcessState.DIED_REQUESTED,
+    ProcessState.WAITING,
+    ProcessState.ASSIGNED,
+)
+#: Seconds between looks for changes made by other dispatcher instances.
+DEFAULT_POLL_INTERVAL: Final = 1.0
+#: Seconds before retrying after an unexpected error (e.g. the database is down).
+DEFAULT_ERROR_RETRY: Final = 2.0
+#: Store event kinds that wake the matchmaker.
+_WAKING_KINDS: Final = frozenset({"queue", "resource", "engine", "state", "node"})
+
+
+@dataclass
+class PassResult:
+    """What one matchmaking pass did (for logs, tests and benchmarks).
+
+    Attributes:
+        complete: every decision was written; False when a resource changed under
+            the pass (another pass is due at once).
+        assigned: ``(upid, round, resource_id)`` launched in this pass.
+        waiting: ``(upid, round)`` left waiting (or rejected) for lack of a slot.
+        dropped: stale queue entries removed.
+        backed_out: assignments undone because the process moved on meanwhile.
+    """
+
+    complete: bool = True
+    assigned: list[tuple[str, int, str]] = field(default_factory=list)
+    waiting: list[Key] = field(default_factory=list)
+    dropped: list[Key] = field(default_factory=list)
+    backed_out: list[Key] = field(default_factory=list)
+
+
+class Matchmaker:
+    """Places queued processes and launches them (see the module docstring).
+
+    Args:
+        store: where processes, the queue, resources and nodes live.
+        messenger: fires launches to agents and notifications to subscribers.
+        engines: the engine registry (effective engines; ``add_engine`` extends it).
+        run_type: the ``launch_type`` sent with every launch (``supd``).
+        restart_throttling_config: the global throttling configuration (§5.6).
+        dispatch_retry_seconds: re-send a launch this often while the process stays
+            ``350-ASSIGNED``; ``None`` or ``0`` disables retries.
+        registrar: receives the engines' needs after each complete pass; ``None``
+            when nothing is provisioned.
+        clock: returns the current time in epoch seconds.
+        poll_interval: seconds between looks for other instances' writes.
+        error_retry: seconds before retrying after an unexpected error.
+    """
+
+    def __init__(
+        self,
+        store: Store,
+        messenger: Messenger,
+        engines: EngineRegistry,
+        *,
+        run_type: str = "supd",
+        restart_throttling_config: dict[str, Any] | None = None,
+        dispatch_retry_seconds: float | None = None,
+        registrar: NeedRegistrar | None = None,
+        clock: Callable[[], float] = time.time,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        error_retry: float = DEFAULT_ERROR_RETRY,
+    ) -> None:
+        self.store = store
+        self.messenger = messenger
+        self.engines = engines
+        self.run_type = run_type
+        self.throttle = (restart_throttling_config or {}).get(THROTTLE_KEY)
+        self.retries = DispatchRetries(dispatch_retry_seconds)
+        self.registrar = registrar
+        self.clock = clock
+        self.poll_interval = poll_interval
+        self.error_retry = error_retry
+        self.transitions = ProcessTransitions(store, messenger, clock=clock)
+        self._writer = batch_writer(store)
+        self._wake = threading.Event()
+        self._lock = threading.Lock()
+        self._dirty = True
+        self._stale: set[Key] = set()
+        self._engine_of: dict[Key, str | None] = {}
+        self._throttle_expiry: float | None = None
+        self._fingerprint: Any = None
+        self._passing: int | None = None  # the thread running a pass
+        store.add_listener(self._on_change)
+
+    # -- state of a term ----------------------------------------------------------------
+
+    def initialize(self) -> None:
+        """Forget everything cached; called at the start of each leadership term.
+
+        Launch retries are rebuilt lazily: the first pass re-sends the launch of every
+        queued ``350-ASSIGNED`` process (a previous leader may have lost it).
+        """
+        with self._lock:
+            self._dirty = True
+            self._stale.clear()
+            self._engine_of.clear()
+            self._throttle_expiry = None
+            self._fingerprint = None
+            self.retries.clear()
+            if self.registrar is not None:
+                self.registrar.reset()
+
+    def wake(self) -> None:
+        """Make :meth:`run` look again now."""
+        self._wake.set()
+
+    def _on_change(self, kind: str) -> None:
+        # A pass's own writes cannot free a slot (a back-out marks the matchmaker
+        # dirty itself), so they neither wake it nor clear the stale set.
+        if kind in _WAKING_KINDS and self._passing != threading.get_ident():
+            if kind in ("resource", "engine", "node"):
+                with self._lock:
+                    self._stale.clear()  # a slot may have appeared for a waiting process
+            self._dirty = True
+            self._wake.set()
+
+    # -- one pass -----------------------------------------------------------------------
+
+    def matchmake(self) -> PassResult:
+        """Run one matchmaking pass (see the module docstring)."""
+        self._passing = threading.get_ident()
+        try:
+            return self._matchmake()
+        finally:
+            self._passing = None
+
+    def _matchmake(self) -> PassResult:
+        self._dirty = False
+        self.engines.merge_stored(self.store.list_engines())
+        entries = self.store.list_queued()
+        now = self.clock()
+        with self._lock:
+            if self._throttle_expiry is not None and self._throttle_expiry <= now:
+                self._throttle_expiry = None
+            fresh = [key for key in entries if key not in self._stale]
+        processes = {p.upid: p for p in self.store.list_processes(QUEUED_STATES)}
+        resources = self.store.list_resources()
+        nodes = {node.node_id: node for node in self.store.list_nodes()}
+        decided = plan(
+            fresh, processes, resources, nodes, self.engines, now=now, throttle=self.throttle
+        )
+        queued_keys = set(entries)
+        self._engine_of = {k: e for k, e in self._engine_of.items() if k in queued_keys}
+        self._engine_of.update(decided.engines)
+        result = PassResult()
+        by_id = {resource.resource_id: resource for resource in resources}
+        assigns = [d for d in decided.decisions if isinstance(d, Assign)]
+        placed = self._write_assignments(assigns, processes, by_id, nodes, now, result)
+        leaving: list[Key] = list(placed)
+        stale: list[Key] = []
+        for decision in decided.decisions:
+            key = (decision.upid, decision.round)
+            if isinstance(decision, Drop):
+                leaving.append(key)
+                result.dropped.append(key)
+                self.retries.forget(key)
+            elif isinstance(decision, Hold):
+                self._hold(processes[decision.upid], now)
+            elif isinstance(decision, Wait):
+                if self._mark_waiting(processes[decision.upid], decision.state):
+                    leaving.append(key)
+                result.waiting.append(key)
+                if decision.throttled_until is None:
+                    stale.append(key)
+        if leaving:
+            # every duplicate of a placed, dropped or rejected entry goes too
+            counts = Counter(entries)
+            self._writer.remove_queued_many([k for k in set(leaving) for _ in range(counts[k])])
+        with self._lock:
+            self._stale.update(stale)
+            if decided.throttle_expiry is not None and (
+                self._throttle_expiry is None or decided.throttle_expiry < self._throttle_expiry
+            ):
+                self._throttle_expiry = decided.throttle_expiry
+        if not result.complete:
+            self._dirty = True
+        elif self.registrar is not None:
+            self._register_needs(entries, leaving, by_id, nodes)
+        if result.assigned or result.dropped or result.backed_out:
+            log.debug(
+                "matchmaking pass: %d assigned, %d waiting, %d dropped, %d backed out",
+                len(result.assigned),
+                len(result.waiting),
+                len(result.dropped),
+                len(result.backed_out),
+            )
+        return result
+
+    def _write_assignments(
+        self,
+        assigns: list[Assign],
+        processes: dict[str, Process],
+        resources: dict[str, Resource],
+        nodes: dict[str, Node],
+        now: float,
+        result: PassResult,
+    ) -> list[Key]:
+        """Write the slots, tags and processes of ``assigns``, then launch.
+
+        Returns:
+            The queue entries of the processes now ``ASSIGNED``.
+        """
+        if not assigns:
+            return []
+        # 1. resources: one write per resource, with all its new assignments
+        touched: dict[str, Resource] = {}
+        for decision in assigns:
+            if decision.recovered:
+                continue
+            resource = touched.get(decision.resource_id)
+            if resource is None:
+                resource = _copy_resource(resources[decision.resource_id])
+                touched[decision.resource_id] = resource
+            resource.assigned.append((decision.upid, decision.round))
+        records = list(touched.values())
+        written = self._writer.update_many(records) if records else []
+        failed = {r.resource_id for r, ok in zip(records, written, strict=True) if not ok}
+        for record, ok in zip(records, written, strict=True):
+            if ok:
+                resources[record.resource_id] = record
+        if failed:
+            result.complete = False
+            log.info("matchmaking: resource(s) %s changed during the pass", ", ".join(failed))
+        kept = [d for d in assigns if d.recovered or d.resource_id not in failed]
+        # 2. node_exclusive tags
+        for decision in kept:
+            tag = processes[decision.upid].node_exclusive
+            if tag is not None:
+                self._add_tag(decision.node_id, str(tag), nodes)
+        # 3. processes
+        candidates = []
+        for decision in kept:
+            process = processes[decision.upid]
+            resource = resources[decision.resource_id]
+            candidate = _copy_process(process)
+            candidate.state = ProcessState.ASSIGNED
+            candidate.assigned = decision.resource_id
+            candidate.hostname = (resource.properties or {}).get("hostname")
+            candidate.dispatches += 1
+            candidate.dispatch_times.append(now)
+            candidates.append(candidate)
+        outcomes = self._writer.update_many(candidates) if candidates else []
+        placed: list[Key] = []
+        for decision, candidate, ok in zip(kept, candidates, outcomes, strict=True):
+            key = (decision.upid, decision.round)
+            if not ok:
+                retried = self._retry_assign(candidate)
+                if retried is None:
+                    self._back_out(decision, processes[decision.upid].node_exclusive)
+                    result.backed_out.append(key)
+                    continue
+                candidate = retried
+            processes[decision.upid] = candidate
+            self.transitions.notify_process(candidate)
+            # 4. launch
+            fire_launch(self.messenger, candidate, decision.resource_id, self.run_type)
+            self.retries.track(key, self.clock())
+            placed.append(key)
+            result.assigned.append((decision.upid, decision.round, decision.resource_id))
+        return placed
+
+    def _retry_assign(self, candidate: Process) -> Process | None:
+        """Write an assignment whose batched write lost a race, if still valid."""
+        while True:
+            fresh = self.store.get_process(candidate.upid)
+            if (
+                fresh is None
+                or fresh.round != candidate.round
+                or fresh.state >= ProcessState.ASSIGNED
+                or fresh.state < ProcessState.REQUESTED
+            ):
+                return None
+            retry = _copy_process(fresh)
+            retry.state = ProcessState.ASSIGNED
+            retry.assigned = candidate.assigned
+            retry.hostname = candidate.hostname
+            retry.dispatches += 1
+            retry.dispatch_times.append(candidate.dispatch_times[-1])
+            try:
+                self.store.update_process(retry)
+            except WriteConflictError:
+                continue
+            except NotFoundError:
+                return None
+            return retry
+
+    def _add_tag(self, node_id: str, tag: str, nodes: dict[str, Node]) -> None:
+        while True:
+            node = self.store.get_node(node_id)
+            if node is None or tag in node.node_exclusive:
+                return
+            node.node_exclusive.append(tag)
+            try:
+                self.store.update_node(node)
+            except WriteConflictError:
+                continue
+            except NotFoundError:
+                return
+            nodes[node_id] = node
+            return
+
+    def _back_out(self, decision: Assign, tag: str | None) -> None:
+        """Undo the slot (and tag) of an assignment whose process moved on."""
+        key = (decision.upid, decision.round)
+        while True:
+            resource = self.store.get_resource(decision.resource_id)
+            if resource is None or key not in resource.assigned:
+                break
+            resource.assigned.remove(key)
+            try:
+                self.store.update_resource(resource)
+            except WriteConflictError:
+                continue
+            except NotFoundError:
+                pass
+            break
+        if tag is not None:
+            while True:
+                node = self.store.get_node(decision.node_id)
+                if node is None or str(tag) not in node.node_exclusive:
+                    break
+                node.node_exclusive.remove(str(tag))
+                try:
+                    self.store.update_node(node)
+                except WriteConflictError:
+                    continue
+                except NotFoundError:
+                    pass
+                break
+        self._dirty = True  # the freed slot may suit a waiting process
+        with self._lock:
+            self._stale.clear()
+        log.info("process %s round %d moved on during matchmaking: backed out", *key)
+
+    def _hold(self, process: Process, now: float) -> None:
+        """An ASSIGNED process still queued: make sure its launch is retried."""
+        key = (process.upid, process.round)
+        if self.retries.enabled and key not in self.retries and process.assigned:
+            fire_launch(self.messenger, process, process.assigned, self.run_type)
+            self.retries.track(key, now)
+
+    def _mark_waiting(self, process: Process, state: str) -> bool:
+        """Write WAITING or REJECTED; True when the entry must leave the queue."""
+        if process.state != state:
+            self.transitions.process_change_state(process, state)
+        return state == ProcessState.REJECTED
+
+    def _register_needs(
+        self,
+        entries: Iterable[Key],
+        leaving: list[Key],
+        resources: dict[str, Resource],
+        nodes: dict[str, Node],
+    ) -> None:
+        assert self.registrar is not None
+        gone = set(leaving)  # placed ones count through their resource
+        queued = [(key[0], self._engine_of.get(key)) for key in entries if key not in gone]
+        boot_pending: list[tuple[str, str | None]] = []
+        if self.store.get_pd_state() == ProcessDispatcherState.SYSTEM_BOOTING:
+            for process in self.store.list_processes([ProcessState.UNSCHEDULED_PENDING]):
+                constraints = effective_constraints(self.engines, process)
+                boot_pending.append((process.upid, effective_engine(constraints)))
+        needs = calculate_needs(
+            self.engines,
+            queued=queued,
+            resources=list(resources.values()),
+            boot_pending=boot_pending,
+        )
+        self.registrar.report(needs, resources, nodes)
+
+    # -- launch retries -----------------------------------------------------------------
+
+    def retry_launches(self) -> int:
+        """Re-send the launches that are due; returns how many were sent."""
+        sent = 0
+        now = self.clock()
+        for key in self.retries.pop_due(now):
+            process = self.store.get_process(key[0])
+            if (
+                process is None
+                or process.round != key[1]
+                or process.state != ProcessState.ASSIGNED
+                or not process.assigned
+            ):
+                continue
+            log.info("re-sending the launch of %s round %d to %s", *key, process.assigned)
+            fire_launch(self.messenger, process, process.assigned, self.run_type)
+            self.retries.track(key, now)
+            sent += 1
+        return sent
+
+    # -- the loop -----------------------------------------------------------------------
+
+    def _snapshot(self) -> Any:
+        """What placement depends on, in short: the queue and the resources' slots."""
+        return (
+            tuple(self.store.list_queued()),
+            tuple(
+                (r.resource_id, r.state, r.slot_count, tuple(r.assigned))
+                for r in self.store.list_resources()
+            ),
+        )
+
+    def next_deadline(self) -> float:
+        """Epoch seconds of the next timed event (throttle expiry, launch retry, poll)."""
+        deadline = self.clock() + self.poll_interval
+        for due in (self._throttle_expiry, self.retries.next_due()):
+            if due is not None:
+                deadline = min(deadline, due)
+        return deadline
+
+    def run_once(self) -> PassResult | None:
+        """One loop step: a pass if anything changed, then the launch retries due.
+
+        Changes this instance made are known from store events; changes made by
+        other instances are found by comparing :meth:`_snapshot` with the last one.
+        """
+        result = None
+        snapshot = self._snapshot()
+        if snapshot != self._fingerprint:
+            if self._fingerprint is not None and snapshot[1] != self._fingerprint[1]:
+                with self._lock:
+                    self._stale.clear()  # another instance changed a resource
+            self._dirty = True
+        expired = self._throttle_expiry is not None and self._throttle_expiry <= self.clock()
+        if self._dirty or expired:
+            result = self.matchmake()
+            snapshot = self._snapshot() if result.complete else None
+        self._fingerprint = snapshot
+        self.retry_launches()
+        return result
+
+    def run(self, stop_event: threading.Event) -> None:
+        """Act as the matchmaker until ``stop_event`` is set (one leadership term).
+
+        Errors are logged and retried after ``error_retry`` seconds; they never end
+        the loop.
+        """
+        self.initialize()
+        while not stop_event.is_set():
+            self._wake.clear()
+            try:
+                self.run_once()
+                delay = max(0.0, self.next_deadline() - self.clock())
+                if self._dirty:
+                    delay = 0.0
+            except Exception:
+                log.exception("matchmaker: pass failed; retrying in %g s", self.error_retry)
+                self._dirty = True
+                delay = self.error_retry
+            if delay > 0:
+                _wait_either(self._wake, stop_event, delay)
+
+
+def _wait_either(wake: threading.Event, stop: threading.Event, delay: float) -> None:
+    """Sleep up to ``delay`` seconds, until ``wake`` or ``stop`` is set."""
+    deadline = time.monotonic() + delay
+    while not stop.is_set() and not wake.is_set():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return
+        wake.wait(min(remaining, 0.25))
+
+
+def _copy_resource(resource: Resource) -> Resource:
+    return Resource(
+        resource_id=resource.resource_id,
+        node_id=resource.node_id,
+        slot_count=resource.slot_count,
+        state=resource.state,
+        properties=dict(resource.properties or {}),
+        assigned=list(resource.assigned),
+        last_heartbeat=resource.last_heartbeat,
+        version=resource.version,
+    )
+
+
+def _copy_process(process: Process) -> Process:
+    return copy.deepcopy(process)
