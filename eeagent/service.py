@@ -21,7 +21,9 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import BeforeValidator, Field
 
 from dispatcher.errors import DispatcherError
 from dispatcher.rpc.broker import BrokerConfig
@@ -33,7 +35,15 @@ from eeagent.persistence import AgentLock, StateStore
 from eeagent.supdconf import STOP_WAIT_SECONDS
 from eeagent.supervisor import SupervisorControl
 
-__all__ = ["POLL_INTERVAL", "AgentService", "Heartbeater", "agent_home", "run_agent"]
+__all__ = [
+    "POLL_INTERVAL",
+    "AgentService",
+    "Heartbeater",
+    "Round",
+    "agent_home",
+    "ignored_keys",
+    "run_agent",
+]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +57,28 @@ RPC_READY_TIMEOUT = 5.0
 #: Environment variables supervisord (and so every process) does not inherit:
 #: they carry the agent's own broker and database credentials.
 PRIVATE_ENV_PREFIX = "PD_"
+#: Legacy ``eeagent`` keys this agent accepts and ignores (legacy configuration
+#: files required some of them; the launch types they configure are not supported).
+LEGACY_IGNORED_KEYS = frozenset(
+    {
+        "poll_interval",
+        "code_download",
+        "launch_type.pyon_directory",
+        "launch_type.container_args",
+        "launch_type.persistence_directory",
+    }
+)
+
+
+def _not_a_boolean(value: Any) -> Any:
+    # JSON true/false would otherwise pass as round 1/0.
+    if isinstance(value, bool):
+        raise ValueError("must be an integer, not a boolean")
+    return value
+
+
+#: A process round on the wire: a non-negative integer (the dispatcher counts from 0).
+Round = Annotated[int, BeforeValidator(_not_a_boolean), Field(ge=0)]
 
 
 class Heartbeater:
@@ -155,23 +187,23 @@ class AgentService:
     def _register(self) -> None:
         agent = self.agent
 
-        def launch_process(u_pid: str, round: int, run_type: str, parameters: Any = None) -> None:
+        def launch_process(u_pid: str, round: Round, run_type: str, parameters: Any = None) -> None:
             agent.launch_process(u_pid, round, run_type, parameters)
 
-        def terminate_process(u_pid: str, round: int) -> None:
+        def terminate_process(u_pid: str, round: Round) -> None:
             agent.terminate_process(u_pid, round)
 
-        def restart_process(u_pid: str, round: int) -> None:
+        def restart_process(u_pid: str, round: Round) -> None:
             agent.restart_process(u_pid, round)
 
-        def cleanup(u_pid: str, round: int) -> None:
+        def cleanup(u_pid: str, round: Round) -> None:
             agent.cleanup(u_pid, round)
 
         def dump_state(rpc: bool = False) -> dict[str, Any] | None:
             return agent.dump_state(rpc)
 
         def get_process_logs(
-            u_pid: str, round: int, stream: str = "stdout", tail_bytes: int = 65536
+            u_pid: str, round: Round, stream: str = "stdout", tail_bytes: int = 65536
         ) -> str:
             return agent.get_process_logs(u_pid, round, stream, tail_bytes)
 
@@ -261,6 +293,19 @@ def agent_home(settings: Settings) -> tuple[Path, Path]:
     return supd_directory, supd_directory / settings.eeagent.name
 
 
+def ignored_keys(settings: Settings) -> list[str]:
+    """The ``eeagent.*`` configuration keys the agent does not use, sorted.
+
+    Unknown keys are accepted, because legacy files carry keys of launch types this
+    agent does not run. So that a misspelt key is not lost silently, :func:`run_agent`
+    logs a warning for each of them (keys in :data:`LEGACY_IGNORED_KEYS` only at INFO).
+    """
+    eea = settings.eeagent
+    keys = [f"eeagent.{key}" for key in eea.model_extra or {}]
+    keys += [f"eeagent.launch_type.{key}" for key in eea.launch_type.model_extra or {}]
+    return sorted(keys)
+
+
 def run_agent(
     settings: Settings,
     environ: Mapping[str, str],
@@ -282,6 +327,11 @@ def run_agent(
         BackendStartError: supervisord could not be started.
     """
     eea = settings.eeagent
+    for key in ignored_keys(settings):
+        if key.removeprefix("eeagent.") in LEGACY_IGNORED_KEYS:
+            log.info("ignoring legacy configuration key %s (not used by this agent)", key)
+        else:
+            log.warning("ignoring unknown configuration key %s (misspelt?)", key)
     supd_directory, home = agent_home(settings)
     lock = AgentLock(home / "agent.lock")
     lock.acquire()

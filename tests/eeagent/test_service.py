@@ -50,7 +50,8 @@ def fake_service(
 ) -> Iterator[tuple[AgentService, FakeProcessControl]]:
     control = FakeProcessControl()
     agent = EEAgent(name="agent1", node_id="node1", slots=2, control=control)
-    service = serve(agent, broker)
+    # No periodic heartbeat during a test: every one after the first is a change report.
+    service = serve(agent, broker, heartbeat=3600)
     yield service, control
     service.stop()
 
@@ -86,11 +87,12 @@ def test_a_state_change_seen_by_the_monitor_is_reported_at_once(
         "agent1", "launch_process", u_pid="p1", round=1, run_type="supd", parameters=sleeper()
     )
     pd.wait_for(lambda m: process_state(m, "p1") == [500, "RUNNING"])
+    sent = fake_service[0].heartbeater.sent
     control.exit("p1-1", 3)
-    started = time.monotonic()
-    beat = pd.wait_for(lambda m: process_state(m, "p1") == [850, "FAILED"], timeout=5)
-    assert time.monotonic() - started < 2  # not the 30 s periodic beat
+    # (periodic heartbeats are an hour apart here: this one reports the change)
+    beat = pd.wait_for(lambda m: process_state(m, "p1") == [850, "FAILED"])
     assert beat["processes"][0]["msg"] == "exited with code 3"
+    assert fake_service[0].heartbeater.sent == sent + 1
 
 
 def test_the_operations_are_served_with_their_legacy_names(
@@ -129,6 +131,50 @@ def test_bad_requests_get_typed_errors_over_the_wire(
         client.call("agent1", "launch_process", u_pid="p1", round="one", run_type="supd")
     with pytest.raises(BadRequestError, match="u_pid"):
         client.call("agent1", "terminate_process", round=1)
+
+
+#: Requests with bad arguments, and the text the BadRequestError must contain.
+BAD_REQUESTS: list[tuple[str, dict[str, Any], str]] = [
+    ("launch_process", {"u_pid": "p1", "round": "one", "run_type": "supd"}, "round"),
+    ("launch_process", {"u_pid": "p1", "round": True, "run_type": "supd"}, "round"),
+    ("launch_process", {"u_pid": "p1", "round": -1, "run_type": "supd"}, "round"),
+    ("launch_process", {"u_pid": "p1", "round": 1.5, "run_type": "supd"}, "round"),
+    ("launch_process", {"u_pid": 7, "round": 1, "run_type": "supd"}, "u_pid"),
+    ("launch_process", {"u_pid": "", "round": 1, "run_type": "supd"}, "u_pid"),
+    ("launch_process", {"u_pid": "p1", "round": 1}, "run_type"),
+    ("launch_process", {"u_pid": "p1", "round": 1, "run_type": "supd", "x": 1}, "x"),
+    ("terminate_process", {"u_pid": "p1", "round": [1]}, "round"),
+    ("restart_process", {"u_pid": "p1"}, "round"),
+    ("cleanup", {"round": 1}, "u_pid"),
+    ("get_process_logs", {"u_pid": "p1", "round": 1, "stream": "stdin"}, "stream"),
+    ("get_process_logs", {"u_pid": "p1", "round": 1, "tail_bytes": -1}, "tail_bytes"),
+    ("get_process_logs", {"u_pid": "p1", "round": 1, "tail_bytes": "all"}, "tail_bytes"),
+]
+
+
+@pytest.mark.parametrize(("op", "args", "named"), BAD_REQUESTS)
+def test_a_request_with_bad_arguments_is_a_bad_request_and_changes_nothing(
+    fake_service: tuple[AgentService, FakeProcessControl],
+    client: RpcClient,
+    op: str,
+    args: dict[str, Any],
+    named: str,
+) -> None:
+    # Given an agent running one process
+    service, control = fake_service
+    client.call(
+        "agent1", "launch_process", u_pid="p1", round=1, run_type="supd", parameters=sleeper()
+    )
+    before = client.call("agent1", "dump_state", rpc=True)["processes"]
+    calls = len(control.calls)
+    # When a request with a bad argument is called, and the same is fired
+    with pytest.raises(BadRequestError, match=named):
+        client.call("agent1", op, **args)
+    client.fire("agent1", op, **args)
+    # Then (requests are served in order) nothing changed
+    assert client.call("agent1", "dump_state", rpc=True)["processes"] == before
+    assert before == [{"upid": "p1", "round": "1", "state": [500, "RUNNING"], "msg": "None"}]
+    assert [c for c in control.calls[calls:] if c != "poll"] == []  # no start, stop, remove
 
 
 def test_heartbeats_are_sent_periodically(broker: BrokerConfig, pd: PdSink) -> None:
@@ -181,21 +227,26 @@ def test_a_heartbeat_that_cannot_be_sent_does_not_stop_the_next_ones() -> None:
 
 
 def test_change_requests_are_coalesced_into_one_heartbeat() -> None:
-    release = threading.Event()
+    sending, release = threading.Event(), threading.Event()
     sent: list[int] = []
 
     def send(message: dict[str, Any]) -> None:
-        release.wait(5)
+        sending.set()
+        release.wait(10)
         sent.append(1)
 
-    beats = Heartbeater(lambda: {}, send, interval=30)
-    beats.start()  # the start-up beat blocks in send()
-    time.sleep(0.05)
+    beats = Heartbeater(lambda: {}, send, interval=3600)
+    beats.start()
+    assert sending.wait(10)  # the start-up beat is being sent
+    # When 20 changes are announced while it is sent
     for _ in range(20):
         beats.request()
     release.set()
-    time.sleep(0.3)
+    deadline = time.monotonic() + 10
+    while beats.sent < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
     beats.stop(final=False)
+    # Then they went out as one heartbeat (nothing else asked for one)
     assert sent == [1, 1]
 
 

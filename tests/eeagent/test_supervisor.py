@@ -165,18 +165,27 @@ def test_terminate_stops_the_whole_process_group(supd_agent: EEAgent, tmp_path: 
 
 
 def test_a_stop_sent_right_after_the_start_stops_the_process_promptly(
-    supd_agent: EEAgent,
+    supd_agent: EEAgent, supd: SupervisorControl
 ) -> None:
-    # supervisord loses a SIGTERM that lands between fork and exec and would then
-    # wait stopwaitsecs (10 s); every stop here must take well under that.
+    # supervisord loses a SIGTERM that lands between fork and exec, waits
+    # stopwaitsecs (10 s) and then kills with SIGKILL. Every stop here must be
+    # done by the SIGTERM the agent sends, never by that SIGKILL.
     # (60 rounds: without the exec wait and re-signal, this fails every time here.)
-    for round in range(1, 61):
+    rounds = range(1, 61)
+    for round in rounds:
+        # Given a process just started
         supd_agent.launch_process("p1", round, "supd", sleeper())
-        started = time.monotonic()
+        # When it is terminated at once
         supd_agent.terminate_process("p1", round)
-        wait_state(supd_agent, "p1", round, TERMINATED, timeout=3)
-        assert time.monotonic() - started < 3
+        # Then it ends TERMINATED (the wait outlasts stopwaitsecs, so a lost stop
+        # would end in supervisord's SIGKILL rather than a timeout here)
+        wait_state(supd_agent, "p1", round, TERMINATED, timeout=30)
         supd_agent.cleanup("p1", round)
+    # and supervisord's log says each one was ended by SIGTERM, none by SIGKILL
+    log = Path(supd.files.logfile).read_text()
+    for round in rounds:
+        assert f"stopped: p1-{round} (terminated by SIGTERM)" in log
+    assert "SIGKILL" not in log
 
 
 def test_restart_runs_the_process_again_under_the_new_round(supd_agent: EEAgent) -> None:
@@ -190,6 +199,52 @@ def test_restart_runs_the_process_again_under_the_new_round(supd_agent: EEAgent)
     assert not pid_alive(first.pid)
     names = set(supd_agent.control.poll())
     assert names == {"p1-2"}
+
+
+def test_a_duplicate_or_older_launch_is_ignored_and_a_newer_round_replaces_the_old(
+    supd_agent: EEAgent, supd: SupervisorControl
+) -> None:
+    # Given round 2 of p1 running
+    supd_agent.launch_process("p1", 2, "supd", sleeper())
+    first = supd_agent.record("p1", 2)
+    assert first is not None and first.state == RUNNING
+    # When the same round and an older one are launched again (dispatcher retries)
+    supd_agent.launch_process("p1", 2, "supd", {"exec": "true"})
+    supd_agent.launch_process("p1", 1, "supd", sleeper())
+    supd_agent.poll()
+    # Then nothing changed: the same process runs, alone
+    assert [(r.upid, r.round, r.state, r.pid) for r in supd_agent.records()] == [
+        ("p1", 2, RUNNING, first.pid)
+    ]
+    assert set(supd.poll()) == {"p1-2"} and pid_alive(first.pid)
+    # When a newer round is launched
+    supd_agent.launch_process("p1", 3, "supd", sleeper())
+    third = wait_state(supd_agent, "p1", 3, RUNNING)
+    # Then it replaces the old one, which was stopped before the new one started
+    assert [(r.upid, r.round) for r in supd_agent.records()] == [("p1", 3)]
+    assert third.pid != first.pid and pid_alive(third.pid) and not pid_alive(first.pid)
+
+    def programs() -> set[str]:
+        supd_agent.poll()
+        return set(supd.poll())
+
+    wait_for(lambda: programs() == {"p1-3"})
+    log = Path(supd.files.logfile).read_text()
+    assert log.index("stopped: p1-2 (terminated by SIGTERM)") < log.index("spawned: 'p1-3'")
+
+
+def test_an_unknown_run_type_fails_with_the_reason_and_runs_nothing(
+    supd_agent: EEAgent, supd: SupervisorControl
+) -> None:
+    supd_agent.launch_process("p1", 1, "pyon", sleeper())
+    record = supd_agent.record("p1", 1)
+    assert record is not None and record.state == FAILED
+    assert record.msg == "unknown run type 'pyon': this agent runs 'supd'"
+    assert supd.poll() == {}
+    assert "[program:" not in Path(supd.files.config).read_text()
+    # and it can be cleaned up like any other failed process
+    supd_agent.cleanup("p1", 1)
+    assert supd_agent.records() == []
 
 
 def test_cleanup_removes_the_program_and_its_logs(
