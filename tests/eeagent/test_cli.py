@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import pkgutil
 from pathlib import Path
 
@@ -10,6 +11,8 @@ from click.testing import CliRunner
 
 import eeagent
 from cli.eeagent import main
+from dispatcher.settings import load_settings
+from eeagent.service import ignored_keys
 
 
 def test_help_describes_the_agent_and_its_options() -> None:
@@ -66,6 +69,81 @@ def test_an_agent_that_cannot_start_exits_1_with_the_reason(tmp_path: Path) -> N
     result = CliRunner().invoke(main, ["--config", str(config)])
     assert result.exit_code == 1
     assert "cannot run" in result.output and "no-supervisord" in result.output
+
+
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        ("eeagent: [1, 2\n", "invalid YAML"),
+        ("- a\n- b\n", "invalid YAML"),
+        ("eeagent:\n  slots: many\n", "configuration key eeagent.slots"),
+        ("eeagent:\n  heartbeat: 0\n", "configuration key eeagent.heartbeat"),
+        ("eeagent:\n  launch_type: {name: pyon}\n", "configuration key eeagent.launch_type.name"),
+        ("eeagent:\n  name: ''\n", "configuration key eeagent.name"),
+    ],
+)
+def test_a_bad_configuration_file_is_a_clear_error_and_creates_nothing(
+    tmp_path: Path, text: str, error: str
+) -> None:
+    # Given a configuration file with one mistake, and a state directory not yet there
+    config = tmp_path / "agent.yml"
+    config.write_text(
+        f"state_dir: {tmp_path / 'state'}\n"
+        "server: {amqp: {uri: 'embedded://'}}\n"
+        f"pd: {{name: process_dispatcher}}\n"
+        f"{text}"
+    )
+    # When the agent is started with it
+    result = CliRunner().invoke(main, ["--config", str(config)])
+    # Then it exits 2 with a one-line message, and nothing was created
+    assert result.exit_code == 2, result.output
+    assert result.output.strip().count("\n") == 0
+    assert error in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["agent.yml"]
+
+
+def test_unknown_eeagent_keys_are_listed_and_legacy_ones_recognised(tmp_path: Path) -> None:
+    config = tmp_path / "agent.yml"
+    config.write_text(
+        "eeagent:\n"
+        "  slotz: 3\n"
+        "  poll_interval: 2\n"
+        "  launch_type: {name: supd, pyon_directory: /opt/pyon, dirr: /x}\n"
+    )
+    settings = load_settings([config], {"PD_STATE_DIR": str(tmp_path)})
+    assert ignored_keys(settings) == [
+        "eeagent.launch_type.dirr",
+        "eeagent.launch_type.pyon_directory",
+        "eeagent.poll_interval",
+        "eeagent.slotz",
+    ]
+
+
+def test_the_agent_warns_about_a_misspelt_key(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given a misspelt key, and a supervisord that cannot start (so the agent stops)
+    config = tmp_path / "agent.yml"
+    config.write_text(
+        f"state_dir: {tmp_path / 'state'}\n"
+        "server: {amqp: {uri: 'embedded://'}}\n"
+        "eeagent:\n"
+        "  slotz: 3\n"
+        "  poll_interval: 2\n"
+        f"  launch_type: {{supdexe: {tmp_path / 'no-supervisord'}}}\n"
+    )
+    with caplog.at_level(logging.INFO, logger="eeagent.service"):
+        result = CliRunner().invoke(main, ["--config", str(config)])
+    assert result.exit_code == 1
+    levels = {
+        r.getMessage(): r.levelno for r in caplog.records if "configuration key" in r.getMessage()
+    }
+    assert levels == {
+        "ignoring unknown configuration key eeagent.slotz (misspelt?)": logging.WARNING,
+        "ignoring legacy configuration key eeagent.poll_interval (not used by this agent)": (
+            logging.INFO
+        ),
+    }
 
 
 def test_the_public_surface_is_exactly_what_all_lists() -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import queue
+import signal
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -18,7 +20,7 @@ import pytest
 from dispatcher.rpc.broker import BrokerConfig
 from dispatcher.rpc.client import RpcClient
 from eeagent import AgentService, EEAgent, SupervisorControl
-from tests.eeagent.conftest import sleeper, stop_supervisord
+from tests.eeagent.conftest import sleeper, stop_supervisord, wait_for
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.supervisord]
 
@@ -133,6 +135,12 @@ def test_the_heartbeat_on_the_wire_is_the_legacy_message(
             [850, "FAILED"],
             "cannot start: NO_FILE: can't find command '/no/such/program'",
         ),
+        (
+            {"exec": "true", "working_directory": "/no/such/dir"},
+            [850, "FAILED"],
+            "cannot start: working directory '/no/such/dir' does not exist",
+        ),
+        ({"argv": ["600"]}, [850, "FAILED"], "invalid parameters: exec: Field required"),
     ],
 )
 def test_each_end_of_a_process_is_reported_with_its_legacy_state(
@@ -164,3 +172,60 @@ def test_terminated_and_rejected_processes_are_reported_with_their_legacy_states
     assert entry["msg"] == "no free slot: all 2 slots are in use"
     client.fire("agent1", "terminate_process", u_pid="a", round=1)
     raw.next_heartbeat(lambda m: state_of(m, "a") == [700, "TERMINATED"])
+
+
+def test_an_unknown_run_type_is_reported_failed_with_the_reason(
+    service: AgentService, raw: RawDispatcherQueue, client: RpcClient
+) -> None:
+    raw.next_heartbeat()
+    client.fire(
+        "agent1", "launch_process", u_pid="p1", round=1, run_type="pyon", parameters=sleeper()
+    )
+    body, _, _ = raw.next_heartbeat(lambda m: state_of(m, "p1") == [850, "FAILED"])
+    (entry,) = body["args"]["message"]["processes"]
+    assert entry["msg"] == "unknown run type 'pyon': this agent runs 'supd'"
+
+
+def supervisord_children(pid: int) -> list[int]:
+    children = []
+    for path in Path(f"/proc/{pid}/task").glob("*/children"):
+        with contextlib.suppress(OSError):
+            children += [int(child) for child in path.read_text().split()]
+    return children
+
+
+def alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            return handle.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
+def test_a_supervisord_killed_under_the_agent_is_replaced_and_its_processes_reported_lost(
+    service: AgentService, raw: RawDispatcherQueue, client: RpcClient
+) -> None:
+    # Given a running process
+    raw.next_heartbeat()
+    client.fire(
+        "agent1", "launch_process", u_pid="p1", round=1, run_type="supd", parameters=sleeper()
+    )
+    raw.next_heartbeat(lambda m: state_of(m, "p1") == [500, "RUNNING"])
+    control = service.agent.control
+    assert isinstance(control, SupervisorControl)
+    old = int(Path(control.files.pidfile).read_text())
+    (child,) = supervisord_children(old)
+    # When its supervisord is killed with SIGKILL
+    os.kill(old, signal.SIGKILL)
+    # Then a heartbeat reports the process lost, with the reason
+    body, _, _ = raw.next_heartbeat(lambda m: state_of(m, "p1") == [850, "FAILED"])
+    (entry,) = body["args"]["message"]["processes"]
+    assert entry["msg"].startswith("lost: supervisord died (")
+    # and its orphan is killed, and a new supervisord runs new work
+    wait_for(lambda: not alive(child))
+    new = int(Path(control.files.pidfile).read_text())
+    assert new != old and alive(new)
+    client.fire(
+        "agent1", "launch_process", u_pid="p2", round=1, run_type="supd", parameters=sleeper()
+    )
+    raw.next_heartbeat(lambda m: state_of(m, "p2") == [500, "RUNNING"])

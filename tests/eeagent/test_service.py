@@ -161,7 +161,7 @@ def test_a_request_with_bad_arguments_is_a_bad_request_and_changes_nothing(
     named: str,
 ) -> None:
     # Given an agent running one process
-    service, control = fake_service
+    _, control = fake_service
     client.call(
         "agent1", "launch_process", u_pid="p1", round=1, run_type="supd", parameters=sleeper()
     )

@@ -7,7 +7,6 @@ import os
 import pwd
 import signal
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
