@@ -38,6 +38,15 @@ configuration error.
 NAME_HELP = "Agent name: its queue and heartbeat id (eeagent.name). No '.' allowed."
 NODE_ID_HELP = "Node id sent in heartbeats (eeagent.node_id)."
 SLOTS_HELP = "How many processes may run at once (eeagent.slots)."
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+
+def _check_log_level(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    # A callback rather than click.Choice, so that --help (and docs/cli.md) keep
+    # their wording; an unknown level would otherwise fall back to INFO silently.
+    if value.lower() not in LOG_LEVELS:
+        raise click.BadParameter(f"{value!r} is not one of {', '.join(LOG_LEVELS)}")
+    return value.lower()
 
 
 @click.command(help=HELP, context_settings={"help_option_names": ["-h", "--help"]})
@@ -45,7 +54,13 @@ SLOTS_HELP = "How many processes may run at once (eeagent.slots)."
 @click.option("--name", metavar="NAME", help=NAME_HELP)
 @click.option("--node-id", metavar="ID", help=NODE_ID_HELP)
 @click.option("--slots", type=click.IntRange(min=1), metavar="N", help=SLOTS_HELP)
-@click.option("--log-level", default="info", show_default=True, help=LOG_LEVEL_HELP)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    callback=_check_log_level,
+    help=LOG_LEVEL_HELP,
+)
 def main(
     config_files: tuple[str, ...],
     name: str | None,

@@ -58,6 +58,12 @@ def test_slots_must_be_positive() -> None:
     assert "--slots" in result.output
 
 
+def test_an_unknown_log_level_is_a_usage_error() -> None:
+    result = CliRunner().invoke(main, ["--log-level", "loud"])
+    assert result.exit_code == 2
+    assert "Invalid value for '--log-level': 'loud' is not one of debug, info" in result.output
+
+
 def test_an_agent_that_cannot_start_exits_1_with_the_reason(tmp_path: Path) -> None:
     config = tmp_path / "agent.yml"
     config.write_text(

@@ -410,6 +410,37 @@ def test_an_agent_reattaches_to_the_supervisord_it_left_running(
     wait_state(agent, "p1", 1, TERMINATED)
 
 
+def test_a_process_that_ends_while_no_agent_runs_is_reported_by_the_next_agent(
+    supd_agent: EEAgent, supd: SupervisorControl, tmp_path: Path
+) -> None:
+    # Given a process that exits 5 once a file appears, and its agent gone
+    go = tmp_path / "go"
+    supd_agent.launch_process(
+        "p1",
+        1,
+        "supd",
+        {"exec": "sh", "argv": ["-c", f"until [ -e '{go}' ]; do sleep 0.02; done; exit 5"]},
+    )
+    first = supd_agent.record("p1", 1)
+    assert first is not None and first.state == RUNNING
+    supd_agent.shutdown(leave_running=True)
+    # When it exits while no agent runs
+    go.touch()
+    wait_for(lambda: not pid_alive(first.pid))
+    # Then the next agent reports how it ended
+    agent = EEAgent(
+        name="agent1",
+        node_id="node1",
+        slots=3,
+        control=SupervisorControl(supd.home),
+        store=StateStore(supd.home / "state.json"),
+    )
+    agent.open()
+    record = agent.record("p1", 1)
+    assert record is not None and record.state == FAILED
+    assert (record.msg, record.exit_code) == ("exited with code 5", 5)
+
+
 def test_a_configured_supervisord_executable_is_used(tmp_path: Path, supervisord_bin: str) -> None:
     control = SupervisorControl(tmp_path / "agent1", supdexe=Path(supervisord_bin))
     agent = EEAgent(name="agent1", node_id=None, slots=1, control=control)
