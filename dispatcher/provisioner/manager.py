@@ -411,7 +411,14 @@ class Provisioner:
 
     def _dispatch(self, vms: dict[str, VM], now: float) -> None:
         waiting = [v for v in vms.values() if v.state in (VMState.REQUESTED, VMState.TERMINATING)]
-        waiting.sort(key=lambda v: (v.state != VMState.REQUESTED, v.requested_at, v.node_id))
+        # Creates first, oldest demand first; then destroys, newest node first (FILO).
+        waiting.sort(
+            key=lambda v: (
+                (0, v.requested_at, v.node_id)
+                if v.state == VMState.REQUESTED
+                else (1, -v.requested_at, v.node_id)
+            )
+        )
         for vm in waiting:
             site = self.sites.get(vm.site)
             if site is None or vm.next_attempt > now:
