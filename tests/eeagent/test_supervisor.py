@@ -316,6 +316,23 @@ def test_argv_env_and_working_directory_arrive_byte_for_byte(
     assert report["cwd"] == str(workdir)
 
 
+def test_an_executable_path_with_awkward_characters_is_run_as_given(
+    supd_agent: EEAgent, tmp_path: Path
+) -> None:
+    # Given a script whose path holds spaces, quotes, '%', ';' and non-ASCII
+    directory = tmp_path / "it's a 100% ;dir ü"
+    directory.mkdir()
+    script = directory / 'my "prog" %(here)s'
+    out = tmp_path / "out.txt"
+    script.write_text(f"#!/bin/sh\nprintf '%s\\n' \"$0\" \"$@\" > '{out}'\n")
+    script.chmod(0o755)
+    # When it is launched by that path
+    supd_agent.launch_process("p1", 1, "supd", {"exec": str(script), "argv": ["a b", "%"]})
+    wait_state(supd_agent, "p1", 1, EXITED)
+    # Then it ran, with its own path as $0 and the arguments unchanged
+    assert out.read_text(encoding="utf-8").splitlines() == [str(script), "a b", "%"]
+
+
 def test_plain_env_values_go_through_supervisords_environment(
     supd_agent: EEAgent, supd: SupervisorControl, tmp_path: Path
 ) -> None:
