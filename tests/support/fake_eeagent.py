@@ -5,6 +5,9 @@ the process as ``500-RUNNING`` and heartbeats at once; ``terminate_process`` mar
 it ``700-TERMINATED``; ``restart_process`` sets the new round, RUNNING; ``cleanup``
 forgets it. Tests can make it report ``850-FAILED`` or ``800-EXITED``. Every
 heartbeat lists all the processes it holds, in the legacy message format.
+
+With ``heartbeat_interval`` it also heartbeats periodically, as a real agent does,
+so a dispatcher whose heartbeat monitor is on keeps it ``OK``.
 """
 
 from __future__ import annotations
@@ -27,11 +30,15 @@ class FakeEEAgent:
         *,
         pd_name: str = "process_dispatcher",
         launch_state: str = "500-RUNNING",
+        heartbeat_interval: float | None = None,
     ) -> None:
         self.name = name
         self.node_id = node_id
         self.pd_name = pd_name
         self.launch_state = launch_state
+        self.heartbeat_interval = heartbeat_interval
+        self._stopping = threading.Event()
+        self._beater: threading.Thread | None = None
         self.processes: dict[str, dict[str, Any]] = {}
         self.received: list[tuple[str, dict[str, Any]]] = []
         self.lock = threading.Lock()
@@ -44,11 +51,26 @@ class FakeEEAgent:
     def start(self) -> FakeEEAgent:
         self.service.start()
         self.heartbeat()
+        if self.heartbeat_interval:
+            self._stopping.clear()
+            self._beater = threading.Thread(
+                target=self._beat, name=f"fake-eeagent-{self.name}", daemon=True
+            )
+            self._beater.start()
         return self
 
     def stop(self) -> None:
+        self._stopping.set()
+        if self._beater is not None:
+            self._beater.join(10)
+            self._beater = None
         self.service.stop()
         self.client.close()
+
+    def _beat(self) -> None:
+        assert self.heartbeat_interval
+        while not self._stopping.wait(self.heartbeat_interval):
+            self.heartbeat()
 
     # -- operations -------------------------------------------------------------------
 
