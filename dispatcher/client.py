@@ -11,6 +11,9 @@ defaults, or any broker given by ``PD_AMQP_URI``)::
         print(pd.describe_process("sleep-1")["state"])   # "200-REQUESTED" ... "500-RUNNING"
         pd.terminate_process("sleep-1")
 
+A complete, runnable example is ``docs/examples/client_quickstart.py`` (a test runs
+it against a real ``pd-dispatcher``).
+
 Every method is one RPC with the legacy operation and keyword-argument names.
 Results are plain JSON values (typed below as ``TypedDict``\\ s); errors are the
 types of :mod:`dispatcher.errors`: ``BadRequestError``, ``NotFoundError``,
