@@ -1,0 +1,142 @@
+"""The local driver for real: ``pd-eeagent`` processes on the embedded broker, heartbeating."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from dispatcher.provisioner.agents import AgentTemplate
+from dispatcher.provisioner.base import NodeRequest, new_node_id
+from dispatcher.provisioner.errors import CloudRequestError, NodeNotFoundError
+from dispatcher.provisioner.local import LocalDriver
+from dispatcher.rpc.broker import BrokerConfig
+from dispatcher.rpc.service import RpcService
+from dispatcher.settings import LocalSiteSettings
+from eeagent import procfs
+
+pytestmark = [pytest.mark.supervisord, pytest.mark.slow]
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        time.sleep(0.05)
+
+
+class Heartbeats:
+    """A stand-in dispatcher service that records the heartbeats it receives."""
+
+    def __init__(self, broker: BrokerConfig) -> None:
+        self.beats: list[dict[str, Any]] = []
+        self.service = RpcService(broker, "process_dispatcher")
+        self.service.handle("heartbeat", self._heartbeat, validate=False)
+
+    def _heartbeat(self, message: dict[str, Any]) -> None:
+        self.beats.append(message)
+
+    def senders(self) -> set[tuple[str, str]]:
+        return {(b["eeagent_id"], b.get("node_id")) for b in list(self.beats)}
+
+
+@pytest.fixture
+def state_dir(tmp_path: Path) -> Path:
+    # Unix socket paths are short: keep the directory near the root.
+    return tmp_path
+
+
+@pytest.fixture
+def heartbeats(state_dir: Path, sysname: str) -> Iterator[Heartbeats]:
+    # A sysname per test: kombu keeps exchange state per process, not per folder.
+    sink = Heartbeats(BrokerConfig(uri="embedded://", state_dir=state_dir, sysname=sysname))
+    sink.service.start()
+    yield sink
+    sink.service.stop()
+
+
+def make_driver(state_dir: Path, sysname: str | None = None, **options: Any) -> LocalDriver:
+    site = LocalSiteSettings(heartbeat=1, stop_timeout=15, **options)
+    template = AgentTemplate(amqp_uri="embedded://", sysname=sysname)
+    return LocalDriver(site, template=template, state_dir=state_dir, owner="pd-test")
+
+
+@pytest.fixture
+def driver(state_dir: Path, sysname: str) -> Iterator[LocalDriver]:
+    local = make_driver(state_dir, sysname)
+    yield local
+    for node in local.list_nodes():
+        local.destroy_node(node.node_id, node.provider_id)
+
+
+def test_a_node_runs_its_agents_which_heartbeat_and_destroy_stops_them(
+    driver: LocalDriver, heartbeats: Heartbeats, state_dir: Path
+) -> None:
+    request = NodeRequest(new_node_id("engine1"), "engine1", slots=2, replicas=2, heartbeat=30)
+    # When a node with two replicas is created
+    node = driver.create_node(request)
+    pids = node.properties["pids"]
+    assert len(pids) == 2 and all(procfs.pid_alive(pid) for pid in pids)
+    # Then both agents heartbeat with the node id
+    expected = {(name, request.node_id) for name in request.agent_names}
+    wait_for(lambda: expected <= heartbeats.senders())
+    # And each agent has its own home under the node's directory
+    node_dir = state_dir / "nodes" / request.node_id
+    for name in request.agent_names:
+        assert (node_dir / name / "supervisord.conf").exists()
+        assert oct((node_dir / f"{name}.yml").stat().st_mode & 0o777) == "0o600"
+    assert [n.node_id for n in driver.list_nodes()] == [request.node_id]
+    # When it is destroyed, the agents are gone and so is the node
+    driver.destroy_node(request.node_id, node.provider_id)
+    assert not any(procfs.pid_alive(pid) for pid in pids)
+    assert not node_dir.exists()
+    assert driver.list_nodes() == []
+    with pytest.raises(NodeNotFoundError):
+        driver.destroy_node(request.node_id, None)
+
+
+def test_a_new_driver_adopts_running_agents_and_forgets_dead_nodes(
+    driver: LocalDriver, heartbeats: Heartbeats, state_dir: Path
+) -> None:
+    alive = NodeRequest(new_node_id("engine1"), "engine1", slots=1, replicas=1, heartbeat=30)
+    dead = NodeRequest(new_node_id("engine1"), "engine1", slots=1, replicas=1, heartbeat=30)
+    kept = driver.create_node(alive)
+    lost = driver.create_node(dead)
+    wait_for(lambda: {(alive.agent_names[0], alive.node_id)} <= heartbeats.senders())
+    # Given the dispatcher goes away and one node's agent is killed meanwhile
+    driver.close()
+    (lost_pid,) = lost.properties["pids"]
+    os.killpg(lost_pid, signal.SIGKILL)
+    wait_for(lambda: not procfs.pid_alive(lost_pid))
+    # When a new driver lists its nodes
+    again = make_driver(state_dir, driver.template.sysname)
+    listed = again.list_nodes()
+    # Then it adopts the running one and forgets the dead one
+    assert [(n.node_id, n.engine_id) for n in listed] == [(alive.node_id, "engine1")]
+    assert not (state_dir / "nodes" / dead.node_id).exists()
+    # And it can stop the adopted agent (not its child)
+    (pid,) = kept.properties["pids"]
+    again.destroy_node(alive.node_id, alive.node_id)
+    assert not procfs.pid_alive(pid)
+    assert again.list_nodes() == []
+
+
+def test_an_agent_that_cannot_start_fails_the_create_and_leaves_nothing(state_dir: Path) -> None:
+    broken = make_driver(state_dir, agent_command=["/bin/sh", "-c", "exit 3", "pd-eeagent"])
+    request = NodeRequest(new_node_id("engine1"), "engine1", slots=1, replicas=1, heartbeat=30)
+    with pytest.raises(Exception, match="exited at once"):
+        broken.create_node(request)
+    assert broken.list_nodes() == []
+    assert not (state_dir / "nodes" / request.node_id).exists()
+    missing = make_driver(state_dir, agent_command=["/nonexistent/pd-eeagent"])
+    with pytest.raises(CloudRequestError, match="not found"):
+        missing.create_node(request)
