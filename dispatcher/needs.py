@@ -283,7 +283,10 @@ class NeedRegistrar:
                 continue
             retirees: list[str] = []
             if previous is not None and need.need < previous:
-                retirees = choose_retirees(need.unoccupied_nodes, nodes, previous - need.need)
+                # Nodes retired by an earlier scale-down stay listed until they are
+                # gone; picking one again would retire fewer nodes than the need fell.
+                candidates = [n for n in need.unoccupied_nodes if not _retiring(n, resources)]
+                retirees = choose_retirees(candidates, nodes, previous - need.need)
                 for resource in list(resources.values()):
                     if resource.node_id in retirees:
                         disabled = self._disable(resource.resource_id)
@@ -318,3 +321,9 @@ class NeedRegistrar:
             except NotFoundError:
                 return None
             return resource
+
+
+def _retiring(node_id: str, resources: Mapping[str, Resource]) -> bool:
+    """True when every agent of ``node_id`` is DISABLED (retired, not yet removed)."""
+    states = [r.state for r in resources.values() if r.node_id == node_id]
+    return bool(states) and all(state == ExecutionResourceState.DISABLED for state in states)
