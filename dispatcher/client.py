@@ -77,10 +77,13 @@ class DefinitionRecord(TypedDict):
     version: None
 
 
-class DumpResult(TypedDict):
+class DumpResult(TypedDict, total=False):
+    """``dump()``: the legacy three maps, plus ``vms`` (the provisioner's nodes)."""
+
     resources: dict[str, dict[str, Any]]
     processes: dict[str, ProcessRecord]
     nodes: dict[str, dict[str, Any]]
+    vms: dict[str, dict[str, Any]]
 
 
 class ProcessDispatcherClient:

@@ -536,16 +536,19 @@ class ProcessDispatcherCore:
 
         Returns:
             ``{"resources": {resource_id: record}, "processes": {upid: record},
-            "nodes": {node_id: record}}``; the queue, definitions and dispatcher
-            state are not included.
+            "nodes": {node_id: record}, "vms": {node_id: record}}``: the legacy
+            three, and the provisioner's node lifecycle records (state, provider id,
+            last error, attempts). The queue, definitions and dispatcher state are
+            not included.
         """
         resources, processes = self.store.list_resources(), self.store.list_processes()
-        nodes = self.store.list_nodes()
+        nodes, vms = self.store.list_nodes(), self.store.list_vms()
         with _gc_paused():
             return {
                 "resources": {r.resource_id: r.to_dict() for r in resources},
                 "processes": {p.upid: p.to_dict() for p in processes},
                 "nodes": {n.node_id: n.to_dict() for n in nodes},
+                "vms": {vm.node_id: vm.to_dict() for vm in vms},
             }
 
     # -- helpers ----------------------------------------------------------------------

@@ -6,12 +6,15 @@
                        │        └─▶ HeartbeatHandler (heartbeat, node_state,
                        │            add_engine, get_process_logs)
                        └─ every instance serves every RPC
-    LeaderElector ──(while leading)──▶ Matchmaker thread, Doctor thread
+    LeaderElector ──(while leading)──▶ Matchmaker, Doctor, Provisioner threads
+                                        Matchmaker ──needs──▶ Provisioner ──▶ drivers
     RpcMessenger ──▶ agents (launch, terminate, cleanup), subscribers
 
-The matchmaker and the doctor are leader singletons (decision 8): every instance
-builds them, and only the instance holding the database lock runs them, one thread
-each per leadership term. Collaborators are injected; :meth:`DispatcherService.build`
+The matchmaker, the doctor and the provisioner are leader singletons (decision 8):
+every instance builds them, and only the instance holding the database lock runs
+them, one thread each per leadership term. The provisioner exists when some engine's
+site provisions nodes (``local`` or ``libcloud``); with ``static`` sites only, nodes
+come and go with ``node_state`` and no needs are acted on. Collaborators are injected; :meth:`DispatcherService.build`
 makes the default graph from settings.
 """
 
@@ -30,6 +33,8 @@ from dispatcher.heartbeats import RPC_OPERATIONS as HEALTH_OPERATIONS
 from dispatcher.heartbeats import HeartbeatHandler
 from dispatcher.leadership import LeaderElector, lock_for_database
 from dispatcher.matchmaker import Matchmaker
+from dispatcher.needs import NeedRegistrar
+from dispatcher.provisioner.manager import Provisioner
 from dispatcher.rpc.broker import BrokerConfig
 from dispatcher.rpc.client import RpcClient
 from dispatcher.rpc.messenger import RpcMessenger
@@ -67,6 +72,18 @@ def engine_registry(settings: Settings) -> EngineRegistry:
     return EngineRegistry.from_settings(pd)
 
 
+def _provisioner(
+    settings: Settings, store: Store, engines: EngineRegistry, heartbeats: HeartbeatHandler
+) -> Provisioner | None:
+    """The provisioner, unless every site is ``static``."""
+    provisioner = Provisioner.from_settings(settings, store, engines, heartbeats.registration)
+    if not any(getattr(site.driver, "provisions", True) for site in provisioner.sites.values()):
+        provisioner.close()
+        return None
+    store.add_listener(provisioner.on_store_change)
+    return provisioner
+
+
 class DispatcherService:
     """One running dispatcher.
 
@@ -78,6 +95,7 @@ class DispatcherService:
         rpc: the service the operations are registered on.
         matchmaker: run while this instance leads (``None``: never).
         doctor: run while this instance leads (``None``: never).
+        provisioner: run while this instance leads (``None``: nothing is provisioned).
         elector: decides leadership (``None`` with no singletons).
         messenger_client: the client used for one-way messages (closed on stop).
     """
@@ -92,6 +110,7 @@ class DispatcherService:
         rpc: RpcService,
         matchmaker: Matchmaker | None = None,
         doctor: Doctor | None = None,
+        provisioner: Provisioner | None = None,
         elector: LeaderElector | None = None,
         messenger_client: RpcClient | None = None,
     ) -> None:
@@ -102,6 +121,7 @@ class DispatcherService:
         self.rpc = rpc
         self.matchmaker = matchmaker
         self.doctor = doctor
+        self.provisioner = provisioner
         self.elector = elector
         self.messenger_client = messenger_client
         self._stopped = threading.Event()
@@ -130,6 +150,7 @@ class DispatcherService:
             messenger = RpcMessenger(client)
             core = ProcessDispatcherCore(store, messenger)
             heartbeats = HeartbeatHandler(store, messenger, engines, caller=client)
+            provisioner = _provisioner(settings, store, engines, heartbeats)
             matchmaker = Matchmaker(
                 store,
                 messenger,
@@ -137,6 +158,7 @@ class DispatcherService:
                 run_type=pd.launch_type,
                 restart_throttling_config=pd.restart_throttling_config,
                 dispatch_retry_seconds=pd.dispatch_retry_seconds,
+                registrar=None if provisioner is None else NeedRegistrar(store, provisioner),
             )
             doctor = Doctor(
                 store, messenger, engines, heartbeats, monitor=pd.monitor_resource_heartbeats
@@ -153,6 +175,7 @@ class DispatcherService:
             rpc=rpc,
             matchmaker=matchmaker,
             doctor=doctor,
+            provisioner=provisioner,
             messenger_client=client,
         )
         lock = lock_for_database(settings.database_url, f"{broker.sysname or ''}.{service_name}")
@@ -166,7 +189,7 @@ class DispatcherService:
     def _on_elected(self, term: threading.Event) -> None:
         """A leadership term starts: run the singletons until it ends."""
         self._threads = [t for t in self._threads if t.is_alive()]
-        for name, singleton in (("matchmaker", self.matchmaker), ("doctor", self.doctor)):
+        for name, singleton in self._singletons():
             if singleton is None:
                 continue
             thread = threading.Thread(
@@ -174,7 +197,19 @@ class DispatcherService:
             )
             thread.start()
             self._threads.append(thread)
-        log.info("dispatcher %s leads: matchmaker and doctor running", self.rpc.name)
+        log.info(
+            "dispatcher %s leads: %s running",
+            self.rpc.name,
+            ", ".join(name for name, _ in self._singletons()),
+        )
+
+    def _singletons(self) -> list[tuple[str, Any]]:
+        candidates = (
+            ("matchmaker", self.matchmaker),
+            ("doctor", self.doctor),
+            ("provisioner", self.provisioner),
+        )
+        return [(name, singleton) for name, singleton in candidates if singleton is not None]
 
     def start(self) -> None:
         """Start serving; returns once every worker consumes the service queue."""
@@ -195,11 +230,12 @@ class DispatcherService:
         self._stopped.set()
         if self.elector is not None:
             self.elector.stop()
-        for singleton in (self.matchmaker, self.doctor):
-            if singleton is not None:
-                singleton.wake()
+        for _, singleton in self._singletons():
+            singleton.wake()
         for thread in self._threads:
             thread.join(_JOIN_TIMEOUT)
+        if self.provisioner is not None:
+            self.provisioner.close()
         self.rpc.stop()
         if self.messenger_client is not None:
             self.messenger_client.close()
