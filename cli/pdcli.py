@@ -16,7 +16,7 @@ from cli.common import CONFIG_HELP, settings_from_options
 from dispatcher.client import ProcessDispatcherClient
 from dispatcher.errors import DispatcherError, RemoteError, RequestError, TransportError
 from dispatcher.rpc.broker import mask_uri
-from dispatcher.states import QueueingMode, RestartMode
+from dispatcher.states import ProcessState, QueueingMode, RestartMode
 
 HELP = """Operate a Process Dispatcher: definitions, processes, nodes and engines.
 
@@ -25,6 +25,8 @@ Set PD_AMQP_URI (or --config) to reach one through RabbitMQ.
 
 Exit status: 0 success, 1 error reported by the dispatcher, 2 usage error,
 3 timeout or unreachable broker.
+
+Shell completion: eval "$(pd-cli completion bash)" (or zsh, fish).
 """
 
 EXIT_REMOTE, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
@@ -53,9 +55,12 @@ class Context:
         except TransportError as exc:
             click.echo(f"Error: {exc} (broker {mask_uri(self.uri)})", err=True)
             raise SystemExit(EXIT_UNREACHABLE) from None
-        except (RequestError, RemoteError) as exc:
-            value = getattr(exc, "value", str(exc))
-            click.echo(f"Error: {type(exc).__name__}: {value}", err=True)
+        except RequestError as exc:
+            click.echo(f"Error: {type(exc).__name__}: {exc.value}", err=True)
+            raise SystemExit(EXIT_REMOTE) from None
+        except RemoteError as exc:
+            # The remote type name (e.g. KeyError) says more than "RemoteError".
+            click.echo(f"Error: {exc.exc_type}: {exc.value}", err=True)
             raise SystemExit(EXIT_REMOTE) from None
         except DispatcherError as exc:
             click.echo(f"Error: {exc}", err=True)
@@ -107,7 +112,13 @@ pass_ctx = click.make_pass_decorator(Context)
 @click.group(help=HELP)
 @click.option("--config", "config_files", multiple=True, metavar="FILE", help=CONFIG_HELP)
 @click.option("--sysname", default=None, help="System name prefixing queues and the exchange.")
-@click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for each reply.")
+@click.option(
+    "--timeout",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds to wait for each reply.",
+)
 @click.option("--json", "fmt", flag_value="json", help="Print JSON (stable, for scripts).")
 @click.option("--yaml", "fmt", flag_value="yaml", help="Print YAML (stable, for scripts).")
 @click.pass_context
@@ -279,6 +290,13 @@ def _json_option(value: str | None, name: str) -> Any:
         raise click.BadParameter(f"not valid JSON/YAML: {exc}", param_hint=name) from None
 
 
+def _mapping_option(value: str | None, name: str) -> dict[str, Any] | None:
+    parsed = _json_option(value, name)
+    if parsed is not None and not isinstance(parsed, dict):
+        raise click.BadParameter("must be a JSON/YAML mapping", param_hint=name)
+    return parsed
+
+
 @process.command("schedule", help="Schedule a process (every schedule_process parameter).")
 @click.argument("upid")
 @click.option("--definition", "definition_id", help="Definition id (required for a new process).")
@@ -325,7 +343,7 @@ def process_schedule(
             pd.schedule_process(
                 upid,
                 definition_id,
-                _json_option(configuration, "--configuration"),
+                _mapping_option(configuration, "--configuration"),
                 subs or None,
                 cons or None,
                 queueing_mode,
@@ -359,23 +377,86 @@ def process_describe(ctx: Context, upid: str) -> None:
     ctx.render(result)
 
 
-@process.command("list", help="List processes.")
-@click.option("--state", help="Only processes in this state (e.g. 500-RUNNING).")
+#: Columns ``process list`` can sort by.
+_SORT_KEYS = ("upid", "name", "state", "round", "engine", "node", "assigned")
+
+
+def _process_rows(dump: dict[str, Any]) -> list[dict[str, Any]]:
+    """One summary row per process, with the engine and node it is placed on.
+
+    A placed process's engine and node are its agent's; an unplaced one shows the
+    engine its constraints ask for (if any) and no node.
+    """
+    resources = dump.get("resources", {})
+    rows = []
+    for upid, p in dump.get("processes", {}).items():
+        agent = resources.get(p.get("assigned") or "")
+        constraints = p.get("constraints") or {}
+        if agent is not None:
+            engine = (agent.get("properties") or {}).get("engine")
+            node_id = agent.get("node_id")
+        else:
+            engine, node_id = constraints.get("engine"), None
+        rows.append(
+            {
+                "upid": upid,
+                "name": p.get("name"),
+                "state": p["state"],
+                "round": p["round"],
+                "engine": engine,
+                "node": node_id,
+                "assigned": p.get("assigned"),
+            }
+        )
+    return rows
+
+
+def _sort_value(row: dict[str, Any], key: str) -> tuple[bool, Any, str]:
+    """Sort key: empty values first, then the column's value, ties broken by upid."""
+    value = row[key]
+    return (value is not None, value if isinstance(value, int) else str(value or ""), row["upid"])
+
+
+@process.command("list", help="List processes, filtered and sorted.")
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=click.Choice(ProcessState.ALL),
+    help="Only processes in this state; repeat to accept several.",
+)
+@click.option("--engine", "engines", multiple=True, help="Only processes of this engine.")
+@click.option("--node", "nodes", multiple=True, help="Only processes placed on this node.")
+@click.option(
+    "--sort",
+    "sort_key",
+    type=click.Choice(_SORT_KEYS),
+    default="upid",
+    show_default=True,
+    help="Column to sort by.",
+)
+@click.option("--reverse", is_flag=True, help="Sort in descending order.")
 @pass_ctx
-def process_list(ctx: Context, state: str | None) -> None:
+def process_list(
+    ctx: Context,
+    states: tuple[str, ...],
+    engines: tuple[str, ...],
+    nodes: tuple[str, ...],
+    sort_key: str,
+    reverse: bool,
+) -> None:
     with ctx.client() as pd:
-        processes = pd.describe_processes()
+        dump = pd.dump()
     rows = [
-        {
-            "upid": p["upid"],
-            "name": p.get("name"),
-            "state": p["state"],
-            "round": p["round"],
-            "assigned": p.get("assigned"),
-        }
-        for p in sorted(processes, key=lambda p: p["upid"])
-        if state is None or p["state"] == state
+        row
+        for row in _process_rows(dict(dump))
+        if (not states or row["state"] in states)
+        and (not engines or row["engine"] in engines)
+        and (not nodes or row["node"] in nodes)
     ]
+    rows.sort(key=lambda row: _sort_value(row, sort_key))
+    if reverse:
+        rows.reverse()
     ctx.render(rows)
 
 
@@ -391,10 +472,25 @@ _FINAL_STATES = ("700-TERMINATED", "800-EXITED", "850-FAILED", "900-REJECTED")
     multiple=True,
     default=("500-RUNNING",),
     show_default=True,
+    type=click.Choice(ProcessState.ALL),
     help="Target state; repeat to accept several.",
 )
-@click.option("--max-wait", default=60.0, show_default=True, help="Seconds before giving up.")
-@click.option("--poll", default=0.2, show_default=True, help="Seconds between checks.")
+@click.option(
+    "--timeout",
+    "--max-wait",
+    "max_wait",
+    default=60.0,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds before giving up (exit status 3).",
+)
+@click.option(
+    "--poll",
+    default=0.2,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds between checks.",
+)
 @pass_ctx
 def process_wait(
     ctx: Context, upid: str, states: tuple[str, ...], max_wait: float, poll: float
@@ -432,7 +528,13 @@ def process_wait(
 @click.option("--stdout", "stream", flag_value="stdout", default=True, hidden=True)
 @click.option("--tail", "tail_bytes", default=65536, show_default=True, type=click.IntRange(0))
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new output (Ctrl-C stops).")
-@click.option("--interval", default=1.0, show_default=True, help="Seconds between polls.")
+@click.option(
+    "--interval",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds between polls with --follow.",
+)
 @pass_ctx
 def process_logs(
     ctx: Context, upid: str, stream: str, tail_bytes: int, follow: bool, interval: float
@@ -442,11 +544,15 @@ def process_logs(
     with ctx.client() as pd:
         text = str(pd.get_process_logs(upid, stream, tail_bytes) or "")
         click.echo(text, nl=False)
-        while follow:
-            time.sleep(interval)
-            latest = str(pd.get_process_logs(upid, stream, tail_bytes) or "")
-            click.echo(_new_output(text, latest), nl=False)
-            text = latest
+        try:
+            while follow:
+                time.sleep(interval)
+                latest = str(pd.get_process_logs(upid, stream, tail_bytes) or "")
+                click.echo(_new_output(text, latest), nl=False)
+                text = latest
+        except KeyboardInterrupt:
+            # Ctrl-C is how --follow ends: a normal exit, not an error.
+            pass
 
 
 def _new_output(previous: str, latest: str) -> str:
@@ -526,15 +632,28 @@ def engine_list(ctx: Context) -> None:
 @click.option("--base-need", type=click.IntRange(min=0), help="Nodes to keep at least.")
 @click.option("--spare-slots", type=click.IntRange(min=0), help="Free slots to keep.")
 @click.option("--maximum-vms", type=click.IntRange(min=0), help="Most nodes.")
-@click.option("--heartbeat-period", type=float)
-@click.option("--heartbeat-warning", type=float)
-@click.option("--heartbeat-missing", type=float)
+@click.option(
+    "--heartbeat-period",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Heartbeat period seconds.",
+)
+@click.option(
+    "--heartbeat-warning",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Heartbeat warning seconds.",
+)
+@click.option(
+    "--heartbeat-missing",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Heartbeat missing seconds.",
+)
 @pass_ctx
 def engine_add(ctx: Context, /, engine_id: str, **options: Any) -> None:
     definition = {"engine_id": engine_id, **{k: v for k, v in options.items() if v is not None}}
     with ctx.client() as pd:
         pd.add_engine(definition)
-        ctx.render(pd.list_engines().get(engine_id))
+    # The definition the dispatcher accepted (keys left out take their defaults).
+    ctx.render(definition)
 
 
 # -- system ------------------------------------------------------------------------
@@ -544,10 +663,57 @@ def engine_add(ctx: Context, /, engine_id: str, **options: Any) -> None:
 @pass_ctx
 def dump(ctx: Context) -> None:
     with ctx.client() as pd:
-        result = pd.dump()
-    if ctx.format == "table":
-        ctx.format = "yaml"
-    ctx.render(result)
+        result = dict(pd.dump())
+    if ctx.format != "table":
+        ctx.render(result)
+        return
+    _render_dump(result)
+
+
+def _render_dump(result: dict[str, Any]) -> None:
+    """Nodes as a tree (node → agents → processes), then a table of every process."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.tree import Tree
+
+    console = Console()
+    resources, processes = result.get("resources", {}), result.get("processes", {})
+    nodes = result.get("nodes", {})
+    tree = Tree(f"nodes ({len(nodes)})")
+    placed: set[str] = set()
+    node_ids = sorted(set(nodes) | {r.get("node_id") for r in resources.values()} - {None})
+    for node_id in node_ids:
+        record = nodes.get(node_id, {})
+        extra = ", ".join(record.get("node_exclusive") or [])
+        branch = tree.add(
+            f"{node_id}  domain={record.get('domain_id')}"
+            + (f"  node_exclusive={extra}" if extra else "")
+        )
+        for resource_id, agent in sorted(resources.items()):
+            if agent.get("node_id") != node_id:
+                continue
+            placed.add(resource_id)
+            engine = (agent.get("properties") or {}).get("engine")
+            leaf = branch.add(
+                f"{resource_id}  engine={engine}  state={agent.get('state')}  "
+                f"slots={len(agent.get('assigned') or [])}/{agent.get('slot_count')}  "
+                f"last_heartbeat={agent.get('last_heartbeat')}"
+            )
+            for _owner, upid, round_ in agent.get("assigned") or []:
+                state = processes.get(upid, {}).get("state", "?")
+                leaf.add(f"{upid} round {round_}: {state}")
+    console.print(tree)
+    table = Table("upid", "name", "state", "round", "assigned", title="processes")
+    for row in sorted(_process_rows(result), key=lambda row: row["upid"]):
+        table.add_row(*(_cell(row[c]) for c in ("upid", "name", "state", "round", "assigned")))
+    console.print(table)
+    vms = result.get("vms") or {}
+    if vms:
+        columns = ("node_id", "engine_id", "site", "state", "provider_id", "reason", "last_error")
+        vm_table = Table(*columns, title="VMs (provisioner)")
+        for _node_id, vm in sorted(vms.items()):
+            vm_table.add_row(*(_cell(vm.get(c)) for c in columns))
+        console.print(vm_table)
 
 
 @main.command("system-boot", help="Turn system-boot mode on or off.")
@@ -556,6 +722,22 @@ def dump(ctx: Context) -> None:
 def system_boot(ctx: Context, mode: str) -> None:
     with ctx.client() as pd:
         pd.set_system_boot(mode == "on")
+
+
+_COMPLETION_SHELLS = ("bash", "zsh", "fish")
+
+
+@main.command(
+    help="Print the shell completion script. Add to your shell's start-up file, e.g. "
+    'eval "$(pd-cli completion bash)" in ~/.bashrc.'
+)
+@click.argument("shell", type=click.Choice(_COMPLETION_SHELLS))
+def completion(shell: str) -> None:
+    from click.shell_completion import get_completion_class
+
+    completer = get_completion_class(shell)
+    assert completer is not None  # every name in _COMPLETION_SHELLS is built in
+    click.echo(completer(main, {}, "pd-cli", "_PD_CLI_COMPLETE").source())
 
 
 def run() -> None:  # pragma: no cover - console entry point

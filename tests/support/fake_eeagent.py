@@ -41,6 +41,8 @@ class FakeEEAgent:
         self._beater: threading.Thread | None = None
         self.processes: dict[str, dict[str, Any]] = {}
         self.received: list[tuple[str, dict[str, Any]]] = []
+        #: ``(upid, stream)`` → the output ``get_process_logs`` returns (tests set it).
+        self.logs: dict[tuple[str, str], str] = {}
         self.lock = threading.Lock()
         self.service = RpcService(broker, name)
         for op in ("launch_process", "terminate_process", "restart_process", "cleanup"):
@@ -105,6 +107,11 @@ class FakeEEAgent:
     def get_process_logs(
         self, u_pid: str, round: int, stream: str = "stdout", tail_bytes: int = 65536
     ) -> str:
+        with self.lock:
+            self.received.append(("get_process_logs", {"u_pid": u_pid, "round": round}))
+            text = self.logs.get((u_pid, stream))
+        if text is not None:
+            return text[-tail_bytes:] if tail_bytes else ""
         return f"{stream} of {u_pid} round {round}\n"
 
     # -- test controls ----------------------------------------------------------------
