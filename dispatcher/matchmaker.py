@@ -155,6 +155,9 @@ class Matchmaker:
         self._lock = threading.Lock()
         self._dirty = True
         self._stale: set[Key] = set()
+        # Bumped whenever the stale set is cleared: a pass that started before a
+        # slot appeared must not mark its entries stale afterwards.
+        self._stale_generation = 0
         self._engine_of: dict[Key, str | None] = {}
         self._throttle_expiry: float | None = None
         self._fingerprint: Any = None
@@ -171,7 +174,7 @@ class Matchmaker:
         """
         with self._lock:
             self._dirty = True
-            self._stale.clear()
+            self._clear_stale()
             self._engine_of.clear()
             self._throttle_expiry = None
             self._fingerprint = None
@@ -189,9 +192,14 @@ class Matchmaker:
         if kind in _WAKING_KINDS and self._passing != threading.get_ident():
             if kind in ("resource", "engine", "node"):
                 with self._lock:
-                    self._stale.clear()  # a slot may have appeared for a waiting process
+                    self._clear_stale()  # a slot may have appeared for a waiting process
             self._dirty = True
             self._wake.set()
+
+    def _clear_stale(self) -> None:
+        """Make every waiting entry fresh again (the caller holds ``_lock``)."""
+        self._stale.clear()
+        self._stale_generation += 1
 
     # -- one pass -----------------------------------------------------------------------
 
@@ -212,6 +220,7 @@ class Matchmaker:
             if self._throttle_expiry is not None and self._throttle_expiry <= now:
                 self._throttle_expiry = None
             fresh = [key for key in entries if key not in self._stale]
+            generation = self._stale_generation
         processes = {p.upid: p for p in self.store.list_processes(QUEUED_STATES)}
         resources = self.store.list_resources()
         nodes = {node.node_id: node for node in self.store.list_nodes()}
@@ -246,7 +255,8 @@ class Matchmaker:
             counts = Counter(entries)
             self._writer.remove_queued_many([k for k in set(leaving) for _ in range(counts[k])])
         with self._lock:
-            self._stale.update(stale)
+            if self._stale_generation == generation:
+                self._stale.update(stale)
             if decided.throttle_expiry is not None and (
                 self._throttle_expiry is None or decided.throttle_expiry < self._throttle_expiry
             ):
@@ -408,7 +418,7 @@ class Matchmaker:
                 break
         self._dirty = True  # the freed slot may suit a waiting process
         with self._lock:
-            self._stale.clear()
+            self._clear_stale()
         log.info("process %s round %d moved on during matchmaking: backed out", *key)
 
     def _hold(self, process: Process, now: float) -> None:
@@ -499,7 +509,7 @@ class Matchmaker:
         if snapshot != self._fingerprint:
             if self._fingerprint is not None and snapshot[1] != self._fingerprint[1]:
                 with self._lock:
-                    self._stale.clear()  # another instance changed a resource
+                    self._clear_stale()  # another instance changed a resource
             self._dirty = True
         expired = self._throttle_expiry is not None and self._throttle_expiry <= self.clock()
         if self._dirty or expired:

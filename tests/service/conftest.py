@@ -182,12 +182,15 @@ def build_service(
 class Harness:
     """One running dispatcher, a client, and fake agents added per test."""
 
-    def __init__(self, settings: Settings, service: DispatcherService) -> None:
+    def __init__(
+        self, settings: Settings, service: DispatcherService, *, start: bool = True
+    ) -> None:
         self.settings = settings
         self.broker = BrokerConfig.from_settings(settings)
         self.service = service
         self.agents: dict[str, FakeEEAgent] = {}
-        service.start()
+        if start:
+            service.start()
         self.client = ProcessDispatcherClient.from_settings(settings, timeout=20)
 
     # -- nodes and agents ---------------------------------------------------------------
@@ -239,11 +242,17 @@ class Harness:
         return dict(record)
 
     def wait_state(self, upid: str, state: str, timeout: float = WAIT) -> dict[str, Any]:
+        seen: list[Any] = [None]
+
         def reached() -> Any:
-            record = self.client.describe_process(upid)
+            seen[0] = record = self.client.describe_process(upid)
             return record if record is not None and record["state"] == state else None
 
-        return dict(wait_for(reached, timeout, f"{upid} in {state}"))
+        try:
+            return dict(wait_for(reached, timeout, f"{upid} in {state}"))
+        except AssertionError as exc:
+            last = seen[0] and {k: seen[0].get(k) for k in ("state", "round", "assigned")}
+            raise AssertionError(f"{exc}; last record {last}") from None
 
     def wait_states(self, upids: list[str], state: str) -> dict[str, dict[str, Any]]:
         return {upid: self.wait_state(upid, state) for upid in upids}
