@@ -1,11 +1,15 @@
-"""Helpers shared by the three commands: settings from options, logging."""
+"""Helpers shared by the three commands: settings from options, logging, signals."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import logging.config
 import os
-from collections.abc import Mapping, Sequence
+import signal
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from types import FrameType
 from typing import Any
 
 import click
@@ -13,7 +17,13 @@ import click
 from dispatcher.errors import ConfigError
 from dispatcher.settings import Settings, load_settings
 
-__all__ = ["CONFIG_HELP", "LOG_LEVEL_HELP", "configure_logging", "settings_from_options"]
+__all__ = [
+    "CONFIG_HELP",
+    "LOG_LEVEL_HELP",
+    "configure_logging",
+    "settings_from_options",
+    "stop_on_signals",
+]
 
 CONFIG_HELP = (
     "YAML configuration file; may be repeated, later files are deep-merged over earlier "
@@ -56,3 +66,23 @@ def configure_logging(settings: Settings, level: str) -> None:
     logging.getLogger("amqp").setLevel(logging.WARNING)
     logging.getLogger("kombu").setLevel(logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """Set ``stop`` on SIGTERM or SIGINT while the block runs.
+
+    The handler does not set the event itself: a signal handler runs in the main
+    thread, possibly while that thread is inside ``stop.wait()`` holding the event's
+    lock, and setting it there would deadlock. A short-lived thread sets it instead.
+    """
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        threading.Thread(target=stop.set, name="signal-stop", daemon=True).start()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

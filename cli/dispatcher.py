@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-import signal
 import threading
-from types import FrameType
 
 import click
 
-from cli.common import CONFIG_HELP, LOG_LEVEL_HELP, configure_logging, settings_from_options
+from cli.common import (
+    CONFIG_HELP,
+    LOG_LEVEL_HELP,
+    configure_logging,
+    settings_from_options,
+    stop_on_signals,
+)
 from dispatcher.errors import DispatcherError
 from dispatcher.rpc.broker import mask_uri
 
@@ -43,21 +47,16 @@ def serve(ctx: click.Context) -> None:
     settings = settings_from_options(ctx.obj["config_files"])
     configure_logging(settings, ctx.obj["log_level"])
     stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    try:
-        service = DispatcherService.build(settings)
-        service.start()
-    except DispatcherError as exc:
-        raise click.ClickException(str(exc)) from None
-    try:
-        stop.wait()
-    finally:
-        service.stop()
+    with stop_on_signals(stop):
+        try:
+            service = DispatcherService.build(settings)
+            service.start()
+        except DispatcherError as exc:
+            raise click.ClickException(str(exc)) from None
+        try:
+            stop.wait()
+        finally:
+            service.stop()
 
 
 @main.group(help="Database schema management (Alembic migrations).")

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
-import signal
 import threading
-from types import FrameType
 
 import click
 
-from cli.common import CONFIG_HELP, LOG_LEVEL_HELP, configure_logging, settings_from_options
+from cli.common import (
+    CONFIG_HELP,
+    LOG_LEVEL_HELP,
+    configure_logging,
+    settings_from_options,
+    stop_on_signals,
+)
 from dispatcher.errors import DispatcherError
 
 __all__ = ["main"]
@@ -76,18 +80,11 @@ def main(
     )
     configure_logging(settings, log_level)
     stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        run_agent(settings, dict(os.environ), stop)
-    except DispatcherError as exc:
-        raise click.ClickException(str(exc)) from None
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    with stop_on_signals(stop):
+        try:
+            run_agent(settings, dict(os.environ), stop)
+        except DispatcherError as exc:
+            raise click.ClickException(str(exc)) from None
 
 
 if __name__ == "__main__":  # pragma: no cover - python -m cli.eeagent

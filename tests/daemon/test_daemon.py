@@ -34,6 +34,17 @@ def test_the_daemon_stops_cleanly_on_sigterm_and_sigint(daemon: Daemon, sig: sig
     assert "Traceback" not in logs
 
 
+def test_a_burst_of_signals_still_stops_the_daemon(daemon: Daemon):
+    # Given a running daemon waiting for its stop signal
+    daemon.start()
+    # When signals arrive in a burst (a supervisor and a terminal both stopping it)
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGTERM) * 5:
+        daemon.signal(sig)
+    # Then it still exits cleanly: the handler never blocks the thread it interrupts
+    assert daemon.wait(30) == 0
+    assert "Traceback" not in daemon.logs()
+
+
 def test_definitions_and_processes_survive_a_sigterm_restart(daemon: Daemon):
     # Given a daemon holding a definition, scheduled processes and a terminated one
     daemon.start()
