@@ -107,7 +107,13 @@ __all__ = ["RPC_OPERATIONS", "HeartbeatHandler"]
 log = logging.getLogger(__name__)
 
 #: The operations served by :class:`HeartbeatHandler`, by method name.
-RPC_OPERATIONS: Final = ("heartbeat", "node_state", "add_engine", "get_process_logs")
+RPC_OPERATIONS: Final = (
+    "heartbeat",
+    "node_state",
+    "add_engine",
+    "list_engines",
+    "get_process_logs",
+)
 
 _IN_PLAY: Final = frozenset({ProcessState.ASSIGNED, ProcessState.PENDING, ProcessState.RUNNING})
 _STARTED: Final = frozenset({ProcessState.ASSIGNED, ProcessState.PENDING})
@@ -416,6 +422,17 @@ class HeartbeatHandler:
         if engine_id not in self.engines:
             self.engines.add(engine_id, engine)
         log.info("engine %s added (%d slots)", engine_id, engine.slots)
+
+    def list_engines(self) -> dict[str, dict[str, Any]]:
+        """Every engine this dispatcher knows: configured ones and those added at run time.
+
+        Returns:
+            Engine id → its settings (the legacy engine keys, JSON-ready).
+        """
+        self.engines.merge_stored(self.store.list_engines())
+        return {
+            engine_id: engine.model_dump(mode="json") for engine_id, engine in self.engines.items()
+        }
 
     # -- get_process_logs ---------------------------------------------------------------
 

@@ -508,11 +508,6 @@ def test_node_list_shows_the_node_its_agent_and_slot_use(cluster: Cluster) -> No
     assert NODE in table and AGENT in table
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the dispatcher serves no list_engines operation (issue 7 report): "
-    "pd-cli engine list gets UnknownOperationError",
-)
 def test_engine_list_shows_configured_and_added_engines(cluster: Cluster) -> None:
     engines = {e["engine_id"]: e for e in cluster.json("engine", "list")}
     assert engines[ENGINE]["slots"] == SLOTS

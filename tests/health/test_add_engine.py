@@ -96,3 +96,14 @@ def test_bad_engine_definitions_are_rejected(
     # Then nothing is stored or registered
     assert store.list_engines() == {}
     assert sorted(engines) == ["engine1", "engine2"]
+
+
+def test_list_engines_shows_configured_and_added_engines(handler: HeartbeatHandler) -> None:
+    # Given the configured engines, and one added at run time
+    handler.add_engine({"engine_id": "big", "slots": 16, "replicas": 2})
+    # When the engines are listed
+    listed = handler.list_engines()
+    # Then both kinds appear with their settings
+    assert set(listed) == {"engine1", "engine2", "big"}
+    assert (listed["big"]["slots"], listed["big"]["replicas"]) == (16, 2)
+    assert listed["engine1"]["heartbeat_missing"] == 20
