@@ -162,6 +162,7 @@ class Matchmaker:
         self._throttle_expiry: float | None = None
         self._fingerprint: Any = None
         self._passing: int | None = None  # the thread running a pass
+        self._expected: Any = None  # the snapshot a pass expects to leave
         store.add_listener(self._on_change)
 
     # -- state of a term ----------------------------------------------------------------
@@ -265,6 +266,11 @@ class Matchmaker:
             self._dirty = True
         elif self.registrar is not None:
             self._register_needs(entries, leaving, by_id, nodes)
+        # What the store holds now if nobody else wrote meanwhile (see run_once).
+        gone = set(leaving)
+        self._expected = _fingerprint(
+            [key for key in entries if key not in gone], list(by_id.values())
+        )
         if result.assigned or result.dropped or result.backed_out:
             log.debug(
                 "matchmaking pass: %d assigned, %d waiting, %d dropped, %d backed out",
@@ -482,13 +488,7 @@ class Matchmaker:
 
     def _snapshot(self) -> Any:
         """What placement depends on, in short: the queue and the resources' slots."""
-        return (
-            tuple(self.store.list_queued()),
-            tuple(
-                (r.resource_id, r.state, r.slot_count, tuple(r.assigned))
-                for r in self.store.list_resources()
-            ),
-        )
+        return _fingerprint(self.store.list_queued(), self.store.list_resources())
 
     def next_deadline(self) -> float:
         """Epoch seconds of the next timed event (throttle expiry, launch retry, poll)."""
@@ -515,6 +515,12 @@ class Matchmaker:
         if self._dirty or expired:
             result = self.matchmake()
             snapshot = self._snapshot() if result.complete else None
+            if snapshot is not None and snapshot != self._expected:
+                # another instance wrote during the pass: look at its changes too
+                if snapshot[1] != self._expected[1]:
+                    with self._lock:
+                        self._clear_stale()
+                self._dirty = True
         self._fingerprint = snapshot
         self.retry_launches()
         return result
@@ -549,6 +555,14 @@ def _wait_either(wake: threading.Event, stop: threading.Event, delay: float) -> 
         if remaining <= 0:
             return
         wake.wait(min(remaining, 0.25))
+
+
+def _fingerprint(queue: Iterable[Key], resources: Iterable[Resource]) -> Any:
+    """A comparable summary of the queue (as a multiset) and the resources' slots."""
+    return (
+        tuple(sorted(queue)),
+        tuple(sorted((r.resource_id, r.state, r.slot_count, tuple(r.assigned)) for r in resources)),
+    )
 
 
 def _copy_resource(resource: Resource) -> Resource:

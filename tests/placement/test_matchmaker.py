@@ -686,3 +686,36 @@ def test_on_sqlite_the_pass_writes_in_batches(
         assert store.list_queued() == [("p6", 0)]
     finally:
         store.close()
+
+
+class ForeignWriteStore(MemoryStore):
+    """Frees ``x``'s slot on r1 while the pass writes p0 (as another instance would:
+    the write happens in the pass's own thread, so the matchmaker hears no event)."""
+
+    def update_process(self, process: Process) -> None:
+        super().update_process(process)
+        if process.upid == "p0" and process.state == ProcessState.ASSIGNED:
+            r1 = self.get_resource("r1")
+            assert r1 is not None
+            r1.assigned.remove(("x", 0))
+            super().update_resource(r1)
+
+
+def test_a_slot_freed_elsewhere_during_a_pass_is_not_missed(
+    messenger: RecordingMessenger, clock: Clock
+) -> None:
+    store = ForeignWriteStore()
+    mm = build(store, messenger, clock)
+    add_resource(store, "r1", "n1")
+    add_resource(store, "r2", "n2")
+    r1 = res(store, "r1")
+    r1.assigned.append(("x", 0))
+    store.update_resource(r1)
+    queue(store, "p0")
+    queue(store, "p1")
+    # the pass places p0 on r2 and finds no slot for p1 (r1 is full when read)
+    mm.run_once()
+    assert proc(store, "p1").state == ProcessState.WAITING
+    # the slot freed meanwhile is noticed: p1 is not left stale
+    mm.run_once()
+    assert proc(store, "p1").assigned == "r1"
