@@ -40,8 +40,10 @@ fi
 .venv/bin/pd-dispatcher "${args[@]}" &
 dispatcher=$!
 stop() {
+    local status=0
     kill -TERM "$dispatcher" 2>/dev/null || true
-    wait "$dispatcher" 2>/dev/null || true
+    wait "$dispatcher" 2>/dev/null || status=$?
+    exit "$status"
 }
 trap stop INT TERM
 
