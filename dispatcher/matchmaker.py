@@ -66,6 +66,7 @@ from dispatcher.placement import (
 from dispatcher.states import ProcessDispatcherState, ProcessState
 from dispatcher.store.base import Store
 from dispatcher.store.batch import batch_writer
+from dispatcher.store.modify import modify
 from dispatcher.transitions import ProcessTransitions
 
 __all__ = ["Matchmaker", "PassResult"]
@@ -380,48 +381,39 @@ class Matchmaker:
             return retry
 
     def _add_tag(self, node_id: str, tag: str, nodes: dict[str, Node]) -> None:
-        while True:
-            node = self.store.get_node(node_id)
-            if node is None or tag in node.node_exclusive:
-                return
+        def add(node: Node) -> bool:
+            if tag in node.node_exclusive:
+                return False
             node.node_exclusive.append(tag)
-            try:
-                self.store.update_node(node)
-            except WriteConflictError:
-                continue
-            except NotFoundError:
-                return
-            nodes[node_id] = node
-            return
+            return True
+
+        written = modify(lambda: self.store.get_node(node_id), self.store.update_node, add)
+        if written is not None:
+            nodes[node_id] = written
 
     def _back_out(self, decision: Assign, tag: str | None) -> None:
         """Undo the slot (and tag) of an assignment whose process moved on."""
         key = (decision.upid, decision.round)
-        while True:
-            resource = self.store.get_resource(decision.resource_id)
-            if resource is None or key not in resource.assigned:
-                break
+
+        def release(resource: Resource) -> bool:
+            if key not in resource.assigned:
+                return False
             resource.assigned.remove(key)
-            try:
-                self.store.update_resource(resource)
-            except WriteConflictError:
-                continue
-            except NotFoundError:
-                pass
-            break
+            return True
+
+        def untag(node: Node) -> bool:
+            if str(tag) not in node.node_exclusive:
+                return False
+            node.node_exclusive.remove(str(tag))
+            return True
+
+        modify(
+            lambda: self.store.get_resource(decision.resource_id),
+            self.store.update_resource,
+            release,
+        )
         if tag is not None:
-            while True:
-                node = self.store.get_node(decision.node_id)
-                if node is None or str(tag) not in node.node_exclusive:
-                    break
-                node.node_exclusive.remove(str(tag))
-                try:
-                    self.store.update_node(node)
-                except WriteConflictError:
-                    continue
-                except NotFoundError:
-                    pass
-                break
+            modify(lambda: self.store.get_node(decision.node_id), self.store.update_node, untag)
         self._dirty = True  # the freed slot may suit a waiting process
         with self._lock:
             self._clear_stale()
