@@ -38,6 +38,7 @@ from dispatcher.provisioner.manager import Provisioner
 from dispatcher.rpc.broker import BrokerConfig
 from dispatcher.rpc.client import RpcClient
 from dispatcher.rpc.messenger import RpcMessenger
+from dispatcher.rpc.security import MessageSigner
 from dispatcher.rpc.service import RpcService
 from dispatcher.settings import Settings
 from dispatcher.store.base import Store
@@ -146,7 +147,9 @@ class DispatcherService:
         try:
             engines.merge_stored(store.list_engines())
             service_name = pd.service_name
-            client = RpcClient(broker, service_name)
+            # Agents refuse commands from any other sender; with security.hmac_key
+            # set, every message this client sends is signed.
+            client = RpcClient(broker, service_name, signer=MessageSigner.from_settings(settings))
             messenger = RpcMessenger(client)
             core = ProcessDispatcherCore(store, messenger)
             heartbeats = HeartbeatHandler(store, messenger, engines, caller=client)

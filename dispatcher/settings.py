@@ -15,6 +15,7 @@ EPU Process Dispatcher and eeagent accepted verbatim::
     provisioner: {driver: local | static | libcloud, ...}
     eeagent: {name, node_id, slots, heartbeat, launch_type: {name, supd_directory}}
     pd: {name: process_dispatcher}
+    security: {hmac_key: null, signature_max_age: 300}
 
 Environment variables ``PD_AMQP_URI`` and ``PD_DATABASE_URL`` override the files.
 """
@@ -52,6 +53,7 @@ __all__ = [
     "LocalSiteSettings",
     "ProcessDispatcherSettings",
     "ProvisionerSettings",
+    "SecuritySettings",
     "Settings",
     "SiteSettings",
     "StaticSiteSettings",
@@ -96,6 +98,13 @@ DEFAULT_PROVISIONER_HISTORY = 3600.0
 DEFAULT_PROVISIONER_PARALLEL = 8
 #: Seconds a local agent gets to stop cleanly (SIGTERM) before it is killed.
 DEFAULT_LOCAL_STOP_TIMEOUT = 30.0
+#: Seconds a signed agent command stays valid after (and before) its timestamp:
+#: room for clock skew between hosts and for a command waiting in the agent's
+#: queue while the agent restarts (an unused queue expires after 60 s).
+DEFAULT_SIGNATURE_MAX_AGE = 300.0
+#: Shortest accepted HMAC key (characters): a short shared secret can be guessed
+#: offline from one captured signed message.
+MIN_HMAC_KEY_LENGTH = 16
 
 _Model = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
 _Strict = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -380,6 +389,9 @@ class EEAgentSettings(BaseModel):
     launch_type: LaunchTypeSettings = LaunchTypeSettings()
     #: Leave supervisord and its children running on a clean shutdown.
     leave_running_on_shutdown: bool = False
+    #: The account processes that name no ``user`` run as (the agent must be root
+    #: to run them as another account); ``None``: the agent's own.
+    default_user: str | None = None
 
     @field_validator("name")
     @classmethod
@@ -395,6 +407,37 @@ class PdSettings(BaseModel):
     name: str = DEFAULT_SERVICE_NAME
 
 
+class SecuritySettings(BaseModel):
+    """``security``: what the dispatcher and its agents share to authenticate commands.
+
+    With ``hmac_key`` set, the dispatcher signs every message it sends and an agent
+    refuses ``launch_process``, ``terminate_process``, ``restart_process`` and
+    ``cleanup`` without a valid signature (see :mod:`dispatcher.rpc.security`).
+    The key is a :class:`~pydantic.SecretStr`: it shows in no repr or log.
+    """
+
+    model_config = _Strict
+
+    hmac_key: SecretStr | None = None
+    signature_max_age: float = Field(DEFAULT_SIGNATURE_MAX_AGE, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _usable_key(cls, data: Any) -> Any:
+        # Checked on the whole section, not the field: a field error would quote the
+        # offending value, and that value is the secret.
+        key = data.get("hmac_key") if isinstance(data, dict) else None
+        if key is None:
+            return data
+        if isinstance(key, SecretStr):
+            key = key.get_secret_value()
+        if not isinstance(key, str):
+            raise ValueError("hmac_key must be a string")
+        if len(key) < MIN_HMAC_KEY_LENGTH:
+            raise ValueError(f"hmac_key must be at least {MIN_HMAC_KEY_LENGTH} characters long")
+        return data
+
+
 class Settings(BaseModel):
     """The whole configuration of one process."""
 
@@ -407,6 +450,7 @@ class Settings(BaseModel):
     provisioner: ProvisionerSettings = ProvisionerSettings()
     eeagent: EEAgentSettings = EEAgentSettings()
     pd: PdSettings = PdSettings()
+    security: SecuritySettings = SecuritySettings()
     logging: dict[str, Any] | None = None
 
     @property

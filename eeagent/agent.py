@@ -84,6 +84,8 @@ class EEAgent:
         control: the process backend.
         store: where records are persisted (``None``: nowhere, for tests).
         default_directory: working directory of processes that name none.
+        default_user: the account processes that name no ``user`` run as
+            (``None``: the backend's own).
         stop_wait: seconds the backend waits between SIGTERM and SIGKILL.
         on_change: called whenever the heartbeat content changes, under the
             agent's lock: it must return at once (e.g. set an event).
@@ -101,6 +103,7 @@ class EEAgent:
         control: ProcessControl,
         store: StateStore | None = None,
         default_directory: str | None = None,
+        default_user: str | None = None,
         stop_wait: float = 10.0,
         on_change: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
@@ -110,6 +113,7 @@ class EEAgent:
         self.slots = slots
         self.control = control
         self.default_directory = default_directory
+        self.default_user = default_user
         self.stop_wait = stop_wait
         self.on_change = on_change
         self.clock = clock
@@ -468,7 +472,9 @@ class EEAgent:
             BackendUnavailableError: the backend is gone (the record stays pending).
         """
         assert record.program is not None
-        spec = parse_parameters(record.parameters).spec(record.program, self.default_directory)
+        spec = parse_parameters(record.parameters).spec(
+            record.program, self.default_directory, self.default_user
+        )
         self.table.dirty = True
         try:
             self.control.start(spec)

@@ -97,14 +97,23 @@ class SupdParameters(BaseModel):
             raise ValueError(f"user {value!r} is not a valid account name")
         return value
 
-    def spec(self, name: str, default_directory: str | None) -> ProgramSpec:
-        """The :class:`ProgramSpec` that runs these parameters as program ``name``."""
+    def spec(
+        self, name: str, default_directory: str | None, default_user: str | None = None
+    ) -> ProgramSpec:
+        """The :class:`ProgramSpec` that runs these parameters as program ``name``.
+
+        Args:
+            name: the program name.
+            default_directory: the working directory when the parameters name none.
+            default_user: the account when the parameters name none (the agent's
+                ``eeagent.default_user``).
+        """
         return ProgramSpec(
             name=name,
             argv=(self.exec, *self.argv),
             env=dict(self.env),
             working_directory=self.working_directory or default_directory,
-            user=self.user,
+            user=self.user or default_user,
         )
 
 

@@ -11,6 +11,16 @@ its queue (so a dispatcher that answers it reaches the agent), every
 happen while one is being sent are coalesced into the next: each heartbeat carries
 the full state).
 
+``launch_process``, ``terminate_process``, ``restart_process`` and ``cleanup``
+are accepted only from the dispatcher (the ``sender`` header must be the
+sysname-prefixed ``pd.name``) and, when a key is configured
+(``security.hmac_key``), only with a valid signature; one
+:class:`~dispatcher.rpc.security.CommandGuard`, registered with the four
+operations, checks that before any handler runs. A refused command changes
+nothing: a call gets a ``BadRequestError`` starting ``not authorized:``, a fire is
+dropped, and both are logged. ``dump_state`` and ``get_process_logs`` only read,
+and stay open to any sender.
+
 :func:`run_agent` builds the whole agent from :class:`~dispatcher.settings.Settings`.
 """
 
@@ -28,6 +38,7 @@ from pydantic import BeforeValidator, Field
 from dispatcher.errors import DispatcherError
 from dispatcher.rpc.broker import BrokerConfig
 from dispatcher.rpc.client import RpcClient
+from dispatcher.rpc.security import COMMAND_OPERATIONS, CommandGuard, SignatureVerifier
 from dispatcher.rpc.service import RpcService
 from dispatcher.settings import Settings
 from eeagent.agent import EEAgent
@@ -158,6 +169,8 @@ class AgentService:
         heartbeat: seconds between periodic heartbeats.
         poll_interval: seconds between two polls of the backend.
         leave_running: on :meth:`stop`, leave supervisord and its processes running.
+        verifier: checks the signature of every command (``None``: no key is
+            configured; only the sender is checked).
     """
 
     def __init__(
@@ -169,6 +182,7 @@ class AgentService:
         heartbeat: float,
         poll_interval: float = POLL_INTERVAL,
         leave_running: bool = False,
+        verifier: SignatureVerifier | None = None,
     ) -> None:
         self.agent = agent
         self.broker = broker
@@ -179,6 +193,11 @@ class AgentService:
         self.heartbeater = Heartbeater(agent.heartbeat, self._send_heartbeat, heartbeat)
         agent.on_change = self.heartbeater.request
         self.rpc = RpcService(broker, agent.name, workers=1)
+        self.guard = CommandGuard(
+            expected_sender=broker.prefixed(pd_name),
+            destination=broker.prefixed(agent.name),
+            verifier=verifier,
+        )
         self._register()
         self._stop = threading.Event()
         self._monitor: threading.Thread | None = None
@@ -215,7 +234,9 @@ class AgentService:
             dump_state,
             get_process_logs,
         ):
-            self.rpc.handle(handler.__name__, handler)
+            op = handler.__name__
+            guard = self.guard if op in COMMAND_OPERATIONS else None
+            self.rpc.handle(op, handler, guard=guard)
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -348,6 +369,7 @@ def run_agent(
             control=control,
             store=StateStore(home / "state.json"),
             default_directory=str(supd_directory),
+            default_user=eea.default_user,
             stop_wait=STOP_WAIT_SECONDS,
         )
         service = AgentService(
@@ -356,6 +378,7 @@ def run_agent(
             pd_name=settings.pd.name,
             heartbeat=eea.heartbeat,
             leave_running=eea.leave_running_on_shutdown,
+            verifier=SignatureVerifier.from_settings(settings),
         )
         started = time.monotonic()
         service.start(wait_for_broker=False)

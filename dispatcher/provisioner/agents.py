@@ -1,14 +1,16 @@
 """The configuration a provisioned node's ``pd-eeagent`` processes run with.
 
 Local nodes get it as a YAML file, cloud nodes inside their user-data. It holds
-the broker URI (with its credentials), so it is written with mode 0600, never
-logged, and :class:`AgentTemplate`'s repr masks it.
+the broker URI (with its credentials) and the shared HMAC key, so it is written
+with mode 0600, never logged, and :class:`AgentTemplate`'s repr masks both.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+from pydantic import SecretStr
 
 from dispatcher.rpc.broker import mask_uri
 from dispatcher.settings import DEFAULT_EXCHANGE, DEFAULT_SERVICE_NAME, Settings
@@ -26,6 +28,9 @@ class AgentTemplate:
         sysname: ``dashi.sysname``.
         pd_name: the dispatcher's service name (``pd.name`` of the agents).
         ssl: TLS to the broker.
+        hmac_key: the key agents require command signatures with
+            (``security.hmac_key``; ``None``: none).
+        signature_max_age: ``security.signature_max_age``.
     """
 
     amqp_uri: str = field(repr=False)
@@ -33,6 +38,8 @@ class AgentTemplate:
     sysname: str | None = None
     pd_name: str = DEFAULT_SERVICE_NAME
     ssl: bool = False
+    hmac_key: SecretStr | None = field(default=None, repr=False)
+    signature_max_age: float | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, amqp_uri: str | None = None) -> AgentTemplate:
@@ -44,12 +51,15 @@ class AgentTemplate:
             sysname=settings.dashi.sysname,
             pd_name=settings.processdispatcher.service_name,
             ssl=amqp.ssl,
+            hmac_key=settings.security.hmac_key,
+            signature_max_age=settings.security.signature_max_age,
         )
 
     def __repr__(self) -> str:
         return (
             f"AgentTemplate(amqp_uri={mask_uri(self.amqp_uri)!r}, exchange={self.exchange!r}, "
-            f"sysname={self.sysname!r}, pd_name={self.pd_name!r})"
+            f"sysname={self.sysname!r}, pd_name={self.pd_name!r}, "
+            f"hmac_key={'***' if self.hmac_key is not None else None})"
         )
 
     def config(
@@ -65,7 +75,7 @@ class AgentTemplate:
         amqp: dict[str, Any] = {"uri": self.amqp_uri, "exchange": self.exchange}
         if self.ssl:
             amqp["ssl"] = True
-        return {
+        config: dict[str, Any] = {
             "state_dir": state_dir,
             "server": {"amqp": amqp},
             "dashi": {"sysname": self.sysname},
@@ -77,3 +87,9 @@ class AgentTemplate:
                 "launch_type": {"name": "supd", "supd_directory": supd_directory},
             },
         }
+        if self.hmac_key is not None:
+            security: dict[str, Any] = {"hmac_key": self.hmac_key.get_secret_value()}
+            if self.signature_max_age is not None:
+                security["signature_max_age"] = self.signature_max_age
+            config["security"] = security
+        return config

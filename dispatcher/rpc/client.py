@@ -17,6 +17,11 @@ Remote errors are rebuilt as the same exception types
 :class:`~dispatcher.errors.RpcTimeoutError`, also when the broker is unreachable
 for the whole timeout. The client reconnects by itself after the broker restarts.
 
+Every message carries the ``sender`` header, fires included (as dashi sent it).
+A client given a :class:`~dispatcher.rpc.security.MessageSigner` also signs every
+message it publishes (the ``signature`` header): this is the one place messages
+are signed.
+
 A client may be shared between threads: calls are serialized. Use one client per
 thread for parallel calls.
 """
@@ -37,6 +42,7 @@ from kombu.message import Message
 from dispatcher.errors import RpcTimeoutError, TransportError
 from dispatcher.rpc.broker import BrokerConfig
 from dispatcher.rpc.protocol import HEADER_REPLY_TO, HEADER_SENDER, error_from_payload
+from dispatcher.rpc.security import HEADER_SIGNATURE, MessageSigner
 
 __all__ = ["DEFAULT_TIMEOUT", "RpcClient"]
 
@@ -85,6 +91,7 @@ class RpcClient:
         name: this client's name, sent (sysname-prefixed) in the ``sender`` header.
         timeout: default seconds a call waits for its reply.
         legacy_reply_queues: use a fresh reply queue per call (the dashi way).
+        signer: signs every published message (``None``: messages are not signed).
     """
 
     def __init__(
@@ -94,8 +101,10 @@ class RpcClient:
         *,
         timeout: float = DEFAULT_TIMEOUT,
         legacy_reply_queues: bool = False,
+        signer: MessageSigner | None = None,
     ) -> None:
         self.broker = broker
+        self.signer = signer
         self.name = name or f"client-{uuid.uuid4().hex[:12]}"
         self.timeout = timeout
         self.legacy_reply_queues = legacy_reply_queues
@@ -217,6 +226,10 @@ class RpcClient:
     ) -> None:
         headers = {HEADER_SENDER: self.sender, **headers}
         routing_key = self.broker.prefixed(service)
+        if self.signer is not None:
+            headers[HEADER_SIGNATURE] = self.signer.sign(
+                op=body["op"], args=body["args"], sender=self.sender, to=routing_key
+            )
         properties = {}
         if "correlation_id" in headers:
             properties["correlation_id"] = headers.pop("correlation_id")

@@ -9,6 +9,9 @@ failing handler is never redelivered; only a crash before the ack redelivers.
 Errors:
 
 * unknown op → ``UnknownOperationError``;
+* a request the operation's guard refuses (e.g. a
+  :class:`~dispatcher.rpc.security.CommandGuard`: wrong sender, bad signature) →
+  the guard's error, before anything else is looked at;
 * missing, unexpected or ill-typed arguments → ``BadRequestError`` naming the
   argument (handlers may declare pydantic-checked annotations);
 * a :class:`~dispatcher.errors.RequestError` raised by a handler keeps its type
@@ -65,6 +68,9 @@ _DRAIN_SECONDS = 1.0
 _BACKOFF_START, _BACKOFF_FACTOR, _BACKOFF_MAX = 0.2, 2.0, 5.0
 
 Handler = Callable[..., Any]
+#: Called as ``guard(op, args, headers)`` before a handler; raises a
+#: :class:`~dispatcher.errors.RequestError` to refuse the request.
+Guard = Callable[[str, Any, Mapping[str, Any]], None]
 
 
 @dataclass(frozen=True)
@@ -72,6 +78,7 @@ class _Registration:
     func: Handler
     signature: inspect.Signature
     sender_kwarg: str | None
+    guard: Guard | None = None
 
 
 class RpcService:
@@ -101,6 +108,7 @@ class RpcService:
         *,
         sender_kwarg: str | None = None,
         validate: bool = True,
+        guard: Guard | None = None,
     ) -> None:
         """Register ``func`` for operation ``op``.
 
@@ -111,6 +119,9 @@ class RpcService:
                 (``None`` when the header is missing).
             validate: check argument values against ``func``'s annotations with
                 pydantic (lax mode) before calling it.
+            guard: called with ``(op, args, headers)`` (``args`` exactly as they
+                arrived) before anything else; it refuses the request by raising a
+                :class:`~dispatcher.errors.RequestError`, and must not change state.
         """
         signature = inspect.signature(func)
         wrapped = func
@@ -118,7 +129,7 @@ class RpcService:
             p.annotation is not inspect.Parameter.empty for p in signature.parameters.values()
         ):
             wrapped = validate_call(config=ConfigDict(arbitrary_types_allowed=True))(func)
-        self._handlers[op] = _Registration(wrapped, signature, sender_kwarg)
+        self._handlers[op] = _Registration(wrapped, signature, sender_kwarg, guard)
 
     @property
     def operations(self) -> list[str]:
@@ -135,6 +146,8 @@ class RpcService:
             registration = self._handlers.get(op)
             if registration is None:
                 raise UnknownOperationError(f"Unknown operation: {op}")
+            if registration.guard is not None:
+                registration.guard(op, request.args, headers)
             args = dict(request.args or {})
             if registration.sender_kwarg:
                 args[registration.sender_kwarg] = headers.get(HEADER_SENDER)

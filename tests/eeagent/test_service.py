@@ -34,7 +34,7 @@ def pd(broker: BrokerConfig) -> Iterator[PdSink]:
 
 @pytest.fixture
 def client(broker: BrokerConfig) -> Iterator[RpcClient]:
-    with RpcClient(broker, name="pd-test") as rpc:
+    with RpcClient(broker, name="process_dispatcher") as rpc:
         yield rpc
 
 
