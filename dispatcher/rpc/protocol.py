@@ -64,16 +64,44 @@ def decode_request(body: Any) -> Request:
     """Validate a request body.
 
     Raises:
-        BadRequestError: the body is not ``{"op": str, "args": dict | null}``.
+        BadRequestError: the body is not ``{"op": str, "args": dict | null}``, or
+            some text in it is not valid Unicode (a lone surrogate such as
+            ``"\\ud800"``, which JSON escapes can carry but no UTF-8 column, file or
+            message can: RFC 7493 forbids it in I-JSON).
     """
     if not isinstance(body, dict):
         raise BadRequestError(f"Invalid request: body must be an object, not {type(body).__name__}")
     try:
-        return Request.model_validate(body)
+        request = Request.model_validate(body)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
         raise BadRequestError(f"Invalid request: {where}: {first['msg']}") from None
+    where = _invalid_text(request.op, "op") or _invalid_text(request.args, "args")
+    if where is not None:
+        raise BadRequestError(f"Invalid request: {where}: text is not valid Unicode")
+    return request
+
+
+def _invalid_text(value: Any, where: str) -> str | None:
+    """Where in ``value`` a string (or key) cannot be encoded as UTF-8, else None."""
+    stack = [(value, where)]
+    while stack:
+        item, path = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    return path
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                if isinstance(key, str) and _invalid_text(key, path) is not None:
+                    return f"{path} (a key)"
+                stack.append((child, f"{path}.{key}"))
+        elif isinstance(item, list | tuple):
+            stack.extend((child, f"{path}.{index}") for index, child in enumerate(item))
+    return None
 
 
 def error_payload(exc: BaseException, traceback_text: str | None) -> dict[str, Any]:
