@@ -38,7 +38,7 @@ from dispatcher.provisioner.manager import Provisioner
 from dispatcher.rpc.broker import BrokerConfig
 from dispatcher.rpc.client import RpcClient
 from dispatcher.rpc.messenger import RpcMessenger
-from dispatcher.rpc.security import MessageSigner
+from dispatcher.rpc.security import CommandGuard, MessageSigner, SignatureVerifier
 from dispatcher.rpc.service import RpcService
 from dispatcher.settings import Settings
 from dispatcher.store.base import Store
@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 #: Every operation a dispatcher serves.
 RPC_OPERATIONS = (*CORE_OPERATIONS, *HEALTH_OPERATIONS)
 
+#: Threads besides the RPC workers that use the store: matchmaker, doctor,
+#: provisioner, and one spare.
+_STORE_THREADS_BESIDES_RPC = 4
 #: Seconds :meth:`DispatcherService.stop` waits for each leader thread.
 _JOIN_TIMEOUT = 10.0
 
@@ -99,6 +102,8 @@ class DispatcherService:
         provisioner: run while this instance leads (``None``: nothing is provisioned).
         elector: decides leadership (``None`` with no singletons).
         messenger_client: the client used for one-way messages (closed on stop).
+        verifier: with ``security.hmac_key`` set, only heartbeats signed with the
+            key are taken (``None``: heartbeats are not checked).
     """
 
     def __init__(
@@ -114,6 +119,7 @@ class DispatcherService:
         provisioner: Provisioner | None = None,
         elector: LeaderElector | None = None,
         messenger_client: RpcClient | None = None,
+        verifier: SignatureVerifier | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -129,21 +135,37 @@ class DispatcherService:
         self._threads: list[threading.Thread] = []
         for op in CORE_OPERATIONS:
             self.rpc.handle(op, getattr(core, op), validate=False)
+        heartbeat_guard = None
+        if verifier is not None:
+            heartbeat_guard = CommandGuard(
+                expected_sender=None,
+                destination=rpc.broker.prefixed(rpc.name),
+                verifier=verifier,
+            )
         if heartbeats is not None:
             for op in HEALTH_OPERATIONS:
                 sender = "sender" if op == "heartbeat" else None
-                self.rpc.handle(op, getattr(heartbeats, op), sender_kwarg=sender, validate=False)
+                self.rpc.handle(
+                    op,
+                    getattr(heartbeats, op),
+                    sender_kwarg=sender,
+                    validate=False,
+                    guard=heartbeat_guard if op == "heartbeat" else None,
+                )
 
     @classmethod
     def build(cls, settings: Settings) -> DispatcherService:
         """The default object graph: SQL store (migrated), AMQP messenger and service,
         the health handler, and the leader's matchmaker and doctor."""
+        from dispatcher.store.engine import PG_POOL_SIZE
         from dispatcher.store.sql import SqlStore
 
         engines = engine_registry(settings)
         pd = settings.processdispatcher
         broker = BrokerConfig.from_settings(settings)
-        store = SqlStore(settings.database_url, create=True)
+        # Every RPC worker and every singleton may use the store at once.
+        pool_size = max(PG_POOL_SIZE, pd.rpc_workers + _STORE_THREADS_BESIDES_RPC)
+        store = SqlStore(settings.database_url, create=True, pool_size=pool_size)
         try:
             engines.merge_stored(store.list_engines())
             service_name = pd.service_name
@@ -180,6 +202,7 @@ class DispatcherService:
             doctor=doctor,
             provisioner=provisioner,
             messenger_client=client,
+            verifier=SignatureVerifier.from_settings(settings),
         )
         lock = lock_for_database(settings.database_url, f"{broker.sysname or ''}.{service_name}")
         service.elector = LeaderElector(lock, service._on_elected)

@@ -19,7 +19,8 @@ sysname-prefixed ``pd.name``) and, when a key is configured
 operations, checks that before any handler runs. A refused command changes
 nothing: a call gets a ``BadRequestError`` starting ``not authorized:``, a fire is
 dropped, and both are logged. ``dump_state`` and ``get_process_logs`` only read,
-and stay open to any sender.
+and stay open to any sender. With a key, heartbeats are signed too (a dispatcher
+with the key takes no others).
 
 :func:`run_agent` builds the whole agent from :class:`~dispatcher.settings.Settings`.
 """
@@ -38,7 +39,12 @@ from pydantic import BeforeValidator, Field
 from dispatcher.errors import DispatcherError
 from dispatcher.rpc.broker import BrokerConfig
 from dispatcher.rpc.client import RpcClient
-from dispatcher.rpc.security import COMMAND_OPERATIONS, CommandGuard, SignatureVerifier
+from dispatcher.rpc.security import (
+    COMMAND_OPERATIONS,
+    CommandGuard,
+    MessageSigner,
+    SignatureVerifier,
+)
 from dispatcher.rpc.service import RpcService
 from dispatcher.settings import Settings
 from eeagent.agent import EEAgent
@@ -171,6 +177,7 @@ class AgentService:
         leave_running: on :meth:`stop`, leave supervisord and its processes running.
         verifier: checks the signature of every command (``None``: no key is
             configured; only the sender is checked).
+        signer: signs the heartbeats (``None``: they are not signed).
     """
 
     def __init__(
@@ -183,13 +190,14 @@ class AgentService:
         poll_interval: float = POLL_INTERVAL,
         leave_running: bool = False,
         verifier: SignatureVerifier | None = None,
+        signer: MessageSigner | None = None,
     ) -> None:
         self.agent = agent
         self.broker = broker
         self.pd_name = pd_name
         self.poll_interval = poll_interval
         self.leave_running = leave_running
-        self.client = RpcClient(broker, name=agent.name)
+        self.client = RpcClient(broker, name=agent.name, signer=signer)
         self.heartbeater = Heartbeater(agent.heartbeat, self._send_heartbeat, heartbeat)
         agent.on_change = self.heartbeater.request
         self.rpc = RpcService(broker, agent.name, workers=1)
@@ -379,6 +387,7 @@ def run_agent(
             heartbeat=eea.heartbeat,
             leave_running=eea.leave_running_on_shutdown,
             verifier=SignatureVerifier.from_settings(settings),
+            signer=MessageSigner.from_settings(settings),
         )
         started = time.monotonic()
         service.start(wait_for_broker=False)

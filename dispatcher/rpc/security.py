@@ -31,9 +31,11 @@ ASCII only, kombu's JSON encoder)::
 ``args`` are the request's arguments as they travel (``{}`` when absent); ``to`` is
 the routing key, so a command signed for one agent is refused by every other.
 
-A refusal is a :class:`NotAuthorizedError`, a :class:`~dispatcher.errors.BadRequestError`
-on the wire (``dashi.exceptions.BadRequestError``, a type every dashi client
-knows), so a call is answered with it and a fire is dropped; both are logged.
+The verifier raises :class:`NotAuthorizedError`; the guard logs the refusal and
+raises it on as a plain :class:`~dispatcher.errors.BadRequestError` (on the wire
+``dashi.exceptions.BadRequestError``, a type every dashi client knows, with a
+message starting ``not authorized:``), so a call is answered with it and a fire
+is dropped.
 """
 
 from __future__ import annotations
@@ -83,8 +85,9 @@ Clock = Callable[[], float]
 class NotAuthorizedError(BadRequestError):
     """A command came from someone other than the dispatcher, or was not signed right.
 
-    It travels as ``dashi.exceptions.BadRequestError`` (legacy clients know no other
-    type for it); the message starts with ``not authorized:``.
+    :class:`CommandGuard` sends it to callers as a plain ``BadRequestError``
+    (legacy clients know no other type for it); the message starts with
+    ``not authorized:``.
     """
 
 
@@ -231,13 +234,17 @@ class SignatureVerifier:
 
 
 class CommandGuard:
-    """Admits a command only from ``expected_sender``, signed when a verifier is set.
+    """Admits a message only from ``expected_sender``, signed when a verifier is set.
 
     A service runs it before the handler of every operation registered with it
     (:meth:`dispatcher.rpc.service.RpcService.handle`); it changes nothing itself.
+    Agents guard their four commands with the dispatcher as ``expected_sender``;
+    a dispatcher with a key guards ``heartbeat`` with no expected sender (any
+    agent), so that only holders of the key can report as an agent.
 
     Args:
-        expected_sender: the sysname-prefixed name of the only accepted sender.
+        expected_sender: the sysname-prefixed name of the only accepted sender
+            (``None``: any; the signature still covers the sender).
         destination: the sysname-prefixed name of the guarded service (the routing
             key signatures must name).
         verifier: checks signatures; ``None``: no key is configured, only the
@@ -245,7 +252,11 @@ class CommandGuard:
     """
 
     def __init__(
-        self, *, expected_sender: str, destination: str, verifier: SignatureVerifier | None
+        self,
+        *,
+        expected_sender: str | None,
+        destination: str,
+        verifier: SignatureVerifier | None,
     ) -> None:
         self.expected_sender = expected_sender
         self.destination = destination
@@ -255,16 +266,19 @@ class CommandGuard:
         """Accept the request or raise.
 
         Raises:
-            NotAuthorizedError: it is refused (and logged at WARNING).
+            BadRequestError: it is refused (and logged at WARNING); the message
+                starts with ``not authorized:``.
         """
         sender = headers.get(HEADER_SENDER)
         try:
-            if sender != self.expected_sender:
+            if self.expected_sender is not None and sender != self.expected_sender:
                 raise NotAuthorizedError(
                     f"not authorized: {op} is accepted only from {self.expected_sender!r}, "
                     f"not from {sender!r}"
                 )
             if self.verifier is not None:
+                if not isinstance(sender, str):
+                    raise NotAuthorizedError(f"not authorized: {op} has no sender")
                 self.verifier.verify(
                     headers.get(HEADER_SIGNATURE),
                     op=op,
@@ -274,4 +288,5 @@ class CommandGuard:
                 )
         except NotAuthorizedError as exc:
             log.warning("%s: refused %s from %r: %s", self.destination, op, sender, exc)
-            raise
+            # The wire knows BadRequestError, not this subclass (see the module docstring).
+            raise BadRequestError(exc.value) from None
