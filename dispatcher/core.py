@@ -329,30 +329,55 @@ class ProcessDispatcherCore:
             node_exclusive=node_exclusive,
             name=name,
         )
+        created = self._try_create(req)
+        if created is not None:
+            return created.summary()
         for _ in range(WRITE_CONFLICT_RETRIES):
             scheduled = self._try_schedule(req)
             if scheduled is not None:
-                self._enqueue_scheduled(scheduled)
-                return scheduled.summary()
+                process, queued = scheduled
+                if not queued:
+                    self._enqueue_scheduled(process)
+                return process.summary()
         raise BadRequestError(f"process {req.upid} could not be updated")
 
-    def _try_schedule(self, req: ScheduleProcessRequest) -> Process | None:
-        """One optimistic attempt of :meth:`schedule_process`; None on a write conflict."""
+    def _try_create(self, req: ScheduleProcessRequest) -> Process | None:
+        """Create the process, queued, if it is new; None if it exists (or no definition).
+
+        The common case, a new upid, in two store calls: read the definition, then
+        add the process with its queue entry atomically (a terminate that sees the
+        process sees its entry too, so nothing has to be re-read). An existing upid
+        or an unknown definition leaves the decision to :meth:`_try_schedule`.
+        """
+        if req.definition_id is None:
+            return None
+        definition = self.store.get_definition(req.definition_id)
+        if definition is None:
+            return None  # an existing process needs no definition; else NotFound there
+        process = _requested(req, definition)
+        try:
+            self.store.add_process_queued(process)
+        except WriteConflictError:
+            return None
+        return process
+
+    def _try_schedule(self, req: ScheduleProcessRequest) -> tuple[Process, bool] | None:
+        """One optimistic attempt of :meth:`schedule_process`; None on a write conflict.
+
+        Returns:
+            The process as scheduled, and whether its queue entry is written already.
+        """
         updates = req.updates()
         process = self.store.get_process(req.upid)
         if process is None:
             if req.definition_id is None:
                 raise NotFoundError(f"process {req.upid} does not exist")
-            definition = self._get_definition(req.definition_id)
-            process = Process(
-                upid=req.upid, definition=definition.to_dict(), state=ProcessState.REQUESTED
-            )
-            _apply(process, updates)
+            process = _requested(req, self._get_definition(req.definition_id))
             try:
-                self.store.add_process(process)
+                self.store.add_process_queued(process)
             except WriteConflictError:
                 return None
-            return process
+            return process, True
 
         if process.state in _TERMINAL:
             if process.state == ProcessState.UNSCHEDULED:
@@ -369,7 +394,7 @@ class ProcessDispatcherCore:
                 self.store.update_process(process)
             except WriteConflictError:
                 return None
-            return process
+            return process, False
 
         # In play: an idempotent repeat of the request that put it there.
         for key in ScheduleProcessRequest.UPDATE_FIELDS:
@@ -378,7 +403,7 @@ class ProcessDispatcherCore:
                     f"process {req.upid} is {process.state} but {key} parameter value "
                     "doesn't match request"
                 )
-        return process
+        return process, False
 
     def _enqueue_scheduled(self, process: Process) -> None:
         """Queue ``(upid, round)``; take it back if the process ended meanwhile.
@@ -411,9 +436,7 @@ class ProcessDispatcherCore:
 
     def describe_processes(self) -> list[dict[str, Any]]:
         """Return the full record of every process."""
-        processes = self.store.list_processes()
-        with _gc_paused():
-            return [process.to_dict() for process in processes]
+        return self.store.list_process_dicts()
 
     # -- processes: restart and terminate ---------------------------------------------
 
@@ -541,12 +564,12 @@ class ProcessDispatcherCore:
             last error, attempts). The queue, definitions and dispatcher state are
             not included.
         """
-        resources, processes = self.store.list_resources(), self.store.list_processes()
+        resources, processes = self.store.list_resources(), self.store.list_process_dicts()
         nodes, vms = self.store.list_nodes(), self.store.list_vms()
         with _gc_paused():
             return {
                 "resources": {r.resource_id: r.to_dict() for r in resources},
-                "processes": {p.upid: p.to_dict() for p in processes},
+                "processes": {p["upid"]: p for p in processes},
                 "nodes": {n.node_id: n.to_dict() for n in nodes},
                 "vms": {vm.node_id: vm.to_dict() for vm in vms},
             }
@@ -574,6 +597,13 @@ def _definition(req: CreateDefinitionRequest) -> Definition:
         name=req.name,
         description=req.description,
     )
+
+
+def _requested(req: ScheduleProcessRequest, definition: Definition) -> Process:
+    """A new process for ``req``, in ``200-REQUESTED`` at round 0."""
+    process = Process(upid=req.upid, definition=definition.to_dict(), state=ProcessState.REQUESTED)
+    _apply(process, req.updates())
+    return process
 
 
 def _apply(process: Process, updates: dict[str, Any]) -> None:

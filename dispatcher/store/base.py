@@ -28,7 +28,7 @@ Rules every implementation follows:
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from typing import Protocol
+from typing import Any, Protocol
 
 from dispatcher.model import VM, Definition, Node, Process, Resource
 
@@ -54,10 +54,27 @@ class Store(Protocol):
 
     # -- processes ------------------------------------------------------------------
     def add_process(self, process: Process) -> None: ...
+    def add_process_queued(self, process: Process) -> None:
+        """Add ``process`` and append ``(upid, round)`` to the queue, atomically.
+
+        Either both are written or neither (an existing upid raises
+        ``WriteConflictError`` and queues nothing). Listeners are called with
+        ``"process"``, then ``"queue"``. A concurrent reader never sees the process
+        without its queue entry, so a ``terminate_process`` that ends it removes
+        the entry too.
+        """
+
     def get_process(self, upid: str) -> Process | None: ...
     def update_process(self, process: Process) -> None: ...
     def list_processes(self, states: Collection[str] | None = None) -> list[Process]:
         """All processes (optionally only those in ``states``), in creation order."""
+
+    def list_process_dicts(self) -> list[dict[str, Any]]:
+        """``[p.to_dict() for p in list_processes()]``, built without the records.
+
+        The dicts are fresh (nothing is shared with the store or between dicts);
+        this is the listing ``describe_processes`` and ``dump`` send.
+        """
 
     # -- queue ----------------------------------------------------------------------
     def enqueue(self, upid: str, round_: int) -> None: ...

@@ -11,7 +11,7 @@ Supported URLs (SQLAlchemy syntax):
 * ``sqlite://`` (in memory): one connection shared by every thread; for
   single-threaded tests only.
 * ``postgresql+psycopg://user:password@host:port/dbname``: the production store
-  (psycopg 3), a pool of 10 connections (+20 overflow). A pooled connection idle
+  (psycopg 3), a pool of 10 connections by default (+20 overflow). A pooled connection idle
   for more than 2 s is pinged before use; busy connections are not (a ping on
   every checkout costs a round trip per store call, about a quarter of the
   throughput). A connection that died while busy fails one statement, after which
@@ -50,7 +50,8 @@ __all__ = [
 
 #: Seconds a SQLite writer waits for the database lock before failing.
 SQLITE_BUSY_TIMEOUT: Final = 30.0
-#: PostgreSQL pool: enough for the RPC workers plus the singletons.
+#: PostgreSQL pool: enough for the default 8 RPC workers plus the singletons (the
+#: daemon sizes it from ``rpc_workers``: an overflow connection is opened per use).
 PG_POOL_SIZE: Final = 10
 PG_MAX_OVERFLOW: Final = 20
 #: A pooled PostgreSQL connection idle for longer than this is pinged before use.
@@ -85,8 +86,13 @@ def safe_url(url: URL) -> str:
     return url.render_as_string(hide_password=True)
 
 
-def make_engine(url: str | URL) -> Engine:
+def make_engine(url: str | URL, *, pool_size: int = PG_POOL_SIZE) -> Engine:
     """An engine configured for the dispatcher; see the module docstring.
+
+    Args:
+        url: the database URL.
+        pool_size: PostgreSQL only: connections kept open (one per thread that
+            uses the store at once; overflow connections are closed after each use).
 
     Raises:
         ConfigError: the URL is malformed, or its driver is not installed.
@@ -95,17 +101,17 @@ def make_engine(url: str | URL) -> Engine:
     try:
         if parsed.get_backend_name() == "sqlite":
             return _sqlite_engine(parsed)
-        return _postgres_engine(parsed)
+        return _postgres_engine(parsed, pool_size)
     except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError, ImportError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"cannot use database {safe_url(parsed)}: {reason}") from None
 
 
-def _postgres_engine(url: URL) -> Engine:
+def _postgres_engine(url: URL, pool_size: int) -> Engine:
     engine = create_engine(
         url,
         json_serializer=dumps,
-        pool_size=PG_POOL_SIZE,
+        pool_size=pool_size,
         max_overflow=PG_MAX_OVERFLOW,
         connect_args={
             "connect_timeout": PG_CONNECT_TIMEOUT,

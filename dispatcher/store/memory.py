@@ -162,6 +162,16 @@ class MemoryStore:
         with self._writing("process"):
             self._processes.add(process.upid, process)
 
+    def add_process_queued(self, process: Process) -> None:
+        """Add ``process`` and append ``(upid, round)`` to the queue, atomically."""
+        with self._lock:  # no reader sees the process without its entry
+            self._processes.add(process.upid, process)
+            self._queue.append((process.upid, process.round))
+            listeners = list(self._listeners)
+        for kind in ("process", "queue"):
+            for listener in listeners:
+                listener(kind)
+
     def get_process(self, upid: str) -> Process | None:
         with self._lock:
             return self._processes.get(upid)
@@ -179,6 +189,11 @@ class MemoryStore:
             wanted = frozenset(states)
             keys = [k for k, (sc, _) in self._processes.rows.items() if sc[state_index] in wanted]
             return self._processes.list(keys)
+
+    def list_process_dicts(self) -> list[dict[str, Any]]:
+        """Every process's ``to_dict()``, in creation order, built without the records."""
+        with self._lock, gc_paused():
+            return PROCESS.wire_dicts_from_arrays(list(self._processes.rows.values()))
 
     # -- queue ----------------------------------------------------------------------
     def enqueue(self, upid: str, round_: int) -> None:

@@ -192,6 +192,68 @@ def test_list_processes_in_creation_order_with_state_filter(store: Store) -> Non
     assert [p.upid for p in store.list_processes({ProcessState.RUNNING, "x"})] == ["c", "a", "b"]
 
 
+def test_add_process_queued_adds_the_process_and_its_queue_entry(store: Store) -> None:
+    # Given a queue with an entry already
+    store.enqueue("other", 0)
+    calls: list[tuple[str, object, object]] = []
+    store.add_listener(
+        lambda kind: calls.append((kind, store.get_process("proc1"), store.list_queued()))
+    )
+    # When a process at round 2 is added queued
+    process = make_process(round=2)
+    store.add_process_queued(process)
+    # Then it is stored at version 1, its entry is last in the queue, and listeners
+    # heard "process" then "queue", each after both writes were visible
+    assert process.version == 1
+    assert store.get_process("proc1") == process
+    assert store.list_queued() == [("other", 0), ("proc1", 2)]
+    assert [kind for kind, _, _ in calls] == ["process", "queue"]
+    for _, seen, queued in calls:
+        assert seen == process and queued == [("other", 0), ("proc1", 2)]
+
+
+def test_add_process_queued_of_an_existing_upid_writes_nothing(store: Store) -> None:
+    # Given a stored process
+    store.add_process(make_process())
+    calls: list[str] = []
+    store.add_listener(calls.append)
+    # When it is added queued again
+    again = make_process(name="other")
+    with pytest.raises(WriteConflictError):
+        store.add_process_queued(again)
+    # Then neither the process nor the queue changed, and nobody was notified
+    got = store.get_process("proc1")
+    assert got is not None and got.name == "name1" and got.version == 1
+    assert again.version == 0
+    assert store.list_queued() == []
+    assert calls == []
+
+
+def test_list_process_dicts_equals_to_dict_of_every_process(store: Store) -> None:
+    # Given processes with every field set, one updated after creation
+    store.add_process(make_process("b", assigned="eeagent_1", hostname="vm1", starts=2))
+    store.add_process(make_process("a", configuration=None, subscribers=None, start_times=[]))
+    b = store.get_process("b")
+    assert b is not None
+    b.state = ProcessState.RUNNING
+    store.update_process(b)
+    # When listed as dicts
+    dicts = store.list_process_dicts()
+    # Then they are the records' to_dict(), key order included, in creation order
+    expected = [p.to_dict() for p in store.list_processes()]
+    assert dicts == expected
+    assert [list(d) for d in dicts] == [list(d) for d in expected]
+    # And they share nothing with the store or with each other
+    dicts[0]["definition"]["executable"]["module"] = "changed"
+    dicts[0]["start_times"].append(9.0)
+    assert [p.to_dict() for p in store.list_processes()] == expected
+    assert store.list_process_dicts() == expected
+
+
+def test_list_process_dicts_of_an_empty_store_is_empty(store: Store) -> None:
+    assert store.list_process_dicts() == []
+
+
 # -- deep-copy isolation -----------------------------------------------------------------
 
 
