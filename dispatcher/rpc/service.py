@@ -225,14 +225,24 @@ class RpcService:
 
     def _worker(self) -> None:
         delay = _BACKOFF_START
-        first = True
+        announced = False
+
+        def consuming() -> None:
+            # The worker consumes (again): announce it the first time, log later
+            # reconnections, and let the next outage's backoff start from the beginning.
+            nonlocal announced, delay
+            if announced:
+                log.info("service %s: reconnected to %s", self.name, self.broker.masked_uri)
+            else:
+                announced = True
+                self._ready.release()
+            delay = _BACKOFF_START
+
         while not self._stop.is_set():
             connection = self.broker.connection()
             try:
                 connection.connect()
-                self._consume(connection, first)
-                first = False
-                delay = _BACKOFF_START
+                self._consume(connection, consuming)
             except (*connection.connection_errors, *connection.channel_errors, OSError) as exc:
                 if self._stop.is_set():
                     break
@@ -256,7 +266,7 @@ class RpcService:
                 except Exception:  # closing a dead connection may fail in many ways
                     log.debug("error while releasing a broken connection", exc_info=True)
 
-    def _consume(self, connection: kombu.Connection, announce: bool) -> None:
+    def _consume(self, connection: kombu.Connection, consuming: Callable[[], None]) -> None:
         channel = connection.channel()
         producer = kombu.Producer(channel, exchange=self.broker.kombu_exchange())
         queue = self.queue()
@@ -267,10 +277,7 @@ class RpcService:
         with kombu.Consumer(
             channel, queues=[queue], on_message=on_message, accept=["json"], prefetch_count=1
         ):
-            if announce:
-                self._ready.release()
-            else:
-                log.info("service %s: reconnected to %s", self.name, self.broker.masked_uri)
+            consuming()
             while not self._stop.is_set():
                 try:
                     connection.drain_events(timeout=_DRAIN_SECONDS)
