@@ -315,6 +315,10 @@ class Load:
         for thread in self._threads:
             thread.join(10)
 
+    def last_ack(self) -> float:
+        with self._lock:
+            return max(self.ack_times)
+
     def first_ack_after(self, moment: float) -> float | None:
         with self._lock:
             later = [t for t in self.ack_times if t > moment]
