@@ -40,6 +40,7 @@ import kombu
 from kombu.message import Message
 
 from dispatcher.errors import RpcTimeoutError, TransportError
+from dispatcher.rpc import codec
 from dispatcher.rpc.broker import BrokerConfig
 from dispatcher.rpc.protocol import HEADER_REPLY_TO, HEADER_SENDER, error_from_payload
 from dispatcher.rpc.security import HEADER_SIGNATURE, MessageSigner
@@ -234,9 +235,10 @@ class RpcClient:
         if "correlation_id" in headers:
             properties["correlation_id"] = headers.pop("correlation_id")
         channel.producer.publish(
-            body,
+            codec.encode(body),
             routing_key=routing_key,
-            serializer="json",
+            content_type=codec.CONTENT_TYPE,
+            content_encoding=codec.CONTENT_ENCODING,
             headers=headers,
             retry=False,
             mandatory=mandatory and not self.broker.is_embedded,
@@ -408,10 +410,10 @@ def _decode(message: Message) -> Any:
     collections their allocation triggers would triple the decoding time.
     """
     if len(message.body or b"") < _LARGE_REPLY_BYTES or not gc.isenabled():
-        return message.decode()
+        return codec.decode(message)
     gc.disable()
     try:
-        return message.decode()
+        return codec.decode(message)
     finally:
         gc.enable()
 

@@ -47,6 +47,7 @@ from dispatcher.errors import (
     TransportError,
     UnknownOperationError,
 )
+from dispatcher.rpc import codec
 from dispatcher.rpc.broker import BrokerConfig
 from dispatcher.rpc.protocol import (
     HEADER_REPLY_TO,
@@ -287,7 +288,7 @@ class RpcService:
     def _on_message(self, message: Message, producer: kombu.Producer) -> None:
         headers = message.headers or {}
         try:
-            body = message.decode()
+            body = codec.decode(message)
         except Exception as exc:  # any decode failure is the sender's fault
             reply = reply_body(
                 error=error_payload(BadRequestError(f"Invalid request: {exc}"), None)
@@ -302,23 +303,22 @@ class RpcService:
             if correlation_id:
                 properties["correlation_id"] = correlation_id
             try:
-                producer.publish(
-                    reply,
-                    routing_key=reply_to,
-                    serializer="json",
-                    headers={HEADER_SENDER: self.broker.prefixed(self.name)},
-                    retry=False,
-                    **properties,
-                )
+                encoded = codec.encode(reply)
+                reply_headers = {HEADER_SENDER: self.broker.prefixed(self.name)}
             except (TypeError, ValueError) as exc:
                 log.error("service %s: reply could not be serialized: %s", self.name, exc)
-                producer.publish(
-                    reply_body(error=error_payload(exc, None)),
-                    routing_key=reply_to,
-                    serializer="json",
-                    retry=False,
-                    **properties,
-                )
+                encoded = codec.encode(reply_body(error=error_payload(exc, None)))
+                reply_headers = {}
+            del reply  # a large reply: free its objects before the bytes go out
+            producer.publish(
+                encoded,
+                routing_key=reply_to,
+                content_type=codec.CONTENT_TYPE,
+                content_encoding=codec.CONTENT_ENCODING,
+                headers=reply_headers,
+                retry=False,
+                **properties,
+            )
         message.ack()
 
 
