@@ -118,5 +118,4 @@ def test_a_killed_agent_s_processes_move_on_and_its_stale_rounds_end_when_it_ret
         assert moved(upid)
     assert cluster.client.describe_process("never")["state"] == "850-FAILED"
     figure(record_property, "agent_kill.kill_to_rescheduled", rescheduled_at - killed_at)
-    figure(record_property, "agent_kill.heartbeat_missing", HEARTBEAT_MISSING)
     figure(record_property, "agent_kill.return_to_stale_rounds_gone", cleaned_at - returned_at)
