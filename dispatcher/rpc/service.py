@@ -275,8 +275,18 @@ class RpcService:
         def on_message(message: Message) -> None:
             self._on_message(message, producer)
 
+        def on_decode_error(message: Message, exc: Exception) -> None:
+            # kombu found the message broken before on_message (a bad compression
+            # header): answer and ack it, or it would kill the worker and come back.
+            self._on_message(message, producer, decode_error=exc)
+
         with kombu.Consumer(
-            channel, queues=[queue], on_message=on_message, accept=["json"], prefetch_count=1
+            channel,
+            queues=[queue],
+            on_message=on_message,
+            on_decode_error=on_decode_error,
+            accept=["json"],
+            prefetch_count=1,
         ):
             consuming()
             while not self._stop.is_set():
@@ -285,9 +295,13 @@ class RpcService:
                 except TimeoutError:
                     connection.heartbeat_check()
 
-    def _on_message(self, message: Message, producer: kombu.Producer) -> None:
+    def _on_message(
+        self, message: Message, producer: kombu.Producer, decode_error: Exception | None = None
+    ) -> None:
         headers = message.headers or {}
         try:
+            if decode_error is not None:
+                raise decode_error
             body = codec.decode(message)
         except Exception as exc:  # any decode failure is the sender's fault
             reply = reply_body(
