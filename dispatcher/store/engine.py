@@ -86,13 +86,19 @@ def safe_url(url: URL) -> str:
     return url.render_as_string(hide_password=True)
 
 
-def make_engine(url: str | URL, *, pool_size: int = PG_POOL_SIZE) -> Engine:
+def make_engine(
+    url: str | URL, *, pool_size: int = PG_POOL_SIZE, autocommit: bool = False
+) -> Engine:
     """An engine configured for the dispatcher; see the module docstring.
 
     Args:
         url: the database URL.
         pool_size: PostgreSQL only: connections kept open (one per thread that
             uses the store at once; overflow connections are closed after each use).
+        autocommit: PostgreSQL only: every connection of the pool is in autocommit
+            mode (``begin()`` then starts no transaction). Cheaper than switching a
+            transactional engine's connections with ``execution_options``, which
+            sets and resets the mode on every checkout (~70 us per store call).
 
     Raises:
         ConfigError: the URL is malformed, or its driver is not installed.
@@ -101,16 +107,17 @@ def make_engine(url: str | URL, *, pool_size: int = PG_POOL_SIZE) -> Engine:
     try:
         if parsed.get_backend_name() == "sqlite":
             return _sqlite_engine(parsed)
-        return _postgres_engine(parsed, pool_size)
+        return _postgres_engine(parsed, pool_size, autocommit)
     except (sa_exc.ArgumentError, sa_exc.NoSuchModuleError, ImportError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"cannot use database {safe_url(parsed)}: {reason}") from None
 
 
-def _postgres_engine(url: URL, pool_size: int) -> Engine:
+def _postgres_engine(url: URL, pool_size: int, autocommit: bool) -> Engine:
     engine = create_engine(
         url,
         json_serializer=dumps,
+        **({"isolation_level": "AUTOCOMMIT"} if autocommit else {}),
         pool_size=pool_size,
         max_overflow=PG_MAX_OVERFLOW,
         connect_args={

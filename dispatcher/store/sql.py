@@ -96,6 +96,10 @@ READ_RETRIES: Final = 2
 #: Seconds before the first retry; doubled for each further attempt.
 RETRY_DELAY: Final = 0.05
 
+#: PostgreSQL connections kept for transactions (migrations, batch writes): few run
+#: at once, and every other statement uses the autocommit pool.
+PG_TRANSACTION_POOL_SIZE: Final = 2
+
 _PD_STATE_KEY: Final = "pd_state"
 _SYSTEM_BOOT_KEY: Final = "system_boot"
 _INITIALIZED_KEY: Final = "initialized"
@@ -214,15 +218,15 @@ class SqlStore:
 
     def __init__(self, url: str, *, create: bool = False, pool_size: int = PG_POOL_SIZE) -> None:
         self._url = parse_url(url)
-        self._engine = make_engine(self._url, pool_size=pool_size)
         # Every store operation is a short sequence of single statements, each atomic
         # on its own, so they run in autocommit mode: no BEGIN/COMMIT round trips.
-        # (SQLite's engine already leaves transactions off unless asked for one.)
-        self._auto: Engine = (
-            self._engine.execution_options(isolation_level="AUTOCOMMIT")
-            if self._engine.dialect.name == "postgresql"
-            else self._engine
-        )
+        # On PostgreSQL that is a pool of its own (_auto); _engine, for the few
+        # transactions (migrations, batches), opens its connections only when used.
+        # SQLite's engine already leaves transactions off unless asked for one.
+        self._engine = make_engine(self._url, pool_size=PG_TRANSACTION_POOL_SIZE)
+        self._auto: Engine = self._engine
+        if self._engine.dialect.name == "postgresql":
+            self._auto = make_engine(self._url, pool_size=pool_size, autocommit=True)
         upsert = postgresql.insert if self._engine.dialect.name == "postgresql" else sqlite.insert
         self._set_state = (
             upsert(pd_state)
@@ -241,7 +245,7 @@ class SqlStore:
             else:
                 self._check_schema()
         except BaseException:
-            self._engine.dispose()
+            self.close()
             raise
 
     def __repr__(self) -> str:
@@ -266,6 +270,7 @@ class SqlStore:
 
     def close(self) -> None:
         """Close every pooled connection; the store must not be used afterwards."""
+        self._auto.dispose()
         self._engine.dispose()
 
     # -- plumbing --------------------------------------------------------------------
