@@ -6,7 +6,8 @@ published straight onto a service queue with kombu (bad JSON, another content
 type, binary garbage, a body that is not an object, no ``op``, missing headers, a
 huge or deeply nested body), then:
 
-* a ``BadRequestError`` reply arrives wherever the message carried a ``reply-to``;
+* a ``BadRequestError`` reply (``UnknownOperationError`` for an unknown ``op``)
+  arrives wherever the message carried a ``reply-to``;
 * the message is acknowledged: the queue drains and stays empty (no redelivery
   loop), and the service still consumes it;
 * nothing is stored, and a normal call still works afterwards.
@@ -42,6 +43,7 @@ AGENT = "rawagent"
 #: Size of the huge bodies: large, but within RabbitMQ's default message size limit.
 HUGE = 8 * 1024 * 1024
 BAD_REQUEST = "dashi.exceptions.BadRequestError"
+UNKNOWN_OPERATION = "dashi.exceptions.UnknownOperationError"
 JSON = "application/json"
 
 
@@ -56,6 +58,8 @@ class Raw:
     headers: dict[str, Any] = field(default_factory=dict)
     #: AMQP-level headers kombu treats specially (``compression``).
     compression: str | None = None
+    #: The error type of the reply.
+    expected: str = BAD_REQUEST
 
 
 def _json(value: Any) -> bytes:
@@ -83,7 +87,7 @@ COMMON = [
     Raw("no op", _json({"args": {}})),
     Raw("op not a string", _json({"op": 5, "args": {}})),
     Raw("args not an object", _json({"op": "dump", "args": [1, 2]})),
-    Raw("an unknown op", _json({"op": "no_such_op", "args": {}})),
+    Raw("an unknown op", _json({"op": "no_such_op", "args": {}}), expected=UNKNOWN_OPERATION),
     Raw("deeply nested JSON", _DEEP),
 ]
 
@@ -293,7 +297,7 @@ def test_the_dispatcher_refuses_a_raw_message_and_keeps_serving(
     if reply:
         answer = daemons.publisher.reply()
         assert answer["result"] is None
-        assert answer["error"]["exc_type"] == BAD_REQUEST, answer
+        assert answer["error"]["exc_type"] == raw.expected, answer
     else:
         daemons.publisher.no_reply()
     # And the message was acknowledged, nothing was stored, and a normal call works
@@ -315,7 +319,7 @@ def test_the_agent_refuses_a_raw_message_and_keeps_serving(
     if reply:
         answer = daemons.publisher.reply()
         assert answer["result"] is None
-        assert answer["error"]["exc_type"] == BAD_REQUEST, answer
+        assert answer["error"]["exc_type"] == raw.expected, answer
     else:
         daemons.publisher.no_reply()
     # And the message was acknowledged, the agent is up and holds the same processes
