@@ -181,3 +181,22 @@ def test_the_key_is_in_no_repr_and_no_configuration_error() -> None:
         load_settings(overrides={"security.hmac_key": "short-secret"})
     assert "short-secret" not in str(info.value)
     assert "at least 16 characters" in str(info.value)
+
+
+def test_the_agent_template_carries_the_key_to_agents_but_not_into_its_repr() -> None:
+    from dispatcher.provisioner.agents import AgentTemplate
+
+    settings = load_settings(
+        overrides={"security.hmac_key": KEY, "server.amqp.uri": "amqp://u:pw-123@h/v"}
+    )
+    template = AgentTemplate.from_settings(settings)
+    assert KEY not in repr(template) and "pw-123" not in repr(template)
+    config = template.config(
+        state_dir="/s", supd_directory="/d", node_id="n1", slots=2, heartbeat=5.0
+    )
+    assert config["security"] == {"hmac_key": KEY, "signature_max_age": 300.0}
+    # Without a key, agents get no security section (legacy behaviour)
+    bare = AgentTemplate.from_settings(load_settings()).config(
+        state_dir="/s", supd_directory="/d", node_id="n1", slots=2, heartbeat=5.0
+    )
+    assert "security" not in bare
