@@ -55,7 +55,7 @@ from dispatcher.states import ProcessState
 from dispatcher.store.base import Store
 from dispatcher.transitions import WRITE_CONFLICT_RETRIES, ProcessTransitions
 
-__all__ = ["RPC_OPERATIONS", "ProcessDispatcherCore"]
+__all__ = ["LISTING_OPERATIONS", "RPC_OPERATIONS", "ProcessDispatcherCore"]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,9 @@ RPC_OPERATIONS: Final = (
     "set_system_boot",
     "dump",
 )
+
+#: Operations whose reply holds one record per stored process (100,000 and more).
+LISTING_OPERATIONS: Final = frozenset({"describe_processes", "dump"})
 
 _TERMINAL: Final = frozenset(ProcessState.TERMINAL_STATES)
 

@@ -24,8 +24,8 @@ import logging
 import threading
 from typing import Any
 
+from dispatcher.core import LISTING_OPERATIONS, ProcessDispatcherCore
 from dispatcher.core import RPC_OPERATIONS as CORE_OPERATIONS
-from dispatcher.core import ProcessDispatcherCore
 from dispatcher.doctor import Doctor
 from dispatcher.engines import EngineRegistry
 from dispatcher.errors import ConfigError
@@ -134,7 +134,8 @@ class DispatcherService:
         self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
         for op in CORE_OPERATIONS:
-            self.rpc.handle(op, getattr(core, op), validate=False)
+            large = op in LISTING_OPERATIONS
+            self.rpc.handle(op, getattr(core, op), validate=False, large_reply=large)
         heartbeat_guard = None
         if verifier is not None:
             heartbeat_guard = CommandGuard(

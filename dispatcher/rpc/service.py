@@ -28,12 +28,14 @@ while idle.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import inspect
 import logging
 import threading
 import time
 import traceback
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,6 +98,7 @@ class RpcService:
         self.name = name
         self.workers = workers
         self._handlers: dict[str, _Registration] = {}
+        self._large_replies: set[str] = set()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._ready = threading.Semaphore(0)
@@ -110,6 +113,7 @@ class RpcService:
         sender_kwarg: str | None = None,
         validate: bool = True,
         guard: Guard | None = None,
+        large_reply: bool = False,
     ) -> None:
         """Register ``func`` for operation ``op``.
 
@@ -123,6 +127,11 @@ class RpcService:
             guard: called with ``(op, args, headers)`` (``args`` exactly as they
                 arrived) before anything else; it refuses the request by raising a
                 :class:`~dispatcher.errors.RequestError`, and must not change state.
+            large_reply: ``func`` may return a large tree of new objects without
+                reference cycles (a listing of 100,000 records): the cyclic garbage
+                collector is paused from the call until the reply is published and
+                freed, so it never scans those objects (which would cost more than
+                building them).
         """
         signature = inspect.signature(func)
         wrapped = func
@@ -131,6 +140,10 @@ class RpcService:
         ):
             wrapped = validate_call(config=ConfigDict(arbitrary_types_allowed=True))(func)
         self._handlers[op] = _Registration(wrapped, signature, sender_kwarg, guard)
+        if large_reply:
+            self._large_replies.add(op)
+        else:
+            self._large_replies.discard(op)
 
     @property
     def operations(self) -> list[str]:
@@ -308,8 +321,23 @@ class RpcService:
                 error=error_payload(BadRequestError(f"Invalid request: {exc}"), None)
             )
             log.info("service %s: undecodable message (%s)", self.name, exc)
+            self._reply(message, producer, headers, reply)
+            return
+        op = body.get("op") if isinstance(body, dict) else None
+        if op in self._large_replies:
+            with _collector_paused():
+                self._reply(message, producer, headers, self.dispatch(body, headers))
         else:
-            reply = self.dispatch(body, headers)
+            self._reply(message, producer, headers, self.dispatch(body, headers))
+
+    def _reply(
+        self,
+        message: Message,
+        producer: kombu.Producer,
+        headers: Mapping[str, Any],
+        reply: dict[str, Any],
+    ) -> None:
+        """Publish ``reply`` if the request asked for one, then acknowledge the request."""
         reply_to = headers.get(HEADER_REPLY_TO)
         if isinstance(reply_to, str) and reply_to:
             properties: dict[str, Any] = {}
@@ -323,7 +351,6 @@ class RpcService:
                 log.error("service %s: reply could not be serialized: %s", self.name, exc)
                 encoded = codec.encode(reply_body(error=error_payload(exc, None)))
                 reply_headers = {}
-            del reply  # a large reply: free its objects before the bytes go out
             producer.publish(
                 encoded,
                 routing_key=reply_to,
@@ -334,6 +361,29 @@ class RpcService:
                 **properties,
             )
         message.ack()
+
+
+_pause_lock = threading.Lock()
+_pauses = 0  # the collector is process-wide: so is the count of threads pausing it
+_resume = False
+
+
+@contextlib.contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector; it resumes when the last pausing thread is done."""
+    global _pauses, _resume
+    with _pause_lock:
+        if _pauses == 0:
+            _resume = gc.isenabled()
+            gc.disable()
+        _pauses += 1
+    try:
+        yield
+    finally:
+        with _pause_lock:
+            _pauses -= 1
+            if _pauses == 0 and _resume:
+                gc.enable()
 
 
 def _describe_validation(exc: ValidationError) -> str:
