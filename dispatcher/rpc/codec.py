@@ -12,19 +12,21 @@ so the bytes on the wire mean the same as before. One deviation: a non-finite
 float (NaN, infinity) is sent as ``null``; kombu sent the non-standard ``NaN``
 literal, which strict JSON decoders reject.
 
-Decoding uses the standard library's parser without kombu's per-object hook
-(kombu's tagged ``__type__`` values are never part of this protocol), which keeps
-integers of any size exact; bodies in any other content type go through kombu.
+Decoding uses :func:`dispatcher.fastjson.loads` (orjson where it gives exactly
+what the standard library gives, the standard library otherwise) without kombu's
+per-object hook (kombu's tagged ``__type__`` values are never part of this
+protocol); bodies in any other content type go through kombu.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any, Final
 
 import orjson
 from kombu.message import Message
 from kombu.utils import json as kombu_json
+
+from dispatcher import fastjson
 
 __all__ = ["CONTENT_ENCODING", "CONTENT_TYPE", "decode", "encode"]
 
@@ -60,5 +62,5 @@ def decode(message: Message) -> Any:
         kombu.exceptions.ContentDisallowed: a content type kombu refuses.
     """
     if message.content_type == CONTENT_TYPE and message.content_encoding in _UTF8:
-        return json.loads(message.body)
+        return fastjson.loads(message.body)
     return message.decode()
