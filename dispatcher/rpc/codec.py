@@ -51,7 +51,8 @@ def encode(body: Any) -> bytes:
         return orjson.dumps(body, option=_OPTIONS)
     except TypeError:
         # Big integers, dataclasses, dates...: kombu's encoder, as before.
-        return kombu_json.dumps(body).encode(CONTENT_ENCODING)
+        text: str = kombu_json.dumps(body)
+        return text.encode(CONTENT_ENCODING)
 
 
 def decode(message: Message) -> Any:
