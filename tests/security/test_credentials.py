@@ -203,9 +203,8 @@ def test_an_agent_shows_neither_secret_and_runs_processes_as_its_default_user(
         state = json.loads((home / "agent1" / "state.json").read_text())
         pid = state["processes"][0]["pid"]
         if os.geteuid() == 0:
-            status = Path(f"/proc/{pid}/status").read_text()
-            uid = next(line for line in status.splitlines() if line.startswith("Uid:"))
-            assert int(uid.split()[1]) == 65534
+            # (supervisord's child switches user between fork and exec: wait for it)
+            wait_for(lambda: _uid(pid) == 65534, timeout=5)
     finally:
         stop(proc)
     output = log.read_text(errors="replace")
@@ -215,6 +214,11 @@ def test_an_agent_shows_neither_secret_and_runs_processes_as_its_default_user(
     for path in (home / "agent1").rglob("*"):
         if path.is_file() and path.suffix in (".log", ".conf", ".out", ".json"):
             creds.assert_absent(path.read_text(errors="replace"), str(path))
+
+
+def _uid(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return int(next(line for line in status.splitlines() if line.startswith("Uid:")).split()[1])
 
 
 def _beat(pd: RpcClient) -> dict[str, Any] | None:
