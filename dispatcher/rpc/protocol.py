@@ -67,7 +67,9 @@ def decode_request(body: Any) -> Request:
         BadRequestError: the body is not ``{"op": str, "args": dict | null}``, or
             some text in it is not valid Unicode (a lone surrogate such as
             ``"\\ud800"``, which JSON escapes can carry but no UTF-8 column, file or
-            message can: RFC 7493 forbids it in I-JSON).
+            message can: RFC 7493 forbids it in I-JSON), or holds a NUL character
+            (``"\\u0000"``: PostgreSQL text cannot store it and no program argument
+            can carry it, so it is refused on every store alike).
     """
     if not isinstance(body, dict):
         raise BadRequestError(f"Invalid request: body must be an object, not {type(body).__name__}")
@@ -79,16 +81,20 @@ def decode_request(body: Any) -> Request:
         raise BadRequestError(f"Invalid request: {where}: {first['msg']}") from None
     where = _invalid_text(request.op, "op") or _invalid_text(request.args, "args")
     if where is not None:
-        raise BadRequestError(f"Invalid request: {where}: text is not valid Unicode")
+        raise BadRequestError(
+            f"Invalid request: {where}: text is not valid Unicode or holds a NUL character"
+        )
     return request
 
 
 def _invalid_text(value: Any, where: str) -> str | None:
-    """Where in ``value`` a string (or key) cannot be encoded as UTF-8, else None."""
+    """Where in ``value`` a string (or key) holds NUL or cannot be encoded as UTF-8."""
     stack = [(value, where)]
     while stack:
         item, path = stack.pop()
         if isinstance(item, str):
+            if "\x00" in item:
+                return path
             if not item.isascii():
                 try:
                     item.encode("utf-8")
