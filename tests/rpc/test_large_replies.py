@@ -4,10 +4,21 @@ from __future__ import annotations
 
 import gc
 import threading
+import time
+from collections.abc import Callable
 
 from dispatcher.rpc.broker import BrokerConfig
 from dispatcher.rpc.client import RpcClient
 from dispatcher.rpc.service import RpcService
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
 
 
 def test_the_collector_is_paused_only_while_a_large_reply_is_built_and_sent(broker: BrokerConfig):
@@ -30,12 +41,13 @@ def test_the_collector_is_paused_only_while_a_large_reply_is_built_and_sent(brok
         with RpcClient(broker, "tester", timeout=10) as client:
             # When each is called
             assert client.call("lister", "listing") == [{"n": i} for i in range(5000)]
+            # (the service resumes the collector once it has freed the reply it sent)
+            assert wait_for(gc.isenabled)
             assert client.call("lister", "ordinary") == 1
     finally:
         service.stop()
     # Then only the listing ran with the collector paused, and it runs again afterwards
     assert seen == {"listing": False, "ordinary": True}
-    assert gc.isenabled()
 
 
 def test_overlapping_large_replies_resume_the_collector_once_all_are_done(broker: BrokerConfig):
@@ -70,4 +82,4 @@ def test_overlapping_large_replies_resume_the_collector_once_all_are_done(broker
     # Then both ran paused, and the collector runs again once both are done
     assert results == [[1], [1]]
     assert states == [False] * 4
-    assert gc.isenabled()
+    assert wait_for(gc.isenabled)
