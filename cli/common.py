@@ -31,6 +31,9 @@ CONFIG_HELP = (
 )
 LOG_LEVEL_HELP = "Logging level when the configuration has no 'logging' section."
 
+#: Seconds between the signal watcher's looks (the delay of a stop signal).
+_SIGNAL_POLL = 0.1
+
 #: Exit status for usage and configuration errors (click's convention).
 EXIT_USAGE = 2
 
@@ -72,17 +75,29 @@ def configure_logging(settings: Settings, level: str) -> None:
 def stop_on_signals(stop: threading.Event) -> Iterator[None]:
     """Set ``stop`` on SIGTERM or SIGINT while the block runs.
 
-    The handler does not set the event itself: a signal handler runs in the main
-    thread, possibly while that thread is inside ``stop.wait()`` holding the event's
-    lock, and setting it there would deadlock. A short-lived thread sets it instead.
+    The handler only records the signal: it runs in the main thread, possibly while
+    that thread holds a lock it would need (``stop.wait()`` holds the event's, a
+    ``Thread.start()`` the interpreter's thread table), so it takes no lock at all.
+    A watcher thread sees the record and sets the event.
     """
+    received: list[int] = []
+    done = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        threading.Thread(target=stop.set, name="signal-stop", daemon=True).start()
+        received.append(signum)  # a list append takes no lock a handler could wait on
+
+    def watch() -> None:
+        while not received and not done.wait(_SIGNAL_POLL):
+            pass
+        if received:
+            stop.set()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    watcher = threading.Thread(target=watch, name="signal-watcher", daemon=True)
+    watcher.start()
     try:
         yield
     finally:
+        done.set()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
