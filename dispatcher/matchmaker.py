@@ -84,6 +84,8 @@ QUEUED_STATES: Final = (
 DEFAULT_POLL_INTERVAL: Final = 1.0
 #: Seconds before retrying after an unexpected error (e.g. the database is down).
 DEFAULT_ERROR_RETRY: Final = 2.0
+#: Up to this many fresh entries, a pass reads their processes one by one.
+_FEW_ENTRIES: Final = 32
 #: Store event kinds that wake the matchmaker.
 _WAKING_KINDS: Final = frozenset({"queue", "resource", "engine", "state", "node"})
 
@@ -223,7 +225,7 @@ class Matchmaker:
                 self._throttle_expiry = None
             fresh = [key for key in entries if key not in self._stale]
             generation = self._stale_generation
-        processes = {p.upid: p for p in self.store.list_processes(QUEUED_STATES)}
+        processes = self._waiting_processes(fresh)
         resources = self.store.list_resources()
         nodes = {node.node_id: node for node in self.store.list_nodes()}
         decided = plan(
@@ -281,6 +283,22 @@ class Matchmaker:
                 len(result.backed_out),
             )
         return result
+
+    def _waiting_processes(self, entries: list[Key]) -> dict[str, Process]:
+        """The records of the processes of ``entries`` that wait in the queue.
+
+        A few entries (the usual pass, after one new request) are read one by one;
+        many (a first pass, a burst) in one listing of the queued states.
+        """
+        upids = {upid for upid, _ in entries}
+        if len(upids) > _FEW_ENTRIES:
+            return {p.upid: p for p in self.store.list_processes(QUEUED_STATES)}
+        found = {}
+        for upid in upids:
+            process = self.store.get_process(upid)
+            if process is not None and process.state in QUEUED_STATES:
+                found[upid] = process
+        return found
 
     def _write_assignments(
         self,
@@ -490,30 +508,30 @@ class Matchmaker:
                 deadline = min(deadline, due)
         return deadline
 
-    def run_once(self) -> PassResult | None:
+    def run_once(self, look: bool = True) -> PassResult | None:
         """One loop step: a pass if anything changed, then the launch retries due.
 
-        Changes this instance made are known from store events; changes made by
-        other instances are found by comparing :meth:`_snapshot` with the last one.
+        Changes this instance made are known from store events. Changes made by
+        other instances are found by a look: the queue and the resources compared
+        with what the last pass left (:meth:`_snapshot`).
+
+        Args:
+            look: take that look now (the loop does so once per ``poll_interval``).
         """
         result = None
-        snapshot = self._snapshot()
-        if snapshot != self._fingerprint:
-            if self._fingerprint is not None and snapshot[1] != self._fingerprint[1]:
-                with self._lock:
-                    self._clear_stale()  # another instance changed a resource
-            self._dirty = True
+        if look:
+            snapshot = self._snapshot()
+            if snapshot != self._fingerprint:
+                if self._fingerprint is not None and snapshot[1] != self._fingerprint[1]:
+                    with self._lock:
+                        self._clear_stale()  # another instance changed a resource
+                self._dirty = True
+            self._fingerprint = snapshot
         expired = self._throttle_expiry is not None and self._throttle_expiry <= self.clock()
         if self._dirty or expired:
             result = self.matchmake()
-            snapshot = self._snapshot() if result.complete else None
-            if snapshot is not None and snapshot != self._expected:
-                # another instance wrote during the pass: look at its changes too
-                if snapshot[1] != self._expected[1]:
-                    with self._lock:
-                        self._clear_stale()
-                self._dirty = True
-        self._fingerprint = snapshot
+            # what the pass left, if nobody else wrote: the next look tells
+            self._fingerprint = self._expected if result.complete else None
         self.retry_launches()
         return result
 
@@ -524,10 +542,14 @@ class Matchmaker:
         the loop.
         """
         self.initialize()
+        last_look = -float("inf")
         while not stop_event.is_set():
             self._wake.clear()
             try:
-                self.run_once()
+                look = time.monotonic() - last_look >= self.poll_interval
+                if look:
+                    last_look = time.monotonic()
+                self.run_once(look)
                 delay = max(0.0, self.next_deadline() - self.clock())
                 if self._dirty:
                     delay = 0.0
