@@ -6,6 +6,7 @@ import contextlib
 import logging
 import logging.config
 import os
+import select
 import signal
 import threading
 from collections.abc import Iterator, Mapping, Sequence
@@ -31,7 +32,7 @@ CONFIG_HELP = (
 )
 LOG_LEVEL_HELP = "Logging level when the configuration has no 'logging' section."
 
-#: Seconds between the signal watcher's looks (the delay of a stop signal).
+#: Seconds between the signal watcher's looks at whether the block has ended.
 _SIGNAL_POLL = 0.1
 
 #: Exit status for usage and configuration errors (click's convention).
@@ -75,29 +76,45 @@ def configure_logging(settings: Settings, level: str) -> None:
 def stop_on_signals(stop: threading.Event) -> Iterator[None]:
     """Set ``stop`` on SIGTERM or SIGINT while the block runs.
 
-    The handler only records the signal: it runs in the main thread, possibly while
-    that thread holds a lock it would need (``stop.wait()`` holds the event's, a
-    ``Thread.start()`` the interpreter's thread table), so it takes no lock at all.
-    A watcher thread sees the record and sets the event.
+    The signal is taken from the interpreter's wakeup file descriptor by a watcher
+    thread, not by a Python-level handler: such a handler runs only when the main
+    thread executes bytecode, which a main thread blocked in ``stop.wait()`` does
+    not when the kernel delivers the signal to another thread; and it may run
+    while the main thread holds the event's lock, so it could not set the event.
+    The C-level handler writes the signal number to the descriptor at once,
+    whichever thread receives it.
     """
-    received: list[int] = []
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(read_fd, False)
+    os.set_blocking(write_fd, False)
     done = threading.Event()
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        received.append(signum)  # a list append takes no lock a handler could wait on
+    def ignore(signum: int, frame: FrameType | None) -> None:
+        """Keep the default action (exit) from happening; the watcher acts."""
 
     def watch() -> None:
-        while not received and not done.wait(_SIGNAL_POLL):
-            pass
-        if received:
-            stop.set()
+        while not done.is_set():
+            ready, _, _ = select.select([read_fd], [], [], _SIGNAL_POLL)
+            if not ready:
+                continue
+            try:
+                received = os.read(read_fd, 64)
+            except BlockingIOError:
+                continue
+            if any(sig in received for sig in (signal.SIGTERM, signal.SIGINT)):
+                stop.set()
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.signal(sig, ignore) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous_fd = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
     watcher = threading.Thread(target=watch, name="signal-watcher", daemon=True)
     watcher.start()
     try:
         yield
     finally:
         done.set()
+        watcher.join(1.0)
+        signal.set_wakeup_fd(previous_fd)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        os.close(read_fd)
+        os.close(write_fd)
