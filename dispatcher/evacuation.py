@@ -32,6 +32,7 @@ from dispatcher.errors import NotFoundError, WriteConflictError
 from dispatcher.model import Node, Process, Resource
 from dispatcher.states import ExecutionResourceState, ProcessState
 from dispatcher.store.base import Store
+from dispatcher.store.modify import modify
 from dispatcher.transitions import ProcessTransitions, process_should_restart
 
 __all__ = ["Evacuation", "release_node_exclusive"]
@@ -53,24 +54,18 @@ def release_node_exclusive(store: Store, node_id: str, tags: Iterable[str]) -> N
     wanted = [str(tag) for tag in tags]
     if not wanted:
         return
-    while True:
-        node = store.get_node(node_id)
-        if node is None:
-            return
+
+    def release(node: Node) -> bool:
         remaining = list(node.node_exclusive)
         for tag in wanted:
             with contextlib.suppress(ValueError):
                 remaining.remove(tag)
         if remaining == node.node_exclusive:
-            return
+            return False
         node.node_exclusive = remaining
-        try:
-            store.update_node(node)
-        except WriteConflictError:
-            continue
-        except NotFoundError:
-            return
-        return
+        return True
+
+    modify(lambda: store.get_node(node_id), store.update_node, release)
 
 
 class Evacuation:
@@ -197,21 +192,17 @@ class Evacuation:
     def _release_slots(self, resource_id: str, keys: list[tuple[str, int]]) -> None:
         if not keys:
             return
-        while True:
-            resource = self.store.get_resource(resource_id)
-            if resource is None or resource.state == ExecutionResourceState.OK:
-                return
+
+        def release(resource: Resource) -> bool:
+            if resource.state == ExecutionResourceState.OK:
+                return False
             remaining = [key for key in resource.assigned if key not in keys]
             if remaining == resource.assigned:
-                return
+                return False
             resource.assigned = remaining
-            try:
-                self.store.update_resource(resource)
-            except WriteConflictError:
-                continue
-            except NotFoundError:
-                return
-            return
+            return True
+
+        modify(lambda: self.store.get_resource(resource_id), self.store.update_resource, release)
 
     def retire_resource(
         self,

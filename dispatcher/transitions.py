@@ -23,9 +23,10 @@ from typing import Any, Final
 
 from dispatcher.errors import NotFoundError, TransportError, WriteConflictError
 from dispatcher.messaging import Messenger
-from dispatcher.model import Process
+from dispatcher.model import Process, Resource
 from dispatcher.states import ProcessState, QueueingMode, RestartMode
 from dispatcher.store.base import Store
+from dispatcher.store.modify import modify
 
 __all__ = [
     "WRITE_CONFLICT_RETRIES",
@@ -283,23 +284,17 @@ class ProcessTransitions:
             old_key: ``(upid, old round)``.
             new_key: ``(upid, new round)``.
         """
-        while True:
-            resource = self.store.get_resource(resource_id)
-            if resource is None:
-                return
+
+        def move(resource: Resource) -> bool:
             assigned = [key for key in resource.assigned if key != old_key]
             if new_key not in assigned:
                 assigned.append(new_key)
             if assigned == resource.assigned:
-                return
+                return False
             resource.assigned = assigned
-            try:
-                self.store.update_resource(resource)
-            except WriteConflictError:
-                continue
-            except NotFoundError:
-                return
-            return
+            return True
+
+        modify(lambda: self.store.get_resource(resource_id), self.store.update_resource, move)
 
     # -- queue ------------------------------------------------------------------------
 

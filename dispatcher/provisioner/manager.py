@@ -65,7 +65,7 @@ from typing import Any, Protocol
 
 from dispatcher.engines import DOMAIN_PREFIX, EngineRegistry
 from dispatcher.errors import NotFoundError, WriteConflictError
-from dispatcher.model import VM
+from dispatcher.model import VM, Node
 from dispatcher.provisioner import lifecycle as lc
 from dispatcher.provisioner.base import NodeRequest, ProvidedNode, VMState, new_node_id
 from dispatcher.provisioner.errors import (
@@ -78,6 +78,7 @@ from dispatcher.provisioner.sites import Site, build_sites
 from dispatcher.settings import DEFAULT_SITE, EngineSettings, ProvisionerSettings, Settings
 from dispatcher.states import InstanceState
 from dispatcher.store.base import Store
+from dispatcher.store.modify import modify
 
 __all__ = ["NodeEvents", "Provisioner"]
 
@@ -598,18 +599,14 @@ class Provisioner:
         return False
 
     def _merge_node_properties(self, node_id: str, properties: dict[str, Any]) -> None:
-        while properties:
-            node = self.store.get_node(node_id)
-            if node is None:
-                return
-            node.properties = {**node.properties, **properties}
-            try:
-                self.store.update_node(node)
-            except WriteConflictError:
-                continue
-            except NotFoundError:
-                return
+        if not properties:
             return
+
+        def merge(node: Node) -> bool:
+            node.properties = {**node.properties, **properties}
+            return True
+
+        modify(lambda: self.store.get_node(node_id), self.store.update_node, merge)
 
     def _engine(self, engine_id: str) -> EngineSettings | None:
         engine = self.engines.get(engine_id)
