@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from dispatcher.core import LISTING_OPERATIONS, ProcessDispatcherCore
@@ -33,7 +34,8 @@ from dispatcher.heartbeats import RPC_OPERATIONS as HEALTH_OPERATIONS
 from dispatcher.heartbeats import HeartbeatHandler
 from dispatcher.leadership import LeaderElector, lock_for_database
 from dispatcher.matchmaker import Matchmaker
-from dispatcher.needs import NeedRegistrar
+from dispatcher.messaging import Messenger
+from dispatcher.needs import NeedRegistrar, NeedSink
 from dispatcher.provisioner.manager import Provisioner
 from dispatcher.rpc.broker import BrokerConfig
 from dispatcher.rpc.client import RpcClient
@@ -155,9 +157,22 @@ class DispatcherService:
                 )
 
     @classmethod
-    def build(cls, settings: Settings) -> DispatcherService:
+    def build(
+        cls,
+        settings: Settings,
+        *,
+        need_sink: NeedSink | None = None,
+        launch_messenger: Callable[[Messenger], Messenger] | None = None,
+    ) -> DispatcherService:
         """The default object graph: SQL store (migrated), AMQP messenger and service,
-        the health handler, and the leader's matchmaker and doctor."""
+        the health handler, and the leader's matchmaker, doctor and provisioner.
+
+        Args:
+            settings: the dispatcher's settings.
+            need_sink: receives the engines' needs instead of the provisioner (tests).
+            launch_messenger: wraps the messenger the matchmaker launches through
+                (tests that lose or fail launches).
+        """
         from dispatcher.store.engine import PG_POOL_SIZE
         from dispatcher.store.sql import SqlStore
 
@@ -177,14 +192,15 @@ class DispatcherService:
             core = ProcessDispatcherCore(store, messenger)
             heartbeats = HeartbeatHandler(store, messenger, engines, caller=client)
             provisioner = _provisioner(settings, store, engines, heartbeats)
+            sink = need_sink if need_sink is not None else provisioner
             matchmaker = Matchmaker(
                 store,
-                messenger,
+                launch_messenger(messenger) if launch_messenger is not None else messenger,
                 engines,
                 run_type=pd.launch_type,
                 restart_throttling_config=pd.restart_throttling_config,
                 dispatch_retry_seconds=pd.dispatch_retry_seconds,
-                registrar=None if provisioner is None else NeedRegistrar(store, provisioner),
+                registrar=None if sink is None else NeedRegistrar(store, sink),
             )
             doctor = Doctor(
                 store, messenger, engines, heartbeats, monitor=pd.monitor_resource_heartbeats

@@ -27,21 +27,12 @@ from typing import Any
 import pytest
 
 from dispatcher.client import ProcessDispatcherClient
-from dispatcher.core import ProcessDispatcherCore
-from dispatcher.doctor import Doctor
 from dispatcher.errors import TransportError
-from dispatcher.heartbeats import HeartbeatHandler
-from dispatcher.leadership import LeaderElector, lock_for_database
-from dispatcher.matchmaker import Matchmaker
 from dispatcher.messaging import Messenger
-from dispatcher.needs import NeedRegistrar, RecordingNeedSink
+from dispatcher.needs import RecordingNeedSink
 from dispatcher.rpc.broker import BrokerConfig
-from dispatcher.rpc.client import RpcClient
-from dispatcher.rpc.messenger import RpcMessenger
-from dispatcher.rpc.service import RpcService
-from dispatcher.service import DispatcherService, engine_registry
+from dispatcher.service import DispatcherService
 from dispatcher.settings import Settings, load_settings
-from dispatcher.store.sql import SqlStore
 from tests.support.fake_eeagent import FakeEEAgent
 
 #: Engine heartbeat settings: monitoring on, slack enough for a loaded machine.
@@ -138,45 +129,14 @@ def build_service(
     sink: RecordingNeedSink | None = None,
     launches: Callable[[Messenger], Messenger] | None = None,
 ) -> DispatcherService:
-    """``DispatcherService.build``'s graph, with a need sink and a launch messenger.
+    """``DispatcherService.build`` with a need sink and a launch messenger.
 
     Args:
         settings: the dispatcher's settings.
         sink: receives the matchmaker's needs (through a ``NeedRegistrar``).
         launches: wraps the messenger the matchmaker launches through.
     """
-    engines = engine_registry(settings)
-    pd = settings.processdispatcher
-    broker = BrokerConfig.from_settings(settings)
-    store = SqlStore(settings.database_url, create=True)
-    engines.merge_stored(store.list_engines())
-    client = RpcClient(broker, pd.service_name)
-    messenger = RpcMessenger(client)
-    heartbeats = HeartbeatHandler(store, messenger, engines, caller=client)
-    matchmaker = Matchmaker(
-        store,
-        launches(messenger) if launches is not None else messenger,
-        engines,
-        run_type=pd.launch_type,
-        restart_throttling_config=pd.restart_throttling_config,
-        dispatch_retry_seconds=pd.dispatch_retry_seconds,
-        registrar=NeedRegistrar(store, sink) if sink is not None else None,
-    )
-    service = DispatcherService(
-        settings,
-        store=store,
-        core=ProcessDispatcherCore(store, messenger),
-        heartbeats=heartbeats,
-        rpc=RpcService(broker, pd.service_name, workers=pd.rpc_workers),
-        matchmaker=matchmaker,
-        doctor=Doctor(
-            store, messenger, engines, heartbeats, monitor=pd.monitor_resource_heartbeats
-        ),
-        messenger_client=client,
-    )
-    lock = lock_for_database(settings.database_url, f"{broker.sysname or ''}.{pd.service_name}")
-    service.elector = LeaderElector(lock, service._on_elected)
-    return service
+    return DispatcherService.build(settings, need_sink=sink, launch_messenger=launches)
 
 
 class Harness:
