@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -275,7 +275,7 @@ class NeedRegistrar:
     def report(
         self,
         needs: Mapping[str, EngineNeed],
-        resources: Mapping[str, Resource],
+        resources: MutableMapping[str, Resource],
         nodes: Mapping[str, Node],
     ) -> None:
         """Tell the sink about every engine whose need changed.
@@ -304,9 +304,7 @@ class NeedRegistrar:
                 # keeps running (module docstring), not with a need nobody remembers.
                 if provisioned is None:
                     provisioned = self._running_vms()
-                running = {
-                    n for n in provisioned.get(engine_id, ()) if not _retiring(n, resources)
-                }
+                running = {n for n in provisioned.get(engine_id, ()) if not _retiring(n, resources)}
                 candidates = [n for n in candidates if n in running]
                 excess = len(running) - need.need
             elif need.need < previous:
