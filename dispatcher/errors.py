@@ -4,6 +4,7 @@ Every error the project raises derives from :class:`DispatcherError`::
 
     DispatcherError
      ├── ConfigError                 bad configuration file, key or value (fatal at start-up)
+     │    └── DatabaseOwnerError     the database belongs to another dispatcher system
      ├── RequestError                an error a remote caller is told about by type
      │    ├── BadRequestError        arguments missing, unexpected, ill-typed or invalid
      │    ├── NotFoundError          the named definition, process, node or engine is unknown
@@ -24,6 +25,7 @@ from __future__ import annotations
 __all__ = [
     "BadRequestError",
     "ConfigError",
+    "DatabaseOwnerError",
     "DispatcherError",
     "NotFoundError",
     "RemoteError",
@@ -45,6 +47,11 @@ class ConfigError(DispatcherError):
 
     The message is one line that names the offending key.
     """
+
+
+class DatabaseOwnerError(ConfigError):
+    """The database belongs to another dispatcher system (``dashi.sysname`` and
+    ``processdispatcher.service_name``); the message names both."""
 
 
 class RequestError(DispatcherError):

@@ -1,13 +1,24 @@
 """Leadership: only one dispatcher instance runs the singletons (decision 8).
 
 The matchmaker, the doctor and the provisioner run in every instance but act only
-while that instance leads. Leadership is a lock on the shared database:
+while that instance leads. Leadership is one lock per database, whatever the
+instances' names:
 
 * PostgreSQL: a session-level advisory lock (``pg_try_advisory_lock``) held on a
-  dedicated connection. It is released when the holder stops, crashes or loses its
-  connection, so another instance takes over within one ``poll_interval``.
-* SQLite: an exclusive ``fcntl`` lock on ``<database>.leader`` (instances on one
-  machine sharing one file); an in-memory database always leads.
+  dedicated connection; its key is derived from the connection's current schema
+  (advisory locks are per database already). It is released when the holder
+  stops, crashes or loses its connection, so another instance takes over within
+  one ``poll_interval``.
+* SQLite: an exclusive ``fcntl`` lock on ``<database>.leader`` (the database's
+  resolved path: instances on one machine sharing one file); an in-memory
+  database always leads.
+
+A database belongs to one dispatcher system: the instances that share it must
+share ``dashi.sysname`` and ``processdispatcher.service_name`` (their agents and
+their launches are addressed by those). :func:`claim_database` records the
+first system to start on a database and refuses any other one with
+:class:`~dispatcher.errors.DatabaseOwnerError`. To move a database to another
+system, stop its dispatchers and delete the ``owner`` row of ``pd_state``.
 
 :class:`LeaderElector` runs a thread that keeps trying to acquire the lock and, as
 long as it holds it, checks every ``poll_interval`` that it still does. It calls
@@ -20,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import hashlib
+import json
 import logging
 import os
 import threading
@@ -31,14 +43,18 @@ import sqlalchemy
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
+from dispatcher.errors import DatabaseOwnerError
 from dispatcher.rpc.broker import mask_uri
+from dispatcher.store.base import Store
 
-__all__ = ["LeaderElector", "LeaderLock", "lock_for_database"]
+__all__ = ["LeaderElector", "LeaderLock", "claim_database", "lock_for_database"]
 
 log = logging.getLogger(__name__)
 
 #: Seconds between acquisition attempts and between checks that the lock is held.
 DEFAULT_POLL_INTERVAL = 1.0
+#: What the PostgreSQL advisory lock's key is derived from (with the schema).
+LOCK_NAME = "leader"
 
 
 class LeaderLock(Protocol):
@@ -97,10 +113,11 @@ class FileLock:
 class AdvisoryLock:
     """A PostgreSQL session advisory lock held on a dedicated connection."""
 
-    def __init__(self, url: str, name: str) -> None:
+    def __init__(self, url: str, name: str = LOCK_NAME) -> None:
         self.engine = sqlalchemy.create_engine(url, poolclass=NullPool)
-        digest = hashlib.sha256(f"process-dispatcher:{name}".encode()).digest()
-        self.key = int.from_bytes(digest[:8], "big", signed=True)
+        self.name = name
+        #: The lock's key, known once connected (it depends on the current schema).
+        self.key: int | None = None
         self._connection: sqlalchemy.Connection | None = None
         self._url = mask_uri(url)
 
@@ -109,6 +126,10 @@ class AdvisoryLock:
             return self.still_held()
         try:
             connection = self.engine.connect()
+            if self.key is None:
+                schema = connection.execute(sqlalchemy.text("SELECT current_schema()")).scalar()
+                digest = hashlib.sha256(f"process-dispatcher:{self.name}:{schema}".encode())
+                self.key = int.from_bytes(digest.digest()[:8], "big", signed=True)
             acquired = connection.execute(
                 sqlalchemy.text("SELECT pg_try_advisory_lock(:key)"), {"key": self.key}
             ).scalar()
@@ -151,17 +172,55 @@ class AdvisoryLock:
                 connection.close()
 
 
-def lock_for_database(url: str, name: str) -> LeaderLock:
-    """The leadership lock that suits the database ``url`` (see the module docstring)."""
+def lock_for_database(url: str) -> LeaderLock:
+    """The leadership lock of the database ``url``: one per database (module docstring)."""
     parsed = make_url(url)
     if parsed.get_backend_name() == "postgresql":
-        return AdvisoryLock(url, name)
+        return AdvisoryLock(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
         if not database or database == ":memory:":
             return AlwaysLeader()
-        return FileLock(Path(f"{database}.{name}.leader"))
+        return FileLock(Path(f"{Path(database).resolve()}.leader"))
     return AlwaysLeader()
+
+
+def claim_database(store: Store, url: str, sysname: str | None, service_name: str) -> None:
+    """Record this dispatcher system as the owner of its database, or refuse it.
+
+    Args:
+        store: the database's store.
+        url: its URL (for the message; credentials are masked).
+        sysname: this dispatcher's ``dashi.sysname``.
+        service_name: its ``processdispatcher.service_name``.
+
+    Raises:
+        DatabaseOwnerError: another system (other sysname or service name) owns it.
+    """
+    mine = {"sysname": sysname, "service_name": service_name}
+    recorded = store.claim_owner(json.dumps(mine, sort_keys=True))
+    try:
+        owner = json.loads(recorded)
+    except ValueError:
+        owner = None
+    if owner == mine:
+        return
+    raise DatabaseOwnerError(
+        f"database {mask_uri(url)} belongs to the dispatcher system {_system(owner)}, "
+        f"not to this one ({_system(mine)}): use another database, or the same "
+        "dashi.sysname and processdispatcher.service_name"
+    )
+
+
+def _system(owner: object) -> str:
+    """``dashi.sysname 'x', service_name 'y'`` for an owner record."""
+    if not isinstance(owner, dict):
+        return repr(owner)
+    sysname = owner.get("sysname")
+    return (
+        f"dashi.sysname {'(none)' if sysname is None else repr(sysname)}, "
+        f"service_name {owner.get('service_name')!r}"
+    )
 
 
 class LeaderElector:

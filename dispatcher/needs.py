@@ -7,6 +7,15 @@ them into a node count. :class:`NeedRegistrar` remembers what it last told the
 reports the engines whose need changed. On a scale-down it picks the nodes to
 retire, newest unoccupied first (FILO), and disables their agents first so they
 never receive new work.
+
+What was registered lives in memory, so the first report of a leadership term
+(after a restart, or when another instance takes over) cannot compare with it.
+It compares with the stored state instead: the provisioner's ``running`` nodes of
+each engine (its :class:`~dispatcher.model.VM` records) that are not already
+retiring. Those beyond the need are retired as on any scale-down, so a need
+lowered while no leader ran (``base_need`` changed across a restart) still frees
+the idle nodes. Nodes that no VM record covers (``static`` sites) are never
+retired at a term's start.
 """
 
 from __future__ import annotations
@@ -14,13 +23,14 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from dispatcher.engines import EngineRegistry
 from dispatcher.errors import NotFoundError, WriteConflictError
 from dispatcher.model import Node, Resource
+from dispatcher.provisioner.base import VMState
 from dispatcher.settings import EngineSettings
 from dispatcher.states import ExecutionResourceState
 from dispatcher.store.base import Store
@@ -55,8 +65,10 @@ class NeedSink(Protocol):
         Args:
             engine_id: the engine (its legacy EPUM domain is ``pd_domain_<engine>``).
             need: how many nodes the engine should have (legacy ``preserve_n``).
-            retirable_nodes: on a scale-down, the node ids to remove first, newest
-                first. Their agents are already ``DISABLED``. Empty otherwise.
+            retirable_nodes: on a scale-down (or, on the first pass of a term, when
+                more provisioned nodes run than needed), the node ids to remove
+                first, newest first. Their agents are already ``DISABLED``. Empty
+                otherwise.
         """
 
 
@@ -238,7 +250,8 @@ class NeedRegistrar:
     """Reports changed needs to a :class:`NeedSink`, retiring nodes on a scale-down.
 
     The registered needs live in memory: a new leadership term starts empty
-    (:meth:`reset`), so its first report covers every engine.
+    (:meth:`reset`), so its first report covers every engine, and retires the
+    provisioned nodes running beyond the need (module docstring).
 
     Args:
         store: where resources are disabled.
@@ -262,7 +275,7 @@ class NeedRegistrar:
     def report(
         self,
         needs: Mapping[str, EngineNeed],
-        resources: Mapping[str, Resource],
+        resources: MutableMapping[str, Resource],
         nodes: Mapping[str, Node],
     ) -> None:
         """Tell the sink about every engine whose need changed.
@@ -277,16 +290,27 @@ class NeedRegistrar:
                 place for disabled agents).
             nodes: node records by id.
         """
+        provisioned: dict[str, set[str]] | None = None
         for engine_id, need in needs.items():
             previous = self._registered.get(engine_id)
             if previous == need.need:
                 continue
-            retirees: list[str] = []
-            if previous is not None and need.need < previous:
-                # Nodes retired by an earlier scale-down stay listed until they are
-                # gone; picking one again would retire fewer nodes than the need fell.
-                candidates = [n for n in need.unoccupied_nodes if not _retiring(n, resources)]
-                retirees = choose_retirees(candidates, nodes, previous - need.need)
+            # Nodes retired by an earlier scale-down stay listed until they are
+            # gone; picking one again would retire fewer nodes than the need fell.
+            candidates = [n for n in need.unoccupied_nodes if not _retiring(n, resources)]
+            excess = 0
+            if previous is None:
+                # First report of the term: compare with the nodes the provisioner
+                # keeps running (module docstring), not with a need nobody remembers.
+                if provisioned is None:
+                    provisioned = self._running_vms()
+                running = {n for n in provisioned.get(engine_id, ()) if not _retiring(n, resources)}
+                candidates = [n for n in candidates if n in running]
+                excess = len(running) - need.need
+            elif need.need < previous:
+                excess = previous - need.need
+            retirees = choose_retirees(candidates, nodes, excess)
+            if retirees:
                 for resource in list(resources.values()):
                     if resource.node_id in retirees:
                         disabled = self._disable(resource.resource_id)
@@ -304,6 +328,14 @@ class NeedRegistrar:
                 f", retiring {', '.join(retirees)}" if retirees else "",
             )
             self._registered[engine_id] = need.need
+
+    def _running_vms(self) -> dict[str, set[str]]:
+        """Engine → the node ids of its ``running`` VM records."""
+        running: dict[str, set[str]] = {}
+        for vm in self._store.list_vms():
+            if vm.state == VMState.RUNNING:
+                running.setdefault(vm.engine_id, set()).add(vm.node_id)
+        return running
 
     def _disable(self, resource_id: str) -> Resource | None:
         """Set a resource DISABLED (absorbing); the record as written, or None if gone."""

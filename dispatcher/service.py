@@ -32,7 +32,7 @@ from dispatcher.engines import EngineRegistry
 from dispatcher.errors import ConfigError
 from dispatcher.heartbeats import RPC_OPERATIONS as HEALTH_OPERATIONS
 from dispatcher.heartbeats import HeartbeatHandler
-from dispatcher.leadership import LeaderElector, lock_for_database
+from dispatcher.leadership import LeaderElector, claim_database, lock_for_database
 from dispatcher.matchmaker import Matchmaker
 from dispatcher.messaging import Messenger
 from dispatcher.needs import NeedRegistrar, NeedSink
@@ -183,8 +183,9 @@ class DispatcherService:
         pool_size = max(PG_POOL_SIZE, pd.rpc_workers + _STORE_THREADS_BESIDES_RPC)
         store = SqlStore(settings.database_url, create=True, pool_size=pool_size)
         try:
-            engines.merge_stored(store.list_engines())
             service_name = pd.service_name
+            claim_database(store, settings.database_url, broker.sysname, service_name)
+            engines.merge_stored(store.list_engines())
             # Agents refuse commands from any other sender; with security.hmac_key
             # set, every message this client sends is signed.
             client = RpcClient(broker, service_name, signer=MessageSigner.from_settings(settings))
@@ -221,8 +222,9 @@ class DispatcherService:
             messenger_client=client,
             verifier=SignatureVerifier.from_settings(settings),
         )
-        lock = lock_for_database(settings.database_url, f"{broker.sysname or ''}.{service_name}")
-        service.elector = LeaderElector(lock, service._on_elected)
+        service.elector = LeaderElector(
+            lock_for_database(settings.database_url), service._on_elected
+        )
         return service
 
     @property

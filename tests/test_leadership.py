@@ -1,19 +1,29 @@
-"""Leadership: one leader per database, handed over when the leader goes away."""
+"""Leadership: one leader per database, handed over when the leader goes away.
+
+The lock is the database's, not the instance's: instances with other names on one
+database compete for the same lock, and a database belongs to the first
+dispatcher system that starts on it.
+"""
 
 from __future__ import annotations
 
 import threading
 import time
+import uuid
 
 import pytest
 
+from dispatcher.errors import ConfigError, DatabaseOwnerError
 from dispatcher.leadership import (
     AdvisoryLock,
     AlwaysLeader,
     FileLock,
     LeaderElector,
+    claim_database,
     lock_for_database,
 )
+from dispatcher.store.memory import MemoryStore
+from dispatcher.store.sql import SqlStore
 
 
 def wait_for(predicate, timeout=10.0):
@@ -26,11 +36,53 @@ def wait_for(predicate, timeout=10.0):
 
 
 def test_the_lock_suits_the_database(tmp_path):
-    assert isinstance(lock_for_database("sqlite://", "pd"), AlwaysLeader)
-    assert isinstance(lock_for_database(f"sqlite:///{tmp_path}/db.sqlite", "pd"), FileLock)
-    assert isinstance(
-        lock_for_database("postgresql+psycopg://u:p@127.0.0.1:1/db", "pd"), AdvisoryLock
+    assert isinstance(lock_for_database("sqlite://"), AlwaysLeader)
+    assert isinstance(lock_for_database(f"sqlite:///{tmp_path}/db.sqlite"), FileLock)
+    assert isinstance(lock_for_database("postgresql+psycopg://u:p@127.0.0.1:1/db"), AdvisoryLock)
+
+
+def test_a_sqlite_database_has_one_lock_however_it_is_named(tmp_path, monkeypatch):
+    # Given one database file reached by an absolute and by a relative path
+    monkeypatch.chdir(tmp_path)
+    first = lock_for_database(f"sqlite:///{tmp_path}/db.sqlite")
+    second = lock_for_database("sqlite:///db.sqlite")
+    assert isinstance(first, FileLock) and isinstance(second, FileLock)
+    # Then both instances compete for one lock
+    assert first.path == second.path == tmp_path / "db.sqlite.leader"
+    assert first.try_acquire()
+    assert not second.try_acquire()
+    first.release()
+
+
+@pytest.mark.parametrize("backend", ["memory", "sqlite"])
+def test_a_database_belongs_to_the_first_system_that_claims_it(tmp_path, backend):
+    store = (
+        MemoryStore()
+        if backend == "memory"
+        else SqlStore(f"sqlite:///{tmp_path}/pd.db", create=True)
     )
+    url = f"sqlite:///{tmp_path}/pd.db"
+    try:
+        # Given system "alpha" started first on the database
+        claim_database(store, url, "alpha", "process_dispatcher")
+        # Then its other instances (same names) may use it too
+        claim_database(store, url, "alpha", "process_dispatcher")
+        # But a dispatcher with another sysname or service name is refused, in one line
+        for sysname, service in (
+            ("beta", "process_dispatcher"),
+            ("alpha", "other_pd"),
+            (None, "process_dispatcher"),
+        ):
+            with pytest.raises(DatabaseOwnerError) as refused:
+                claim_database(store, url, sysname, service)
+            message = str(refused.value)
+            assert "\n" not in message
+            assert "dashi.sysname 'alpha'" in message
+            assert (f"dashi.sysname {sysname!r}" if sysname else "dashi.sysname (none)") in message
+            assert f"service_name {service!r}" in message
+            assert isinstance(refused.value, ConfigError)
+    finally:
+        store.close()
 
 
 def test_only_one_holder_of_a_sqlite_file_lock_and_it_passes_on_release(tmp_path):
@@ -80,7 +132,7 @@ def test_two_electors_on_one_sqlite_file_hand_over(tmp_path):
 
 @pytest.mark.postgres
 def test_two_electors_on_one_postgres_hand_over(postgres_url):
-    electors, terms = _electors(lambda: AdvisoryLock(postgres_url, "pd"))
+    electors, terms = _electors(lambda: lock_for_database(postgres_url))
     _check_handover(electors, terms)
 
 
@@ -96,3 +148,21 @@ def test_leadership_is_lost_when_postgres_restarts_and_regained_after(postgres, 
         assert wait_for(lambda: len(terms) == 2, timeout=30)
     finally:
         elector.stop()
+
+
+@pytest.mark.postgres
+def test_a_postgres_lock_is_per_database(postgres, postgres_url):
+    # Given two locks on one database, and one on another database of the server
+    other = f"pdtest_{uuid.uuid4().hex[:12]}"
+    postgres.create_database(other)
+    first, second = lock_for_database(postgres_url), lock_for_database(postgres_url)
+    elsewhere = lock_for_database(postgres.url(other))
+    try:
+        # Then only one of the first two holds it, and the other database has its own
+        assert first.try_acquire()
+        assert not second.try_acquire()
+        assert elsewhere.try_acquire()
+    finally:
+        for lock in (first, second, elsewhere):
+            lock.release()
+        postgres.drop_database(other)

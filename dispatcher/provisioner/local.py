@@ -14,7 +14,12 @@ Layout, under ``directory`` (default ``<state_dir>/nodes``)::
 
 Each agent runs ``<agent_command> --config <agent>.yml --name <agent>`` in a
 process group of its own, so it outlives a dispatcher restart and is stopped as a
-whole. Destroying a node sends SIGTERM to every agent (a clean agent shutdown
+whole. Its pid is in ``node.json`` before it runs: the driver first starts a
+small gate (this interpreter, ``-I -S``) that waits on a pipe, records the gate's
+pid (which the agent keeps), then tells the gate to ``exec`` the agent. A
+dispatcher killed between the start and the record closes the pipe by dying,
+and the gate exits without starting the agent; so every agent that runs is
+listed, and a restarted dispatcher adopts it or stops it. Destroying a node sends SIGTERM to every agent (a clean agent shutdown
 stops its processes and supervisord), SIGKILL to the groups still alive after
 ``stop_timeout`` seconds, and shuts down any supervisord left behind.
 
@@ -61,6 +66,18 @@ METADATA = "node.json"
 _STOP_POLL = 0.05
 #: Seconds an agent gets to show that it started (it must not exit at once).
 _START_CHECK = 0.2
+#: What the gate in front of every agent runs (see the module docstring): one
+#: byte on stdin lets it become the agent; end of file (the dispatcher is gone
+#: before recording its pid) ends it. The agent's stdin is /dev/null.
+_GATE = (
+    "import os, sys\n"
+    "if os.read(0, 1) != b'+':\n"
+    "    sys.exit(0)\n"
+    "null = os.open(os.devnull, os.O_RDONLY)\n"
+    "os.dup2(null, 0)\n"
+    "os.close(null)\n"
+    "os.execv(sys.argv[1], sys.argv[1:])\n"
+)
 
 
 class LocalDriver:
@@ -136,8 +153,14 @@ class LocalDriver:
                     slots=request.slots,
                     heartbeat=heartbeat,
                 )
-                metadata["agents"].append(self._start_agent(node_dir, name, config))
-                self._write_metadata(node_dir, metadata)
+                child, agent = self._start_agent(node_dir, name, config)
+                try:
+                    metadata["agents"].append(agent)
+                    self._write_metadata(node_dir, metadata)
+                except BaseException:
+                    _close_quietly(child)  # never let go: the gate exits
+                    raise
+                self._release_agent(child)
             self._check_started(node_dir, metadata)
         except (CloudRequestError, TransientCloudError):
             self._stop_node(node_dir)
@@ -188,7 +211,13 @@ class LocalDriver:
 
     # -- agents -------------------------------------------------------------------------
 
-    def _start_agent(self, node_dir: Path, name: str, config: dict[str, Any]) -> dict[str, Any]:
+    def _start_agent(
+        self, node_dir: Path, name: str, config: dict[str, Any]
+    ) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+        """Start an agent's gate; its record for ``node.json``.
+
+        The agent does not run until :meth:`_release_agent` (module docstring).
+        """
         config_path = node_dir / f"{name}.yml"
         fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -202,11 +231,15 @@ class LocalDriver:
             "--log-level",
             self.site.log_level,
         ]
+        executable = shutil.which(argv[0])
+        if executable is None:
+            raise CloudRequestError(f"agent command not found: {argv[0]}")
+        gate = [sys.executable, "-I", "-S", "-c", _GATE, executable, *argv[1:]]
         try:
             with open(node_dir / f"{name}.log", "ab") as output:
                 child = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
+                    gate,
+                    stdin=subprocess.PIPE,
                     stdout=output,
                     stderr=subprocess.STDOUT,
                     cwd=node_dir,
@@ -219,11 +252,20 @@ class LocalDriver:
             raise TransientCloudError(f"cannot start agent {name}: {exc.strerror}") from exc
         with self._lock:
             self._children[child.pid] = child
-        return {
+        return child, {
             "name": name,
             "pid": child.pid,
             "identity": procfs.identity(child.pid, self._boot_id),
         }
+
+    def _release_agent(self, child: subprocess.Popen[bytes]) -> None:
+        """Let a recorded agent's gate start the agent (a dead gate is left to
+        :meth:`_check_started`)."""
+        if child.stdin is None:
+            return
+        with contextlib.suppress(OSError):
+            child.stdin.write(b"+")
+        _close_quietly(child)
 
     def _check_started(self, node_dir: Path, metadata: dict[str, Any]) -> None:
         """Fail when an agent exited right away (bad command, bad configuration)."""
@@ -317,6 +359,13 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def _close_quietly(child: subprocess.Popen[bytes]) -> None:
+    """Close the pipe to an agent's gate (it may have exited already)."""
+    if child.stdin is not None:
+        with contextlib.suppress(OSError):
+            child.stdin.close()
 
 
 def _signal_group(pid: int, sig: int) -> None:

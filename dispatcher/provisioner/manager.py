@@ -20,8 +20,12 @@ A pass (:meth:`~Provisioner.step`):
   Node record was removed (declared dead) are destroyed (final state ``failed``);
 * **scale**: an engine below its need gets new ``requested`` records; one above it
   retires nodes: first the ``retirable_nodes`` given with the need (newest first),
-  then not yet created ones, then ``pending`` ones, newest first; running nodes
-  not named retirable are never chosen (they may hold processes);
+  then not yet created ones, then ``pending`` ones, newest first, then ``running``
+  ones that hold no process (those whose agents are all ``DISABLED``, retired by
+  an earlier term, first; then newest first). Such a node's agents are set
+  ``DISABLED`` before it is chosen, with a versioned write that fails if a
+  process was placed meanwhile; a running node that holds a process is never
+  chosen;
 * **dispatch**: submits create and destroy calls whose backoff expired, at most
   ``max_parallel`` in flight; a create first announces the node (its Node record,
   domain ``pd_domain_<engine>``) so its agents' first heartbeats register them;
@@ -65,7 +69,7 @@ from typing import Any, Protocol
 
 from dispatcher.engines import DOMAIN_PREFIX, EngineRegistry
 from dispatcher.errors import NotFoundError, WriteConflictError
-from dispatcher.model import VM, Node
+from dispatcher.model import VM, Node, Resource
 from dispatcher.provisioner import lifecycle as lc
 from dispatcher.provisioner.base import NodeRequest, ProvidedNode, VMState, new_node_id
 from dispatcher.provisioner.errors import (
@@ -76,7 +80,7 @@ from dispatcher.provisioner.errors import (
 )
 from dispatcher.provisioner.sites import Site, build_sites
 from dispatcher.settings import DEFAULT_SITE, EngineSettings, ProvisionerSettings, Settings
-from dispatcher.states import InstanceState
+from dispatcher.states import ExecutionResourceState, InstanceState
 from dispatcher.store.base import Store
 from dispatcher.store.modify import modify
 
@@ -394,7 +398,60 @@ class Provisioner:
             spare = [v for v in active if v.state == state and v not in chosen]
             spare.sort(key=lambda v: (v.requested_at, v.node_id), reverse=True)
             chosen += spare[: count - len(chosen)]
+        if len(chosen) < count:
+            running = [v for v in active if v.state == VMState.RUNNING and v not in chosen]
+            chosen += self._idle_running(running, count - len(chosen))
         return chosen[:count]
+
+    def _idle_running(self, running: list[VM], count: int) -> list[VM]:
+        """Up to ``count`` of ``running`` that hold no process, their agents disabled.
+
+        Nodes whose agents are all ``DISABLED`` (retired already) come first, then
+        the newest. A node that receives a process while its agents are being
+        disabled is skipped.
+        """
+        if not running:
+            return []
+        agents: dict[str, list[Resource]] = {}
+        for resource in self.store.list_resources():
+            agents.setdefault(resource.node_id, []).append(resource)
+
+        def order(vm: VM) -> tuple[bool, float, str]:
+            mine = agents.get(vm.node_id, [])
+            retired = all(r.state == ExecutionResourceState.DISABLED for r in mine)
+            return (retired, vm.requested_at, vm.node_id)
+
+        idle = [v for v in running if not any(r.assigned for r in agents.get(v.node_id, []))]
+        idle.sort(key=order, reverse=True)
+        chosen: list[VM] = []
+        for vm in idle:
+            if len(chosen) >= count:
+                break
+            if self._disable_idle(agents.get(vm.node_id, [])):
+                chosen.append(vm)
+        return chosen
+
+    def _disable_idle(self, agents: list[Resource]) -> bool:
+        """Set each agent ``DISABLED`` unless it holds a process; False if one does."""
+        busy = False
+
+        def disable(resource: Resource) -> bool:
+            nonlocal busy
+            if resource.assigned:
+                busy = True
+                return False
+            if resource.state == ExecutionResourceState.DISABLED:
+                return False
+            resource.state = ExecutionResourceState.DISABLED
+            return True
+
+        for agent in agents:
+            get = partial(self.store.get_resource, agent.resource_id)
+            modify(get, self.store.update_resource, disable)
+            if busy:
+                log.info("node %s received a process: not retired", agent.node_id)
+                return False
+        return True
 
     def _retire(self, vm: VM, vms: dict[str, VM], now: float) -> None:
         with self._lock:

@@ -121,3 +121,10 @@ class Store(Protocol):
     def set_system_boot(self, system_boot: bool) -> None: ...
     def is_initialized(self) -> bool: ...
     def set_initialized(self) -> None: ...
+    def claim_owner(self, owner: str) -> str:
+        """Record ``owner`` as the system the database belongs to, unless one is
+        recorded already (atomically: of two claims, one wins).
+
+        Returns:
+            The recorded owner: ``owner``, or the one that claimed it first.
+        """

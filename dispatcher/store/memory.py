@@ -116,6 +116,7 @@ class MemoryStore:
         self._pd_state: str = ProcessDispatcherState.UNINITIALIZED
         self._system_boot = False
         self._initialized = False
+        self._owner: str | None = None
 
     # -- lifecycle -------------------------------------------------------------------
     def add_listener(self, listener: ChangeListener) -> None:
@@ -323,3 +324,9 @@ class MemoryStore:
     def set_initialized(self) -> None:
         with self._writing("state"):
             self._initialized = True
+
+    def claim_owner(self, owner: str) -> str:
+        with self._lock:
+            if self._owner is None:
+                self._owner = owner
+            return self._owner

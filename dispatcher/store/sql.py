@@ -103,6 +103,7 @@ PG_TRANSACTION_POOL_SIZE: Final = 2
 _PD_STATE_KEY: Final = "pd_state"
 _SYSTEM_BOOT_KEY: Final = "system_boot"
 _INITIALIZED_KEY: Final = "initialized"
+_OWNER_KEY: Final = "owner"
 
 
 class _Mapping(Generic[_R]):
@@ -232,6 +233,11 @@ class SqlStore:
             upsert(pd_state)
             .values(key=bindparam("key"), value=bindparam("value"))
             .on_conflict_do_update(index_elements=["key"], set_={"value": bindparam("value")})
+        )
+        self._claim_state = (
+            upsert(pd_state)
+            .values(key=bindparam("key"), value=bindparam("value"))
+            .on_conflict_do_nothing(index_elements=["key"])
         )
         # PostgreSQL adds a process with its queue entry in one statement.
         self._add_queued = (
@@ -590,3 +596,9 @@ class SqlStore:
 
     def set_initialized(self) -> None:
         self._set_state_value("set_initialized", _INITIALIZED_KEY, "true")
+
+    def claim_owner(self, owner: str) -> str:
+        params = {"key": _OWNER_KEY, "value": owner}
+        with self._translated("claim_owner"), self._connect("claim_owner") as conn:
+            conn.execute(self._claim_state, params)
+        return self._state_values("claim_owner").get(_OWNER_KEY, owner)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -140,3 +142,97 @@ def test_an_agent_that_cannot_start_fails_the_create_and_leaves_nothing(state_di
     missing = make_driver(state_dir, agent_command=["/nonexistent/pd-eeagent"])
     with pytest.raises(CloudRequestError, match="not found"):
         missing.create_node(request)
+
+
+#: A dispatcher whose local driver is killed (SIGKILL) while it starts the second
+#: agent of a node: ``record`` after the agent was started and before node.json
+#: lists it; ``release`` after node.json lists it and before it is let go.
+CRASHING_DISPATCHER = """
+import os, signal, sys
+from pathlib import Path
+from dispatcher.provisioner.agents import AgentTemplate
+from dispatcher.provisioner.base import NodeRequest
+from dispatcher.provisioner.local import LocalDriver
+from dispatcher.settings import LocalSiteSettings
+
+state_dir, sysname, node_id, crash_at = sys.argv[1:]
+
+
+class Crashing(LocalDriver):
+    released = 0
+
+    def _write_metadata(self, node_dir, metadata):
+        if crash_at == "record" and len(metadata["agents"]) == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        LocalDriver._write_metadata(node_dir, metadata)
+
+    def _release_agent(self, child):
+        self.released += 1
+        if crash_at == "release" and self.released == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        LocalDriver._release_agent(self, child)
+
+
+site = LocalSiteSettings(heartbeat=1, stop_timeout=15)
+template = AgentTemplate(amqp_uri="embedded://", sysname=sysname)
+driver = Crashing(site, template=template, state_dir=Path(state_dir), owner="pd-test")
+driver.create_node(NodeRequest(node_id, "engine1", slots=1, replicas=2, heartbeat=30))
+"""
+
+
+def processes_under(directory: Path) -> list[int]:
+    """Live processes whose command line names ``directory`` (agents, supervisords)."""
+    needle = str(directory).encode()
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        cmdline = procfs.read_cmdline(int(entry.name))
+        if cmdline and needle in cmdline and procfs.pid_alive(int(entry.name)):
+            found.append(int(entry.name))
+    return found
+
+
+def agents_settled(nodes: Path, heartbeats: Heartbeats) -> bool:
+    """No agent is still starting: no gate waits, every agent running has heartbeated."""
+    beating = {name for name, _ in heartbeats.senders()}
+    for pid in processes_under(nodes):
+        argv = (procfs.read_cmdline(pid) or b"").split(b"\0")
+        if argv[1:4] == [b"-I", b"-S", b"-c"]:
+            return False
+        if b"--name" in argv and b"supervisor.supervisord" not in argv:
+            name = argv[argv.index(b"--name") + 1].decode()
+            if name not in beating:
+                return False
+    return True
+
+
+@pytest.mark.parametrize("crash_at", ["record", "release"])
+def test_an_agent_started_when_the_dispatcher_was_killed_is_adopted_or_never_runs(
+    state_dir: Path, sysname: str, heartbeats: Heartbeats, crash_at: str
+) -> None:
+    nodes = state_dir / "nodes"
+    node_id = new_node_id("engine1")
+    try:
+        # Given a dispatcher killed -9 while its local driver starts a node's second agent
+        crashed = subprocess.run(
+            [sys.executable, "-c", CRASHING_DISPATCHER, str(state_dir), sysname, node_id, crash_at],
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+        assert crashed.returncode == -signal.SIGKILL, crashed.stderr.decode()[-2000:]
+        wait_for(lambda: agents_settled(nodes, heartbeats))
+        # When the restarted dispatcher's driver lists its nodes
+        again = make_driver(state_dir, sysname)
+        listed = again.list_nodes()
+        # Then it adopts the node by its first agent
+        assert [node.node_id for node in listed] == [node_id]
+        (first,) = listed[0].properties["pids"][:1]
+        assert procfs.pid_alive(first)
+        # And once it destroys the node, no agent of it is left running
+        again.destroy_node(node_id, node_id)
+        wait_for(lambda: processes_under(nodes) == [], timeout=10)
+    finally:
+        for pid in processes_under(nodes):
+            os.kill(pid, signal.SIGKILL)

@@ -25,6 +25,7 @@ from dispatcher.provisioner.sites import Site
 from dispatcher.provisioner.static import StaticDriver
 from dispatcher.registration import Registration
 from dispatcher.settings import ProvisionerSettings
+from dispatcher.states import ExecutionResourceState
 from dispatcher.store.memory import MemoryStore
 from tests.provisioner.conftest import BOOT_TIMEOUT, FakeClock, build, register_agents
 
@@ -174,7 +175,7 @@ def test_scale_down_destroys_the_retirable_nodes_newest_first(
     assert driver.node_ids == [oldest]
 
 
-def test_scale_down_never_picks_running_nodes_that_are_not_named_retirable(
+def test_scale_down_prefers_pending_nodes_to_running_ones_that_are_not_named(
     provisioner: Provisioner,
     driver: FakeDriver,
     registration: Registration,
@@ -191,6 +192,71 @@ def test_scale_down_never_picks_running_nodes_that_are_not_named_retirable(
     destroyed = [node for op, node in driver.calls if op == "destroy"]
     assert destroyed == [pending_new, pending_old]
     assert states(store)[running] == VMState.RUNNING
+    resource = store.get_resource(f"{running}-0")
+    assert resource is not None and resource.state == ExecutionResourceState.OK
+
+
+def hold_process(store: MemoryStore, node_id: str, upid: str) -> None:
+    """Place ``upid`` on the first agent of ``node_id`` (as the matchmaker would)."""
+    resource = store.get_resource(f"{node_id}-0")
+    assert resource is not None
+    resource.assigned = [(upid, 0)]
+    store.update_resource(resource)
+
+
+def test_idle_running_nodes_that_are_not_named_are_retired_and_busy_ones_never(
+    provisioner: Provisioner,
+    driver: FakeDriver,
+    registration: Registration,
+    store: MemoryStore,
+    clock: FakeClock,
+) -> None:
+    # Given three running nodes (a new provisioner: nothing named), the oldest busy
+    busy, older, newer = grow(provisioner, clock, "engine1", 3)
+    for node_id in (busy, older, newer):
+        register_agents(registration, node_id)
+    provisioner.step()
+    hold_process(store, busy, "p1")
+    # When the need drops to 0 and no node is named retirable
+    provisioner.register_need("engine1", 0, [])
+    provisioner.step()
+    # Then the idle ones are destroyed, newest first, their agents disabled first
+    assert [node for op, node in driver.calls if op == "destroy"] == [newer, older]
+    assert states(store) == {
+        busy: VMState.RUNNING,
+        older: VMState.TERMINATED,
+        newer: VMState.TERMINATED,
+    }
+    # And the node holding a process stays, its agent still taking work
+    provisioner.step()
+    assert states(store)[busy] == VMState.RUNNING
+    resource = store.get_resource(f"{busy}-0")
+    assert resource is not None and resource.state == ExecutionResourceState.OK
+
+
+def test_a_node_retired_by_an_earlier_term_goes_before_newer_idle_ones(
+    provisioner: Provisioner,
+    driver: FakeDriver,
+    registration: Registration,
+    store: MemoryStore,
+    clock: FakeClock,
+) -> None:
+    # Given two idle running nodes; the older one's agent was disabled by a
+    # previous leader whose provisioner never destroyed it
+    retired, idle = grow(provisioner, clock, "engine1", 2)
+    for node_id in (retired, idle):
+        register_agents(registration, node_id)
+    provisioner.step()
+    resource = store.get_resource(f"{retired}-0")
+    assert resource is not None
+    resource.state = ExecutionResourceState.DISABLED
+    store.update_resource(resource)
+    # When the need is 1 and nothing is named
+    provisioner.register_need("engine1", 1, [])
+    provisioner.step()
+    # Then the retired node goes, not the newer idle one
+    assert [node for op, node in driver.calls if op == "destroy"] == [retired]
+    assert states(store)[idle] == VMState.RUNNING
 
 
 def test_a_node_not_created_yet_is_cancelled_without_a_destroy(

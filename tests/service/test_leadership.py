@@ -1,12 +1,17 @@
-"""Two dispatchers on one PostgreSQL database and one broker (decision 8).
+"""Two dispatchers on one database and one broker (decision 8).
 
 Both serve RPCs (they compete for the one service queue); only the instance holding
-the advisory lock runs the matchmaker and the doctor. Work scheduled through both
-is placed exactly once, and when the leader stops the other takes over.
+the database's lock runs the matchmaker and the doctor. Work scheduled through both
+is placed exactly once, and when the leader stops the other takes over. A
+dispatcher of another system (another ``dashi.sysname``) refuses to start on a
+database that one system already uses, instead of leading it too.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import uuid
 from collections import Counter
@@ -17,11 +22,12 @@ from typing import Any
 import pytest
 
 from dispatcher.client import ProcessDispatcherClient
+from dispatcher.errors import DatabaseOwnerError
 from dispatcher.service import DispatcherService
 from tests.service.conftest import DEFINITION, Harness, make_settings, wait_for
 from tests.support.fake_eeagent import FakeEEAgent
 
-pytestmark = [pytest.mark.rabbitmq, pytest.mark.postgres, pytest.mark.slow]
+pytestmark = [pytest.mark.rabbitmq, pytest.mark.slow]
 
 
 class Instance:
@@ -90,6 +96,7 @@ def assert_never_placed_twice(harness: Harness, agents: list[FakeEEAgent]) -> No
             assert holders == [record["assigned"]], record
 
 
+@pytest.mark.postgres
 def test_two_dispatchers_share_the_work_and_place_each_process_once(
     pair: tuple[Instance, Instance],
 ) -> None:
@@ -163,3 +170,66 @@ def test_two_dispatchers_share_the_work_and_place_each_process_once(
     finally:
         harness.close()
         other_client.close()
+
+
+def _refused(tmp_path: Path, amqp_uri: str, database_url: str) -> None:
+    # Given a dispatcher of system "alpha" leading on the database
+    alpha = Instance(tmp_path / "a", amqp_uri, f"alpha{uuid.uuid4().hex[:6]}", database_url)
+    try:
+        alpha.service.start()
+        wait_for(lambda: alpha.leads, what="alpha leading")
+        # When a dispatcher of system "beta" is started on the same database
+        beta_name = f"beta{uuid.uuid4().hex[:6]}"
+        with pytest.raises(DatabaseOwnerError) as refused:
+            Instance(tmp_path / "b", amqp_uri, beta_name, database_url)
+        # Then it refuses, in one line naming both systems, and alpha alone leads
+        message = str(refused.value)
+        assert "\n" not in message
+        assert repr(alpha.settings.dashi.sysname) in message and repr(beta_name) in message
+        assert alpha.leads
+        assert matchmaker_threads() == 1
+    finally:
+        alpha.service.stop()
+
+
+def test_a_dispatcher_of_another_system_refuses_a_sqlite_database_in_use(
+    tmp_path: Path, amqp_uri: str
+) -> None:
+    _refused(tmp_path, amqp_uri, f"sqlite:///{tmp_path}/shared.db")
+
+
+@pytest.mark.postgres
+def test_a_dispatcher_of_another_system_refuses_a_postgres_database_in_use(
+    tmp_path: Path, amqp_uri: str, postgres_url: str
+) -> None:
+    _refused(tmp_path, amqp_uri, postgres_url)
+
+
+def test_pd_dispatcher_names_both_systems_in_one_line_when_refused(tmp_path: Path) -> None:
+    # Given a database that system "alpha" started on
+    database = f"sqlite:///{tmp_path}/shared.db"
+    alpha = DispatcherService.build(
+        make_settings(tmp_path, "embedded://", sysname="alpha", database_url=database)
+    )
+    alpha.stop()
+    # When pd-dispatcher is started on it as system "beta"
+    config = tmp_path / "beta.yml"
+    config.write_text(
+        f"dashi: {{sysname: beta}}\nprocessdispatcher: {{database_url: '{database}'}}\n"
+    )
+    script = Path(sys.executable).with_name("pd-dispatcher")
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "cli.dispatcher"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PD_")}
+    done = subprocess.run(
+        [*command, "--config", str(config)],
+        env={**env, "PD_STATE_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    # Then it exits with one line naming both, and no traceback
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    (error,) = [line for line in done.stderr.splitlines() if line.startswith("Error: ")]
+    assert "dashi.sysname 'alpha'" in error and "dashi.sysname 'beta'" in error

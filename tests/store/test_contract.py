@@ -12,6 +12,7 @@ from dispatcher.states import ProcessState
 from dispatcher.store.base import Store
 from dispatcher.store.memory import MemoryStore
 from dispatcher.store.sql import SqlStore
+from tests.store.conftest import StoreFactory
 
 
 def make_process(upid: str = "proc1", **changes: object) -> Process:
@@ -427,6 +428,17 @@ def test_pd_state_is_uninitialized_until_set_initialized(store: Store) -> None:
     assert store.get_pd_state() == "OK"
     store.set_initialized()
     assert store.is_initialized()
+
+
+def test_the_first_owner_claimed_stays_the_owner(store_factory: StoreFactory) -> None:
+    # Given a database claimed by one system
+    store = store_factory()
+    assert store.claim_owner("alpha") == "alpha"
+    # When it is claimed again by it, or by another system (another instance)
+    assert store.claim_owner("alpha") == "alpha"
+    assert store_factory().claim_owner("beta") == "alpha"
+    # Then the first claim holds
+    assert store.claim_owner("beta") == "alpha"
 
 
 def test_system_boot_flag_toggles(store: Store) -> None:
