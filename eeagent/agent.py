@@ -30,17 +30,12 @@ Request rules (legacy, with decision 4 of the architecture):
 * ``restart_process`` relaunches the stored parameters under the new round, the
   same way (the slot moves to the new round).
 * Slots: a launch that would make more than ``slots`` records live is rejected.
-* ``terminate_process`` of a round the agent holds no record of (its launch may
-  still be on its way: the dispatcher stores an assignment before it sends the
-  launch, and a terminate can overtake it) records that round ``700-TERMINATED``
-  at once, as a launch of a newer round would (an older round held is stopped and
-  forgotten), and remembers the terminate (persisted, bounded, expiring; see
-  :mod:`eeagent.table`): a later launch or restart of that round is refused and
-  reported ``700-TERMINATED`` again, so the dispatcher can finish its
-  ``600-TERMINATING``. A terminate of an older round than the one held does
-  nothing; a repeated terminate of a process already stopping does nothing.
-* ``terminate_process`` of a ``900-REJECTED`` record makes it ``700-TERMINATED``
-  (it never started, and the dispatcher will not send its launch again).
+* ``terminate_process`` of a round not held (a terminate can overtake its launch)
+  records it ``700-TERMINATED`` at once, replacing an older round as a launch
+  would, and is remembered (:mod:`eeagent.table`): that round's launch or restart
+  is refused and reported ``700-TERMINATED``. Of an older round than the one held,
+  or of a process already stopping, it does nothing; a ``900-REJECTED`` record
+  becomes ``700-TERMINATED``.
 
 An unknown run type and invalid parameters are reported ``850-FAILED`` rather than
 ``900-REJECTED``: the dispatcher ignores REJECTED reports from agents but acts on
@@ -238,12 +233,7 @@ class EEAgent:
             self._admit(u_pid, round, existing.run_type, existing.parameters, replaces=existing)
 
     def terminate_process(self, u_pid: str, round: int) -> None:
-        """Stop process ``(u_pid, round)``; it ends ``700-TERMINATED``.
-
-        A round the agent was not launched with is remembered, and reported
-        ``700-TERMINATED`` at once: its launch may still be on its way (see the
-        module docstring).
-        """
+        """Stop process ``(u_pid, round)``, or refuse it if it comes; see the module docstring."""
         with self._lock:
             record = self.table.get(u_pid, round)
             if record is None:
@@ -288,26 +278,14 @@ class EEAgent:
                 existing.round,
             )
             return
-        log.info(
-            "terminate: %s round %d is not launched yet: it will not start if it comes",
-            u_pid,
-            round,
-        )
+        log.info("terminate: %s round %d is not launched yet: it will not start", u_pid, round)
         self.table.remember_terminate(u_pid, round, self.clock())
         self._add_terminated(u_pid, round, "", None, replaces=existing)
 
     def _add_terminated(
-        self,
-        u_pid: str,
-        round: int,
-        run_type: str,
-        parameters: Any,
-        replaces: ProcessRecord | None,
+        self, u_pid: str, round: int, run_type: str, parameters: Any, replaces: ProcessRecord | None
     ) -> None:
-        """Record ``(u_pid, round)`` as ``700-TERMINATED`` without starting it.
-
-        An older round it replaces is stopped and forgotten, as by a launch.
-        """
+        """Record ``(u_pid, round)`` ``700-TERMINATED`` unstarted; ``replaces`` is retired."""
         if replaces is not None:
             self.stopper.retire(replaces)
         record = ProcessRecord(
