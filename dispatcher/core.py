@@ -501,8 +501,10 @@ class ProcessDispatcherCore:
           its queue entries for the current round removed.
         * Assigned: ``600-TERMINATING`` is stored (notified if it changed), then the
           agent is told ``terminate_process(u_pid, round)``; this is re-sent on
-          every call, so repeating the call retries. The agent's heartbeat brings
-          the final state.
+          every call, so repeating the call retries, and by the leader every
+          ``dispatch_retry_seconds`` while the process stays TERMINATING
+          (:mod:`dispatcher.terminates`). The agent's heartbeat brings the final
+          state.
 
         Args:
             upid: the process's id.

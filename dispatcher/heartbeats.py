@@ -30,6 +30,9 @@ current round, process not on this agent              ``terminate_process`` if a
                                                       ``cleanup``
 PENDING/RUNNING for an ASSIGNED/PENDING process       forward to that state (RUNNING counts a
                                                       start); its queue entries are dropped
+PENDING/RUNNING for a process at ``600-TERMINATING``  ``terminate_process`` again (its
+or beyond                                             terminate was lost, or overtook its
+                                                      launch on the way to the agent)
 TERMINATED/FAILED/EXITED for a TERMINATING process    ``700-TERMINATED``, then ``cleanup``
 TERMINATED/FAILED/EXITED for ASSIGNED..RUNNING        next round if the restart mode says so
                                                       (exit state = the report), else the
@@ -55,7 +58,11 @@ Where this differs from the legacy handling, deliberately:
   re-decided on the fresh record instead of being dropped, so a process is never
   left TERMINATING after its agent was told to clean it up;
 * the resource is written once per heartbeat (timestamp and slots together), with
-  conflict retries instead of giving up.
+  conflict retries instead of giving up;
+* a process the agent reports pending or running while the dispatcher holds it
+  ``600-TERMINATING`` (or ended) is sent ``terminate_process`` again, where the
+  legacy handling ignored the report: the order in which a launch and a terminate
+  reach the agent does not matter.
 
 **Restart rule** (decision 4): ``restart_process`` stores ``400-PENDING`` with
 ``round + 1``, moves the agent's slot to the new round and tells the agent, which
@@ -278,7 +285,17 @@ class HeartbeatHandler:
             self._end(process, state, result)
             result.orders.append(("cleanup", upid, round_))
             return
-        if state in _ALIVE_REPORTS and process.state in _STARTED:
+        if state in _ALIVE_REPORTS and process.state >= ProcessState.TERMINATING:
+            log.info(
+                "eeagent %s reports %s round %d %s, but the process is %s: terminate_process",
+                resource_id,
+                upid,
+                round_,
+                state,
+                process.state,
+            )
+            result.orders.append(("terminate_process", upid, round_))
+        elif state in _ALIVE_REPORTS and process.state in _STARTED:
             process, _ = self.transitions.process_change_state(process, state)
             result.processes[upid] = process
             self.transitions.dequeue_all(upid, round_)

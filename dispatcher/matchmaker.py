@@ -28,8 +28,11 @@ After a complete pass the engines' needs are computed
 (:func:`dispatcher.needs.calculate_needs`) and handed to the
 :class:`~dispatcher.needs.NeedRegistrar`, which tells the provisioner.
 
+The leader also re-sends the terminates of processes that stay
+``600-TERMINATING`` (:class:`~dispatcher.terminates.TerminateRetries`).
+
 The loop sleeps until a store event (``queue``, ``resource``, ``engine``,
-``state``), the next throttle expiry, the next launch retry, or ``poll_interval``
+``state``), the next throttle expiry, the next launch or terminate retry, or ``poll_interval``
 (the safety net for writes made by other dispatcher instances, whose store events
 this instance does not hear). Nothing is read while nothing changed: a poll that
 finds the queue and the resources as they were does no pass.
@@ -67,6 +70,7 @@ from dispatcher.states import ProcessDispatcherState, ProcessState
 from dispatcher.store.base import Store
 from dispatcher.store.batch import batch_writer
 from dispatcher.store.modify import modify
+from dispatcher.terminates import TerminateRetries
 from dispatcher.transitions import ProcessTransitions
 
 __all__ = ["Matchmaker", "PassResult"]
@@ -120,7 +124,8 @@ class Matchmaker:
         run_type: the ``launch_type`` sent with every launch (``supd``).
         restart_throttling_config: the global throttling configuration (§5.6).
         dispatch_retry_seconds: re-send a launch this often while the process stays
-            ``350-ASSIGNED``; ``None`` or ``0`` disables retries.
+            ``350-ASSIGNED``, and a terminate while it stays ``600-TERMINATING``
+            (:mod:`dispatcher.terminates`); ``None`` or ``0`` disables retries.
         registrar: receives the engines' needs after each complete pass; ``None``
             when nothing is provisioned.
         clock: returns the current time in epoch seconds.
@@ -148,6 +153,7 @@ class Matchmaker:
         self.run_type = run_type
         self.throttle = (restart_throttling_config or {}).get(THROTTLE_KEY)
         self.retries = DispatchRetries(dispatch_retry_seconds)
+        self.terminates = TerminateRetries(store, messenger, dispatch_retry_seconds)
         self.registrar = registrar
         self.clock = clock
         self.poll_interval = poll_interval
@@ -183,6 +189,7 @@ class Matchmaker:
             self._throttle_expiry = None
             self._fingerprint = None
             self.retries.clear()
+            self.terminates.clear()
             if self.registrar is not None:
                 self.registrar.reset()
 
@@ -501,15 +508,15 @@ class Matchmaker:
         return _fingerprint(self.store.list_queued(), self.store.list_resources())
 
     def next_deadline(self) -> float:
-        """Epoch seconds of the next timed event (throttle expiry, launch retry, poll)."""
+        """Epoch seconds of the next timed event (throttle expiry, retry, poll)."""
         deadline = self.clock() + self.poll_interval
-        for due in (self._throttle_expiry, self.retries.next_due()):
+        for due in (self._throttle_expiry, self.retries.next_due(), self.terminates.next_due()):
             if due is not None:
                 deadline = min(deadline, due)
         return deadline
 
     def run_once(self, look: bool = True) -> PassResult | None:
-        """One loop step: a pass if anything changed, then the launch retries due.
+        """One loop step: a pass if anything changed, then the launch and terminate retries due.
 
         Changes this instance made are known from store events. Changes made by
         other instances are found by a look: the queue and the resources compared
@@ -533,6 +540,7 @@ class Matchmaker:
             # what the pass left, if nobody else wrote: the next look tells
             self._fingerprint = self._expected if result.complete else None
         self.retry_launches()
+        self.terminates.run(self.clock())
         return result
 
     def run(self, stop_event: threading.Event) -> None:

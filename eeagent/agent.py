@@ -13,7 +13,10 @@ State machine of one record (legacy state strings; backend details in
        │          │   └─cannot spawn─▶ 850-FAILED ("cannot start: ...")
        │          └──────terminate──────────┴─▶ 600-TERMINATING ──▶ 700-TERMINATED
        ├─ run_type is not "supd", bad parameters ─▶ 850-FAILED (reason in msg)
-       └─ no free slot ─▶ 900-REJECTED
+       ├─ no free slot ─▶ 900-REJECTED ──terminate──▶ 700-TERMINATED
+       └─ terminated before it came ─▶ 700-TERMINATED
+
+    terminate of a round never launched ─▶ 700-TERMINATED (the launch is refused if it comes)
 
     supervisord died ─▶ every live record 850-FAILED ("lost: ..."), a new one is started
     cleanup ─▶ record removed (its program stopped and removed)
@@ -27,6 +30,12 @@ Request rules (legacy, with decision 4 of the architecture):
 * ``restart_process`` relaunches the stored parameters under the new round, the
   same way (the slot moves to the new round).
 * Slots: a launch that would make more than ``slots`` records live is rejected.
+* ``terminate_process`` of a round not held (a terminate can overtake its launch)
+  records it ``700-TERMINATED`` at once, replacing an older round as a launch
+  would, and is remembered (:mod:`eeagent.table`): that round's launch or restart
+  is refused and reported ``700-TERMINATED``. Of an older round than the one held,
+  or of a process already stopping, it does nothing; a ``900-REJECTED`` record
+  becomes ``700-TERMINATED``.
 
 An unknown run type and invalid parameters are reported ``850-FAILED`` rather than
 ``900-REJECTED``: the dispatcher ignores REJECTED reports from agents but acts on
@@ -137,6 +146,7 @@ class EEAgent:
         """
         with self._lock:
             self.table.load()
+            self.table.forget_old_terminates(self.clock())
             attachment = self.control.open()
             if attachment.fresh or attachment.instance != self.table.backend:
                 self._lose_all("lost: supervisord was not running when the agent started")
@@ -223,12 +233,25 @@ class EEAgent:
             self._admit(u_pid, round, existing.run_type, existing.parameters, replaces=existing)
 
     def terminate_process(self, u_pid: str, round: int) -> None:
-        """Stop process ``(u_pid, round)``; it ends ``700-TERMINATED``."""
+        """Stop process ``(u_pid, round)``, or refuse it if it comes; see the module docstring."""
         with self._lock:
             record = self.table.get(u_pid, round)
-            if record is None or not record.live:
-                state = record.state if record else "unknown"
-                log.info("terminate: %s round %d is %s; nothing to do", u_pid, round, state)
+            if record is None:
+                self._terminate_unlaunched(u_pid, round)
+                self.table.commit()
+                return
+            if record.state == ProcessState.REJECTED:
+                # never started, and the dispatcher will not launch it again
+                self.table.set_state(
+                    record, ProcessState.TERMINATED, "terminated before it started"
+                )
+                self.table.commit()
+                return
+            if not record.live:
+                log.info("terminate: %s round %d is %s; nothing to do", u_pid, round, record.state)
+                return
+            if record.stop_requested and record.state == ProcessState.TERMINATING:
+                log.debug("terminate: %s round %d is already stopping", u_pid, round)
                 return
             if record.needs_start:
                 record.needs_start, record.waiting_for = False, None
@@ -243,6 +266,33 @@ class EEAgent:
                 else:
                     self._refresh()  # it ended by itself: report how
             self.table.commit()
+
+    def _terminate_unlaunched(self, u_pid: str, round: int) -> None:
+        """A terminate of a round this agent holds no record of."""
+        existing = self.table.by_upid(u_pid)
+        if existing is not None and existing.round > round:
+            log.info(
+                "terminate: %s round %d is older than the round %d held; nothing to do",
+                u_pid,
+                round,
+                existing.round,
+            )
+            return
+        log.info("terminate: %s round %d is not launched yet: it will not start", u_pid, round)
+        self.table.remember_terminate(u_pid, round, self.clock())
+        self._add_terminated(u_pid, round, "", None, replaces=existing)
+
+    def _add_terminated(
+        self, u_pid: str, round: int, run_type: str, parameters: Any, replaces: ProcessRecord | None
+    ) -> None:
+        """Record ``(u_pid, round)`` ``700-TERMINATED`` unstarted; ``replaces`` is retired."""
+        if replaces is not None:
+            self.stopper.retire(replaces)
+        record = ProcessRecord(
+            upid=u_pid, round=round, run_type=run_type, parameters=parameters, stop_requested=True
+        )
+        self.table.add(record)
+        self.table.set_state(record, ProcessState.TERMINATED, "terminated before it was launched")
 
     def cleanup(self, u_pid: str, round: int) -> None:
         """Forget process ``(u_pid, round)``, stopping it first if it still runs."""
@@ -433,6 +483,11 @@ class EEAgent:
         replaces: ProcessRecord | None,
     ) -> None:
         table = self.table
+        if table.terminate_remembered(u_pid, round, self.clock()):
+            log.info("refusing %s round %d: it was terminated before it was launched", u_pid, round)
+            self._add_terminated(u_pid, round, run_type, parameters, replaces)
+            table.commit()
+            return
         name = program_name(u_pid, round)
         waiting_for = self.stopper.retire(replaces, successor=name) if replaces else None
         record = ProcessRecord(upid=u_pid, round=round, run_type=run_type, parameters=parameters)

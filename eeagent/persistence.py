@@ -8,7 +8,8 @@ one stopped, ``kill -9`` included::
      "backend": "<supervisord instance: its pid>",
      "processes": [<ProcessRecord>...],      # upid, round, parameters, state, msg,
                                              # exit_code, program, pid, identity...
-     "retiring": [<RetiringProgram>...]}     # programs being stopped and removed
+     "retiring": [<RetiringProgram>...],     # programs being stopped and removed
+     "terminates": [<RememberedTerminate>...]}  # terminates that came before their launch
 
 It is rewritten after every change, atomically: written to a temporary file in
 the same directory, then renamed over the old one, so a reader (or a restarted
@@ -34,7 +35,7 @@ from typing import IO
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from eeagent.errors import AgentLockedError, PersistenceError
-from eeagent.records import ProcessRecord, RetiringProgram
+from eeagent.records import ProcessRecord, RememberedTerminate, RetiringProgram
 
 __all__ = ["STATE_VERSION", "AgentLock", "AgentSnapshot", "StateStore"]
 
@@ -54,6 +55,7 @@ class AgentSnapshot(BaseModel):
     backend: str | None = None
     processes: list[ProcessRecord] = Field(default_factory=list)
     retiring: list[RetiringProgram] = Field(default_factory=list)
+    terminates: list[RememberedTerminate] = Field(default_factory=list)
 
 
 class StateStore:

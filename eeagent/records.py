@@ -17,6 +17,7 @@ __all__ = [
     "LIVE_STATES",
     "TERMINAL_STATES",
     "ProcessRecord",
+    "RememberedTerminate",
     "RetiringProgram",
     "wire_state",
 ]
@@ -110,3 +111,22 @@ class RetiringProgram(BaseModel):
     started_at: float | None = None
     stop_sent_at: float | None = None
     resignaled: bool = False
+
+
+class RememberedTerminate(BaseModel):
+    """A ``terminate_process`` for a round the agent had not been launched with.
+
+    Its launch (or restart) may still be on its way: when it arrives, it is refused
+    and the process reported ``700-TERMINATED`` instead of started.
+
+    Attributes:
+        upid: the dispatcher's process id.
+        round: the round the terminate named.
+        at: when the terminate arrived (epoch seconds).
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    upid: str
+    round: int
+    at: float

@@ -3,6 +3,11 @@
 The table knows nothing of requests or backends. It keeps two flags for the agent:
 *dirty* (something must be saved) and *changed* (what a heartbeat would say
 changed); :meth:`ProcessTable.commit` acts on both.
+
+It also remembers the terminates that named a round the agent had not been
+launched with (the dispatcher may send a terminate before the launch it follows
+reaches the agent): at most :data:`MAX_REMEMBERED_TERMINATES`, each for
+:data:`REMEMBER_TERMINATE_SECONDS`, saved with the records.
 """
 
 from __future__ import annotations
@@ -13,11 +18,19 @@ from collections.abc import Callable
 from dispatcher.states import ProcessState
 from eeagent.errors import PersistenceError
 from eeagent.persistence import AgentSnapshot, StateStore
-from eeagent.records import ProcessRecord, RetiringProgram
+from eeagent.records import ProcessRecord, RememberedTerminate, RetiringProgram
 
-__all__ = ["ProcessTable"]
+__all__ = ["MAX_REMEMBERED_TERMINATES", "REMEMBER_TERMINATE_SECONDS", "ProcessTable"]
 
 log = logging.getLogger(__name__)
+
+#: Most terminates of unlaunched rounds remembered at once (the oldest go first):
+#: they are rare (one per terminate that overtakes its launch), and each is saved
+#: in ``state.json`` on every write.
+MAX_REMEMBERED_TERMINATES = 1000
+#: Seconds a terminate of an unlaunched round is remembered: far longer than a
+#: launch takes to follow it, even from a queue the agent was not reading.
+REMEMBER_TERMINATE_SECONDS = 3600.0
 
 
 class ProcessTable:
@@ -37,6 +50,9 @@ class ProcessTable:
         self.on_change = on_change
         self.records: dict[tuple[str, int], ProcessRecord] = {}
         self.retiring: dict[str, RetiringProgram] = {}
+        #: ``(upid, round)`` → when a terminate of that unlaunched round arrived,
+        #: oldest first.
+        self.terminates: dict[tuple[str, int], float] = {}
         self.backend: str | None = None
         self.dirty = False
         self.changed = False
@@ -78,6 +94,32 @@ class ProcessTable:
             record.msg = msg
         self.dirty = self.changed = True
 
+    # -- terminates of unlaunched rounds ---------------------------------------------
+
+    def remember_terminate(self, upid: str, round: int, now: float) -> None:
+        """Remember that ``(upid, round)`` was terminated before its launch arrived."""
+        self.forget_old_terminates(now)
+        self.terminates.pop((upid, round), None)
+        self.terminates[(upid, round)] = now
+        while len(self.terminates) > MAX_REMEMBERED_TERMINATES:
+            del self.terminates[next(iter(self.terminates))]
+        self.dirty = True
+
+    def terminate_remembered(self, upid: str, round: int, now: float) -> bool:
+        """Whether ``(upid, round)`` was terminated before its launch, recently enough."""
+        at = self.terminates.get((upid, round))
+        return at is not None and now - at < REMEMBER_TERMINATE_SECONDS
+
+    def forget_old_terminates(self, now: float) -> None:
+        """Drop the remembered terminates older than :data:`REMEMBER_TERMINATE_SECONDS`."""
+        expired = [
+            key for key, at in self.terminates.items() if now - at >= REMEMBER_TERMINATE_SECONDS
+        ]
+        for key in expired:
+            del self.terminates[key]
+        if expired:
+            self.dirty = True
+
     # -- persistence --------------------------------------------------------------
 
     def load(self) -> None:
@@ -94,6 +136,8 @@ class ProcessTable:
             return
         self.records = {(r.upid, r.round): r for r in snapshot.processes}
         self.retiring = {p.name: p for p in snapshot.retiring}
+        remembered = sorted(snapshot.terminates, key=lambda t: t.at)
+        self.terminates = {(t.upid, t.round): t.at for t in remembered}
         self.backend = snapshot.backend
 
     def save(self) -> None:
@@ -110,6 +154,10 @@ class ProcessTable:
                     backend=self.backend,
                     processes=list(self.records.values()),
                     retiring=list(self.retiring.values()),
+                    terminates=[
+                        RememberedTerminate(upid=upid, round=round_, at=at)
+                        for (upid, round_), at in self.terminates.items()
+                    ],
                 )
             )
 

@@ -80,9 +80,10 @@ class Agent:
 class Cluster:
     """A dispatcher, its client, and agents started on demand."""
 
-    def __init__(self, tmp_path: Path, amqp_uri: str) -> None:
+    def __init__(self, tmp_path: Path, amqp_uri: str, slots: int = 4) -> None:
         self.tmp_path = tmp_path
         self.amqp_uri = amqp_uri
+        self.slots = slots
         self.sysname = f"e2e{uuid.uuid4().hex[:8]}"
         self.agents: dict[str, Agent] = {}
         settings = load_settings(
@@ -94,7 +95,7 @@ class Cluster:
                 "processdispatcher.dispatch_retry_seconds": 2,
                 "processdispatcher.engines": {
                     "engine1": {
-                        "slots": 4,
+                        "slots": slots,
                         "heartbeat_period": 1,
                         "heartbeat_warning": 2,
                         "heartbeat_missing": 4,
@@ -124,7 +125,7 @@ class Cluster:
                         "eeagent": {
                             "name": name,
                             "node_id": node_id,
-                            "slots": 4,
+                            "slots": self.slots,
                             "heartbeat": 1,
                             "launch_type": {"name": "supd", "supd_directory": str(home)},
                         },

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -10,8 +12,9 @@ import pytest
 from dispatcher.errors import BadRequestError, NotFoundError
 from dispatcher.states import ProcessState
 from eeagent import EEAgent, FakeProcessControl, ProgramState, StateStore
+from eeagent.table import MAX_REMEMBERED_TERMINATES, REMEMBER_TERMINATE_SECONDS, ProcessTable
 from eeagent.transitions import RESIGNAL_AFTER, STOP_RACE_WINDOW
-from tests.eeagent.conftest import Changes, FakeClock, sleeper
+from tests.eeagent.conftest import NOW, Changes, FakeClock, sleeper
 
 RUNNING, EXITED, FAILED = ProcessState.RUNNING, ProcessState.EXITED, ProcessState.FAILED
 TERMINATING, TERMINATED = ProcessState.TERMINATING, ProcessState.TERMINATED
@@ -250,10 +253,9 @@ def test_terminate_reports_terminating_then_terminated(
     assert state(agent, "p1", 1) == TERMINATED
 
 
-def test_terminate_of_an_unknown_or_finished_process_does_nothing(
+def test_terminate_of_a_finished_process_does_nothing(
     agent: EEAgent, control: FakeProcessControl
 ) -> None:
-    agent.terminate_process("nobody", 1)
     agent.launch_process("p1", 1, "supd", sleeper())
     control.exit("p1-1", 0)
     agent.poll()
@@ -316,6 +318,129 @@ def test_terminate_of_a_process_waiting_for_its_older_round_ends_it_unstarted(
     record = agent.record("p1", 2)
     assert record is not None and record.state == TERMINATED
     assert control.state_of("p1-2") is None
+
+
+def test_a_terminate_that_overtakes_its_launch_ends_the_process_unstarted(
+    agent: EEAgent, control: FakeProcessControl, changes: Changes
+) -> None:
+    # Given a terminate of a round the agent was not launched with yet
+    before = changes.count
+    agent.terminate_process("p1", 1)
+    # Then it reports that round terminated at once, and says so
+    record = agent.record("p1", 1)
+    assert record is not None and record.state == TERMINATED
+    assert record.msg == "terminated before it was launched"
+    assert changes.count > before
+    assert agent.heartbeat()["processes"] == [
+        {"upid": "p1", "round": "1", "state": [700, "TERMINATED"], "msg": record.msg}
+    ]
+    # When the launch arrives, then it is refused: nothing starts
+    agent.launch_process("p1", 1, "supd", sleeper())
+    assert "start" not in control.calls
+    assert state(agent, "p1", 1) == TERMINATED
+    assert agent.table.live_count() == 0
+
+
+def test_a_launch_after_the_cleanup_of_its_early_terminate_is_still_refused(
+    agent: EEAgent, control: FakeProcessControl
+) -> None:
+    # Given a terminate before the launch, reported and cleaned up by the dispatcher
+    agent.terminate_process("p1", 1)
+    agent.cleanup("p1", 1)
+    assert agent.records() == []
+    # When the launch arrives late, then it is refused and reported terminated
+    agent.launch_process("p1", 1, "supd", sleeper())
+    assert "start" not in control.calls
+    assert state(agent, "p1", 1) == TERMINATED
+    # and a newer round is launched as usual
+    agent.launch_process("p1", 2, "supd", sleeper())
+    assert state(agent, "p1", 2) == RUNNING
+
+
+def test_an_early_terminate_is_remembered_across_an_agent_restart(
+    agent: EEAgent, control: FakeProcessControl, clock: FakeClock, tmp_path: Path
+) -> None:
+    # Given a terminate before the launch, cleaned up, and the agent restarted
+    agent.terminate_process("p1", 1)
+    agent.cleanup("p1", 1)
+    second = _new_agent(control, tmp_path, clock)
+    # When the launch arrives at the new agent, then it is refused
+    second.launch_process("p1", 1, "supd", sleeper())
+    assert "start" not in control.calls
+    record = second.record("p1", 1)
+    assert record is not None and record.state == TERMINATED
+
+
+def test_an_early_terminate_is_forgotten_after_a_while(
+    agent: EEAgent, control: FakeProcessControl, clock: FakeClock, tmp_path: Path
+) -> None:
+    agent.terminate_process("p1", 1)
+    agent.cleanup("p1", 1)
+    clock.advance(REMEMBER_TERMINATE_SECONDS)
+    agent.launch_process("p1", 1, "supd", sleeper())
+    assert state(agent, "p1", 1) == RUNNING
+
+
+def test_only_the_latest_early_terminates_are_remembered() -> None:
+    # Given more early terminates than a table remembers
+    table = ProcessTable("agent1", None, lambda: None)
+    for index in range(MAX_REMEMBERED_TERMINATES + 1):
+        table.remember_terminate(f"p{index}", 1, NOW + index)
+    # Then the oldest is forgotten and the newest is not
+    later = NOW + MAX_REMEMBERED_TERMINATES
+    assert len(table.terminates) == MAX_REMEMBERED_TERMINATES
+    assert not table.terminate_remembered("p0", 1, later)
+    assert table.terminate_remembered("p1", 1, later)
+    assert table.terminate_remembered(f"p{MAX_REMEMBERED_TERMINATES}", 1, later)
+
+
+def test_an_early_terminate_of_a_newer_round_stops_the_older_and_refuses_the_restart(
+    agent: EEAgent, control: FakeProcessControl
+) -> None:
+    # Given round 1 running, and a terminate of round 2 before its restart arrives
+    agent.launch_process("p1", 1, "supd", sleeper())
+    agent.terminate_process("p1", 2)
+    agent.poll()
+    # Then round 1 is stopped and forgotten, round 2 is reported terminated
+    assert agent.record("p1", 1) is None
+    assert control.state_of("p1-1") is None
+    assert state(agent, "p1", 2) == TERMINATED
+    # When the restart arrives, then it is refused
+    agent.restart_process("p1", 2)
+    assert control.calls.count("start") == 1
+    assert state(agent, "p1", 2) == TERMINATED
+
+
+def test_a_terminate_of_an_older_round_than_the_one_held_does_nothing(
+    agent: EEAgent, control: FakeProcessControl
+) -> None:
+    agent.launch_process("p1", 2, "supd", sleeper())
+    agent.terminate_process("p1", 1)
+    assert [(r.upid, r.round, r.state) for r in agent.records()] == [("p1", 2, RUNNING)]
+    assert "stop" not in control.calls
+
+
+def test_terminate_of_a_rejected_process_ends_it_terminated(
+    agent: EEAgent, control: FakeProcessControl
+) -> None:
+    for upid in ("a", "b", "c", "d"):
+        agent.launch_process(upid, 1, "supd", sleeper())
+    assert state(agent, "d", 1) == REJECTED
+    agent.terminate_process("d", 1)
+    assert state(agent, "d", 1) == TERMINATED
+    agent.launch_process("d", 1, "supd", sleeper())
+    assert control.calls.count("start") == 3
+
+
+def test_a_repeated_terminate_of_a_stopping_process_sends_no_second_stop(
+    agent: EEAgent, control: FakeProcessControl
+) -> None:
+    control.lose_stops = True
+    agent.launch_process("p1", 1, "supd", sleeper())
+    agent.terminate_process("p1", 1)
+    agent.terminate_process("p1", 1)
+    assert control.calls.count("stop") == 1
+    assert state(agent, "p1", 1) == TERMINATING
 
 
 # -- restart ----------------------------------------------------------------------
@@ -522,7 +647,9 @@ def test_a_backend_that_cannot_be_restarted_is_retried_later(
 # -- reattach ---------------------------------------------------------------------
 
 
-def _new_agent(control: FakeProcessControl, tmp_path: Path) -> EEAgent:
+def _new_agent(
+    control: FakeProcessControl, tmp_path: Path, clock: Callable[[], float] = time.time
+) -> EEAgent:
     agent = EEAgent(
         name="agent1",
         node_id="node1",
@@ -530,6 +657,7 @@ def _new_agent(control: FakeProcessControl, tmp_path: Path) -> EEAgent:
         control=control,
         store=StateStore(tmp_path / "state.json"),
         default_directory=str(tmp_path),
+        clock=clock,
     )
     agent.open()
     return agent

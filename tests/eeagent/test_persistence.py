@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from eeagent import AgentLock, AgentLockedError, AgentSnapshot, PersistenceError, StateStore
-from eeagent.records import ProcessRecord, RetiringProgram
+from eeagent.records import ProcessRecord, RememberedTerminate, RetiringProgram
 
 
 def snapshot() -> AgentSnapshot:
@@ -30,6 +30,7 @@ def snapshot() -> AgentSnapshot:
             )
         ],
         retiring=[RetiringProgram(name="p0-1", stop_sent_at=1.5)],
+        terminates=[RememberedTerminate(upid="p9", round=2, at=1700000000.5)],
     )
 
 
@@ -37,6 +38,13 @@ def test_a_saved_snapshot_loads_back_identical(tmp_path: Path) -> None:
     store = StateStore(tmp_path / "state.json")
     store.save(snapshot())
     assert store.load() == snapshot()
+
+
+def test_a_state_file_written_before_remembered_terminates_still_loads(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    path.write_text('{"version": 1, "agent": "agent1", "processes": [], "retiring": []}')
+    loaded = StateStore(path).load()
+    assert loaded is not None and loaded.terminates == []
 
 
 def test_saving_leaves_no_temporary_file_behind(tmp_path: Path) -> None:

@@ -58,8 +58,6 @@ def agent(handler: HeartbeatHandler) -> str:
         (S.PENDING, S.RUNNING, S.RUNNING, 1),
         (S.RUNNING, S.PENDING, S.RUNNING, 0),
         (S.RUNNING, S.RUNNING, S.RUNNING, 0),
-        (S.TERMINATING, S.RUNNING, S.TERMINATING, 0),
-        (S.TERMINATING, S.PENDING, S.TERMINATING, 0),
     ],
 )
 def test_pending_and_running_reports_only_move_a_process_forward(
@@ -89,6 +87,45 @@ def test_pending_and_running_reports_only_move_a_process_forward(
     # And a process that moved on from ASSIGNED/PENDING is no longer queued
     if expected != current:
         assert store.list_queued() == []
+
+
+@BOTH_STORES
+@pytest.mark.parametrize("reported", [S.PENDING, S.RUNNING])
+def test_a_process_reported_alive_while_terminating_is_sent_its_terminate_again(
+    handler: HeartbeatHandler,
+    store: Store,
+    messenger: RecordingMessenger,
+    agent: str,
+    reported: str,
+) -> None:
+    # Given a TERMINATING process whose terminate reached eeagent_1 before its launch
+    put_process(store, "proc1", S.TERMINATING, round_=2, assigned=agent)
+    before = process(store, "proc1")
+    # When the agent, which started it since, reports it alive
+    code, name = reported.split("-")
+    send(handler, report("proc1", "2", [int(code), name]))
+    # Then the agent is told to terminate it again
+    assert orders(messenger) == [("terminate_process", "proc1", 2)]
+    # And the process stays TERMINATING, holding its slot, until the agent says it ended
+    assert process(store, "proc1") == before
+    assert resource(store).assigned == [("proc1", 2)]
+    # And once the agent reports it terminated, it is TERMINATED and cleaned up
+    messenger.clear()
+    send(handler, report("proc1", "2", [700, "TERMINATED"]), at=NOW + 2)
+    assert process(store, "proc1").state == S.TERMINATED
+    assert orders(messenger) == [("cleanup", "proc1", 2)]
+    assert resource(store).assigned == []
+
+
+def test_a_process_still_reported_running_after_it_ended_here_is_terminated(
+    handler: HeartbeatHandler, store: Store, messenger: RecordingMessenger, agent: str
+) -> None:
+    # Given a process TERMINATED by an evacuation that left it assigned to eeagent_1
+    put_process(store, "proc1", S.TERMINATED, assigned=agent)
+    # When the agent reports it running, then it is told to terminate it
+    send(handler, report("proc1", 0, [500, "RUNNING"]))
+    assert orders(messenger) == [("terminate_process", "proc1", 0)]
+    assert resource(store).assigned == []
 
 
 @pytest.mark.parametrize("reported", ["600-TERMINATING", "900-REJECTED", "999-INVALID"])

@@ -667,6 +667,95 @@ def test_without_retries_a_launch_is_sent_once(
     assert launches(messenger) == [("r1", "p1", 0)]
 
 
+def terminates(messenger: RecordingMessenger) -> list[tuple[str, str, int]]:
+    return [
+        (m.target, m.args["u_pid"], m.args["round"])
+        for m in messenger.messages
+        if m.op == "terminate_process"
+    ]
+
+
+def test_terminates_are_retried_every_period_while_terminating(
+    store: MemoryStore, messenger: RecordingMessenger, clock: Clock
+) -> None:
+    from dispatcher.core import ProcessDispatcherCore
+
+    # Given p1 assigned to r1 by the matchmaker, then terminated
+    core = ProcessDispatcherCore(store, messenger, clock=clock)
+    mm = build(store, messenger, clock, dispatch_retry_seconds=0.5)
+    mm.initialize()
+    add_resource(store, "r1")
+    core.create_definition("D", "supd", {"exec": "/bin/true", "argv": []})
+    core.schedule_process("p1", "D")
+    mm.run_once()
+    assert proc(store, "p1").state == ProcessState.ASSIGNED
+    core.terminate_process("p1")
+    assert terminates(messenger) == [("r1", "p1", 0)]
+    # When it stays TERMINATING (its terminate lost, or ahead of its launch)
+    sent = []
+    for _ in range(8):
+        assert mm.next_deadline() <= clock.now + 0.25
+        clock.now += 0.25
+        mm.run_once()
+        sent.append(len(terminates(messenger)) - 1)
+    # Then the terminate is re-sent within a period, then every period
+    assert sent == [0, 1, 1, 2, 2, 3, 3, 4]
+    # And once the agent reports it terminated, the retries stop
+    p1 = proc(store, "p1")
+    p1.state = ProcessState.TERMINATED
+    store.update_process(p1)
+    for _ in range(4):
+        clock.now += 0.25
+        mm.run_once()
+    assert len(terminates(messenger)) == 5
+
+
+def test_a_new_term_retries_the_terminates_of_processes_already_terminating(
+    store: MemoryStore, messenger: RecordingMessenger, clock: Clock
+) -> None:
+    from dispatcher.errors import TransportError
+
+    # Given processes a previous leader left TERMINATING, and one not assigned
+    add_resource(store, "r1", slots=4)
+    queue(store, "p1", state=ProcessState.TERMINATING, assigned="r1", round=2)
+    queue(store, "p2", state=ProcessState.TERMINATING)
+    mm = build(store, messenger, clock, dispatch_retry_seconds=30)
+    mm.initialize()
+    # When the new leader's matchmaker runs, with the broker down at first
+    messenger.error = TransportError("broker down")
+    mm.run_once()
+    assert terminates(messenger) == []
+    clock.now += 15
+    mm.run_once()
+    # Then the terminate of the assigned one is tried half a period later
+    assert terminates(messenger) == [("r1", "p1", 2)]
+    # And again every period while it stays TERMINATING
+    messenger.error = None
+    clock.now += 30
+    mm.run_once()
+    assert terminates(messenger) == [("r1", "p1", 2)] * 2
+    # And after a new round of the same process, the old round is not re-sent
+    p1 = proc(store, "p1")
+    p1.state, p1.round = ProcessState.REQUESTED, 3
+    store.update_process(p1)
+    clock.now += 30
+    mm.run_once()
+    assert terminates(messenger) == [("r1", "p1", 2)] * 2
+
+
+def test_without_retries_a_terminate_is_not_re_sent(
+    store: MemoryStore, messenger: RecordingMessenger, clock: Clock
+) -> None:
+    add_resource(store, "r1")
+    queue(store, "p1", state=ProcessState.TERMINATING, assigned="r1")
+    mm = build(store, messenger, clock, dispatch_retry_seconds=0)
+    mm.initialize()
+    for _ in range(3):
+        mm.run_once()
+        clock.now += 100
+    assert terminates(messenger) == []
+
+
 def test_on_sqlite_the_pass_writes_in_batches(
     tmp_path: Any, messenger: RecordingMessenger, clock: Clock
 ) -> None:
