@@ -31,6 +31,7 @@ __all__ = [
     "pid_alive",
     "read_boot_id",
     "read_cmdline",
+    "same_alive",
     "signal_same",
     "tail",
 ]
@@ -178,6 +179,12 @@ def find_marked(
         found[pid] = table[pid]
         pending.extend(children.get(pid, ()))
     return found
+
+
+def same_alive(pid: int, start: int) -> bool:
+    """Whether ``pid`` is still the process that started at ``start``, and not a zombie."""
+    stat = _read_stat(pid)
+    return stat is not None and stat[0] not in ("Z", "X") and stat[1].start == start
 
 
 def ancestors(pid: int) -> set[int]:

@@ -55,8 +55,11 @@ log = logging.getLogger(__name__)
 MARKER = "EEAGENT_PROCESS_TOKEN"
 #: Most scans a stop-and-kill makes while new processes keep appearing.
 KILL_ROUNDS = 20
-#: Seconds between scans while :meth:`Reaper.drain` waits.
+#: Seconds between scans while :meth:`Reaper.finish` waits.
 DRAIN_INTERVAL = 0.1
+#: Longest wait in :meth:`Reaper.finish` for SIGKILLed processes to be gone (a
+#: process in uninterruptible sleep dies only when that ends).
+KILL_WAIT = 2.0
 
 
 class Reaper:
@@ -153,8 +156,12 @@ class Reaper:
         if overdue:
             self.kill(overdue)
 
-    def kill(self, names: Iterable[str]) -> list[int]:
+    def kill(self, names: Iterable[str], wait: float = 0.0) -> list[int]:
         """SIGKILL every process of ``names`` now (stopping them all first).
+
+        Args:
+            names: the programs.
+            wait: seconds to wait, at most, until the killed processes are gone.
 
         Returns:
             The pids killed.
@@ -178,6 +185,11 @@ class Reaper:
         killed = [
             pid for pid, start in stopped.items() if procfs.signal_same(pid, start, signal.SIGKILL)
         ]
+        deadline = time.monotonic() + wait
+        while any(procfs.same_alive(pid, stopped[pid]) for pid in killed):
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(0.01)
         if killed:
             log.warning(
                 "killed %d leftover process(es) of %s: %s", len(killed), ", ".join(names), killed
@@ -197,7 +209,7 @@ class Reaper:
         deadline = max((self._due.get(name, 0.0) for name in names), default=0.0)
         while self.clock() < deadline and self.find(names):
             time.sleep(DRAIN_INTERVAL)
-        return self.kill(names)
+        return self.kill(names, wait=KILL_WAIT)
 
     def names(self) -> list[str]:
         """The programs whose sweep waits for its SIGKILL."""

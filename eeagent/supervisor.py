@@ -359,8 +359,12 @@ class SupervisorControl:
         return data
 
     def kill_stray(self, processes: Iterable[tuple[int, str | None]]) -> list[int]:
-        """SIGKILL the process groups of leftover children whose identity still matches."""
-        killed = []
+        """SIGKILL the process groups of leftover children whose identity still matches.
+
+        Everything the programs of the dead supervisord started is killed first,
+        while the main processes still hold their children that cleared the marker.
+        """
+        killed = self._kill_orphans()
         for pid, identity in processes:
             if not pid or identity is None or procfs.identity(pid, self._boot_id) != identity:
                 continue
@@ -449,8 +453,7 @@ class SupervisorControl:
 
     def _start_fresh(self) -> Attachment:
         self._disconnect()
-        # What the programs of a supervisord that is gone left running is orphaned.
-        self.reaper.kill({*self._programs, *self._read_programs(), *self.reaper.names()})
+        self._kill_orphans()
         self._ended.clear()
         self._programs = {}
         self._write_config()
@@ -503,6 +506,10 @@ class SupervisorControl:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._proc.wait(5)
         self._reap()
+
+    def _kill_orphans(self) -> list[int]:
+        """Kill what the programs of a supervisord that is gone left running."""
+        return self.reaper.kill({*self._programs, *self._read_programs(), *self.reaper.names()})
 
     def _supervisord_pids(self) -> set[int]:
         return {pid for pid in (self._pid, self._pidfile_pid()) if pid}

@@ -47,18 +47,6 @@ SETSID_CHILDREN = _REPORT + (
 
 #: A program that double-forks two daemons (one ignores SIGTERM) and keeps running.
 DAEMONS = _REPORT + (
-    "def daemon(ignore_term):\n"
-    "    if os.fork():\n"
-    "        return\n"
-    "    os.setsid()\n"
-    "    if os.fork():\n"
-    "        os._exit(0)\n"
-    "    if ignore_term:\n"
-    "        signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
-    "    r, w = os.pipe()\n"
-    "    os.write(w, str(os.getpid()).encode())\n"
-    "    time.sleep(600)\n"
-    "    os._exit(0)\n"
     "pids = []\n"
     "for ignore in (False, True):\n"
     "    r, w = os.pipe()\n"
@@ -81,7 +69,7 @@ DAEMONS = _REPORT + (
     "time.sleep(600)\n"
 )
 
-#: A program that leaves a background child (in its own group) and exits 0.
+#: A program that leaves a background child (in its process group) and exits 0.
 BACKGROUND_THEN_EXIT = _REPORT + (
     "child = subprocess.Popen(['sleep', '600'])\nreport(child.pid)\nsys.exit(0)\n"
 )
@@ -151,7 +139,9 @@ def test_terminate_stops_children_in_sessions_of_their_own(
     wait_state(supd_agent, "p1", 1, TERMINATED)
     # Then its children are gone too, and supervisord still runs
     wait_for(lambda: all_gone(supd_agent, children), timeout=5)
-    assert alive(int(Path(supd_agent.control.files.pidfile).read_text()))  # type: ignore[attr-defined]
+    control = supd_agent.control
+    assert isinstance(control, SupervisorControl)
+    assert alive(int(Path(control.files.pidfile).read_text()))
 
 
 def test_terminate_stops_double_forked_daemons_and_kills_those_ignoring_sigterm(
@@ -233,6 +223,37 @@ def test_a_sweep_spares_other_programs_with_a_similar_name(
     for upid in ("a-1", "a1"):
         record = supd_agent.record(upid, 1)
         assert record is not None and record.state == RUNNING
+
+
+def test_a_clean_shutdown_stops_what_the_processes_started_outside_their_groups(
+    quick: EEAgent, tmp_path: Path, strays: list[int]
+) -> None:
+    # Given a process with double-forked daemons, one of which ignores SIGTERM
+    pidfile = tmp_path / "pids"
+    quick.launch_process("p1", 1, "supd", program(DAEMONS, pidfile))
+    daemons = reported(pidfile)
+    strays.extend(daemons)
+    # When the agent shuts down, stopping its processes
+    quick.shutdown(leave_running=False)
+    # Then neither daemon outlives the shutdown
+    assert not any(alive(pid) for pid in daemons)
+
+
+def test_the_escaped_children_of_a_dead_supervisords_processes_are_killed(
+    supd_agent: EEAgent, tmp_path: Path, strays: list[int]
+) -> None:
+    # Given a process with children in sessions of their own
+    pidfile = tmp_path / "pids"
+    supd_agent.launch_process("p1", 1, "supd", program(SETSID_CHILDREN, pidfile))
+    children = reported(pidfile)
+    strays.extend(children)
+    # When supervisord dies and the agent notices
+    control = supd_agent.control
+    assert isinstance(control, SupervisorControl)
+    os.kill(int(Path(control.files.pidfile).read_text()), 9)
+    wait_state(supd_agent, "p1", 1, ProcessState.FAILED)
+    # Then the orphans are gone as well (they were sent SIGKILL)
+    wait_for(lambda: not any(alive(pid) for pid in children), timeout=5)
 
 
 #: Run as a stand-in agent that carries the marker itself: it sweeps its own
