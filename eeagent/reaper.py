@@ -14,7 +14,9 @@ entry, so another round, another upid with the same prefix, or another agent's
 program never matches. A *sweep* of a program then finds, in one pass over
 ``/proc``, every process carrying its marker plus every descendant of those (and
 of its main process while that runs), which also catches children that cleared
-their environment while their parent is still around.
+their environment while their parent is still around. Where the agent can create
+cgroups (:mod:`eeagent.cgroups`), every member of the program's cgroup is taken
+too, with its descendants: no process can leave that.
 
 A sweep:
 
@@ -29,23 +31,25 @@ Never signalled: the agent and its ancestors, supervisord, pid 1, kernel threads
 and every signal goes through a pidfd after checking the process's start time, so
 a pid reused since the scan is never hit.
 
-Limits: a process that drops the marker (``env -i``, ``sudo`` with ``env_reset``,
-a program that overwrites its environment block to set its title) and whose parent
-no longer carries it is not found. Pending sweeps live in memory: the SIGKILL of a
+Limits, without cgroups: a process that drops the marker (``env -i``, ``sudo``
+with ``env_reset``, a program that overwrites its environment block to set its
+title) and whose parent no longer carries it is not found. Pending sweeps live in memory: the SIGKILL of a
 sweep due when the agent dies is not sent by the next agent, which sweeps again
 (SIGTERM) the programs it finds exited.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import signal
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 
 from eeagent import procfs
+from eeagent.cgroups import Cgroups
 
 __all__ = ["KILL_ROUNDS", "MARKER", "Reaper"]
 
@@ -87,6 +91,10 @@ class Reaper:
         self.clock = clock
         self._due: dict[str, float] = {}
         self._signalled: dict[str, set[tuple[int, int]]] = {}
+        #: The programs' cgroups, where the agent can create them.
+        self.cgroups: Cgroups | None = None
+        #: Programs whose cgroup is to be removed once empty.
+        self._released: set[str] = set()
 
     def token(self, name: str) -> str:
         """The marker value of program ``name``."""
@@ -102,9 +110,51 @@ class Reaper:
 
     def find(self, names: Iterable[str], main: int = 0) -> dict[int, procfs.ProcessInfo]:
         """The live processes of programs ``names`` (and of main process ``main``)."""
-        markers = [f"{MARKER}={self.token(name)}".encode() for name in names]
+        tokens = [self.token(name) for name in names]
+        markers = [f"{MARKER}={token}".encode() for token in tokens]
+        roots = self.cgroups.members(tokens) if self.cgroups is not None else set()
+        if main:
+            roots.add(main)
         exclude = procfs.ancestors(os.getpid()) | {pid for pid in self.protected() if pid}
-        return procfs.find_marked(markers, roots=(main,) if main else (), exclude=exclude)
+        return procfs.find_marked(markers, roots=roots, exclude=exclude)
+
+    @contextlib.contextmanager
+    def spawning(self, name: str, supervisord: int) -> Iterator[None]:
+        """Have what supervisord forks meanwhile born in program ``name``'s cgroup.
+
+        Without cgroups, or when supervisord cannot be moved (logged), does nothing.
+        """
+        groups = self.cgroups
+        entered = False
+        if groups is not None and supervisord:
+            try:
+                groups.enter(self.token(name), supervisord)
+                entered = True
+            except OSError as exc:
+                log.warning("cannot spawn %s in a cgroup of its own: %s", name, exc.strerror)
+        try:
+            yield
+        finally:
+            if entered:
+                self.adopt(supervisord)
+
+    def adopt(self, supervisord: int) -> None:
+        """Put supervisord back into its own cgroup (logged if it cannot be)."""
+        if self.cgroups is not None and supervisord:
+            try:
+                self.cgroups.adopt(supervisord)
+            except OSError as exc:
+                log.error("cannot move supervisord into its own cgroup: %s", exc.strerror)
+
+    def release(self, name: str) -> None:
+        """Remove ``name``'s cgroup once empty (now, or at a later :meth:`collect`)."""
+        if self.cgroups is not None and not self.cgroups.release(self.token(name)):
+            self._released.add(name)
+
+    def close(self) -> None:
+        """Remove the agent's empty cgroups (after every program has stopped)."""
+        if self.cgroups is not None:
+            self.cgroups.close()
 
     def terminate(
         self,
@@ -155,6 +205,10 @@ class Reaper:
         overdue = [name for name, due in self._due.items() if now >= due]
         if overdue:
             self.kill(overdue)
+        if self.cgroups is not None:
+            for name in list(self._released):
+                if name not in self._due and self.cgroups.release(self.token(name)):
+                    self._released.discard(name)
 
     def kill(self, names: Iterable[str], wait: float = 0.0) -> list[int]:
         """SIGKILL every process of ``names`` now (stopping them all first).

@@ -55,6 +55,7 @@ from xml.parsers.expat import ExpatError
 from supervisor.xmlrpc import SupervisorTransport
 
 from eeagent import procfs
+from eeagent.cgroups import Cgroups
 from eeagent.control import Attachment, LogStream, ProgramSpec, ProgramState, ProgramStatus
 from eeagent.errors import (
     BackendFaultError,
@@ -195,10 +196,12 @@ class SupervisorControl:
     def open(self) -> Attachment:
         """Reattach to this home's supervisord if it runs, else start one."""
         self._prepare_directories()
+        self.reaper.cgroups = Cgroups.discover(self.files.identifier)
         try:
             pid = self._attach()
         except BackendUnavailableError:
             return self._start_fresh()
+        self.reaper.adopt(pid)
         self._programs = self._read_programs()
         log.info("reattached to supervisord (pid %d) with %d programs", pid, len(self._programs))
         return Attachment(instance=str(pid), fresh=False)
@@ -230,6 +233,7 @@ class SupervisorControl:
                 self._kill_supervisord()
             self._reap()
             self.reaper.finish({*self._programs, *self.reaper.names()})
+            self.reaper.close()
         self._disconnect()
 
     # -- programs -----------------------------------------------------------------
@@ -263,7 +267,8 @@ class SupervisorControl:
                 self._write_config()
                 raise SpawnError(f"supervisord refused the program: {exc.fault}") from exc
         try:
-            self._call("supervisor.startProcess", spec.name, False)
+            with self.reaper.spawning(spec.name, self._pid):
+                self._call("supervisor.startProcess", spec.name, False)
         except BackendFaultError as exc:
             if exc.code in _SPAWN_FAULTS:
                 raise SpawnError(_spawn_message(exc, self._spawn_error(spec.name))) from exc
@@ -315,6 +320,7 @@ class SupervisorControl:
         if name not in self._ended:
             self.reaper.terminate(name)
         self._ended.discard(name)
+        self.reaper.release(name)
         try:
             self._call("supervisor.removeProcessGroup", name)
         except BackendFaultError as exc:
@@ -490,6 +496,7 @@ class SupervisorControl:
                         f"within {self.start_timeout:g}s"
                     ) from None
                 time.sleep(0.01)
+        self.reaper.adopt(pid)
         log.info("started supervisord (pid %d) in %s", pid, self.home)
         return Attachment(instance=str(pid), fresh=True)
 

@@ -75,6 +75,22 @@ BACKGROUND_THEN_EXIT = _REPORT + (
 )
 
 
+#: A program whose grandchild, in a session of its own, runs with an empty
+#: environment; the program and the child in between exit at once.
+SCRUBBED_ORPHAN = _REPORT + (
+    "r, w = os.pipe()\n"
+    "if os.fork() == 0:\n"
+    "    os.setsid()\n"
+    "    child = subprocess.Popen(['sleep', '600'], env={})\n"
+    "    os.write(w, str(child.pid).encode())\n"
+    "    os._exit(0)\n"
+    "os.close(w)\n"
+    "pid = int(os.read(r, 32))\n"
+    "os.wait()\n"
+    "report(pid)\n"
+)
+
+
 def program(script: str, pidfile: Path) -> dict[str, Any]:
     return {"exec": sys.executable, "argv": ["-c", script, str(pidfile)]}
 
@@ -254,6 +270,34 @@ def test_the_escaped_children_of_a_dead_supervisords_processes_are_killed(
     wait_state(supd_agent, "p1", 1, ProcessState.FAILED)
     # Then the orphans are gone as well (they were sent SIGKILL)
     wait_for(lambda: not any(alive(pid) for pid in children), timeout=5)
+
+
+def cgroup_of(pid: int) -> str:
+    lines = Path(f"/proc/{pid}/cgroup").read_text().splitlines()
+    return next(line[3:] for line in lines if line.startswith("0::"))
+
+
+def test_where_cgroups_can_be_made_a_process_without_the_marker_is_found_by_its_cgroup(
+    supd_agent: EEAgent, supd: SupervisorControl, tmp_path: Path, strays: list[int]
+) -> None:
+    if supd.reaper.cgroups is None:
+        pytest.skip("the agent cannot create cgroups (cgroup v2 needs root or delegation)")
+    # Given a process whose grandchild cleared its environment and was orphaned
+    pidfile = tmp_path / "pids"
+    supd_agent.launch_process("p1", 1, "supd", program(SCRUBBED_ORPHAN, pidfile))
+    orphans = reported(pidfile)
+    strays.extend(orphans)
+    token = supd.reaper.token("p1-1")
+    # (it was born in its program's cgroup, and supervisord is back in its own)
+    assert cgroup_of(orphans[0]).endswith(f"/{supd.files.identifier}/{token}")
+    supervisord = int(Path(supd.files.pidfile).read_text())
+    assert cgroup_of(supervisord).endswith(f"/{supd.files.identifier}/supervisord")
+    # When the program has exited and is cleaned up
+    wait_state(supd_agent, "p1", 1, EXITED)
+    supd_agent.cleanup("p1", 1)
+    # Then the orphan is gone, and so is the cgroup
+    wait_for(lambda: all_gone(supd_agent, orphans), timeout=5)
+    wait_for(lambda: all_gone(supd_agent, []) and not (supd.reaper.cgroups.base / token).exists())  # type: ignore[union-attr]
 
 
 #: Run as a stand-in agent that carries the marker itself: it sweeps its own
