@@ -88,12 +88,17 @@ class Cgroups:
         self.base = base
 
     @classmethod
-    def discover(cls, identifier: str) -> Cgroups | None:
-        """Create this agent's cgroup directory, or return ``None`` where it cannot."""
+    def discover(cls, identifier: str, *, create: bool = True) -> Cgroups | None:
+        """Create this agent's cgroup directory, or return ``None`` where it cannot.
+
+        With ``create=False``, only an existing directory is returned (to clean it up).
+        """
         own = _own_cgroup()
         if own is None:
             return None
         base = own / identifier
+        if not create:
+            return cls(base) if base.is_dir() else None
         try:
             base.mkdir(exist_ok=True)
             (base / _SUPERVISORD).mkdir(exist_ok=True)

@@ -151,10 +151,16 @@ class Reaper:
         if self.cgroups is not None and not self.cgroups.release(self.token(name)):
             self._released.add(name)
 
-    def close(self) -> None:
-        """Remove the agent's empty cgroups (after every program has stopped)."""
-        if self.cgroups is not None:
-            self.cgroups.close()
+    def close(self, identifier: str) -> None:
+        """Remove the agent's empty cgroups (after every program has stopped).
+
+        Args:
+            identifier: the supervisord identifier, to find the cgroups of an agent
+                that did not open them itself.
+        """
+        groups = self.cgroups or Cgroups.discover(identifier, create=False)
+        if groups is not None:
+            groups.close()
 
     def terminate(
         self,

@@ -196,12 +196,11 @@ class SupervisorControl:
     def open(self) -> Attachment:
         """Reattach to this home's supervisord if it runs, else start one."""
         self._prepare_directories()
-        self.reaper.cgroups = Cgroups.discover(self.files.identifier)
         try:
             pid = self._attach()
         except BackendUnavailableError:
             return self._start_fresh()
-        self.reaper.adopt(pid)
+        self._adopt(pid)
         self._programs = self._read_programs()
         log.info("reattached to supervisord (pid %d) with %d programs", pid, len(self._programs))
         return Attachment(instance=str(pid), fresh=False)
@@ -233,7 +232,7 @@ class SupervisorControl:
                 self._kill_supervisord()
             self._reap()
             self.reaper.finish({*self._programs, *self.reaper.names()})
-            self.reaper.close()
+            self.reaper.close(self.files.identifier)
         self._disconnect()
 
     # -- programs -----------------------------------------------------------------
@@ -496,7 +495,7 @@ class SupervisorControl:
                         f"within {self.start_timeout:g}s"
                     ) from None
                 time.sleep(0.01)
-        self.reaper.adopt(pid)
+        self._adopt(pid)
         log.info("started supervisord (pid %d) in %s", pid, self.home)
         return Attachment(instance=str(pid), fresh=True)
 
@@ -513,6 +512,12 @@ class SupervisorControl:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._proc.wait(5)
         self._reap()
+
+    def _adopt(self, supervisord: int) -> None:
+        """Put a running supervisord into its cgroup (set up at the first call)."""
+        if self.reaper.cgroups is None:
+            self.reaper.cgroups = Cgroups.discover(self.files.identifier)
+        self.reaper.adopt(supervisord)
 
     def _kill_orphans(self) -> list[int]:
         """Kill what the programs of a supervisord that is gone left running."""
