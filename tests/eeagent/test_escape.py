@@ -18,6 +18,7 @@ import pytest
 
 from dispatcher.states import ProcessState
 from eeagent import EEAgent, SupervisorControl
+from eeagent.cgroups import _unescape
 from eeagent.procfs import find_marked, identity, read_boot_id, signal_same
 from eeagent.reaper import MARKER, Reaper
 from tests.eeagent.conftest import stop_supervisord, wait_for, wait_state
@@ -280,7 +281,8 @@ def cgroup_of(pid: int) -> str:
 def test_where_cgroups_can_be_made_a_process_without_the_marker_is_found_by_its_cgroup(
     supd_agent: EEAgent, supd: SupervisorControl, tmp_path: Path, strays: list[int]
 ) -> None:
-    if supd.reaper.cgroups is None:
+    groups = supd.reaper.cgroups
+    if groups is None:
         pytest.skip("the agent cannot create cgroups (cgroup v2 needs root or delegation)")
     # Given a process whose grandchild cleared its environment and was orphaned
     pidfile = tmp_path / "pids"
@@ -297,7 +299,7 @@ def test_where_cgroups_can_be_made_a_process_without_the_marker_is_found_by_its_
     supd_agent.cleanup("p1", 1)
     # Then the orphan is gone, and so is the cgroup
     wait_for(lambda: all_gone(supd_agent, orphans), timeout=5)
-    wait_for(lambda: all_gone(supd_agent, []) and not (supd.reaper.cgroups.base / token).exists())  # type: ignore[union-attr]
+    wait_for(lambda: all_gone(supd_agent, []) and not (groups.base / token).exists())
 
 
 #: Run as a stand-in agent that carries the marker itself: it sweeps its own
@@ -347,3 +349,9 @@ def test_signal_same_never_signals_a_process_with_another_start_time() -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_mount_paths_with_escaped_characters_are_read_back() -> None:
+    assert _unescape("/sys/fs/cgroup") == "/sys/fs/cgroup"
+    # (mountinfo writes space, tab, newline and backslash as octal escapes)
+    assert _unescape("/mnt/a\\040b\\011c\\134d") == "/mnt/a b\tc\\d"
