@@ -198,11 +198,15 @@ class Reaper:
             if procfs.signal_same(pid, info.start, signal.SIGTERM):
                 sent += 1
         if sent:
-            log.info("sent SIGTERM to %d process(es) of %s outside its process group", sent, name)
-        if not found and name not in self._due:
-            del self._signalled[name]
-        elif name not in self._due:
-            self._due[name] = self.clock() + self.stop_wait
+            log.info("sent SIGTERM to %d process(es) that %s started", sent, name)
+        # The process group is supervisord's to kill; what is left of it once the
+        # main process has gone is found by the sweep made then.
+        outside = [info for info in found.values() if info.pgid != signalled_group]
+        if name not in self._due:
+            if outside:
+                self._due[name] = self.clock() + self.stop_wait
+            elif not found:
+                del self._signalled[name]
         return sent
 
     def collect(self) -> None:
