@@ -31,11 +31,11 @@ Never signalled: the agent and its ancestors, supervisord, pid 1, kernel threads
 and every signal goes through a pidfd after checking the process's start time, so
 a pid reused since the scan is never hit.
 
-Limits, without cgroups: a process that drops the marker (``env -i``, ``sudo``
+Limits: without cgroups, a process that drops the marker (``env -i``, ``sudo``
 with ``env_reset``, a program that overwrites its environment block to set its
-title) and whose parent no longer carries it is not found. Pending sweeps live in memory: the SIGKILL of a
-sweep due when the agent dies is not sent by the next agent, which sweeps again
-(SIGTERM) the programs it finds exited.
+title) and whose parent no longer carries it is not found. Pending sweeps live in
+memory: the SIGKILL of a sweep due when the agent dies is not sent by the next
+agent, which sweeps again (SIGTERM) the programs it finds exited.
 """
 
 from __future__ import annotations
