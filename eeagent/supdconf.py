@@ -169,8 +169,10 @@ def shim_argv(spec: ProgramSpec, *, with_env: bool, with_directory: bool) -> tup
     return (*prefix, *spec.argv)
 
 
-def program_options(spec: ProgramSpec, stdout_log: str, stderr_log: str) -> dict[str, str]:
-    """The ``[program:<name>]`` options that run ``spec``.
+def program_options(
+    spec: ProgramSpec, stdout_log: str, stderr_log: str, stop_wait: int = STOP_WAIT_SECONDS
+) -> dict[str, str]:
+    """The ``[program:<name>]`` options that run ``spec`` (``stopwaitsecs=stop_wait``).
 
     Raises:
         ValueError: the spec cannot be expressed (see :func:`command_line` and
@@ -182,6 +184,7 @@ def program_options(spec: ProgramSpec, stdout_log: str, stderr_log: str) -> dict
     if env_text is None or directory is None:
         argv = shim_argv(spec, with_env=env_text is None, with_directory=directory is None)
     options = dict(PROGRAM_DEFAULTS)
+    options["stopwaitsecs"] = str(stop_wait)
     options["command"] = command_line(argv)
     if env_text:
         options["environment"] = env_text

@@ -3,7 +3,8 @@
 Capabilities: starts exactly the ``argv`` it is given without a shell (see
 :mod:`eeagent.supdconf` for the quoting), per-program environment, working
 directory and user, stdout/stderr captured to files of its own, stop of the whole
-process group, reattachment to a supervisord that outlived its agent.
+process group and of every process a program started outside it (see
+:mod:`eeagent.reaper`), reattachment to a supervisord that outlived its agent.
 
 Files, all under the agent's home ``<supd_directory>/<eeagent.name>/``:
 
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import configparser
 import contextlib
+import dataclasses
 import hashlib
 import http.client
 import logging
@@ -53,6 +55,7 @@ from xml.parsers.expat import ExpatError
 from supervisor.xmlrpc import SupervisorTransport
 
 from eeagent import procfs
+from eeagent.cgroups import Cgroups
 from eeagent.control import Attachment, LogStream, ProgramSpec, ProgramState, ProgramStatus
 from eeagent.errors import (
     BackendFaultError,
@@ -60,6 +63,7 @@ from eeagent.errors import (
     BackendUnavailableError,
     SpawnError,
 )
+from eeagent.reaper import Reaper
 from eeagent.supdconf import STOP_WAIT_SECONDS, SupervisordFiles, program_options, render_config
 
 __all__ = ["SupervisorControl", "socket_path_for"]
@@ -144,6 +148,9 @@ class SupervisorControl:
             ``None`` inherits the agent's.
         rpc_timeout: seconds one XML-RPC request may take.
         start_timeout: seconds a new supervisord has to start answering.
+        stop_wait: seconds between SIGTERM and SIGKILL, for a program's process
+            group (supervisord's ``stopwaitsecs``) and for the processes it
+            started outside that group.
     """
 
     def __init__(
@@ -154,12 +161,14 @@ class SupervisorControl:
         environ: Mapping[str, str] | None = None,
         rpc_timeout: float = RPC_TIMEOUT,
         start_timeout: float = START_TIMEOUT,
+        stop_wait: int = STOP_WAIT_SECONDS,
     ) -> None:
         self.home = Path(home).absolute()
         self.supdexe = supdexe
         self.environ = dict(environ) if environ is not None else None
         self.rpc_timeout = rpc_timeout
         self.start_timeout = start_timeout
+        self.stop_wait = stop_wait
         self.logs = self.home / "logs"
         self.output = self.home / "supervisord.out"
         digest = hashlib.sha256(os.fsencode(self.home)).hexdigest()[:16]
@@ -178,6 +187,9 @@ class SupervisorControl:
         self._cmdline: bytes | None = None
         self._boot_id = procfs.read_boot_id()
         self._identities: dict[tuple[str, int], str | None] = {}
+        self.reaper = Reaper(self.files.identifier, self._supervisord_pids, stop_wait)
+        #: Programs seen ended since their last start (their leftovers were swept).
+        self._ended: set[str] = set()
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -188,6 +200,7 @@ class SupervisorControl:
             pid = self._attach()
         except BackendUnavailableError:
             return self._start_fresh()
+        self._adopt(pid)
         self._programs = self._read_programs()
         log.info("reattached to supervisord (pid %d) with %d programs", pid, len(self._programs))
         return Attachment(instance=str(pid), fresh=False)
@@ -218,6 +231,8 @@ class SupervisorControl:
                 log.warning("supervisord (pid %d) did not exit; killing it", pid)
                 self._kill_supervisord()
             self._reap()
+            self.reaper.finish({*self._programs, *self.reaper.names()})
+            self.reaper.close(self.files.identifier)
         self._disconnect()
 
     # -- programs -----------------------------------------------------------------
@@ -225,16 +240,20 @@ class SupervisorControl:
     def start(self, spec: ProgramSpec) -> None:
         """Register ``spec`` as a program and spawn it (``startProcess`` without waiting)."""
         self._check_spawnable(spec)
+        spec = dataclasses.replace(spec, env={**spec.env, **self.reaper.environment(spec.name)})
         stdout_log, stderr_log = (
             self._log_path(spec.name, "stdout"),
             self._log_path(spec.name, "stderr"),
         )
         try:
-            options = program_options(spec, str(stdout_log), str(stderr_log))
+            options = program_options(spec, str(stdout_log), str(stderr_log), self.stop_wait)
         except ValueError as exc:
             raise SpawnError(str(exc)) from exc
         if spec.name in self._programs:
             self.remove(spec.name)
+        if self.reaper.pending(spec.name):  # leftovers of an earlier run of this name
+            self.reaper.kill([spec.name])
+        self._ended.discard(spec.name)
         self._remove_logs(spec.name)
         self._programs[spec.name] = options
         self._write_config()
@@ -247,28 +266,40 @@ class SupervisorControl:
                 self._write_config()
                 raise SpawnError(f"supervisord refused the program: {exc.fault}") from exc
         try:
-            self._call("supervisor.startProcess", spec.name, False)
+            with self.reaper.spawning(spec.name, self._pid):
+                self._call("supervisor.startProcess", spec.name, False)
         except BackendFaultError as exc:
             if exc.code in _SPAWN_FAULTS:
                 raise SpawnError(_spawn_message(exc, self._spawn_error(spec.name))) from exc
             raise
 
     def stop(self, name: str) -> bool:
-        """Send the stop signal, after waiting (briefly) for a fresh child to exec."""
+        """Send the stop signal, after waiting (briefly) for a fresh child to exec.
+
+        Everything the program started outside its process group is sent SIGTERM
+        too (see :mod:`eeagent.reaper`), even when the program itself has ended.
+        """
         try:
             info = self._call("supervisor.getProcessInfo", name)
         except BackendFaultError as exc:
             if exc.code == _BAD_NAME:
                 return False
             raise
+        pid = 0
         if info.get("statename") in ("STARTING", "RUNNING") and info.get("pid"):
-            self._wait_exec(int(info["pid"]))
+            pid = int(info["pid"])
+            self._wait_exec(pid)
+        # Looked for first: once the main process dies, its children are orphans.
+        found = self.reaper.find([name], pid) if pid else None
         try:
             self._call("supervisor.stopProcess", name, False)
         except BackendFaultError as exc:
             if exc.code in (_BAD_NAME, _NOT_RUNNING):
+                self.reaper.terminate(name)
                 return False
             raise
+        # supervisord has just sent SIGTERM to the group (stopasgroup): not twice.
+        self.reaper.terminate(name, found=found, signalled_group=pid)
         return True
 
     def resignal(self, name: str) -> None:
@@ -280,7 +311,15 @@ class SupervisorControl:
                 raise
 
     def remove(self, name: str) -> None:
-        """Remove a stopped program from supervisord and its configuration; delete its logs."""
+        """Remove a stopped program from supervisord and its configuration; delete its logs.
+
+        What it left running gets SIGTERM (unless that was done when it ended), and
+        SIGKILL after the stop wait.
+        """
+        if name not in self._ended:
+            self.reaper.terminate(name)
+        self._ended.discard(name)
+        self.reaper.release(name)
         try:
             self._call("supervisor.removeProcessGroup", name)
         except BackendFaultError as exc:
@@ -302,7 +341,18 @@ class SupervisorControl:
                 live.add((status.name, status.pid))
         for key in set(self._identities) - live:
             del self._identities[key]
+        self._sweep_ended(result)
         return result
+
+    def _sweep_ended(self, statuses: Mapping[str, ProgramStatus]) -> None:
+        """SIGTERM what programs that just ended left running; SIGKILL what is overdue."""
+        for name, status in statuses.items():
+            ended = status.state in (ProgramState.STOPPED, ProgramState.EXITED)
+            if ended and status.started and name not in self._ended:
+                self._ended.add(name)
+                self.reaper.terminate(name)
+        self._ended &= set(statuses)
+        self.reaper.collect()
 
     def read_log(self, name: str, stream: LogStream, tail_bytes: int) -> bytes:
         """The last ``tail_bytes`` of a program's captured ``stream`` (rotated file included)."""
@@ -314,8 +364,12 @@ class SupervisorControl:
         return data
 
     def kill_stray(self, processes: Iterable[tuple[int, str | None]]) -> list[int]:
-        """SIGKILL the process groups of leftover children whose identity still matches."""
-        killed = []
+        """SIGKILL the process groups of leftover children whose identity still matches.
+
+        Everything the programs of the dead supervisord started is killed first,
+        while the main processes still hold their children that cleared the marker.
+        """
+        killed = self._kill_orphans()
         for pid, identity in processes:
             if not pid or identity is None or procfs.identity(pid, self._boot_id) != identity:
                 continue
@@ -404,6 +458,8 @@ class SupervisorControl:
 
     def _start_fresh(self) -> Attachment:
         self._disconnect()
+        self._kill_orphans()
+        self._ended.clear()
         self._programs = {}
         self._write_config()
         command = self._command()
@@ -439,6 +495,7 @@ class SupervisorControl:
                         f"within {self.start_timeout:g}s"
                     ) from None
                 time.sleep(0.01)
+        self._adopt(pid)
         log.info("started supervisord (pid %d) in %s", pid, self.home)
         return Attachment(instance=str(pid), fresh=True)
 
@@ -455,6 +512,19 @@ class SupervisorControl:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._proc.wait(5)
         self._reap()
+
+    def _adopt(self, supervisord: int) -> None:
+        """Put a running supervisord into its cgroup (set up at the first call)."""
+        if self.reaper.cgroups is None:
+            self.reaper.cgroups = Cgroups.discover(self.files.identifier)
+        self.reaper.adopt(supervisord)
+
+    def _kill_orphans(self) -> list[int]:
+        """Kill what the programs of a supervisord that is gone left running."""
+        return self.reaper.kill({*self._programs, *self._read_programs(), *self.reaper.names()})
+
+    def _supervisord_pids(self) -> set[int]:
+        return {pid for pid in (self._pid, self._pidfile_pid()) if pid}
 
     def _pidfile_pid(self) -> int:
         try:
