@@ -159,9 +159,12 @@ def _sqlite_engine(url: URL) -> Engine:
         try:
             directory.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise ConfigError(
-                f"cannot use database {safe_url(url)}: cannot create {directory}: {exc.strerror}"
-            ) from None
+            reason = (
+                f"{directory} is not a directory"
+                if isinstance(exc, FileExistsError)
+                else f"cannot create {directory}: {exc.strerror}"
+            )
+            raise ConfigError(f"cannot use database {safe_url(url)}: {reason}") from None
     kwargs: dict[str, Any] = {
         "json_serializer": dumps,
         "connect_args": {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT},
