@@ -17,9 +17,9 @@ from cli.common import (
     stop_on_signals,
 )
 from dispatcher.rpc.broker import BrokerConfig, mask_uri
-from dispatcher.settings import Settings
+from dispatcher.settings import LEGACY_IGNORED_KEYS, Settings, unknown_keys
 
-log = logging.getLogger("cli.dispatcher")
+log = logging.getLogger(__name__)
 
 HELP = """Run the Process Dispatcher daemon.
 
@@ -35,6 +35,14 @@ upgrade` does it explicitly. SIGTERM or SIGINT stops the daemon cleanly.
 Exit status: 0 after a clean stop, 1 if the daemon cannot start (the broker or the
 database unreachable or refusing access), 2 for a usage or configuration error.
 """
+
+
+def _report_unknown_keys(settings: Settings) -> None:
+    for key in unknown_keys(settings):
+        if key in LEGACY_IGNORED_KEYS:
+            log.info("ignoring legacy configuration key %s (not used by this dispatcher)", key)
+        else:
+            log.warning("ignoring unknown configuration key %s (misspelt?)", key)
 
 
 def _uses_state_dir(settings: Settings) -> bool:
@@ -67,6 +75,7 @@ def serve(ctx: click.Context) -> None:
 
     settings = settings_from_options(ctx.obj["config_files"])
     configure_logging(settings, ctx.obj["log_level"])
+    _report_unknown_keys(settings)
     stop = threading.Event()
     with stop_on_signals(stop):
         with reported_errors():

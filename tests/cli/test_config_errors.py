@@ -139,6 +139,49 @@ def test_a_sqlite_database_under_a_file_is_one_line_with_status_2(tmp_path):
     assert status == 2
 
 
+# -- unknown keys ------------------------------------------------------------------
+
+
+def test_the_daemon_names_a_misspelt_key_it_ignores(tmp_path):
+    # Given a configuration with a misspelt database key
+    config = {
+        "state_dir": str(tmp_path / "state"),
+        "processdispatcher": {"databse_url": "postgresql+psycopg://pd:Secret-1@db/pd"},
+    }
+    path = tmp_path / "pd.yml"
+    path.write_text(yaml.safe_dump(config))
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("PD_")}
+    # When the daemon starts (on the embedded defaults it falls back to)
+    with subprocess.Popen(
+        [PD_DISPATCHER, "--config", str(path)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=environ,
+        cwd=tmp_path,
+    ) as proc:
+        assert proc.stdout is not None
+        lines = []
+        for line in proc.stdout:
+            lines.append(line)
+            if " serving " in line:
+                break
+        proc.terminate()
+        lines += proc.stdout.readlines()
+    # Then a warning names the key (and nothing shows its value)
+    output = "".join(lines)
+    assert proc.returncode == 0, output
+    warnings = [line for line in lines if " WARNING " in line]
+    assert len(warnings) == 1, output
+    assert (
+        warnings[0]
+        .rstrip()
+        .endswith("ignoring unknown configuration key processdispatcher.databse_url (misspelt?)")
+    )
+    assert "Secret-1" not in output
+
+
 # -- broker ------------------------------------------------------------------------
 
 
