@@ -148,6 +148,8 @@ class RpcClient:
             RemoteError: the service failed with another error.
             RpcTimeoutError: no reply within the timeout (also when the broker
                 stayed unreachable that long).
+            AccessRefusedError: the broker refused the login, the vhost or a
+                permission (at once, without waiting for the timeout).
         """
         body = {"op": op, "args": _merge_args(args, kwargs)}
         timeout = self.timeout if timeout is None else timeout
@@ -172,6 +174,8 @@ class RpcClient:
 
         Raises:
             TransportError: the broker stayed unreachable for ``timeout`` seconds.
+            AccessRefusedError: the broker refused the login, the vhost or a
+                permission (at once).
         """
         body = {"op": op, "args": _merge_args(args, kwargs)}
         deadline = time.monotonic() + timeout
