@@ -1,4 +1,5 @@
-"""Helpers shared by the three commands: settings from options, logging, signals."""
+"""Helpers shared by the three commands: settings from options, logging, signals,
+and the one-line reports of start-up failures."""
 
 from __future__ import annotations
 
@@ -15,13 +16,17 @@ from typing import Any
 
 import click
 
-from dispatcher.errors import ConfigError
+from dispatcher.errors import ConfigError, DispatcherError
 from dispatcher.settings import Settings, load_settings
 
 __all__ = [
     "CONFIG_HELP",
+    "EXIT_FAILURE",
+    "EXIT_USAGE",
     "LOG_LEVEL_HELP",
+    "check_state_dir",
     "configure_logging",
+    "reported_errors",
     "settings_from_options",
     "stop_on_signals",
 ]
@@ -35,6 +40,8 @@ LOG_LEVEL_HELP = "Logging level when the configuration has no 'logging' section.
 #: Seconds between the signal watcher's looks at whether the block has ended.
 _SIGNAL_POLL = 0.1
 
+#: Exit status of a daemon that cannot start (broker or database unreachable or refusing).
+EXIT_FAILURE = 1
 #: Exit status for usage and configuration errors (click's convention).
 EXIT_USAGE = 2
 
@@ -55,6 +62,54 @@ def settings_from_options(
     except ConfigError as exc:
         click.echo(f"Error: {exc}", err=True)
         raise SystemExit(EXIT_USAGE) from None
+
+
+def check_state_dir(settings: Settings) -> None:
+    """Create the state directory if it does not exist, and check that it can be used.
+
+    Commands call it before anything is written there, so that a ``state_dir`` that
+    is a file, lies under a file or cannot be written is one line naming the path,
+    not a traceback from whichever component touches it first.
+
+    Raises:
+        ConfigError: the directory cannot be created or written.
+    """
+    path = settings.state_dir.expanduser().absolute()
+
+    def problem(text: str) -> ConfigError:
+        return ConfigError(f"configuration key state_dir: {path} {text}")
+
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise problem("is not a directory") from None
+    except NotADirectoryError:
+        blocker = next(
+            (parent for parent in path.parents if parent.exists() and not parent.is_dir()),
+            None,
+        )
+        raise problem(f"cannot be created: {blocker or path.parent} is not a directory") from None
+    except OSError as exc:
+        raise problem(f"cannot be created: {exc.strerror}") from None
+    if not path.is_dir():
+        raise problem("is not a directory")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise problem("is not writable")
+
+
+@contextlib.contextmanager
+def reported_errors() -> Iterator[None]:
+    """Turn a :class:`~dispatcher.errors.DispatcherError` into one line and an exit status.
+
+    ``Error: <message>`` goes to stderr (messages never contain credentials); the
+    status is 2 for a configuration error (:class:`~dispatcher.errors.ConfigError`),
+    1 for anything else (the broker or the database unreachable or refusing access).
+    """
+    try:
+        yield
+    except DispatcherError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        raise SystemExit(EXIT_USAGE if isinstance(exc, ConfigError) else EXIT_FAILURE) from None
 
 
 def configure_logging(settings: Settings, level: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 
 import click
@@ -9,12 +10,16 @@ import click
 from cli.common import (
     CONFIG_HELP,
     LOG_LEVEL_HELP,
+    check_state_dir,
     configure_logging,
+    reported_errors,
     settings_from_options,
     stop_on_signals,
 )
-from dispatcher.errors import DispatcherError
-from dispatcher.rpc.broker import mask_uri
+from dispatcher.rpc.broker import BrokerConfig, mask_uri
+from dispatcher.settings import LEGACY_IGNORED_KEYS, Settings, unknown_keys
+
+log = logging.getLogger(__name__)
 
 HELP = """Run the Process Dispatcher daemon.
 
@@ -26,7 +31,31 @@ configuration. Point it at RabbitMQ and PostgreSQL with a configuration file
 
 The database schema is migrated to the latest revision at start; `pd-dispatcher db
 upgrade` does it explicitly. SIGTERM or SIGINT stops the daemon cleanly.
+
+Exit status: 0 after a clean stop, 1 if the daemon cannot start (the broker or the
+database unreachable or refusing access), 2 for a usage or configuration error.
 """
+
+
+def _report_unknown_keys(settings: Settings) -> None:
+    for key in unknown_keys(settings):
+        if key in LEGACY_IGNORED_KEYS:
+            log.info("ignoring legacy configuration key %s (not used by this dispatcher)", key)
+        else:
+            log.warning("ignoring unknown configuration key %s (misspelt?)", key)
+
+
+def _uses_state_dir(settings: Settings) -> bool:
+    """Whether the daemon keeps anything under ``state_dir``: the embedded broker,
+    the default SQLite database or the local provisioner's agents."""
+    provisioner = settings.provisioner
+    drivers = {provisioner.driver}
+    drivers.update(site.get("driver", provisioner.driver) for site in provisioner.sites.values())
+    return (
+        BrokerConfig.from_settings(settings).is_embedded
+        or settings.processdispatcher.database_url is None
+        or "local" in drivers
+    )
 
 
 @click.group(invoke_without_command=True, help=HELP)
@@ -46,13 +75,14 @@ def serve(ctx: click.Context) -> None:
 
     settings = settings_from_options(ctx.obj["config_files"])
     configure_logging(settings, ctx.obj["log_level"])
+    _report_unknown_keys(settings)
     stop = threading.Event()
     with stop_on_signals(stop):
-        try:
+        with reported_errors():
+            if _uses_state_dir(settings):
+                check_state_dir(settings)
             service = DispatcherService.build(settings)
             service.start()
-        except DispatcherError as exc:
-            raise click.ClickException(str(exc)) from None
         try:
             stop.wait()
         finally:
@@ -72,10 +102,10 @@ def upgrade(ctx: click.Context, revision: str) -> None:
 
     settings = settings_from_options(ctx.obj["config_files"])
     configure_logging(settings, ctx.obj["log_level"])
-    try:
+    with reported_errors():
+        if settings.processdispatcher.database_url is None:
+            check_state_dir(settings)
         run_upgrade(settings.database_url, revision)
-    except DispatcherError as exc:
-        raise click.ClickException(str(exc)) from None
     click.echo(f"{mask_uri(settings.database_url)}: at revision {revision}")
 
 
@@ -85,7 +115,7 @@ def current(ctx: click.Context) -> None:
     from dispatcher.store.migrate import current as get_current
 
     settings = settings_from_options(ctx.obj["config_files"])
-    try:
+    with reported_errors():
+        if settings.processdispatcher.database_url is None:
+            check_state_dir(settings)
         click.echo(get_current(settings.database_url) or "(empty database)")
-    except DispatcherError as exc:
-        raise click.ClickException(str(exc)) from None

@@ -10,11 +10,13 @@ import click
 from cli.common import (
     CONFIG_HELP,
     LOG_LEVEL_HELP,
+    check_state_dir,
     configure_logging,
+    reported_errors,
     settings_from_options,
     stop_on_signals,
 )
-from dispatcher.errors import DispatcherError
+from dispatcher.rpc.broker import BrokerConfig
 
 __all__ = ["main"]
 
@@ -35,8 +37,8 @@ stopped (reported 850-FAILED "stopped: the agent shut down") unless
 eeagent.leave_running_on_shutdown is true, in which case they keep running for
 the next agent to reattach to.
 
-Exit status: 0 after a clean stop, 1 if the agent cannot start, 2 for a usage or
-configuration error.
+Exit status: 0 after a clean stop, 1 if the agent cannot start (e.g. the broker
+refuses its login), 2 for a usage or configuration error.
 """
 
 NAME_HELP = "Agent name: its queue and heartbeat id (eeagent.name). No '.' allowed."
@@ -80,11 +82,14 @@ def main(
     )
     configure_logging(settings, log_level)
     stop = threading.Event()
-    with stop_on_signals(stop):
-        try:
-            run_agent(settings, dict(os.environ), stop)
-        except DispatcherError as exc:
-            raise click.ClickException(str(exc)) from None
+    with stop_on_signals(stop), reported_errors():
+        # The agent's home defaults to <state_dir>/eeagent; the embedded broker lives there too.
+        if (
+            settings.eeagent.launch_type.supd_directory is None
+            or BrokerConfig.from_settings(settings).is_embedded
+        ):
+            check_state_dir(settings)
+        run_agent(settings, dict(os.environ), stop)
 
 
 if __name__ == "__main__":  # pragma: no cover - python -m cli.eeagent

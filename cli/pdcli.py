@@ -12,10 +12,16 @@ from typing import Any, TypeVar
 import click
 import yaml
 
-from cli.common import CONFIG_HELP, settings_from_options
+from cli.common import CONFIG_HELP, check_state_dir, settings_from_options
 from dispatcher.client import ProcessDispatcherClient
-from dispatcher.errors import DispatcherError, RemoteError, RequestError, TransportError
-from dispatcher.rpc.broker import mask_uri
+from dispatcher.errors import (
+    ConfigError,
+    DispatcherError,
+    RemoteError,
+    RequestError,
+    TransportError,
+)
+from dispatcher.rpc.broker import BrokerConfig, mask_uri
 from dispatcher.states import ProcessState, QueueingMode, RestartMode
 
 HELP = """Operate a Process Dispatcher: definitions, processes, nodes and engines.
@@ -23,8 +29,8 @@ HELP = """Operate a Process Dispatcher: definitions, processes, nodes and engine
 With no configuration it talks to the local dispatcher on the embedded defaults.
 Set PD_AMQP_URI (or --config) to reach one through RabbitMQ.
 
-Exit status: 0 success, 1 error reported by the dispatcher, 2 usage error,
-3 timeout or unreachable broker.
+Exit status: 0 success, 1 error reported by the dispatcher, 2 usage or
+configuration error, 3 timeout, or a broker unreachable or refusing the login.
 
 Shell completion: eval "$(pd-cli completion bash)" (or zsh, fish).
 """
@@ -47,13 +53,23 @@ class Context:
     def client(self) -> Iterator[ProcessDispatcherClient]:
         settings = settings_from_options(self.config_files, {"dashi.sysname": self.sysname})
         self.uri = settings.amqp_uri
+        if BrokerConfig.from_settings(settings).is_embedded:
+            # The embedded broker's messages live under the state directory.
+            try:
+                check_state_dir(settings)
+            except ConfigError as exc:
+                click.echo(f"Error: {exc}", err=True)
+                raise SystemExit(EXIT_USAGE) from None
         client = ProcessDispatcherClient.from_settings(
             settings, name="pd-cli", timeout=self.timeout
         )
         try:
             yield client
         except TransportError as exc:
-            click.echo(f"Error: {exc} (broker {mask_uri(self.uri)})", err=True)
+            # Includes AccessRefusedError: the broker refused the login or the vhost.
+            broker = mask_uri(self.uri)
+            where = "" if broker in str(exc) else f" (broker {broker})"
+            click.echo(f"Error: {exc}{where}", err=True)
             raise SystemExit(EXIT_UNREACHABLE) from None
         except RequestError as exc:
             click.echo(f"Error: {type(exc).__name__}: {exc.value}", err=True)

@@ -12,17 +12,23 @@ Every error the project raises derives from :class:`DispatcherError`::
      │    └── WriteConflictError     an optimistic write lost a race, or a duplicate create
      ├── RemoteError                 any other error raised by a remote handler (by type name)
      ├── TransportError              the broker could not be reached (recoverable)
-     │    └── RpcTimeoutError        no reply arrived before the call's timeout
+     │    ├── RpcTimeoutError        no reply arrived before the call's timeout
+     │    └── AccessRefusedError     the broker refused the login, the vhost or a permission
      └── StoreError                  the database failed (recoverable: retried by callers)
 
 The four :class:`RequestError` types travel on the wire as
 ``dashi.exceptions.<Name>`` and are rebuilt as the same types by the client, so
 legacy dashi clients see the names they expect.
+
+:class:`AccessRefusedError` is a :class:`TransportError` so that code which retries
+a failed send later keeps doing so (a broker's users may be fixed while a daemon
+runs), but retrying at once cannot help: commands fail fast on it at start-up.
 """
 
 from __future__ import annotations
 
 __all__ = [
+    "AccessRefusedError",
     "BadRequestError",
     "ConfigError",
     "DatabaseOwnerError",
@@ -113,6 +119,14 @@ class TransportError(DispatcherError):
 
 class RpcTimeoutError(TransportError, TimeoutError):
     """No reply arrived before the call's timeout expired."""
+
+
+class AccessRefusedError(TransportError):
+    """The broker refused the credentials, the virtual host or a permission.
+
+    Not recoverable by retrying: the configuration (or the broker's users) must change.
+    The message names the broker with its password masked.
+    """
 
 
 class StoreError(DispatcherError):

@@ -59,6 +59,7 @@ __all__ = [
     "StaticSiteSettings",
     "default_state_dir",
     "load_settings",
+    "unknown_keys",
 ]
 
 #: The dashi exchange name used by every legacy component unless configured.
@@ -105,6 +106,18 @@ DEFAULT_SIGNATURE_MAX_AGE = 300.0
 #: Shortest accepted HMAC key (characters): a short shared secret can be guessed
 #: offline from one captured signed message.
 MIN_HMAC_KEY_LENGTH = 16
+
+#: Keys of the legacy EPU configuration files that are accepted and have no use here
+#: (EPUM and ZooKeeper settings): reported at INFO, not as misspelt keys.
+LEGACY_IGNORED_KEYS = frozenset(
+    {
+        "server.zookeeper",
+        "processdispatcher.static_resources",
+        "processdispatcher.definition_id",
+        "processdispatcher.domain_config",
+        "processdispatcher.epum_service_name",
+    }
+)
 
 _Model = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
 _Strict = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -461,6 +474,26 @@ class Settings(BaseModel):
     def database_url(self) -> str:
         url = self.processdispatcher.database_url
         return url or f"sqlite:///{self.state_dir / 'dispatcher.db'}"
+
+
+def unknown_keys(settings: Settings) -> list[str]:
+    """The dotted keys of the dispatcher's sections that no setting reads, sorted.
+
+    Sections accept unknown keys, because legacy files carry keys of the services
+    this project replaces (see :data:`LEGACY_IGNORED_KEYS`); ``pd-dispatcher`` logs
+    each key this returns so that a misspelt one (``processdispatcher.databse_url``)
+    is not lost silently. ``eeagent.*`` keys are the agent's to report.
+    """
+    sections: list[tuple[str, BaseModel]] = [
+        ("", settings),
+        ("server.", settings.server),
+        ("server.amqp.", settings.server.amqp),
+        ("dashi.", settings.dashi),
+        ("processdispatcher.", settings.processdispatcher),
+        ("provisioner.", settings.provisioner),
+        ("pd.", settings.pd),
+    ]
+    return sorted(prefix + key for prefix, model in sections for key in model.model_extra or {})
 
 
 def default_state_dir(environ: Mapping[str, str]) -> Path:

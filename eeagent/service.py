@@ -36,7 +36,7 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field
 
-from dispatcher.errors import DispatcherError
+from dispatcher.errors import AccessRefusedError, DispatcherError
 from dispatcher.rpc.broker import BrokerConfig
 from dispatcher.rpc.client import RpcClient
 from dispatcher.rpc.security import (
@@ -178,6 +178,9 @@ class AgentService:
         verifier: checks the signature of every command (``None``: no key is
             configured; only the sender is checked).
         signer: signs the heartbeats (``None``: they are not signed).
+        on_refused: called (from the thread that waits for the broker) if the broker
+            refuses the agent's login, virtual host or permissions; the agent stops
+            trying and :attr:`refused` holds the error.
     """
 
     def __init__(
@@ -191,8 +194,11 @@ class AgentService:
         leave_running: bool = False,
         verifier: SignatureVerifier | None = None,
         signer: MessageSigner | None = None,
+        on_refused: Callable[[AccessRefusedError], None] | None = None,
     ) -> None:
         self.agent = agent
+        self.on_refused = on_refused
+        self.refused: AccessRefusedError | None = None
         self.broker = broker
         self.pd_name = pd_name
         self.poll_interval = poll_interval
@@ -287,6 +293,12 @@ class AgentService:
         while not self._stop.is_set():
             try:
                 self.rpc.start(ready_timeout=RPC_READY_TIMEOUT)
+            except AccessRefusedError as exc:
+                # Retrying cannot help: the broker's users or the configuration must change.
+                self.refused = exc
+                if self.on_refused is not None:
+                    self.on_refused(exc)
+                return
             except DispatcherError as exc:
                 log.warning("%s; retrying", exc)
                 continue
@@ -354,6 +366,8 @@ def run_agent(
     Raises:
         AgentLockedError: another agent runs in the same home directory.
         BackendStartError: supervisord could not be started.
+        AccessRefusedError: the broker refused the agent's login, virtual host or
+            permissions (the agent stops at once instead of retrying).
     """
     eea = settings.eeagent
     for key in ignored_keys(settings):
@@ -388,6 +402,8 @@ def run_agent(
             leave_running=eea.leave_running_on_shutdown,
             verifier=SignatureVerifier.from_settings(settings),
             signer=MessageSigner.from_settings(settings),
+            # The broker refused the agent: stop, and raise its error below.
+            on_refused=lambda _exc: stop.set(),
         )
         started = time.monotonic()
         service.start(wait_for_broker=False)
@@ -398,5 +414,7 @@ def run_agent(
             stop.wait()
         finally:
             service.stop()
+        if service.refused is not None:
+            raise service.refused
     finally:
         lock.release()

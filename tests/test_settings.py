@@ -6,7 +6,7 @@ import pytest
 
 from dispatcher.errors import ConfigError
 from dispatcher.rpc.broker import BrokerConfig, mask_uri
-from dispatcher.settings import load_settings
+from dispatcher.settings import LEGACY_IGNORED_KEYS, load_settings, unknown_keys
 
 
 def write(tmp_path, name, text):
@@ -130,3 +130,28 @@ def test_a_missing_file_is_a_clear_error(tmp_path):
 )
 def test_credentials_are_masked(uri, masked):
     assert mask_uri(uri) == masked
+
+
+def test_keys_nothing_reads_are_listed_legacy_ones_included(tmp_path):
+    # Given a file with misspelt keys, a legacy EPUM key and agent keys
+    path = write(
+        tmp_path,
+        "pd.yml",
+        """
+procesdispatcher: {engines: {}}
+server: {amqp: {uri: "embedded://", hearbeat: 5}}
+processdispatcher: {databse_url: "sqlite://", static_resources: true, rpc_workers: 2}
+eeagent: {name: a1, poll_interval: 1}
+""",
+    )
+    # Then the unknown keys of the dispatcher's sections are listed, dotted, sorted
+    keys = unknown_keys(load_settings([path], environ={}))
+    assert keys == [
+        "procesdispatcher",
+        "processdispatcher.databse_url",
+        "processdispatcher.static_resources",
+        "server.amqp.hearbeat",
+    ]
+    assert [key for key in keys if key in LEGACY_IGNORED_KEYS] == [
+        "processdispatcher.static_resources"
+    ]

@@ -11,21 +11,30 @@ connections and name broker objects the dashi way:
   ``<state_dir>/broker`` (see :mod:`dispatcher.rpc.transport.embedded`).
 
 Credentials are never logged: use :func:`mask_uri` whenever a URL is shown.
+
+Connection failures are translated here, at the boundary, by :func:`refusal` (the
+broker refused the login, the virtual host or a permission: retrying cannot help)
+and :func:`describe_failure` (a one-line cause for any other failure: connection
+refused, unknown host, timeout ...).
 """
 
 from __future__ import annotations
 
 import re
+import socket
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import amqp.exceptions
 import kombu
 
+from dispatcher.errors import AccessRefusedError
 from dispatcher.rpc.transport import embedded
 from dispatcher.settings import Settings
 
-__all__ = ["BrokerConfig", "mask_uri"]
+__all__ = ["BrokerConfig", "describe_failure", "mask_uri", "refusal"]
 
 #: Embedded transport polling interval (seconds): low enough for ~ms latency.
 EMBEDDED_POLLING_INTERVAL = 0.005
@@ -38,6 +47,50 @@ _CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)(?P<user>[^:@/]*)(?::
 def mask_uri(uri: str) -> str:
     """Return ``uri`` with any password replaced by ``***``."""
     return _CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:***@", uri)
+
+
+def describe_failure(exc: BaseException) -> str:
+    """One line saying why talking to the broker failed, e.g. ``connection refused``.
+
+    Broker replies keep their AMQP name (``ACCESS_REFUSED - ...``); socket errors are
+    named plainly. The text never contains the URL (hence no credentials).
+    """
+    if isinstance(exc, amqp.exceptions.AMQPError):
+        return str(exc.reply_text or exc).strip().splitlines()[0]
+    if isinstance(exc, socket.gaierror):
+        return f"unknown host: {exc.strerror}"
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def refusal(exc: BaseException, uri: str) -> AccessRefusedError | None:
+    """The :class:`AccessRefusedError` for ``exc`` if the broker refused access, else ``None``.
+
+    RabbitMQ answers a wrong user name or password with ``ACCESS_REFUSED`` (403) and
+    an unknown virtual host, or one the user may not use, with ``NOT_ALLOWED`` (530);
+    a missing permission on a queue or exchange is ``ACCESS_REFUSED`` on the channel.
+
+    Args:
+        exc: what opening the connection (or declaring on it) raised.
+        uri: the broker URL, shown with its password masked.
+    """
+    if not isinstance(exc, amqp.exceptions.AccessRefused | amqp.exceptions.NotAllowed):
+        return None
+    masked = mask_uri(uri)
+    # The handshake's refusal carries no method (a channel's names e.g. Queue.declare).
+    if isinstance(exc, amqp.exceptions.AccessRefused) and not exc.method_name:
+        user = urllib.parse.unquote(urllib.parse.urlsplit(uri).username or "guest")
+        return AccessRefusedError(
+            f"broker {masked} refused the login of user {user!r} "
+            "(ACCESS_REFUSED: wrong user name or password)"
+        )
+    return AccessRefusedError(f"broker {masked} refused access: {describe_failure(exc)}")
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,8 @@ Remote errors are rebuilt as the same exception types
 (:mod:`dispatcher.errors`); a call that gets no reply in time raises
 :class:`~dispatcher.errors.RpcTimeoutError`, also when the broker is unreachable
 for the whole timeout. The client reconnects by itself after the broker restarts.
+A broker that refuses the login, the virtual host or a permission raises
+:class:`~dispatcher.errors.AccessRefusedError` at once: retrying cannot help.
 
 Every message carries the ``sender`` header, fires included (as dashi sent it).
 A client given a :class:`~dispatcher.rpc.security.MessageSigner` also signs every
@@ -41,7 +43,7 @@ from kombu.message import Message
 
 from dispatcher.errors import RpcTimeoutError, TransportError
 from dispatcher.rpc import codec
-from dispatcher.rpc.broker import BrokerConfig
+from dispatcher.rpc.broker import BrokerConfig, describe_failure, refusal
 from dispatcher.rpc.protocol import HEADER_REPLY_TO, HEADER_SENDER, error_from_payload
 from dispatcher.rpc.security import HEADER_SIGNATURE, MessageSigner
 
@@ -146,6 +148,8 @@ class RpcClient:
             RemoteError: the service failed with another error.
             RpcTimeoutError: no reply within the timeout (also when the broker
                 stayed unreachable that long).
+            AccessRefusedError: the broker refused the login, the vhost or a
+                permission (at once, without waiting for the timeout).
         """
         body = {"op": op, "args": _merge_args(args, kwargs)}
         timeout = self.timeout if timeout is None else timeout
@@ -170,6 +174,8 @@ class RpcClient:
 
         Raises:
             TransportError: the broker stayed unreachable for ``timeout`` seconds.
+            AccessRefusedError: the broker refused the login, the vhost or a
+                permission (at once).
         """
         body = {"op": op, "args": _merge_args(args, kwargs)}
         deadline = time.monotonic() + timeout
@@ -183,10 +189,11 @@ class RpcClient:
                     return
                 except self._recoverable() as exc:
                     self._drop("_fire_channel")
+                    self._raise_if_refused(exc)
                     if time.monotonic() + delay > deadline:
                         raise TransportError(
                             f"could not send {op} to {service}: broker "
-                            f"{self.broker.masked_uri} unreachable ({exc})"
+                            f"{self.broker.masked_uri} unreachable ({describe_failure(exc)})"
                         ) from exc
                     time.sleep(delay)
                     delay = min(delay * _BACKOFF_FACTOR, _BACKOFF_MAX)
@@ -209,6 +216,12 @@ class RpcClient:
     def _recoverable(self) -> tuple[type[BaseException], ...]:
         connection = (self._call_channel or self._fire_channel or _Probe(self.broker)).connection
         return (*connection.connection_errors, *connection.channel_errors, OSError)
+
+    def _raise_if_refused(self, exc: BaseException) -> None:
+        """Raise :class:`AccessRefusedError` if the broker refused access: retrying cannot help."""
+        refused = refusal(exc, self.broker.uri)
+        if refused is not None:
+            raise refused from exc
 
     def _drop(self, attribute: str) -> None:
         channel = getattr(self, attribute)
@@ -351,6 +364,7 @@ class RpcClient:
                 last_error = exc
                 published = False
                 self._drop("_call_channel")
+                self._raise_if_refused(exc)
                 sleep = min(delay, max(0.0, deadline - time.monotonic()))
                 time.sleep(sleep)
                 delay = min(delay * _BACKOFF_FACTOR, _BACKOFF_MAX)
@@ -359,7 +373,7 @@ class RpcClient:
         if last_error is not None and not published:
             raise RpcTimeoutError(
                 f"{op} on {service}: broker {self.broker.masked_uri} unreachable "
-                f"for {timeout:g}s ({last_error})"
+                f"for {timeout:g}s ({describe_failure(last_error)})"
             )
         if unroutable:
             raise RpcTimeoutError(

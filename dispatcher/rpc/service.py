@@ -23,7 +23,8 @@ Errors:
 Each worker thread owns one broker connection and competes for the queue, so
 handlers run concurrently on ``workers`` threads. Connections that drop are
 re-established with capped exponential backoff; AMQP heartbeats are serviced
-while idle.
+while idle. A broker that refuses the login, the virtual host or a permission
+before the service first consumes makes :meth:`RpcService.start` fail at once.
 """
 
 from __future__ import annotations
@@ -44,13 +45,14 @@ from kombu.message import Message
 from pydantic import ConfigDict, ValidationError, validate_call
 
 from dispatcher.errors import (
+    AccessRefusedError,
     BadRequestError,
     RequestError,
     TransportError,
     UnknownOperationError,
 )
 from dispatcher.rpc import codec
-from dispatcher.rpc.broker import BrokerConfig
+from dispatcher.rpc.broker import BrokerConfig, describe_failure, refusal
 from dispatcher.rpc.protocol import (
     HEADER_REPLY_TO,
     HEADER_SENDER,
@@ -102,6 +104,10 @@ class RpcService:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._ready = threading.Semaphore(0)
+        #: Why the workers could not start: the broker's refusal (fatal), or the
+        #: last connection failure (named when start gives up).
+        self._refused: AccessRefusedError | None = None
+        self._last_failure: str | None = None
 
     # -- registration -------------------------------------------------------------
 
@@ -207,10 +213,13 @@ class RpcService:
         """Start the worker threads; wait until each has declared and consumes its queue.
 
         Raises:
+            AccessRefusedError: the broker refused the login, the virtual host or a
+                permission (at once: retrying cannot help).
             TransportError: the broker could not be reached within ``ready_timeout``.
         """
         self._stop.clear()
         self._ready = threading.Semaphore(0)
+        self._refused, self._last_failure = None, None
         for index in range(self.workers):
             thread = threading.Thread(
                 target=self._worker, name=f"rpc-{self.name}-{index}", daemon=True
@@ -220,10 +229,16 @@ class RpcService:
         deadline = None if ready_timeout is None else time.monotonic() + ready_timeout
         for _ in range(self.workers):
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if not self._ready.acquire(timeout=remaining):
+            acquired = self._ready.acquire(timeout=remaining)
+            if self._refused is not None:
                 self.stop()
+                raise self._refused
+            if not acquired:
+                self.stop()
+                cause = f": {self._last_failure}" if self._last_failure else ""
                 raise TransportError(
-                    f"service {self.name}: could not reach the broker at {self.broker.masked_uri}"
+                    f"service {self.name}: could not reach the broker at "
+                    f"{self.broker.masked_uri} within {ready_timeout:g}s{cause}"
                 )
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -245,6 +260,7 @@ class RpcService:
             # The worker consumes (again): announce it the first time, log later
             # reconnections, and let the next outage's backoff start from the beginning.
             nonlocal announced, delay
+            self._last_failure = None
             if announced:
                 log.info("service %s: reconnected to %s", self.name, self.broker.masked_uri)
             else:
@@ -260,11 +276,21 @@ class RpcService:
             except (*connection.connection_errors, *connection.channel_errors, OSError) as exc:
                 if self._stop.is_set():
                     break
-                log.warning(
+                refused = None if announced else refusal(exc, self.broker.uri)
+                if refused is not None:
+                    # Before the first consume a refusal is fatal: start() raises it.
+                    self._refused = refused
+                    self._ready.release()
+                    return
+                failure = describe_failure(exc)
+                # Every worker retries: the first to meet a cause reports it, at WARNING.
+                repeated, self._last_failure = failure == self._last_failure, failure
+                log.log(
+                    logging.DEBUG if repeated else logging.WARNING,
                     "service %s: broker %s unavailable (%s); reconnecting in %.1fs",
                     self.name,
                     self.broker.masked_uri,
-                    exc,
+                    failure,
                     delay,
                 )
                 self._stop.wait(delay)

@@ -101,7 +101,8 @@ def make_engine(
             sets and resets the mode on every checkout (~70 us per store call).
 
     Raises:
-        ConfigError: the URL is malformed, or its driver is not installed.
+        ConfigError: the URL is malformed, its driver is not installed, or the
+            directory of a SQLite database cannot be created.
     """
     parsed = parse_url(url)
     try:
@@ -154,7 +155,16 @@ def _is_memory(url: URL) -> bool:
 def _sqlite_engine(url: URL) -> Engine:
     memory = _is_memory(url)
     if not memory and url.database and not url.database.startswith("file:"):
-        Path(url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        directory = Path(url.database).expanduser().parent
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            reason = (
+                f"{directory} is not a directory"
+                if isinstance(exc, FileExistsError)
+                else f"cannot create {directory}: {exc.strerror}"
+            )
+            raise ConfigError(f"cannot use database {safe_url(url)}: {reason}") from None
     kwargs: dict[str, Any] = {
         "json_serializer": dumps,
         "connect_args": {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT},

@@ -75,7 +75,9 @@ def test_an_unreachable_broker_exits_3_and_names_it_without_the_password():
     uri = f"amqp://operator:hunter2@127.0.0.1:{port}//"
     result = CliRunner().invoke(pd_cli, ["--timeout", "1", "dump"], env={"PD_AMQP_URI": uri})
     assert result.exit_code == 3
-    assert f"amqp://operator:***@127.0.0.1:{port}//" in result.output
+    # (the cause, and the broker named once)
+    assert result.output.strip().endswith("unreachable for 1s (connection refused)")
+    assert result.output.count(f"amqp://operator:***@127.0.0.1:{port}//") == 1
     assert "hunter2" not in result.output
 
 
