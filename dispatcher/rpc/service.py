@@ -90,6 +90,10 @@ Handler = Callable[..., Any]
 #: Called as ``guard(op, args, headers)`` before a handler; raises a
 #: :class:`~dispatcher.errors.RequestError` to refuse the request.
 Guard = Callable[[str, Any, Mapping[str, Any]], None]
+#: Called as ``replay(request_id, op, args, call)`` instead of the handler for a
+#: request that has an id: returns ``call()``, or the result of the request's first
+#: application when it was applied already (see :mod:`dispatcher.replay`).
+Replay = Callable[[str, str, Mapping[str, Any], Callable[[], Any]], Any]
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,7 @@ class _Registration:
     signature: inspect.Signature
     sender_kwarg: str | None
     guard: Guard | None = None
+    replay: Replay | None = None
 
 
 class RpcService:
@@ -130,6 +135,7 @@ class RpcService:
         validate: bool = True,
         guard: Guard | None = None,
         large_reply: bool = False,
+        replay: Replay | None = None,
     ) -> None:
         """Register ``func`` for operation ``op``.
 
@@ -148,6 +154,9 @@ class RpcService:
                 collector is paused from the call until the reply is published and
                 freed, so it never scans those objects (which would cost more than
                 building them).
+            replay: runs each call of a request that has an id (AMQP ``message_id``
+                or ``correlation_id``, else a legacy call's ``reply-to``): a request
+                delivered again is answered without applying it twice.
         """
         signature = inspect.signature(func)
         wrapped = func
@@ -155,7 +164,7 @@ class RpcService:
             p.annotation is not inspect.Parameter.empty for p in signature.parameters.values()
         ):
             wrapped = validate_call(config=ConfigDict(arbitrary_types_allowed=True))(func)
-        self._handlers[op] = _Registration(wrapped, signature, sender_kwarg, guard)
+        self._handlers[op] = _Registration(wrapped, signature, sender_kwarg, guard, replay)
         if large_reply:
             self._large_replies.add(op)
         else:
@@ -167,8 +176,13 @@ class RpcService:
 
     # -- request handling (transport independent) -----------------------------------
 
-    def dispatch(self, body: Any, headers: Mapping[str, Any]) -> dict[str, Any]:
-        """Handle one decoded request and return the reply body."""
+    def dispatch(
+        self, body: Any, headers: Mapping[str, Any], request_id: str | None = None
+    ) -> dict[str, Any]:
+        """Handle one decoded request and return the reply body.
+
+        ``request_id`` identifies the request across deliveries (see ``replay``).
+        """
         op = "?"
         try:
             request = decode_request(body)
@@ -186,7 +200,11 @@ class RpcService:
             except TypeError as exc:
                 raise BadRequestError(f"Type error: {exc}") from None
             try:
-                result = registration.func(**args)
+                if registration.replay is not None and request_id:
+                    func = registration.func
+                    result = registration.replay(request_id, op, args, lambda: func(**args))
+                else:
+                    result = registration.func(**args)
             except ValidationError as exc:
                 raise BadRequestError(_describe_validation(exc)) from None
             return reply_body(result=result)
@@ -340,11 +358,13 @@ class RpcService:
             self._reply(message, producer, headers, reply)
             return
         op = body.get("op") if isinstance(body, dict) else None
+        request_id = _request_id(message, headers)
         if op in self._large_replies:
             with _collector_paused():
-                self._reply(message, producer, headers, self.dispatch(body, headers), op)
+                reply = self.dispatch(body, headers, request_id)
+                self._reply(message, producer, headers, reply, op)
         else:
-            self._reply(message, producer, headers, self.dispatch(body, headers), op)
+            self._reply(message, producer, headers, self.dispatch(body, headers, request_id), op)
 
     def _reply(
         self,
@@ -417,6 +437,22 @@ class RpcService:
                         again,
                     )
         message.ack()
+
+
+def _request_id(message: Message, headers: Mapping[str, Any]) -> str | None:
+    """What identifies a request across deliveries, if anything does.
+
+    The AMQP ``message_id``, else the ``correlation_id`` (our client: one per call,
+    kept when the call is sent again), else a legacy dashi call's ``reply-to``
+    (a fresh queue name per call).
+    """
+    properties = message.properties or {}
+    for key in ("message_id", "correlation_id"):
+        value = properties.get(key)
+        if isinstance(value, str) and value:
+            return value
+    reply_to = headers.get(HEADER_REPLY_TO)
+    return reply_to if isinstance(reply_to, str) and reply_to else None
 
 
 #: AMQP reply code of PRECONDITION_FAILED: what RabbitMQ answers a too-large message with.

@@ -25,6 +25,7 @@ Listeners are called in the writing thread after the write committed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -64,6 +65,7 @@ from dispatcher.store._codec import (
     Layout,
     gc_paused,
 )
+from dispatcher.store.applied import AppliedRequest, claim, mark_recorded
 from dispatcher.store.base import ChangeListener
 from dispatcher.store.engine import (
     PG_POOL_SIZE,
@@ -74,6 +76,7 @@ from dispatcher.store.engine import (
     store_error,
 )
 from dispatcher.store.schema import (
+    applied_requests,
     definitions,
     engines,
     nodes,
@@ -178,6 +181,26 @@ _CLEAR_QUEUE: Final = delete(queue)
 _ADD_ENGINE: Final = insert(engines)
 _LIST_ENGINES: Final = select(engines.c.engine_id, engines.c.spec).order_by(engines.c.engine_id)
 _STATE_VALUES: Final = select(pd_state.c.key, pd_state.c.value)
+_RECORD_APPLIED: Final = insert(applied_requests)
+_GET_APPLIED: Final = select(
+    applied_requests.c.request_id,
+    applied_requests.c.op,
+    applied_requests.c.digest,
+    applied_requests.c.result,
+    applied_requests.c.applied_at,
+).where(applied_requests.c.request_id == bindparam("request_id"))
+#: The ``applied_at`` of the newest record beyond the ``keep`` newest (NULL if none).
+_KEPT_FROM: Final = (
+    select(applied_requests.c.applied_at)
+    .order_by(applied_requests.c.applied_at.desc())
+    .limit(1)
+    .offset(bindparam("keep"))
+    .scalar_subquery()
+)
+_PRUNE_APPLIED: Final = delete(applied_requests).where(
+    (applied_requests.c.applied_at < bindparam("before"))
+    | (applied_requests.c.applied_at <= _KEPT_FROM)
+)
 
 
 def _add_process_queued_pg() -> Insert:
@@ -323,14 +346,52 @@ class SqlStore:
                     time.sleep(RETRY_DELAY * 2**attempt)
         raise AssertionError("unreachable")
 
-    def _write(self, kind: str, operation: str, fn: Callable[[Connection], _T]) -> _T:
+    def _write(
+        self,
+        kind: str,
+        operation: str,
+        fn: Callable[[Connection], _T],
+        applied: AppliedRequest | None = None,
+    ) -> _T:
         """Run the write ``fn`` (autocommitted statements), then notify the listeners.
+
+        With ``applied``, ``fn`` and the insert of that record run in one
+        transaction (see :mod:`dispatcher.store.applied`).
 
         Writes are not retried: a statement that failed in flight may have committed.
         """
         with self._translated(operation), self._connect(operation) as conn:
-            result = fn(conn)
+            result = fn(conn) if applied is None else self._with_applied(conn, fn, applied)
+        if applied is not None:
+            mark_recorded()
         self._notify(kind)
+        return result
+
+    def _with_applied(
+        self, conn: Connection, fn: Callable[[Connection], _T], applied: AppliedRequest
+    ) -> _T:
+        """``fn`` and the record of ``applied`` in one transaction."""
+        if conn.dialect.name == "postgresql":
+            # The pool is in autocommit mode; this connection gets a transaction
+            # (the pool resets the mode when it takes the connection back).
+            conn = conn.execution_options(isolation_level="READ COMMITTED")
+        else:
+            conn.execution_options(**{WRITE: True})  # BEGIN IMMEDIATE
+        row = {
+            "request_id": applied.request_id,
+            "op": applied.op,
+            "digest": applied.digest,
+            "result": applied.result,
+            "applied_at": applied.applied_at,
+        }
+        with conn.begin():
+            result = fn(conn)
+            try:
+                conn.execute(_RECORD_APPLIED, [row])
+            except sa_exc.IntegrityError:
+                raise WriteConflictError(
+                    f"request {applied.request_id!r} was applied already"
+                ) from None
         return result
 
     # -- records: shared logic -------------------------------------------------------
@@ -346,7 +407,7 @@ class SqlStore:
             except sa_exc.IntegrityError:
                 raise WriteConflictError(f"{mapping.name} {key!r} exists") from None
 
-        self._write(mapping.name, f"add_{mapping.name}", run)
+        self._write(mapping.name, f"add_{mapping.name}", run, claim(mapping.name, record))
         if mapping.versioned:
             record.version = 1
 
@@ -366,7 +427,7 @@ class SqlStore:
                 f"{mapping.name} {key!r} changed: version {record.version}, stored {stored}"
             )
 
-        self._write(mapping.name, f"update_{mapping.name}", run)
+        self._write(mapping.name, f"update_{mapping.name}", run, claim(mapping.name, record))
         if mapping.versioned:
             record.version += 1
 
@@ -388,7 +449,7 @@ class SqlStore:
             if conn.execute(mapping.delete, params).rowcount == 0:
                 raise NotFoundError(f"{mapping.name} {key!r} not found")
 
-        self._write(mapping.name, f"remove_{mapping.name}", run)
+        self._write(mapping.name, f"remove_{mapping.name}", run, claim(mapping.name, None))
 
     # -- definitions ----------------------------------------------------------------
     def add_definition(self, definition: Definition) -> None:
@@ -430,14 +491,15 @@ class SqlStore:
                     raise conflict
                 return
             conn.execution_options(**{WRITE: True})  # BEGIN IMMEDIATE
-            with conn.begin():
+            # (in the transaction that records a pending request, if there is one)
+            with contextlib.nullcontext() if conn.in_transaction() else conn.begin():
                 try:
                     conn.execute(_PROCESSES.insert, [row])
                 except sa_exc.IntegrityError:
                     raise conflict from None
                 conn.execute(_ENQUEUE, [{"upid": process.upid, "round": process.round}])
 
-        self._write("process", "add_process_queued", run)
+        self._write("process", "add_process_queued", run, claim("process", process))
         process.version = 1
         self._notify("queue")
 
@@ -557,6 +619,32 @@ class SqlStore:
         """All engines added with :meth:`add_engine`, ordered by id."""
         rows = self._read("list_engines", lambda conn: conn.execute(_LIST_ENGINES).all())
         return {engine_id: spec for engine_id, spec in rows}
+
+    # -- applied requests -----------------------------------------------------------
+    def get_applied_request(self, request_id: str) -> AppliedRequest | None:
+        params = {"request_id": request_id}
+        row = self._read(
+            "get_applied_request", lambda conn: conn.execute(_GET_APPLIED, params).first()
+        )
+        if row is None:
+            return None
+        return AppliedRequest(
+            request_id=row.request_id,
+            op=row.op,
+            digest=row.digest,
+            result=row.result,
+            applied_at=row.applied_at,
+        )
+
+    def prune_applied_requests(self, before: float, keep: int) -> int:
+        """Forget requests applied before ``before``, and all but the newest ``keep``."""
+        params = {"before": before, "keep": keep}
+        removed: int = self._write(
+            "applied",
+            "prune_applied_requests",
+            lambda conn: conn.execute(_PRUNE_APPLIED, params).rowcount,
+        )
+        return removed
 
     # -- dispatcher-wide state ------------------------------------------------------
     def _state_values(self, operation: str) -> dict[str, str]:
