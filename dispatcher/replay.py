@@ -15,7 +15,8 @@ with the request's id, see :mod:`dispatcher.rpc.service`):
 * otherwise the handler runs with the request pending, and the store records the id
   and the result with the request's effect, in the same transaction (see
   :mod:`dispatcher.store.applied`). A request that writes nothing (an idempotent
-  repeat, an error) is not recorded: applying it again is harmless.
+  repeat, an error) is not recorded: applying it again is harmless;
+* a request whose id is recorded for another request is applied, unrecorded.
 
 Records are pruned at most once per :data:`PRUNE_INTERVAL`: those older than
 ``retention`` seconds, and all but the newest ``max_records``.
@@ -129,13 +130,17 @@ class RequestReplay:
             return call()
         digest = _digest(op, args)
         applied = self.store.get_applied_request(request_id)
-        if applied is not None and applied.op == op and applied.digest == digest:
-            log.info(
-                "request %s (%s) was applied already: answering with its first result",
-                request_id,
-                op,
-            )
-            return applied.result
+        if applied is not None:
+            if applied.op == op and applied.digest == digest:
+                log.info(
+                    "request %s (%s) was applied already: answering with its first result",
+                    request_id,
+                    op,
+                )
+                return applied.result
+            # Another request with the same id: not a redelivery, applied as it comes.
+            log.warning("request id %s reused by another %s request", request_id, op)
+            return call()
         pending = PendingRequest(
             request_id=request_id,
             op=op,
