@@ -8,6 +8,7 @@ acknowledging it; here the second delivery is a second copy of the same message
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,9 +17,16 @@ from typing import Any
 import kombu
 import pytest
 
+from dispatcher.core import ProcessDispatcherCore
+from dispatcher.messaging import RecordingMessenger
+from dispatcher.model import Definition
+from dispatcher.replay import RequestReplay
 from dispatcher.rpc.broker import BrokerConfig
+from dispatcher.rpc.client import RpcClient
+from dispatcher.rpc.service import RpcService
 from dispatcher.service import DispatcherService
 from dispatcher.settings import DEFAULT_SERVICE_NAME
+from dispatcher.store.sql import SqlStore
 from tests.service.conftest import DEFINITION, Harness, build_service, make_settings, wait_for
 
 TRANSPORTS = ["embedded", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)]
@@ -121,3 +129,84 @@ def test_a_request_id_reused_for_other_arguments_is_applied(harness: Harness):
     # Then it is not taken for a redelivery: it starts a new round
     assert other["error"] is None
     assert other["result"]["round"] == 1
+
+
+class _Unacknowledged:
+    """A delivery whose acknowledgement is lost (the process died before sending it)."""
+
+    def __init__(self, message: Any) -> None:
+        self._message = message
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._message, name)
+
+    def ack(self) -> None:
+        pass
+
+
+class DiesBeforeAck(RpcService):
+    """A service that commits and replies to ``schedule_process``, then dies before the ack.
+
+    The worker then stays blocked until :meth:`stop`, which closes its connection:
+    the broker delivers the unacknowledged request again, as after a ``kill -9``.
+    """
+
+    def __init__(self, broker: BrokerConfig, name: str) -> None:
+        super().__init__(broker, name, workers=1)
+        self.died = threading.Event()
+
+    def _reply(self, message, producer, headers, reply, op=None):  # type: ignore[no-untyped-def]
+        if op != "schedule_process" or self.died.is_set():
+            return super()._reply(message, producer, headers, reply, op)
+        super()._reply(_Unacknowledged(message), producer, headers, reply, op)
+        self.died.set()
+        self._stop.wait()
+        return None
+
+
+def serve_core(rpc: RpcService, core: ProcessDispatcherCore, replay: Any) -> RpcService:
+    for op in ("schedule_process", "terminate_process", "describe_process"):
+        rpc.handle(op, getattr(core, op), validate=False, replay=replay)
+    return rpc
+
+
+@pytest.mark.rabbitmq
+def test_a_schedule_redelivered_after_the_dispatcher_died_before_its_ack_is_not_applied_again(
+    tmp_path, amqp_uri: str, sysname: str
+):
+    # Given a dispatcher's store, and a first dispatcher that dies after committing and
+    # replying to a schedule_process, before acknowledging it
+    store = SqlStore(f"sqlite:///{tmp_path}/pd.db", create=True)
+    core = ProcessDispatcherCore(store, RecordingMessenger())
+    store.add_definition(Definition(DEFINITION, "supd", {"exec": "/bin/true"}))
+    broker = BrokerConfig(uri=amqp_uri, sysname=sysname, heartbeat=10)
+    first = serve_core(DiesBeforeAck(broker, "pd"), core, RequestReplay(store))
+    seen: list[str] = []
+    replay = RequestReplay(store)
+
+    def watched(request_id: str, op: str, args: Any, call: Any) -> Any:
+        seen.append(op)
+        return replay(request_id, op, args, call)
+
+    second = serve_core(RpcService(broker, "pd", workers=1), core, watched)
+    first.start()
+    try:
+        with RpcClient(broker, "caller", timeout=20) as client:
+            reply = client.call("pd", "schedule_process", upid="p1", definition_id=DEFINITION)
+        assert reply["round"] == 0
+        assert first.died.wait(20)
+        # And the process is terminated meanwhile
+        assert core.terminate_process("p1")["state"] == "700-TERMINATED"
+        # When the first dispatcher is gone and the next one gets the request again
+        first.stop()
+        second.start()
+        wait_for(lambda: "schedule_process" in seen, what="the redelivered schedule")
+        # Then it answers with the first result without applying it: no new round
+        process = store.get_process("p1")
+        assert process is not None
+        assert (process.state, process.round) == ("700-TERMINATED", 0)
+        assert store.list_queued() == []
+    finally:
+        first.stop()
+        second.stop()
+        store.close()
