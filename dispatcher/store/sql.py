@@ -203,11 +203,15 @@ _PRUNE_APPLIED: Final = delete(applied_requests).where(
 )
 
 
-def _add_process_queued_pg() -> Insert:
+def _add_process_queued_pg(record_applied: bool = False) -> Insert:
     """``WITH added AS (INSERT INTO processes ... ON CONFLICT DO NOTHING RETURNING upid,
     round) INSERT INTO queue SELECT upid, round FROM added RETURNING id``: one queue
     row if the process was added, none if its upid exists (the driver reports no
-    row count for this form, hence the ``RETURNING``)."""
+    row count for this form, hence the ``RETURNING``).
+
+    With ``record_applied``, a second CTE inserts the pending request's record
+    (parameters ``r_*``) when the process was added: still one statement, so one
+    round trip and atomic (a duplicate request id fails the whole statement)."""
     columns = [column for column in processes.columns if column.name != "id"]
     added = (
         postgresql.insert(processes)
@@ -216,11 +220,40 @@ def _add_process_queued_pg() -> Insert:
         .returning(processes.c.upid, processes.c.round)
         .cte("added")
     )
-    return (
+    statement = (
         insert(queue)
         .from_select(["upid", "round"], select(added.c.upid, added.c.round))
         .returning(queue.c.id)
     )
+    if record_applied:
+        names = [c.name for c in applied_requests.columns]
+        recorded = (
+            insert(applied_requests)
+            .from_select(
+                names,
+                select(
+                    *(bindparam(f"r_{c.name}", type_=c.type) for c in applied_requests.columns)
+                ).select_from(added),
+            )
+            .cte("recorded")
+        )
+        statement = statement.add_cte(recorded)
+    return statement
+
+
+def _applied_row(applied: AppliedRequest) -> dict[str, Any]:
+    return {
+        "request_id": applied.request_id,
+        "op": applied.op,
+        "digest": applied.digest,
+        "result": applied.result,
+        "applied_at": applied.applied_at,
+    }
+
+
+def _applied_already(applied: AppliedRequest | None) -> WriteConflictError:
+    request_id = applied.request_id if applied is not None else "?"
+    return WriteConflictError(f"request {request_id!r} was applied already")
 
 
 class SqlStore:
@@ -259,6 +292,11 @@ class SqlStore:
         # PostgreSQL adds a process with its queue entry in one statement.
         self._add_queued = (
             _add_process_queued_pg() if self._engine.dialect.name == "postgresql" else None
+        )
+        self._add_queued_recorded = (
+            _add_process_queued_pg(record_applied=True)
+            if self._engine.dialect.name == "postgresql"
+            else None
         )
         self._listeners: list[ChangeListener] = []
         self._listeners_lock = threading.Lock()
@@ -377,21 +415,12 @@ class SqlStore:
             conn = conn.execution_options(isolation_level="READ COMMITTED")
         else:
             conn.execution_options(**{WRITE: True})  # BEGIN IMMEDIATE
-        row = {
-            "request_id": applied.request_id,
-            "op": applied.op,
-            "digest": applied.digest,
-            "result": applied.result,
-            "applied_at": applied.applied_at,
-        }
         with conn.begin():
             result = fn(conn)
             try:
-                conn.execute(_RECORD_APPLIED, [row])
+                conn.execute(_RECORD_APPLIED, [_applied_row(applied)])
             except sa_exc.IntegrityError:
-                raise WriteConflictError(
-                    f"request {applied.request_id!r} was applied already"
-                ) from None
+                raise _applied_already(applied) from None
         return result
 
     # -- records: shared logic -------------------------------------------------------
@@ -484,10 +513,20 @@ class SqlStore:
         row["version"] = 1
         conflict = WriteConflictError(f"process {process.upid!r} exists")
 
+        applied = claim("process", process)
+
         def run(conn: Connection) -> None:
             if self._add_queued is not None:
                 params = {f"p_{column}": value for column, value in row.items()}
-                if conn.execute(self._add_queued, params).first() is None:
+                statement = self._add_queued
+                if applied is not None and self._add_queued_recorded is not None:
+                    statement = self._add_queued_recorded
+                    params.update({f"r_{k}": v for k, v in _applied_row(applied).items()})
+                try:
+                    added = conn.execute(statement, params).first()
+                except sa_exc.IntegrityError:  # only the request id can conflict here
+                    raise _applied_already(applied) from None
+                if added is None:
                     raise conflict
                 return
             conn.execution_options(**{WRITE: True})  # BEGIN IMMEDIATE
@@ -499,7 +538,13 @@ class SqlStore:
                     raise conflict from None
                 conn.execute(_ENQUEUE, [{"upid": process.upid, "round": process.round}])
 
-        self._write("process", "add_process_queued", run, claim("process", process))
+        if self._add_queued_recorded is not None:
+            # PostgreSQL records the request in the statement itself (no transaction).
+            self._write("process", "add_process_queued", run)
+            if applied is not None:
+                mark_recorded()
+        else:
+            self._write("process", "add_process_queued", run, applied)
         process.version = 1
         self._notify("queue")
 
