@@ -7,6 +7,7 @@ Every error the project raises derives from :class:`DispatcherError`::
      │    └── DatabaseOwnerError     the database belongs to another dispatcher system
      ├── RequestError                an error a remote caller is told about by type
      │    ├── BadRequestError        arguments missing, unexpected, ill-typed or invalid
+     │    │    └── ReplyTooLargeError  the reply is larger than the broker accepts
      │    ├── NotFoundError          the named definition, process, node or engine is unknown
      │    ├── UnknownOperationError  the service has no handler for the operation
      │    └── WriteConflictError     an optimistic write lost a race, or a duplicate create
@@ -18,7 +19,10 @@ Every error the project raises derives from :class:`DispatcherError`::
 
 The four :class:`RequestError` types travel on the wire as
 ``dashi.exceptions.<Name>`` and are rebuilt as the same types by the client, so
-legacy dashi clients see the names they expect.
+legacy dashi clients see the names they expect. A subtype registered in
+:data:`REQUEST_ERROR_SUBTYPES` (:class:`ReplyTooLargeError`) travels under its
+known base's name with an additive ``subtype`` member naming it: a legacy client
+raises the base type (dashi ignores the extra member), ours the subtype.
 
 :class:`AccessRefusedError` is a :class:`TransportError` so that code which retries
 a failed send later keeps doing so (a broker's users may be fixed while a daemon
@@ -28,6 +32,7 @@ runs), but retrying at once cannot help: commands fail fast on it at start-up.
 from __future__ import annotations
 
 __all__ = [
+    "REQUEST_ERROR_SUBTYPES",
     "AccessRefusedError",
     "BadRequestError",
     "ConfigError",
@@ -35,6 +40,7 @@ __all__ = [
     "DispatcherError",
     "NotFoundError",
     "RemoteError",
+    "ReplyTooLargeError",
     "RequestError",
     "RpcTimeoutError",
     "StoreError",
@@ -83,6 +89,15 @@ class RequestError(DispatcherError):
 
 class BadRequestError(RequestError):
     """The request's arguments are missing, unexpected, ill-typed or invalid."""
+
+
+class ReplyTooLargeError(BadRequestError):
+    """The reply is larger than the broker accepts: ask for less (paging, a filter).
+
+    Raised by the service instead of a reply it cannot publish (larger than
+    ``server.amqp.max_message_size``, or refused by the broker), so the caller
+    gets an answer and the request is not delivered again.
+    """
 
 
 class NotFoundError(RequestError):
@@ -137,4 +152,10 @@ class StoreError(DispatcherError):
 KNOWN_REQUEST_ERRORS: dict[str, type[RequestError]] = {
     cls.__name__: cls
     for cls in (BadRequestError, NotFoundError, UnknownOperationError, WriteConflictError)
+}
+
+#: Wire subtype name -> class: errors sent as their known base's type with a
+#: ``subtype`` member (see the module docstring).
+REQUEST_ERROR_SUBTYPES: dict[str, type[RequestError]] = {
+    cls.__name__: cls for cls in (ReplyTooLargeError,)
 }

@@ -37,6 +37,7 @@ from dispatcher.matchmaker import Matchmaker
 from dispatcher.messaging import Messenger
 from dispatcher.needs import NeedRegistrar, NeedSink
 from dispatcher.provisioner.manager import Provisioner
+from dispatcher.replay import REPLAYED_OPERATIONS, RequestReplay
 from dispatcher.rpc.broker import BrokerConfig
 from dispatcher.rpc.client import RpcClient
 from dispatcher.rpc.messenger import RpcMessenger
@@ -135,9 +136,16 @@ class DispatcherService:
         self.messenger_client = messenger_client
         self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
+        replay = RequestReplay(store)
         for op in CORE_OPERATIONS:
             large = op in LISTING_OPERATIONS
-            self.rpc.handle(op, getattr(core, op), validate=False, large_reply=large)
+            self.rpc.handle(
+                op,
+                getattr(core, op),
+                validate=False,
+                large_reply=large,
+                replay=replay if op in REPLAYED_OPERATIONS else None,
+            )
         heartbeat_guard = None
         if verifier is not None:
             heartbeat_guard = CommandGuard(

@@ -70,6 +70,9 @@ DEFAULT_SERVICE_NAME = "process_dispatcher"
 EMBEDDED_URI = "embedded://"
 #: AMQP heartbeat in seconds (dashi's value).
 DEFAULT_AMQP_HEARTBEAT = 30
+#: Largest message body a service publishes (bytes): RabbitMQ's default
+#: ``max_message_size`` (128 MiB). A larger reply is answered with an error instead.
+DEFAULT_MAX_MESSAGE_SIZE = 128 * 1024 * 1024
 #: Engine heartbeat defaults: monitoring is on by default (decision 3).
 DEFAULT_HEARTBEAT_PERIOD = 30.0
 DEFAULT_HEARTBEAT_WARNING = 45.0
@@ -137,6 +140,9 @@ class AmqpSettings(BaseModel):
     exchange: str = DEFAULT_EXCHANGE
     heartbeat: int = Field(DEFAULT_AMQP_HEARTBEAT, ge=0)
     ssl: bool = False
+    #: Largest reply body (bytes) a service publishes; set it to the broker's
+    #: ``max_message_size`` when that is lowered.
+    max_message_size: int = Field(DEFAULT_MAX_MESSAGE_SIZE, gt=0)
 
     def resolved_uri(self) -> str:
         """The kombu URL: ``uri`` if set, else one built from the legacy keys, else embedded."""

@@ -34,6 +34,22 @@ def test_later_files_deep_merge_over_earlier_ones(tmp_path):
     assert BrokerConfig.from_settings(settings).exchange_name == "s.ex2"
 
 
+def test_the_message_size_limit_defaults_to_rabbitmqs_and_is_configurable(tmp_path):
+    default = load_settings(
+        [write(tmp_path, "a.yml", "server: {amqp: {uri: amqp://a//}}\n")], environ={}
+    )
+    assert BrokerConfig.from_settings(default).max_message_size == 128 * 1024 * 1024
+    path = write(tmp_path, "b.yml", "server: {amqp: {max_message_size: 1000000}}\n")
+    assert BrokerConfig.from_settings(load_settings([path], environ={})).max_message_size == (
+        1_000_000
+    )
+    with pytest.raises(ConfigError) as info:
+        load_settings(
+            [write(tmp_path, "c.yml", "server: {amqp: {max_message_size: 0}}\n")], environ={}
+        )
+    assert "max_message_size" in str(info.value)
+
+
 def test_environment_variables_override_the_files(tmp_path):
     path = write(
         tmp_path,

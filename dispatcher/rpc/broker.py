@@ -32,7 +32,7 @@ import kombu
 
 from dispatcher.errors import AccessRefusedError
 from dispatcher.rpc.transport import embedded
-from dispatcher.settings import Settings
+from dispatcher.settings import DEFAULT_MAX_MESSAGE_SIZE, Settings
 
 __all__ = ["BrokerConfig", "describe_failure", "mask_uri", "refusal"]
 
@@ -105,6 +105,8 @@ class BrokerConfig:
         state_dir: where the embedded transport keeps its messages.
         send_tracebacks: whether services include tracebacks in error replies.
         ssl: use TLS to the broker.
+        max_message_size: largest reply body (bytes) a service publishes; a larger
+            reply is answered with :class:`~dispatcher.errors.ReplyTooLargeError`.
     """
 
     uri: str = "embedded://"
@@ -115,6 +117,7 @@ class BrokerConfig:
     send_tracebacks: bool = False
     ssl: bool = False
     transport_options: dict[str, Any] = field(default_factory=dict)
+    max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
 
     @classmethod
     def from_settings(cls, settings: Settings) -> BrokerConfig:
@@ -127,6 +130,7 @@ class BrokerConfig:
             state_dir=settings.state_dir,
             send_tracebacks=settings.dashi.send_tracebacks,
             ssl=amqp.ssl,
+            max_message_size=amqp.max_message_size,
         )
 
     @property

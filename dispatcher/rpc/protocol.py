@@ -9,6 +9,10 @@ legacy peers ignore it.
 Reply body: ``{"result": ..., "error": null | {"exc_type", "value", "traceback"}}``.
 Known error types travel as ``dashi.exceptions.<Name>``; anything else carries the
 bare exception class name and is rebuilt as :class:`~dispatcher.errors.RemoteError`.
+A registered subtype of a known type (:data:`~dispatcher.errors.REQUEST_ERROR_SUBTYPES`)
+travels as its known base with one more member, ``"subtype": "<Name>"``: legacy
+dashi clients raise the base type (they pass unknown members on as keyword
+arguments, which ``DashiError`` accepts), our client raises the subtype.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from dispatcher.errors import (
     KNOWN_REQUEST_ERRORS,
+    REQUEST_ERROR_SUBTYPES,
     BadRequestError,
     RemoteError,
     RequestError,
@@ -49,6 +54,8 @@ class ErrorPayload(BaseModel):
     exc_type: str
     value: str = ""
     traceback: str | None = None
+    #: A registered subtype of ``exc_type`` (additive; absent for the other errors).
+    subtype: str | None = None
 
 
 class Request(BaseModel):
@@ -112,7 +119,15 @@ def _invalid_text(value: Any, where: str) -> str | None:
 
 def error_payload(exc: BaseException, traceback_text: str | None) -> dict[str, Any]:
     """Build the wire form of ``exc`` (a known type keeps its dashi name)."""
-    if isinstance(exc, RequestError) and type(exc).__name__ in KNOWN_REQUEST_ERRORS:
+    name = type(exc).__name__
+    if isinstance(exc, RequestError) and REQUEST_ERROR_SUBTYPES.get(name) is type(exc):
+        return {
+            "exc_type": ERROR_PREFIX + _known_base(exc).__name__,
+            "value": exc.value,
+            "traceback": traceback_text or "",
+            "subtype": name,
+        }
+    if isinstance(exc, RequestError) and name in KNOWN_REQUEST_ERRORS:
         exc_type = ERROR_PREFIX + _known_base(exc).__name__
         value = exc.value
     elif isinstance(exc, RemoteError):
@@ -142,6 +157,9 @@ def error_from_payload(payload: Any) -> Exception:
     traceback_text = error.traceback or None
     if error.exc_type.startswith(ERROR_PREFIX):
         cls = KNOWN_REQUEST_ERRORS.get(error.exc_type[len(ERROR_PREFIX) :])
+        subtype = REQUEST_ERROR_SUBTYPES.get(error.subtype or "")
+        if cls is not None and subtype is not None and issubclass(subtype, cls):
+            return subtype(error.value, traceback=traceback_text)
         if cls is not None:
             return cls(error.value, traceback=traceback_text)
     return RemoteError(error.exc_type, error.value, traceback_text)

@@ -20,6 +20,18 @@ Errors:
   logged with its traceback; the traceback goes to the caller only when
   ``send_tracebacks`` is configured.
 
+Replies are published on channels of their own (the request is acknowledged on
+the consuming channel), so a reply the broker refuses closes a reply channel, never
+the one holding the request's delivery. A reply larger than ``max_message_size``
+is not even tried: the caller gets a :class:`~dispatcher.errors.ReplyTooLargeError`
+instead, and the request is acknowledged, so it is never delivered again. Replies
+of :data:`CONFIRM_FROM_BYTES` and more go out with publisher confirms (AMQP), so a
+broker whose limit is lower refuses them in the publishing call (406
+PRECONDITION_FAILED): that caller gets a ``ReplyTooLargeError`` too, and another
+refusal a generic error; neither reconnects. (Smaller replies are not confirmed,
+which would cost a round trip per call: a broker limit under 1 MiB is not
+supported.)
+
 Each worker thread owns one broker connection and competes for the queue, so
 handlers run concurrently on ``workers`` threads. Connections that drop are
 re-established with capped exponential backoff; AMQP heartbeats are serviced
@@ -47,6 +59,7 @@ from pydantic import ConfigDict, ValidationError, validate_call
 from dispatcher.errors import (
     AccessRefusedError,
     BadRequestError,
+    ReplyTooLargeError,
     RequestError,
     TransportError,
     UnknownOperationError,
@@ -61,12 +74,15 @@ from dispatcher.rpc.protocol import (
     reply_body,
 )
 
-__all__ = ["RpcService"]
+__all__ = ["CONFIRM_FROM_BYTES", "RpcService"]
 
 log = logging.getLogger(__name__)
 
 #: Broker-side expiry of an unused service queue (dashi's value, in ms).
 SERVICE_QUEUE_EXPIRES_MS = 60_000
+#: Replies this large (bytes) and larger are published with publisher confirms: the
+#: round trip is small next to sending them, and a broker refusal is then reported.
+CONFIRM_FROM_BYTES = 1 << 20
 #: How long a worker blocks waiting for a message before servicing heartbeats.
 _DRAIN_SECONDS = 1.0
 #: Reconnection backoff: first delay, growth factor and cap (seconds).
@@ -76,6 +92,10 @@ Handler = Callable[..., Any]
 #: Called as ``guard(op, args, headers)`` before a handler; raises a
 #: :class:`~dispatcher.errors.RequestError` to refuse the request.
 Guard = Callable[[str, Any, Mapping[str, Any]], None]
+#: Called as ``replay(request_id, op, args, call)`` instead of the handler for a
+#: request that has an id: returns ``call()``, or the result of the request's first
+#: application when it was applied already (see :mod:`dispatcher.replay`).
+Replay = Callable[[str, str, Mapping[str, Any], Callable[[], Any]], Any]
 
 
 @dataclass(frozen=True)
@@ -84,6 +104,7 @@ class _Registration:
     signature: inspect.Signature
     sender_kwarg: str | None
     guard: Guard | None = None
+    replay: Replay | None = None
 
 
 class RpcService:
@@ -120,6 +141,7 @@ class RpcService:
         validate: bool = True,
         guard: Guard | None = None,
         large_reply: bool = False,
+        replay: Replay | None = None,
     ) -> None:
         """Register ``func`` for operation ``op``.
 
@@ -138,6 +160,9 @@ class RpcService:
                 collector is paused from the call until the reply is published and
                 freed, so it never scans those objects (which would cost more than
                 building them).
+            replay: runs each call of a request that has an id (AMQP ``message_id``
+                or ``correlation_id``, else a legacy call's ``reply-to``): a request
+                delivered again is answered without applying it twice.
         """
         signature = inspect.signature(func)
         wrapped = func
@@ -145,7 +170,7 @@ class RpcService:
             p.annotation is not inspect.Parameter.empty for p in signature.parameters.values()
         ):
             wrapped = validate_call(config=ConfigDict(arbitrary_types_allowed=True))(func)
-        self._handlers[op] = _Registration(wrapped, signature, sender_kwarg, guard)
+        self._handlers[op] = _Registration(wrapped, signature, sender_kwarg, guard, replay)
         if large_reply:
             self._large_replies.add(op)
         else:
@@ -157,8 +182,13 @@ class RpcService:
 
     # -- request handling (transport independent) -----------------------------------
 
-    def dispatch(self, body: Any, headers: Mapping[str, Any]) -> dict[str, Any]:
-        """Handle one decoded request and return the reply body."""
+    def dispatch(
+        self, body: Any, headers: Mapping[str, Any], request_id: str | None = None
+    ) -> dict[str, Any]:
+        """Handle one decoded request and return the reply body.
+
+        ``request_id`` identifies the request across deliveries (see ``replay``).
+        """
         op = "?"
         try:
             request = decode_request(body)
@@ -176,7 +206,11 @@ class RpcService:
             except TypeError as exc:
                 raise BadRequestError(f"Type error: {exc}") from None
             try:
-                result = registration.func(**args)
+                if registration.replay is not None and request_id:
+                    func = registration.func
+                    result = registration.replay(request_id, op, args, lambda: func(**args))
+                else:
+                    result = registration.func(**args)
             except ValidationError as exc:
                 raise BadRequestError(_describe_validation(exc)) from None
             return reply_body(result=result)
@@ -308,7 +342,7 @@ class RpcService:
 
     def _consume(self, connection: kombu.Connection, consuming: Callable[[], None]) -> None:
         channel = connection.channel()
-        producer = kombu.Producer(channel, exchange=self.broker.kombu_exchange())
+        producer = _ReplyPublisher(connection, self.broker.kombu_exchange())
         queue = self.queue()
 
         def on_message(message: Message) -> None:
@@ -335,7 +369,7 @@ class RpcService:
                     connection.heartbeat_check()
 
     def _on_message(
-        self, message: Message, producer: kombu.Producer, decode_error: Exception | None = None
+        self, message: Message, producer: _ReplyPublisher, decode_error: Exception | None = None
     ) -> None:
         headers = message.headers or {}
         try:
@@ -350,20 +384,28 @@ class RpcService:
             self._reply(message, producer, headers, reply)
             return
         op = body.get("op") if isinstance(body, dict) else None
+        request_id = _request_id(message, headers)
         if op in self._large_replies:
             with _collector_paused():
-                self._reply(message, producer, headers, self.dispatch(body, headers))
+                reply = self.dispatch(body, headers, request_id)
+                self._reply(message, producer, headers, reply, op)
         else:
-            self._reply(message, producer, headers, self.dispatch(body, headers))
+            self._reply(message, producer, headers, self.dispatch(body, headers, request_id), op)
 
     def _reply(
         self,
         message: Message,
-        producer: kombu.Producer,
+        producer: _ReplyPublisher,
         headers: Mapping[str, Any],
         reply: dict[str, Any],
+        op: object = None,
     ) -> None:
-        """Publish ``reply`` if the request asked for one, then acknowledge the request."""
+        """Publish ``reply`` if the request asked for one, then acknowledge the request.
+
+        A reply that is too large, or that the broker refuses, is replaced by an
+        error reply (see the module docstring); the request is acknowledged in
+        every case but a lost connection (then it is delivered again).
+        """
         reply_to = headers.get(HEADER_REPLY_TO)
         if isinstance(reply_to, str) and reply_to:
             properties: dict[str, Any] = {}
@@ -377,16 +419,124 @@ class RpcService:
                 log.error("service %s: reply could not be serialized: %s", self.name, exc)
                 encoded = codec.encode(reply_body(error=error_payload(exc, None)))
                 reply_headers = {}
-            producer.publish(
-                encoded,
-                routing_key=reply_to,
-                content_type=codec.CONTENT_TYPE,
-                content_encoding=codec.CONTENT_ENCODING,
-                headers=reply_headers,
-                retry=False,
-                **properties,
-            )
+            limit = self.broker.max_message_size
+            if len(encoded) > limit:
+                log.warning(
+                    "service %s: the reply to %s is %d bytes, more than the %d-byte limit: "
+                    "answering with an error",
+                    self.name,
+                    op,
+                    len(encoded),
+                    limit,
+                )
+                encoded = _error_reply(
+                    ReplyTooLargeError(
+                        f"the reply to {op} is too large to send ({len(encoded)} bytes, "
+                        f"more than the {limit}-byte message limit): use paging or a "
+                        "filter to ask for less"
+                    )
+                )
+            try:
+                producer.publish(encoded, reply_to, reply_headers, properties)
+            except producer.channel_errors as exc:
+                # The broker refused this reply and closed only the reply channel:
+                # tell the caller instead; the broker itself is fine.
+                log.warning(
+                    "service %s: the broker refused the reply to %s (%s): answering with an error",
+                    self.name,
+                    op,
+                    exc,
+                )
+                refused: BaseException = exc
+                if getattr(exc, "reply_code", None) == _PRECONDITION_FAILED:
+                    refused = ReplyTooLargeError(
+                        f"the reply to {op} was refused by the broker ({len(encoded)} bytes; "
+                        f"{exc}): use paging or a filter to ask for less"
+                    )
+                try:
+                    producer.publish(_error_reply(refused), reply_to, {}, properties)
+                except producer.channel_errors as again:
+                    log.error(
+                        "service %s: the error reply to %s was refused too (%s)",
+                        self.name,
+                        op,
+                        again,
+                    )
         message.ack()
+
+
+def _request_id(message: Message, headers: Mapping[str, Any]) -> str | None:
+    """What identifies a request across deliveries, if anything does.
+
+    The AMQP ``message_id``, else the ``correlation_id`` (our client: one per call,
+    kept when the call is sent again), else a legacy dashi call's ``reply-to``
+    (a fresh queue name per call).
+    """
+    properties = message.properties or {}
+    for key in ("message_id", "correlation_id"):
+        value = properties.get(key)
+        if isinstance(value, str) and value:
+            return value
+    reply_to = headers.get(HEADER_REPLY_TO)
+    return reply_to if isinstance(reply_to, str) and reply_to else None
+
+
+#: AMQP reply code of PRECONDITION_FAILED: what RabbitMQ answers a too-large message with.
+_PRECONDITION_FAILED = 406
+
+
+def _error_reply(exc: BaseException) -> bytes:
+    return codec.encode(reply_body(error=error_payload(exc, None)))
+
+
+class _ReplyPublisher:
+    """Publishes a worker's replies on channels other than its consuming channel.
+
+    Replies under :data:`CONFIRM_FROM_BYTES` go out on one plain channel; larger
+    ones on a channel in publisher-confirm mode (opened on first use), so that a
+    refusal is raised by :meth:`publish`. Never on the consuming channel: a refused
+    publish closes its channel, and with it any unacknowledged delivery.
+    """
+
+    def __init__(self, connection: kombu.Connection, exchange: kombu.Exchange) -> None:
+        self._connection = connection
+        self._exchange = exchange
+        self._plain = kombu.Producer(connection.channel(), exchange=exchange)
+        self._confirmed: kombu.Producer | None = None
+        #: What a refused publish raises (the transport's channel errors).
+        self.channel_errors: tuple[type[BaseException], ...] = tuple(connection.channel_errors)
+
+    def publish(
+        self, body: bytes, routing_key: str, headers: dict[str, Any], properties: dict[str, Any]
+    ) -> None:
+        producer = self._plain
+        if len(body) >= CONFIRM_FROM_BYTES:
+            if self._confirmed is None:
+                channel = self._connection.channel()
+                _confirm_publishes(channel)
+                self._confirmed = kombu.Producer(channel, exchange=self._exchange)
+            producer = self._confirmed
+        producer.publish(
+            body,
+            routing_key=routing_key,
+            content_type=codec.CONTENT_TYPE,
+            content_encoding=codec.CONTENT_ENCODING,
+            headers=headers,
+            retry=False,
+            **properties,
+        )
+
+
+def _confirm_publishes(channel: Any) -> None:
+    """Make every publish on an AMQP ``channel`` wait for the broker's confirm.
+
+    py-amqp's own switch (its ``confirm_publish`` connection option does the same
+    for every channel). A refused publish then raises its channel error in the
+    publishing call. Virtual transports (embedded) write synchronously already.
+    """
+    confirming = getattr(channel, "basic_publish_confirm", None)
+    if confirming is not None:
+        channel.basic_publish = confirming
 
 
 _pause_lock = threading.Lock()

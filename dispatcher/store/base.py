@@ -19,10 +19,16 @@ Rules every implementation follows:
   ``remove_queued`` removes the oldest matching entry or raises ``NotFoundError``.
 * Database failures a retry may fix raise ``StoreError``; no library exception
   leaves the store.
+* While a request is pending (:data:`dispatcher.store.applied.pending_request`),
+  the first successful ``add_``/``update_``/``remove_`` of a definition or process
+  (``add_process_queued`` included) of the pending kind also stores the
+  :class:`~dispatcher.store.applied.AppliedRequest`, in the same transaction; an
+  id stored already makes that write raise ``WriteConflictError`` and change
+  nothing.
 * After each committed write the store calls its listeners with the kind of
   record written (``"definition"``, ``"process"``, ``"queue"``, ``"resource"``,
-  ``"node"``, ``"vm"``, ``"engine"``, ``"state"``), in the writing thread. Listeners must
-  return quickly and must not raise.
+  ``"node"``, ``"vm"``, ``"engine"``, ``"state"``, ``"applied"``), in the writing
+  thread. Listeners must return quickly and must not raise.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from collections.abc import Callable, Collection
 from typing import Any, Protocol
 
 from dispatcher.model import VM, Definition, Node, Process, Resource
+from dispatcher.store.applied import AppliedRequest
 
 __all__ = ["ChangeListener", "Store"]
 
@@ -111,6 +118,17 @@ class Store(Protocol):
         """Persist an engine; an existing id raises ``WriteConflictError``."""
 
     def list_engines(self) -> dict[str, dict[str, object]]: ...
+
+    # -- applied requests (see dispatcher.store.applied) ----------------------------
+    def get_applied_request(self, request_id: str) -> AppliedRequest | None:
+        """The record of an applied request, or ``None``."""
+
+    def prune_applied_requests(self, before: float, keep: int) -> int:
+        """Forget requests applied before ``before``, and all but the newest ``keep``.
+
+        Returns:
+            How many records were removed.
+        """
 
     # -- dispatcher-wide state ------------------------------------------------------
     def get_pd_state(self) -> str:

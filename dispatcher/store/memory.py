@@ -31,6 +31,7 @@ from dispatcher.store._codec import (
     gc_paused,
     json_copy,
 )
+from dispatcher.store.applied import AppliedRequest, claim, mark_recorded
 from dispatcher.store.base import ChangeListener
 
 __all__ = ["MemoryStore"]
@@ -117,6 +118,7 @@ class MemoryStore:
         self._system_boot = False
         self._initialized = False
         self._owner: str | None = None
+        self._applied: dict[str, AppliedRequest] = {}
 
     # -- lifecycle -------------------------------------------------------------------
     def add_listener(self, listener: ChangeListener) -> None:
@@ -136,9 +138,27 @@ class MemoryStore:
         for listener in listeners:
             listener(kind)
 
+    @contextmanager
+    def _applying(self, kind: str, record: Any) -> Iterator[None]:
+        """Hold the lock for a write that also records the pending request, if any."""
+        with self._writing(kind):
+            applied = claim(kind, record)
+            if applied is not None and applied.request_id in self._applied:
+                raise WriteConflictError(f"request {applied.request_id!r} was applied already")
+            yield
+            if applied is not None:
+                self._applied[applied.request_id] = AppliedRequest(
+                    applied.request_id,
+                    applied.op,
+                    applied.digest,
+                    json_copy(applied.result),
+                    applied.applied_at,
+                )
+                mark_recorded()
+
     # -- definitions ----------------------------------------------------------------
     def add_definition(self, definition: Definition) -> None:
-        with self._writing("definition"):
+        with self._applying("definition", definition):
             self._definitions.add(definition.definition_id, definition)
 
     def get_definition(self, definition_id: str) -> Definition | None:
@@ -146,11 +166,11 @@ class MemoryStore:
             return self._definitions.get(definition_id)
 
     def update_definition(self, definition: Definition) -> None:
-        with self._writing("definition"):
+        with self._applying("definition", definition):
             self._definitions.update(definition.definition_id, definition)
 
     def remove_definition(self, definition_id: str) -> None:
-        with self._writing("definition"):
+        with self._applying("definition", None):
             self._definitions.remove(definition_id)
 
     def list_definition_ids(self) -> list[str]:
@@ -160,25 +180,25 @@ class MemoryStore:
 
     # -- processes ------------------------------------------------------------------
     def add_process(self, process: Process) -> None:
-        with self._writing("process"):
+        with self._applying("process", process):
             self._processes.add(process.upid, process)
 
     def add_process_queued(self, process: Process) -> None:
         """Add ``process`` and append ``(upid, round)`` to the queue, atomically."""
-        with self._lock:  # no reader sees the process without its entry
+        with self._applying("process", process):  # no reader sees one without the other
             self._processes.add(process.upid, process)
             self._queue.append((process.upid, process.round))
+        with self._lock:
             listeners = list(self._listeners)
-        for kind in ("process", "queue"):
-            for listener in listeners:
-                listener(kind)
+        for listener in listeners:
+            listener("queue")
 
     def get_process(self, upid: str) -> Process | None:
         with self._lock:
             return self._processes.get(upid)
 
     def update_process(self, process: Process) -> None:
-        with self._writing("process"):
+        with self._applying("process", process):
             self._processes.update(process.upid, process)
 
     def list_processes(self, states: Collection[str] | None = None) -> list[Process]:
@@ -296,6 +316,31 @@ class MemoryStore:
         """All engines added with :meth:`add_engine`, ordered by id."""
         with self._lock:
             return {key: copy.deepcopy(self._engines[key]) for key in sorted(self._engines)}
+
+    # -- applied requests -----------------------------------------------------------
+    def get_applied_request(self, request_id: str) -> AppliedRequest | None:
+        with self._lock:
+            applied = self._applied.get(request_id)
+            if applied is None:
+                return None
+            return AppliedRequest(
+                applied.request_id,
+                applied.op,
+                applied.digest,
+                json_copy(applied.result),
+                applied.applied_at,
+            )
+
+    def prune_applied_requests(self, before: float, keep: int) -> int:
+        """Forget requests applied before ``before``, and all but the newest ``keep``."""
+        with self._lock:
+            newest = sorted(self._applied.values(), key=lambda a: a.applied_at, reverse=True)
+            gone = [
+                a.request_id for i, a in enumerate(newest) if i >= keep or a.applied_at < before
+            ]
+            for request_id in gone:
+                del self._applied[request_id]
+            return len(gone)
 
     # -- dispatcher-wide state ------------------------------------------------------
     def get_pd_state(self) -> str:

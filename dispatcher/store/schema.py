@@ -15,6 +15,8 @@ Tables:
 ``vms``          nodes the provisioner launched, with their lifecycle state, versioned.
 ``engines``      engines added with ``add_engine`` (JSON spec).
 ``pd_state``     key/value rows: ``pd_state``, ``system_boot``, ``initialized``.
+``applied_requests``  ids of state-changing requests with the result they answered
+                 (see :mod:`dispatcher.store.applied`); pruned by ``applied_at``.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from sqlalchemy import (
 )
 
 __all__ = [
+    "applied_requests",
     "definitions",
     "engines",
     "metadata",
@@ -156,4 +159,15 @@ vms = Table(
     Column("requested_at", Float, nullable=False),
     Column("state_time", Float, nullable=False),
     Column("version", Integer, nullable=False),
+)
+
+applied_requests = Table(
+    "applied_requests",
+    metadata,
+    Column("request_id", Text, primary_key=True),
+    Column("op", Text, nullable=False),
+    Column("digest", Text, nullable=False),
+    Column("result", JSON),
+    Column("applied_at", Float, nullable=False),
+    Index(None, "applied_at"),
 )

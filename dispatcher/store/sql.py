@@ -25,6 +25,7 @@ Listeners are called in the writing thread after the write committed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -64,6 +65,7 @@ from dispatcher.store._codec import (
     Layout,
     gc_paused,
 )
+from dispatcher.store.applied import AppliedRequest, claim, mark_recorded
 from dispatcher.store.base import ChangeListener
 from dispatcher.store.engine import (
     PG_POOL_SIZE,
@@ -74,6 +76,7 @@ from dispatcher.store.engine import (
     store_error,
 )
 from dispatcher.store.schema import (
+    applied_requests,
     definitions,
     engines,
     nodes,
@@ -179,13 +182,37 @@ _CLEAR_QUEUE: Final = delete(queue)
 _ADD_ENGINE: Final = insert(engines)
 _LIST_ENGINES: Final = select(engines.c.engine_id, engines.c.spec).order_by(engines.c.engine_id)
 _STATE_VALUES: Final = select(pd_state.c.key, pd_state.c.value)
+_RECORD_APPLIED: Final = insert(applied_requests)
+_GET_APPLIED: Final = select(
+    applied_requests.c.request_id,
+    applied_requests.c.op,
+    applied_requests.c.digest,
+    applied_requests.c.result,
+    applied_requests.c.applied_at,
+).where(applied_requests.c.request_id == bindparam("request_id"))
+#: The ``applied_at`` of the newest record beyond the ``keep`` newest (NULL if none).
+_KEPT_FROM: Final = (
+    select(applied_requests.c.applied_at)
+    .order_by(applied_requests.c.applied_at.desc())
+    .limit(1)
+    .offset(bindparam("keep"))
+    .scalar_subquery()
+)
+_PRUNE_APPLIED: Final = delete(applied_requests).where(
+    (applied_requests.c.applied_at < bindparam("before"))
+    | (applied_requests.c.applied_at <= _KEPT_FROM)
+)
 
 
-def _add_process_queued_pg() -> Insert:
+def _add_process_queued_pg(record_applied: bool = False) -> Insert:
     """``WITH added AS (INSERT INTO processes ... ON CONFLICT DO NOTHING RETURNING upid,
     round) INSERT INTO queue SELECT upid, round FROM added RETURNING id``: one queue
     row if the process was added, none if its upid exists (the driver reports no
-    row count for this form, hence the ``RETURNING``)."""
+    row count for this form, hence the ``RETURNING``).
+
+    With ``record_applied``, a second CTE inserts the pending request's record
+    (parameters ``r_*``) when the process was added: still one statement, so one
+    round trip and atomic (a duplicate request id fails the whole statement)."""
     columns = [column for column in processes.columns if column.name != "id"]
     added = (
         postgresql.insert(processes)
@@ -194,11 +221,40 @@ def _add_process_queued_pg() -> Insert:
         .returning(processes.c.upid, processes.c.round)
         .cte("added")
     )
-    return (
+    statement = (
         insert(queue)
         .from_select(["upid", "round"], select(added.c.upid, added.c.round))
         .returning(queue.c.id)
     )
+    if record_applied:
+        names = [c.name for c in applied_requests.columns]
+        recorded = (
+            insert(applied_requests)
+            .from_select(
+                names,
+                select(
+                    *(bindparam(f"r_{c.name}", type_=c.type) for c in applied_requests.columns)
+                ).select_from(added),
+            )
+            .cte("recorded")
+        )
+        statement = statement.add_cte(recorded)
+    return statement
+
+
+def _applied_row(applied: AppliedRequest) -> dict[str, Any]:
+    return {
+        "request_id": applied.request_id,
+        "op": applied.op,
+        "digest": applied.digest,
+        "result": applied.result,
+        "applied_at": applied.applied_at,
+    }
+
+
+def _applied_already(applied: AppliedRequest | None) -> WriteConflictError:
+    request_id = applied.request_id if applied is not None else "?"
+    return WriteConflictError(f"request {request_id!r} was applied already")
 
 
 class SqlStore:
@@ -242,6 +298,11 @@ class SqlStore:
         # PostgreSQL adds a process with its queue entry in one statement.
         self._add_queued = (
             _add_process_queued_pg() if self._engine.dialect.name == "postgresql" else None
+        )
+        self._add_queued_recorded = (
+            _add_process_queued_pg(record_applied=True)
+            if self._engine.dialect.name == "postgresql"
+            else None
         )
         self._listeners: list[ChangeListener] = []
         self._listeners_lock = threading.Lock()
@@ -329,14 +390,43 @@ class SqlStore:
                     time.sleep(RETRY_DELAY * 2**attempt)
         raise AssertionError("unreachable")
 
-    def _write(self, kind: str, operation: str, fn: Callable[[Connection], _T]) -> _T:
+    def _write(
+        self,
+        kind: str,
+        operation: str,
+        fn: Callable[[Connection], _T],
+        applied: AppliedRequest | None = None,
+    ) -> _T:
         """Run the write ``fn`` (autocommitted statements), then notify the listeners.
+
+        With ``applied``, ``fn`` and the insert of that record run in one
+        transaction (see :mod:`dispatcher.store.applied`).
 
         Writes are not retried: a statement that failed in flight may have committed.
         """
         with self._translated(operation), self._connect(operation) as conn:
-            result = fn(conn)
+            result = fn(conn) if applied is None else self._with_applied(conn, fn, applied)
+        if applied is not None:
+            mark_recorded()
         self._notify(kind)
+        return result
+
+    def _with_applied(
+        self, conn: Connection, fn: Callable[[Connection], _T], applied: AppliedRequest
+    ) -> _T:
+        """``fn`` and the record of ``applied`` in one transaction."""
+        if conn.dialect.name == "postgresql":
+            # The pool is in autocommit mode; this connection gets a transaction
+            # (the pool resets the mode when it takes the connection back).
+            conn = conn.execution_options(isolation_level="READ COMMITTED")
+        else:
+            conn.execution_options(**{WRITE: True})  # BEGIN IMMEDIATE
+        with conn.begin():
+            result = fn(conn)
+            try:
+                conn.execute(_RECORD_APPLIED, [_applied_row(applied)])
+            except sa_exc.IntegrityError:
+                raise _applied_already(applied) from None
         return result
 
     # -- records: shared logic -------------------------------------------------------
@@ -352,7 +442,7 @@ class SqlStore:
             except sa_exc.IntegrityError:
                 raise WriteConflictError(f"{mapping.name} {key!r} exists") from None
 
-        self._write(mapping.name, f"add_{mapping.name}", run)
+        self._write(mapping.name, f"add_{mapping.name}", run, claim(mapping.name, record))
         if mapping.versioned:
             record.version = 1
 
@@ -372,7 +462,7 @@ class SqlStore:
                 f"{mapping.name} {key!r} changed: version {record.version}, stored {stored}"
             )
 
-        self._write(mapping.name, f"update_{mapping.name}", run)
+        self._write(mapping.name, f"update_{mapping.name}", run, claim(mapping.name, record))
         if mapping.versioned:
             record.version += 1
 
@@ -394,7 +484,7 @@ class SqlStore:
             if conn.execute(mapping.delete, params).rowcount == 0:
                 raise NotFoundError(f"{mapping.name} {key!r} not found")
 
-        self._write(mapping.name, f"remove_{mapping.name}", run)
+        self._write(mapping.name, f"remove_{mapping.name}", run, claim(mapping.name, None))
 
     # -- definitions ----------------------------------------------------------------
     def add_definition(self, definition: Definition) -> None:
@@ -429,21 +519,38 @@ class SqlStore:
         row["version"] = 1
         conflict = WriteConflictError(f"process {process.upid!r} exists")
 
+        applied = claim("process", process)
+
         def run(conn: Connection) -> None:
             if self._add_queued is not None:
                 params = {f"p_{column}": value for column, value in row.items()}
-                if conn.execute(self._add_queued, params).first() is None:
+                statement = self._add_queued
+                if applied is not None and self._add_queued_recorded is not None:
+                    statement = self._add_queued_recorded
+                    params.update({f"r_{k}": v for k, v in _applied_row(applied).items()})
+                try:
+                    added = conn.execute(statement, params).first()
+                except sa_exc.IntegrityError:  # only the request id can conflict here
+                    raise _applied_already(applied) from None
+                if added is None:
                     raise conflict
                 return
             conn.execution_options(**{WRITE: True})  # BEGIN IMMEDIATE
-            with conn.begin():
+            # (in the transaction that records a pending request, if there is one)
+            with contextlib.nullcontext() if conn.in_transaction() else conn.begin():
                 try:
                     conn.execute(_PROCESSES.insert, [row])
                 except sa_exc.IntegrityError:
                     raise conflict from None
                 conn.execute(_ENQUEUE, [{"upid": process.upid, "round": process.round}])
 
-        self._write("process", "add_process_queued", run)
+        if self._add_queued_recorded is not None:
+            # PostgreSQL records the request in the statement itself (no transaction).
+            self._write("process", "add_process_queued", run)
+            if applied is not None:
+                mark_recorded()
+        else:
+            self._write("process", "add_process_queued", run, applied)
         process.version = 1
         self._notify("queue")
 
@@ -563,6 +670,32 @@ class SqlStore:
         """All engines added with :meth:`add_engine`, ordered by id."""
         rows = self._read("list_engines", lambda conn: conn.execute(_LIST_ENGINES).all())
         return {engine_id: spec for engine_id, spec in rows}
+
+    # -- applied requests -----------------------------------------------------------
+    def get_applied_request(self, request_id: str) -> AppliedRequest | None:
+        params = {"request_id": request_id}
+        row = self._read(
+            "get_applied_request", lambda conn: conn.execute(_GET_APPLIED, params).first()
+        )
+        if row is None:
+            return None
+        return AppliedRequest(
+            request_id=row.request_id,
+            op=row.op,
+            digest=row.digest,
+            result=row.result,
+            applied_at=row.applied_at,
+        )
+
+    def prune_applied_requests(self, before: float, keep: int) -> int:
+        """Forget requests applied before ``before``, and all but the newest ``keep``."""
+        params = {"before": before, "keep": keep}
+        removed: int = self._write(
+            "applied",
+            "prune_applied_requests",
+            lambda conn: conn.execute(_PRUNE_APPLIED, params).rowcount,
+        )
+        return removed
 
     # -- dispatcher-wide state ------------------------------------------------------
     def _state_values(self, operation: str) -> dict[str, str]:

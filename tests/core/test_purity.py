@@ -12,6 +12,7 @@ def test_importing_the_core_loads_no_kombu_sqlalchemy_or_libcloud() -> None:
     code = (
         "import sys\n"
         "import dispatcher.core, dispatcher.transitions, dispatcher.requests, dispatcher.messaging\n"
+        "import dispatcher.replay\n"
         "print(sorted(m for m in ('kombu', 'sqlalchemy', 'libcloud') if m in sys.modules))\n"
     )
     out = subprocess.run(

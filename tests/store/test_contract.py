@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 
 import pytest
 
 from dispatcher.errors import NotFoundError, WriteConflictError
 from dispatcher.model import Definition, Node, Process, Resource
 from dispatcher.states import ProcessState
+from dispatcher.store.applied import AppliedRequest, PendingRequest, pending_request
 from dispatcher.store.base import Store
 from dispatcher.store.memory import MemoryStore
 from dispatcher.store.sql import SqlStore
@@ -529,3 +532,122 @@ def test_failed_writes_do_not_notify(store: Store) -> None:
     with pytest.raises(WriteConflictError):
         store.add_engine("e", {})
     assert calls == ["engine"]
+
+
+# -- applied requests (dispatcher.store.applied) ------------------------------------------
+
+
+@contextlib.contextmanager
+def pending(request_id: str, kind: str = "process", at: float = 100.0) -> Iterator[PendingRequest]:
+    """Apply a request: the store records it with its first write of ``kind``."""
+    request = PendingRequest(
+        request_id=request_id,
+        op="schedule_process" if kind == "process" else "create_definition",
+        digest="d" * 64,
+        applied_at=at,
+        kind=kind,
+        result_of=lambda record: record.summary() if isinstance(record, Process) else None,
+    )
+    token = pending_request.set(request)
+    try:
+        yield request
+    finally:
+        pending_request.reset(token)
+
+
+def test_a_pending_request_is_recorded_with_its_first_write_only(store: Store) -> None:
+    # Given a request being applied
+    process = make_process()
+    with pending("req-1") as request:
+        # When it adds a process, then writes it again and queues it
+        store.add_process(process)
+        first = process.summary()
+        process.state = ProcessState.TERMINATED
+        store.update_process(process)
+        store.enqueue(process.upid, process.round)
+    # Then the first write recorded the request with the result of that write
+    assert request.recorded
+    applied = store.get_applied_request("req-1")
+    assert applied == AppliedRequest("req-1", "schedule_process", "d" * 64, first, 100.0)
+    # And writes outside any request record nothing
+    store.update_process(process)
+    assert store.get_applied_request("other") is None
+
+
+def test_a_pending_request_is_recorded_by_a_write_of_its_kind(store: Store) -> None:
+    with pending("req-def", kind="definition") as request:
+        store.add_process(make_process())  # not the request's kind
+        assert not request.recorded
+        store.add_definition(Definition("d1"))
+    assert store.get_applied_request("req-def") == AppliedRequest(
+        "req-def", "create_definition", "d" * 64, None, 100.0
+    )
+
+
+def test_add_process_queued_records_the_pending_request_atomically(store: Store) -> None:
+    with pending("req-q"):
+        store.add_process_queued(make_process())
+    applied = store.get_applied_request("req-q")
+    assert applied is not None and applied.result["upid"] == "proc1"
+    assert store.list_queued() == [("proc1", 0)]
+
+
+def test_a_failed_write_records_nothing_and_the_next_one_does(store: Store) -> None:
+    # Given a stored process
+    process = make_process()
+    store.add_process(process)
+    with pending("req-2") as request:
+        # When the request's first write loses a race
+        with pytest.raises(WriteConflictError):
+            store.update_process(make_process(version=7))
+        assert store.get_applied_request("req-2") is None
+        # Then its next, successful, write records it
+        process.state = ProcessState.TERMINATED
+        store.update_process(process)
+    assert request.recorded
+    applied = store.get_applied_request("req-2")
+    assert applied is not None and applied.result["state"] == ProcessState.TERMINATED
+
+
+@pytest.mark.parametrize("write", ["update", "add_queued", "remove_definition"])
+def test_a_request_applied_already_makes_its_write_fail_and_change_nothing(
+    store: Store, write: str
+) -> None:
+    # Given a request applied once (its process, definition and record stored)
+    process = make_process()
+    store.add_definition(Definition("d1"))
+    kind = "definition" if write == "remove_definition" else "process"
+    with pending("req-3", kind=kind):
+        if kind == "definition":
+            store.update_definition(Definition("d1", name="first"))
+        store.add_process(process)
+    # When another copy of it writes
+    with pending("req-3", kind=kind), pytest.raises(WriteConflictError):
+        if write == "update":
+            store.update_process(dataclasses.replace(process, state=ProcessState.TERMINATED))
+        elif write == "add_queued":
+            store.add_process_queued(make_process("proc2"))
+        else:
+            store.remove_definition("d1")
+    # Then nothing of that write is stored
+    stored = store.get_process("proc1")
+    assert stored is not None and stored.state == process.state and stored.version == 1
+    assert store.get_process("proc2") is None
+    assert store.list_queued() == []
+    assert store.get_definition("d1") is not None
+
+
+def test_applied_requests_are_pruned_by_age_and_count(store: Store) -> None:
+    # Given five requests applied at times 1..5
+    for at in range(1, 6):
+        with pending(f"req-{at}", kind="definition", at=float(at)):
+            store.add_definition(Definition(f"d{at}"))
+    # When those before 2 are forgotten, keeping at most 3
+    removed = store.prune_applied_requests(before=2.0, keep=3)
+    # Then only the newest three are left
+    assert removed == 2
+    left = [r for r in (f"req-{at}" for at in range(1, 6)) if store.get_applied_request(r)]
+    assert left == ["req-3", "req-4", "req-5"]
+    # And a later pruning by age alone leaves the newer ones
+    assert store.prune_applied_requests(before=4.0, keep=100) == 1
+    assert store.get_applied_request("req-4") is not None
