@@ -135,6 +135,14 @@ def _answers(client: ProcessDispatcherClient) -> bool:
     return True
 
 
+def _quietly(call: Callable[[], Any]) -> Any:
+    """``call()``, or None when the dispatcher did not answer in time."""
+    try:
+        return call()
+    except Exception:
+        return None
+
+
 def _memory(pid: int) -> tuple[int, int]:
     """(RSS, PSS) of one process in kB (0 when it is gone)."""
     rss = pss = 0
@@ -168,7 +176,7 @@ def _pct(samples: list[float], q: float) -> float:
     return samples[min(len(samples) - 1, int(q * len(samples)))]
 
 
-def burst(count: int, clients: int) -> None:
+def burst(count: int, clients: int, keep_log: str | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="pd-bench-") as tmp:
         dispatcher = Dispatcher(Path(tmp) / "state")
         admin = dispatcher.start()
@@ -202,8 +210,18 @@ def burst(count: int, clients: int) -> None:
                 thread.join()
             elapsed = time.perf_counter() - began
 
+            latencies.sort()
+            print(
+                f"burst: {len(latencies)} x /bin/true from {clients} clients in {elapsed:.1f} s: "
+                f"{len(latencies) / elapsed:.1f} schedules/s; schedule_process p50 "
+                f"{statistics.median(latencies) * 1000:.0f} ms, p99 "
+                f"{_pct(latencies, 0.99) * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms; "
+                f"{len(errors)} errors",
+                flush=True,
+            )
+
             def all_final() -> bool:
-                processes = admin.describe_processes()
+                processes = _quietly(admin.describe_processes) or []
                 done = [p for p in processes if str(p["state"]) in FINAL]
                 return len(done) >= count - len(errors)
 
@@ -215,14 +233,6 @@ def burst(count: int, clients: int) -> None:
                 len([a for a in m.group(2).split(",") if a.strip()])
                 for m in _STARTED.finditer(text)
             )
-            latencies.sort()
-            print(
-                f"burst: {len(latencies)} x /bin/true from {clients} clients in {elapsed:.1f} s: "
-                f"{len(latencies) / elapsed:.1f} schedules/s; schedule_process p50 "
-                f"{statistics.median(latencies) * 1000:.0f} ms, p99 "
-                f"{_pct(latencies, 0.99) * 1000:.0f} ms, max {latencies[-1] * 1000:.0f} ms; "
-                f"{len(errors)} errors"
-            )
             print(
                 f"burst: every process ended after {finished:.1f} s; peak need "
                 f"{max(needs, default=0)} node(s); agents started {started_agents}; "
@@ -233,6 +243,8 @@ def burst(count: int, clients: int) -> None:
         finally:
             admin.close()
             dispatcher.stop()
+            if keep_log:
+                Path(keep_log).write_text(dispatcher.log(), encoding="utf-8")
 
 
 def memory(count: int) -> None:
@@ -246,7 +258,7 @@ def memory(count: int) -> None:
                 client.schedule_process(f"s{i}", "sleeper", restart_mode="NEVER")
 
             def all_running() -> bool:
-                processes = client.describe_processes()
+                processes = _quietly(client.describe_processes) or []
                 return sum(str(p["state"]) == "500-RUNNING" for p in processes) >= count
 
             wait(all_running, 900, "every sleeper to run", 1.0)
@@ -293,9 +305,10 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=500, help="/bin/true processes of the burst")
     parser.add_argument("--clients", type=int, default=4, help="clients of the burst")
     parser.add_argument("--sleepers", type=int, default=200, help="sleep 600 processes")
+    parser.add_argument("--keep-log", metavar="FILE", help="copy the burst's dispatcher log there")
     args = parser.parse_args()
     if args.phase in ("burst", "both"):
-        burst(args.n, args.clients)
+        burst(args.n, args.clients, args.keep_log)
     if args.phase in ("memory", "both"):
         memory(args.sleepers)
 
