@@ -198,6 +198,8 @@ def test_bursts_of_short_processes_reuse_the_agents_within_the_scale_down_grace(
         assert max(needs) == 2
         assert started <= max(needs) + 2, caplog.text
         assert len(made.running_vms()) == 2
+        # and the dispatcher logged the pool's size when it grew
+        assert "local pool of site default: 2 agent(s), 4 slot(s), RSS" in caplog.text
     finally:
         made.stop()
         made.destroy_all()
