@@ -32,7 +32,8 @@ The leader also re-sends the terminates of processes that stay
 ``600-TERMINATING`` (:class:`~dispatcher.terminates.TerminateRetries`).
 
 The loop sleeps until a store event (``queue``, ``resource``, ``engine``,
-``state``), the next throttle expiry, the next launch or terminate retry, or ``poll_interval``
+``state``), the next throttle expiry, the next launch or terminate retry, the end of a
+need's scale-down grace (:meth:`~dispatcher.needs.NeedRegistrar.next_due`), or ``poll_interval``
 (the safety net for writes made by other dispatcher instances, whose store events
 this instance does not hear). Nothing is read while nothing changed: a poll that
 finds the queue and the resources as they were does no pass.
@@ -510,7 +511,13 @@ class Matchmaker:
     def next_deadline(self) -> float:
         """Epoch seconds of the next timed event (throttle expiry, retry, poll)."""
         deadline = self.clock() + self.poll_interval
-        for due in (self._throttle_expiry, self.retries.next_due(), self.terminates.next_due()):
+        held = self.registrar.next_due() if self.registrar is not None else None
+        for due in (
+            self._throttle_expiry,
+            self.retries.next_due(),
+            self.terminates.next_due(),
+            held,
+        ):
             if due is not None:
                 deadline = min(deadline, due)
         return deadline
@@ -534,7 +541,11 @@ class Matchmaker:
                         self._clear_stale()  # another instance changed a resource
                 self._dirty = True
             self._fingerprint = snapshot
-        expired = self._throttle_expiry is not None and self._throttle_expiry <= self.clock()
+        now = self.clock()
+        expired = self._throttle_expiry is not None and self._throttle_expiry <= now
+        # a held need may drop (its scale-down grace ended): report it
+        held = self.registrar.next_due() if self.registrar is not None else None
+        expired = expired or (held is not None and held <= now)
         if self._dirty or expired:
             result = self.matchmake()
             # what the pass left, if nobody else wrote: the next look tells

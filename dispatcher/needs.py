@@ -8,6 +8,15 @@ reports the engines whose need changed. On a scale-down it picks the nodes to
 retire, newest unoccupied first (FILO), and disables their agents first so they
 never receive new work.
 
+A scale-down waits for the engine's **grace** (``scale_down_grace`` of its
+provisioner site, :meth:`~dispatcher.settings.ProvisionerSettings.scale_down_grace`):
+the need registered is the highest need computed in the last ``grace`` seconds
+(:func:`held_need`), so a node is retired only once it has been unneeded that
+long, and a need that rises again within the grace keeps it. A burst of short
+processes therefore does not start and stop nodes every few seconds, while a
+rise is registered at once. The matchmaker makes a pass when a held need may
+drop (:meth:`NeedRegistrar.next_due`).
+
 What was registered lives in memory, so the first report of a leadership term
 (after a restart, or when another instance takes over) cannot compare with it.
 It compares with the stored state instead: the provisioner's ``running`` nodes of
@@ -15,7 +24,9 @@ each engine (its :class:`~dispatcher.model.VM` records) that are not already
 retiring. Those beyond the need are retired as on any scale-down, so a need
 lowered while no leader ran (``base_need`` changed across a restart) still frees
 the idle nodes. Nodes that no VM record covers (``static`` sites) are never
-retired at a term's start.
+retired at a term's start. With a grace, the nodes found running count as needed
+for the first ``grace`` seconds of the term (a restart in the middle of a burst
+keeps the pool), and those still beyond the need are retired then.
 """
 
 from __future__ import annotations
@@ -23,7 +34,8 @@ from __future__ import annotations
 import logging
 import math
 import threading
-from collections.abc import Iterable, Mapping, MutableMapping
+import time
+from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -44,6 +56,7 @@ __all__ = [
     "calculate_need",
     "calculate_needs",
     "choose_retirees",
+    "held_need",
 ]
 
 log = logging.getLogger(__name__)
@@ -246,6 +259,35 @@ def choose_retirees(unoccupied: Iterable[str], nodes: Mapping[str, Node], count:
     return sorted(unoccupied, key=created, reverse=True)[:count]
 
 
+def held_need(
+    samples: Sequence[tuple[float, int]], now: float, grace: float
+) -> tuple[int, list[tuple[float, int]], float | None]:
+    """The need to register under a scale-down grace: the highest one of the window.
+
+    ``samples`` are ``(time, need)`` in time order, each in effect until the next.
+    The window is ``(now - grace, now]``: the need in effect at its start counts,
+    and so does every sample taken within it.
+
+    Args:
+        samples: the needs computed so far, oldest first (not empty).
+        now: epoch seconds.
+        grace: seconds a lower need must last before it is registered (0: at once).
+
+    Returns:
+        The held need; the samples still relevant (to keep instead of ``samples``);
+        and when the held need may drop next (``None``: not before a new sample).
+    """
+    start = now - grace
+    first = 0
+    for index, (taken, _) in enumerate(samples):
+        if taken <= start:
+            first = index
+    kept = list(samples[first:])
+    held = max(need for _, need in kept)
+    due = kept[1][0] + grace if len(kept) > 1 else None
+    return held, kept, due
+
+
 class NeedRegistrar:
     """Reports changed needs to a :class:`NeedSink`, retiring nodes on a scale-down.
 
@@ -256,12 +298,26 @@ class NeedRegistrar:
     Args:
         store: where resources are disabled.
         sink: the receiver of the needs.
+        grace: engine id → its scale-down grace in seconds (default: none; module
+            docstring).
+        clock: epoch seconds.
     """
 
-    def __init__(self, store: Store, sink: NeedSink) -> None:
+    def __init__(
+        self,
+        store: Store,
+        sink: NeedSink,
+        *,
+        grace: Callable[[str], float] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._store = store
         self._sink = sink
+        self._grace = grace or (lambda _engine_id: 0.0)
+        self._clock = clock
         self._registered: dict[str, int] = {}
+        self._samples: dict[str, list[tuple[float, int]]] = {}
+        self._due: dict[str, float] = {}
 
     @property
     def registered(self) -> dict[str, int]:
@@ -271,6 +327,12 @@ class NeedRegistrar:
     def reset(self) -> None:
         """Forget what was reported. Called at the start of each leadership term."""
         self._registered.clear()
+        self._samples.clear()
+        self._due.clear()
+
+    def next_due(self) -> float | None:
+        """Epoch seconds when a held need may drop (a pass should report then)."""
+        return min(self._due.values(), default=None)
 
     def report(
         self,
@@ -291,8 +353,36 @@ class NeedRegistrar:
             nodes: node records by id.
         """
         provisioned: dict[str, set[str]] | None = None
-        for engine_id, need in needs.items():
+        now = self._clock()
+        for engine_id, computed in needs.items():
             previous = self._registered.get(engine_id)
+            grace = max(0.0, self._grace(engine_id))
+            samples = self._samples.setdefault(engine_id, [])
+            if previous is None and not samples and grace > 0:
+                # First report of the term: the nodes found running count as
+                # needed for one grace (module docstring).
+                if provisioned is None:
+                    provisioned = self._running_vms()
+                running = {n for n in provisioned.get(engine_id, ()) if not _retiring(n, resources)}
+                samples.append((now, len(running)))
+            changed = not samples or samples[-1][1] != computed.need
+            if changed:
+                samples.append((now, computed.need))
+            held, kept, due = held_need(samples, now, grace)
+            self._samples[engine_id] = kept
+            if due is None:
+                self._due.pop(engine_id, None)
+            else:
+                self._due[engine_id] = due
+            if changed and held != computed.need:
+                log.debug(
+                    "engine %s: need %d, %d held for the scale-down grace (%g s)",
+                    engine_id,
+                    computed.need,
+                    held,
+                    grace,
+                )
+            need = computed if held == computed.need else _replace_need(computed, held)
             if previous == need.need:
                 continue
             # Nodes retired by an earlier scale-down stay listed until they are
@@ -353,6 +443,12 @@ class NeedRegistrar:
             except NotFoundError:
                 return None
             return resource
+
+
+def _replace_need(need: EngineNeed, held: int) -> EngineNeed:
+    return EngineNeed(
+        need.engine_id, held, need.process_count, need.occupied_nodes, need.unoccupied_nodes
+    )
 
 
 def _retiring(node_id: str, resources: Mapping[str, Resource]) -> bool:

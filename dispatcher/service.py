@@ -202,6 +202,13 @@ class DispatcherService:
             heartbeats = HeartbeatHandler(store, messenger, engines, caller=client)
             provisioner = _provisioner(settings, store, engines, heartbeats)
             sink = need_sink if need_sink is not None else provisioner
+
+            def grace(engine_id: str) -> float:
+                """The scale-down grace of the engine's provisioner site."""
+                engine = engines.get(engine_id)
+                site = engine.site if engine is not None else None
+                return settings.provisioner.scale_down_grace(site)
+
             matchmaker = Matchmaker(
                 store,
                 launch_messenger(messenger) if launch_messenger is not None else messenger,
@@ -209,7 +216,7 @@ class DispatcherService:
                 run_type=pd.launch_type,
                 restart_throttling_config=pd.restart_throttling_config,
                 dispatch_retry_seconds=pd.dispatch_retry_seconds,
-                registrar=None if sink is None else NeedRegistrar(store, sink),
+                registrar=None if sink is None else NeedRegistrar(store, sink, grace=grace),
             )
             doctor = Doctor(
                 store, messenger, engines, heartbeats, monitor=pd.monitor_resource_heartbeats

@@ -102,6 +102,16 @@ DEFAULT_PROVISIONER_HISTORY = 3600.0
 DEFAULT_PROVISIONER_PARALLEL = 8
 #: Seconds a local agent gets to stop cleanly (SIGTERM) before it is killed.
 DEFAULT_LOCAL_STOP_TIMEOUT = 30.0
+#: Seconds a node must have been unneeded before a scale-down retires it (the
+#: need registered is the highest of that window): a burst of short processes
+#: must not start and stop nodes every few seconds. A local agent costs about a
+#: second of CPU to start, a VM minutes and money (cluster-autoscaler waits 10 min).
+DEFAULT_LOCAL_SCALE_DOWN_GRACE = 30.0
+DEFAULT_CLOUD_SCALE_DOWN_GRACE = 600.0
+#: Slots of each agent of the default engine when it runs on the ``local`` driver
+#: (the embedded default): an agent and its supervisord take ~65 MB whatever
+#: their slot count, so a few wide agents serve hundreds of local processes.
+DEFAULT_LOCAL_ENGINE_SLOTS = 64
 #: Seconds a signed agent command stays valid after (and before) its timestamp:
 #: room for clock skew between hosts and for a command waiting in the agent's
 #: queue while the agent restarts (an unused queue expires after 60 s).
@@ -282,6 +292,8 @@ class LocalSiteSettings(BaseModel):
     heartbeat: float | None = Field(None, gt=0)
     stop_timeout: float = Field(DEFAULT_LOCAL_STOP_TIMEOUT, gt=0)
     log_level: str = "info"
+    #: Seconds a node stays after it became unneeded (0: retired at once).
+    scale_down_grace: float = Field(DEFAULT_LOCAL_SCALE_DOWN_GRACE, ge=0)
 
 
 class LibcloudSiteSettings(BaseModel):
@@ -313,6 +325,8 @@ class LibcloudSiteSettings(BaseModel):
     #: ``key_pair`` and ``security_groups`` (EC2/OpenStack names by default).
     argument_names: dict[str, str] = Field(default_factory=dict)
     boot_timeout: float = Field(DEFAULT_CLOUD_BOOT_TIMEOUT, gt=0)
+    #: Seconds a VM stays after it became unneeded (0: retired at once).
+    scale_down_grace: float = Field(DEFAULT_CLOUD_SCALE_DOWN_GRACE, ge=0)
     #: The broker URI agents on the VMs use; default ``server.amqp.uri``.
     agent_amqp_uri: SecretStr | None = None
     #: Shell commands cloud-init runs first (e.g. install python3-pip).
@@ -361,6 +375,15 @@ class ProvisionerSettings(BaseModel):
         if self.retry_max < self.retry_initial:
             raise ValueError("retry_max must not be less than retry_initial")
         return self
+
+    def scale_down_grace(self, name: str | None) -> float:
+        """Seconds a node of site ``name`` (``None``: the default site) stays unneeded
+        before a scale-down retires it; 0 for ``static`` sites and unknown ones."""
+        try:
+            site = self.site(name)
+        except (KeyError, ValueError):
+            return 0.0
+        return float(getattr(site, "scale_down_grace", 0.0))
 
     def site(self, name: str | None) -> SiteSettings:
         """The typed settings of site ``name`` (``None``: the default site).
@@ -471,6 +494,30 @@ class Settings(BaseModel):
     pd: PdSettings = PdSettings()
     security: SecuritySettings = SecuritySettings()
     logging: dict[str, Any] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _local_default_engine(cls, data: Any) -> Any:
+        """Without configured engines, the default engine of a ``local`` default site
+        has :data:`DEFAULT_LOCAL_ENGINE_SLOTS` slots (few agents, little memory)."""
+        if not isinstance(data, Mapping):
+            return data
+        pd = data.get("processdispatcher")
+        if (isinstance(pd, Mapping) and "engines" in pd) or not isinstance(pd, Mapping | None):
+            return data
+        provisioner = data.get("provisioner")
+        if not isinstance(provisioner, Mapping | None):
+            return data
+        provisioner = provisioner or {}
+        sites = provisioner.get("sites")
+        default_site = sites.get(DEFAULT_SITE) if isinstance(sites, Mapping) else None
+        driver = provisioner.get("driver", "local")
+        if isinstance(default_site, Mapping):
+            driver = default_site.get("driver", driver)
+        if driver != "local":
+            return data
+        engines = {DEFAULT_ENGINE_ID: {"slots": DEFAULT_LOCAL_ENGINE_SLOTS}}
+        return {**data, "processdispatcher": {**(pd or {}), "engines": engines}}
 
     @property
     def amqp_uri(self) -> str:

@@ -25,6 +25,24 @@ def test_no_configuration_gives_the_embedded_defaults(tmp_path):
     assert settings.dashi.sysname is None
 
 
+def test_the_default_engine_of_a_local_site_has_wide_agents(tmp_path):
+    # Given no engines configured: on the local driver (the embedded default) a
+    # few agents of 64 slots serve hundreds of processes (each agent and its
+    # supervisord cost ~65 MB); other drivers keep the legacy 4 slots
+    embedded = load_settings(environ={"PD_STATE_DIR": str(tmp_path)})
+    assert embedded.processdispatcher.engines["default"].slots == 64
+    static = load_settings(
+        environ={"PD_STATE_DIR": str(tmp_path)}, overrides={"provisioner.driver": "static"}
+    )
+    assert static.processdispatcher.engines["default"].slots == 4
+    # and configured engines are kept as they are
+    mine = load_settings(
+        environ={"PD_STATE_DIR": str(tmp_path)},
+        overrides={"processdispatcher.engines": {"default": {"slots": 2}}},
+    )
+    assert mine.processdispatcher.engines["default"].slots == 2
+
+
 def test_later_files_deep_merge_over_earlier_ones(tmp_path):
     first = write(tmp_path, "a.yml", "server:\n  amqp:\n    uri: amqp://a//\n    exchange: ex1\n")
     second = write(tmp_path, "b.yml", "server:\n  amqp:\n    exchange: ex2\ndashi:\n  sysname: s\n")

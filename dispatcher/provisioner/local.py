@@ -142,6 +142,7 @@ class LocalDriver:
             "owner": self.owner,
             "site": self.site_name,
             "created_at": created_at,
+            "slots": request.slots,
             "agents": [],
         }
         try:
@@ -167,6 +168,7 @@ class LocalDriver:
             raise
         pids = [agent["pid"] for agent in metadata["agents"]]
         log.info("node %s: started agents %s (pids %s)", request.node_id, request.agent_names, pids)
+        self._log_pool_size()
         return self._provided(metadata)
 
     def destroy_node(self, node_id: str, provider_id: str | None) -> None:
@@ -201,6 +203,39 @@ class LocalDriver:
                 log.info("node %s: no agent is alive; forgetting it", metadata.get("node_id"))
                 self._stop_node(meta_path.parent)
         return found
+
+    def pool_size(self) -> tuple[int, int, int]:
+        """The agents of this owner and site that run, their slots, and the RSS in
+        bytes of those agents and their supervisords (read from ``/proc``)."""
+        agents = slots = rss = 0
+        if not self.directory.is_dir():
+            return 0, 0, 0
+        for meta_path in self.directory.glob(f"*/{METADATA}"):
+            metadata = _read_json(meta_path)
+            if metadata is None or metadata.get("owner") != self.owner:
+                continue
+            if metadata.get("site") != self.site_name:
+                continue
+            for agent in metadata.get("agents", []):
+                if not procfs.pid_alive(int(agent.get("pid") or 0)):
+                    continue
+                agents += 1
+                slots += int(metadata.get("slots") or 0)
+                rss += _rss(int(agent["pid"]))
+                supd = _read_pid(meta_path.parent / str(agent.get("name", "")) / "supd.pid")
+                if supd is not None:
+                    rss += _rss(supd)
+        return agents, slots, rss
+
+    def _log_pool_size(self) -> None:
+        agents, slots, rss = self.pool_size()
+        log.info(
+            "local pool of site %s: %d agent(s), %d slot(s), RSS %.0f MB (agents and supervisords)",
+            self.site_name,
+            agents,
+            slots,
+            rss / 2**20,
+        )
 
     def close(self) -> None:
         """Forget the child handles; the agents keep running."""
@@ -359,6 +394,23 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        pid = int(path.read_text(encoding="utf-8").strip())
+    except (OSError, ValueError):
+        return None
+    return pid if procfs.pid_alive(pid) else None
+
+
+def _rss(pid: int) -> int:
+    """Resident bytes of ``pid`` (0 when it is gone)."""
+    try:
+        resident = int(Path(f"/proc/{pid}/statm").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+    return resident * os.sysconf("SC_PAGE_SIZE")
 
 
 def _close_quietly(child: subprocess.Popen[bytes]) -> None:

@@ -8,7 +8,9 @@ adopts the nodes still running instead of starting new ones.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,8 +25,13 @@ from tests.e2e.test_real_agents import wait_for
 
 pytestmark = [pytest.mark.supervisord, pytest.mark.slow]
 
+#: The scale-down grace of these pools: idle nodes go soon after the work.
+SHORT_GRACE = 1.0
 
-def pool_settings(tmp_path: Path, sysname: str, base_need: int) -> Settings:
+
+def pool_settings(
+    tmp_path: Path, sysname: str, base_need: int, grace: float = SHORT_GRACE
+) -> Settings:
     return load_settings(
         overrides={
             "state_dir": str(tmp_path / "state"),
@@ -39,14 +46,17 @@ def pool_settings(tmp_path: Path, sysname: str, base_need: int) -> Settings:
                 }
             },
             "provisioner.driver": "local",
-            "provisioner.sites": {"default": {"driver": "local", "heartbeat": 1}},
+            "provisioner.sites": {
+                "default": {"driver": "local", "heartbeat": 1, "scale_down_grace": grace}
+            },
         }
     )
 
 
 class Pool:
-    def __init__(self, tmp_path: Path, base_need: int = 0) -> None:
-        self.settings = pool_settings(tmp_path, f"pool{uuid.uuid4().hex[:8]}", base_need)
+    def __init__(self, tmp_path: Path, base_need: int = 0, grace: float = SHORT_GRACE) -> None:
+        sysname = f"pool{uuid.uuid4().hex[:8]}"
+        self.settings = pool_settings(tmp_path, sysname, base_need, grace)
         self.service: DispatcherService | None = None
         self.client: ProcessDispatcherClient | None = None
 
@@ -158,3 +168,48 @@ def _alive(pid: int) -> bool:
         return True
     status = Path(f"/proc/{pid}/stat")
     return status.exists() and status.read_text().split()[2] != "Z"
+
+
+def test_bursts_of_short_processes_reuse_the_agents_within_the_scale_down_grace(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # (the handler takes the level of the last call)
+    caplog.set_level(logging.INFO, logger="dispatcher.provisioner.local")
+    caplog.set_level(logging.DEBUG, logger="dispatcher.needs")
+    # Given a pool whose idle nodes stay 120 s (engine1: 2 slots per node)
+    made = Pool(tmp_path, grace=120)
+    try:
+        client = made.start()
+        client.create_definition("true", "supd", {"exec": "/bin/true", "argv": []})
+        wait_for(lambda: _NEEDS.search(caplog.text), 30, "the first need (0) registered")
+        for wave in range(3):
+            # When a burst of 4 short processes runs and ends, and the matchmaker
+            # has seen the need fall to 0
+            zeros = _zeros(caplog)
+            upids = [f"w{wave}-{index}" for index in range(4)]
+            for upid in upids:
+                client.schedule_process(upid, "true", restart_mode="NEVER")
+            for upid in upids:
+                wait_for(lambda u=upid: state(client, u) == "800-EXITED", 90, f"{upid} exited")
+            wait_for(lambda n=zeros: _zeros(caplog) > n, 30, "the need to fall to 0")
+        # Then the later bursts ran on the agents the first one started
+        needs = [int(m.group(1)) for m in _NEEDS.finditer(caplog.text)]
+        started = len(_STARTED.findall(caplog.text))
+        assert max(needs) == 2
+        assert started <= max(needs) + 2, caplog.text
+        assert len(made.running_vms()) == 2
+        # and the dispatcher logged the pool's size when it grew
+        assert "local pool of site default: 2 agent(s), 4 slot(s), RSS" in caplog.text
+    finally:
+        made.stop()
+        made.destroy_all()
+
+
+_NEEDS = re.compile(r"engine engine1 needs (\d+) node")
+_FELL = re.compile(r"engine engine1:? needs? 0\b")
+_STARTED = re.compile(r"node \S+: started agents")
+
+
+def _zeros(caplog: pytest.LogCaptureFixture) -> int:
+    """How many times the matchmaker saw the need fall to 0 (registered or held)."""
+    return len(_FELL.findall(caplog.text))
