@@ -37,7 +37,6 @@ finds the queue and the resources as they were does no pass.
 
 from __future__ import annotations
 
-import copy
 import logging
 import threading
 import time
@@ -593,4 +592,4 @@ def _copy_resource(resource: Resource) -> Resource:
 
 
 def _copy_process(process: Process) -> Process:
-    return copy.deepcopy(process)
+    return process.copy()

@@ -189,7 +189,7 @@ class DispatcherService:
             # set, every message this client sends is signed.
             client = RpcClient(broker, service_name, signer=MessageSigner.from_settings(settings))
             messenger = RpcMessenger(client)
-            core = ProcessDispatcherCore(store, messenger)
+            core = ProcessDispatcherCore(store, messenger, limits=pd.limits)
             heartbeats = HeartbeatHandler(store, messenger, engines, caller=client)
             provisioner = _provisioner(settings, store, engines, heartbeats)
             sink = need_sink if need_sink is not None else provisioner
