@@ -574,18 +574,23 @@ class ProcessDispatcherCore:
             ``{"resources": {resource_id: record}, "processes": {upid: record},
             "nodes": {node_id: record}, "vms": {node_id: record}}``: the legacy
             three, and the provisioner's node lifecycle records (state, provider id,
-            last error, attempts). The queue, definitions and dispatcher state are
-            not included.
+            last error, attempts). When the matchmaker has set processes aside,
+            ``"set_aside": {upid: {"round", "reason", "time"}}`` too. The queue,
+            definitions and dispatcher state are not included.
         """
         resources, processes = self.store.list_resources(), self.store.list_process_dicts()
         nodes, vms = self.store.list_nodes(), self.store.list_vms()
+        set_aside = self.store.list_set_aside()
         with _gc_paused():
-            return {
+            dumped: dict[str, dict[str, dict[str, Any]]] = {
                 "resources": {r.resource_id: r.to_dict() for r in resources},
                 "processes": {p["upid"]: p for p in processes},
                 "nodes": {n.node_id: n.to_dict() for n in nodes},
                 "vms": {vm.node_id: vm.to_dict() for vm in vms},
             }
+        if set_aside:
+            dumped["set_aside"] = set_aside
+        return dumped
 
     # -- helpers ----------------------------------------------------------------------
 

@@ -24,6 +24,16 @@ A process left waiting for a slot is **stale**: it is not examined again until a
 resource record changes (or an engine is added), because until then no slot can
 appear for it. Throttled restarts (§5.6) are re-examined when the throttle ends.
 
+A record that cannot be placed is **set aside** rather than allowed to stop
+placement for everyone: before planning, each waiting process's JSON fields are
+checked against the request depth limit (:mod:`dispatcher.limits`; a database
+written before that limit existed may hold deeper values), and a record whose
+planning, state write or launch raises anything but a store or transport error
+is isolated the same way. A set-aside process is written ``850-FAILED``
+(subscribers are told), its slot is released, its queue entry leaves, the
+reason is logged and kept in the store (``dump`` shows it under ``set_aside``),
+and the pass goes on for every other process.
+
 After a complete pass the engines' needs are computed
 (:func:`dispatcher.needs.calculate_needs`) and handed to the
 :class:`~dispatcher.needs.NeedRegistrar`, which tells the provisioner.
@@ -45,9 +55,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from dispatcher import jsontree
 from dispatcher.engines import EngineRegistry
-from dispatcher.errors import NotFoundError, WriteConflictError
+from dispatcher.errors import NotFoundError, StoreError, TransportError, WriteConflictError
 from dispatcher.launcher import DispatchRetries, fire_launch
+from dispatcher.limits import DEFAULT_MAX_DEPTH
 from dispatcher.messaging import Messenger
 from dispatcher.model import Node, Process, Resource
 from dispatcher.needs import NeedRegistrar, calculate_needs
@@ -57,6 +69,7 @@ from dispatcher.placement import (
     Drop,
     Hold,
     Key,
+    Plan,
     Wait,
     effective_constraints,
     effective_engine,
@@ -87,6 +100,12 @@ DEFAULT_ERROR_RETRY: Final = 2.0
 _FEW_ENTRIES: Final = 32
 #: Store event kinds that wake the matchmaker.
 _WAKING_KINDS: Final = frozenset({"queue", "resource", "engine", "state", "node"})
+#: Failures of the infrastructure rather than of one record: the pass is retried.
+_INFRASTRUCTURE_ERRORS: Final = (StoreError, TransportError)
+#: The JSON fields of a process record checked against the depth limit.
+_SCREENED_FIELDS: Final = ("definition", "configuration", "constraints", "subscribers")
+#: Longest reason text kept for a set-aside process.
+_MAX_REASON: Final = 500
 
 
 @dataclass
@@ -100,6 +119,7 @@ class PassResult:
         waiting: ``(upid, round)`` left waiting (or rejected) for lack of a slot.
         dropped: stale queue entries removed.
         backed_out: assignments undone because the process moved on meanwhile.
+        set_aside: processes failed because their record could not be placed.
     """
 
     complete: bool = True
@@ -107,6 +127,7 @@ class PassResult:
     waiting: list[Key] = field(default_factory=list)
     dropped: list[Key] = field(default_factory=list)
     backed_out: list[Key] = field(default_factory=list)
+    set_aside: list[Key] = field(default_factory=list)
 
 
 class Matchmaker:
@@ -125,6 +146,8 @@ class Matchmaker:
         clock: returns the current time in epoch seconds.
         poll_interval: seconds between looks for other instances' writes.
         error_retry: seconds before retrying after an unexpected error.
+        max_depth: a waiting process whose stored JSON nests deeper is set aside
+            (the request limit, ``processdispatcher.limits.max_depth``).
     """
 
     def __init__(
@@ -140,6 +163,7 @@ class Matchmaker:
         clock: Callable[[], float] = time.time,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         error_retry: float = DEFAULT_ERROR_RETRY,
+        max_depth: int = DEFAULT_MAX_DEPTH,
     ) -> None:
         self.store = store
         self.messenger = messenger
@@ -151,6 +175,7 @@ class Matchmaker:
         self.clock = clock
         self.poll_interval = poll_interval
         self.error_retry = error_retry
+        self.max_depth = max_depth
         self.transitions = ProcessTransitions(store, messenger, clock=clock)
         self._writer = batch_writer(store)
         self._wake = threading.Event()
@@ -165,6 +190,8 @@ class Matchmaker:
         self._fingerprint: Any = None
         self._passing: int | None = None  # the thread running a pass
         self._expected: Any = None  # the snapshot a pass expects to leave
+        # Set-aside entries whose FAILED write itself failed: skipped for the term.
+        self._quarantined: set[Key] = set()
         store.add_listener(self._on_change)
 
     # -- state of a term ----------------------------------------------------------------
@@ -181,6 +208,7 @@ class Matchmaker:
             self._engine_of.clear()
             self._throttle_expiry = None
             self._fingerprint = None
+            self._quarantined.clear()
             self.retries.clear()
             if self.registrar is not None:
                 self.registrar.reset()
@@ -224,16 +252,15 @@ class Matchmaker:
                 self._throttle_expiry = None
             fresh = [key for key in entries if key not in self._stale]
             generation = self._stale_generation
+        result = PassResult()
         processes = self._waiting_processes(fresh)
+        self._screen(processes, result)
         resources = self.store.list_resources()
         nodes = {node.node_id: node for node in self.store.list_nodes()}
-        decided = plan(
-            fresh, processes, resources, nodes, self.engines, now=now, throttle=self.throttle
-        )
+        decided = self._plan(fresh, processes, resources, nodes, now, result)
         queued_keys = set(entries)
         self._engine_of = {k: e for k, e in self._engine_of.items() if k in queued_keys}
         self._engine_of.update(decided.engines)
-        result = PassResult()
         by_id = {resource.resource_id: resource for resource in resources}
         assigns = [d for d in decided.decisions if isinstance(d, Assign)]
         placed = self._write_assignments(assigns, processes, by_id, nodes, now, result)
@@ -245,14 +272,21 @@ class Matchmaker:
                 leaving.append(key)
                 result.dropped.append(key)
                 self.retries.forget(key)
-            elif isinstance(decision, Hold):
-                self._hold(processes[decision.upid], now)
-            elif isinstance(decision, Wait):
-                if self._mark_waiting(processes[decision.upid], decision.state):
-                    leaving.append(key)
-                result.waiting.append(key)
-                if decision.throttled_until is None:
-                    stale.append(key)
+                continue
+            try:
+                if isinstance(decision, Hold):
+                    self._hold(processes[decision.upid], now)
+                elif isinstance(decision, Wait):
+                    if self._mark_waiting(processes[decision.upid], decision.state):
+                        leaving.append(key)
+                    result.waiting.append(key)
+                    if decision.throttled_until is None:
+                        stale.append(key)
+            except _INFRASTRUCTURE_ERRORS:
+                raise
+            except Exception as exc:
+                self._set_aside(processes[decision.upid], f"update failed: {_reason(exc)}", result)
+                leaving.append(key)
         if leaving:
             # every duplicate of a placed, dropped or rejected entry goes too
             counts = Counter(entries)
@@ -273,15 +307,98 @@ class Matchmaker:
         self._expected = _fingerprint(
             [key for key in entries if key not in gone], list(by_id.values())
         )
-        if result.assigned or result.dropped or result.backed_out:
+        if result.assigned or result.dropped or result.backed_out or result.set_aside:
             log.debug(
-                "matchmaking pass: %d assigned, %d waiting, %d dropped, %d backed out",
+                "matchmaking pass: %d assigned, %d waiting, %d dropped, %d backed out, "
+                "%d set aside",
                 len(result.assigned),
                 len(result.waiting),
                 len(result.dropped),
                 len(result.backed_out),
+                len(result.set_aside),
             )
         return result
+
+    # -- records that cannot be placed ------------------------------------------------
+
+    def _screen(self, processes: dict[str, Process], result: PassResult) -> None:
+        """Set aside (and remove from ``processes``) records nested past the depth limit."""
+        for upid in list(processes):
+            process = processes[upid]
+            if (upid, process.round) in self._quarantined:
+                del processes[upid]
+                continue
+            for name in _SCREENED_FIELDS:
+                value = getattr(process, name)
+                if jsontree.depth(value, self.max_depth) > self.max_depth:
+                    reason = f"{name} nested more than {self.max_depth} levels deep (the limit)"
+                    self._set_aside(processes.pop(upid), reason, result)
+                    break
+
+    def _plan(
+        self,
+        fresh: list[Key],
+        processes: dict[str, Process],
+        resources: list[Resource],
+        nodes: dict[str, Node],
+        now: float,
+        result: PassResult,
+    ) -> Plan:
+        """:func:`plan`; when it fails, the records it fails on are set aside first."""
+
+        def decide(keys: list[Key], records: dict[str, Process]) -> Plan:
+            return plan(
+                keys, records, resources, nodes, self.engines, now=now, throttle=self.throttle
+            )
+
+        try:
+            return decide(fresh, processes)
+        except Exception:
+            culprits: dict[str, Exception] = {}
+            for upid, process in processes.items():
+                try:
+                    decide([(upid, process.round)], {upid: process})
+                except Exception as exc:
+                    culprits[upid] = exc
+            if not culprits:
+                raise
+        for upid, exc in culprits.items():
+            self._set_aside(processes.pop(upid), f"placement failed: {_reason(exc)}", result)
+        return decide(fresh, processes)
+
+    def _set_aside(self, process: Process, reason: str, result: PassResult) -> None:
+        """Fail ``process`` (``850-FAILED``, slot released) and keep ``reason`` for dump.
+
+        When even that fails (other than by a store or transport error), the entry
+        is skipped for the rest of the leadership term.
+        """
+        key = (process.upid, process.round)
+        reason = reason[:_MAX_REASON]
+        log.error("matchmaker: process %s round %d set aside: %s", *key, reason)
+        result.set_aside.append(key)
+        self.retries.forget(key)
+        try:
+            self.transitions.process_change_state(process, ProcessState.FAILED)
+            if process.assigned:
+                self._release(process.assigned, key)
+            record = {"round": process.round, "reason": reason, "time": self.clock()}
+            self.store.record_set_aside(process.upid, record)
+        except _INFRASTRUCTURE_ERRORS:
+            raise
+        except Exception:
+            log.exception("matchmaker: could not fail process %s round %d", *key)
+            self._quarantined.add(key)
+
+    def _release(self, resource_id: str, key: Key) -> None:
+        """Free the slot ``key`` holds on ``resource_id`` (if it still does)."""
+
+        def release(resource: Resource) -> bool:
+            if key not in resource.assigned:
+                return False
+            resource.assigned.remove(key)
+            return True
+
+        modify(lambda: self.store.get_resource(resource_id), self.store.update_resource, release)
 
     def _waiting_processes(self, entries: list[Key]) -> dict[str, Process]:
         """The records of the processes of ``entries`` that wait in the queue.
@@ -364,9 +481,16 @@ class Matchmaker:
                     continue
                 candidate = retried
             processes[decision.upid] = candidate
-            self.transitions.notify_process(candidate)
-            # 4. launch
-            fire_launch(self.messenger, candidate, decision.resource_id, self.run_type)
+            try:
+                self.transitions.notify_process(candidate)
+                # 4. launch
+                fire_launch(self.messenger, candidate, decision.resource_id, self.run_type)
+            except _INFRASTRUCTURE_ERRORS:
+                raise
+            except Exception as exc:
+                self._set_aside(candidate, f"launch failed: {_reason(exc)}", result)
+                placed.append(key)  # FAILED now: its entry leaves the queue
+                continue
             self.retries.track(key, self.clock())
             placed.append(key)
             result.assigned.append((decision.upid, decision.round, decision.resource_id))
@@ -488,7 +612,13 @@ class Matchmaker:
             ):
                 continue
             log.info("re-sending the launch of %s round %d to %s", *key, process.assigned)
-            fire_launch(self.messenger, process, process.assigned, self.run_type)
+            try:
+                fire_launch(self.messenger, process, process.assigned, self.run_type)
+            except _INFRASTRUCTURE_ERRORS:
+                raise
+            except Exception as exc:
+                self._set_aside(process, f"launch failed: {_reason(exc)}", PassResult())
+                continue
             self.retries.track(key, now)
             sent += 1
         return sent
@@ -589,6 +719,11 @@ def _copy_resource(resource: Resource) -> Resource:
         last_heartbeat=resource.last_heartbeat,
         version=resource.version,
     )
+
+
+def _reason(exc: BaseException) -> str:
+    """A one-line account of ``exc`` for a set-aside record."""
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _copy_process(process: Process) -> Process:

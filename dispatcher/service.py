@@ -201,6 +201,7 @@ class DispatcherService:
                 restart_throttling_config=pd.restart_throttling_config,
                 dispatch_retry_seconds=pd.dispatch_retry_seconds,
                 registrar=None if sink is None else NeedRegistrar(store, sink),
+                max_depth=pd.limits.max_depth,
             )
             doctor = Doctor(
                 store, messenger, engines, heartbeats, monitor=pd.monitor_resource_heartbeats

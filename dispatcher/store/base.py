@@ -121,3 +121,10 @@ class Store(Protocol):
     def set_system_boot(self, system_boot: bool) -> None: ...
     def is_initialized(self) -> bool: ...
     def set_initialized(self) -> None: ...
+
+    # -- processes the matchmaker set aside (shown by dump) ---------------------------
+    def record_set_aside(self, upid: str, record: dict[str, Any]) -> None:
+        """Remember why ``upid`` was set aside (replaces an earlier record of it)."""
+
+    def list_set_aside(self) -> dict[str, dict[str, Any]]:
+        """Every set-aside record, by upid, ordered by upid."""

@@ -116,6 +116,7 @@ class MemoryStore:
         self._pd_state: str = ProcessDispatcherState.UNINITIALIZED
         self._system_boot = False
         self._initialized = False
+        self._set_aside: dict[str, dict[str, Any]] = {}
 
     # -- lifecycle -------------------------------------------------------------------
     def add_listener(self, listener: ChangeListener) -> None:
@@ -323,3 +324,13 @@ class MemoryStore:
     def set_initialized(self) -> None:
         with self._writing("state"):
             self._initialized = True
+
+    # -- processes the matchmaker set aside -----------------------------------------
+    def record_set_aside(self, upid: str, record: dict[str, Any]) -> None:
+        stored = json_copy(record)
+        with self._writing("state"):
+            self._set_aside[upid] = stored
+
+    def list_set_aside(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return {upid: json_copy(self._set_aside[upid]) for upid in sorted(self._set_aside)}

@@ -51,6 +51,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
+from dispatcher import jsontree
 from dispatcher.errors import NotFoundError, StoreError, WriteConflictError
 from dispatcher.model import VM, Definition, Node, Process, Resource
 from dispatcher.states import ProcessDispatcherState
@@ -62,6 +63,7 @@ from dispatcher.store._codec import (
     RESOURCE,
     VM_LAYOUT,
     Layout,
+    dumps,
     gc_paused,
 )
 from dispatcher.store.base import ChangeListener
@@ -103,6 +105,8 @@ PG_TRANSACTION_POOL_SIZE: Final = 2
 _PD_STATE_KEY: Final = "pd_state"
 _SYSTEM_BOOT_KEY: Final = "system_boot"
 _INITIALIZED_KEY: Final = "initialized"
+#: ``pd_state`` keys of the matchmaker's set-aside records: this prefix and the upid.
+_SET_ASIDE_PREFIX: Final = "set_aside:"
 
 
 class _Mapping(Generic[_R]):
@@ -177,7 +181,14 @@ _LIST_QUEUED: Final = select(queue.c.upid, queue.c.round).order_by(queue.c.id)
 _CLEAR_QUEUE: Final = delete(queue)
 _ADD_ENGINE: Final = insert(engines)
 _LIST_ENGINES: Final = select(engines.c.engine_id, engines.c.spec).order_by(engines.c.engine_id)
-_STATE_VALUES: Final = select(pd_state.c.key, pd_state.c.value)
+_STATE_VALUES: Final = select(pd_state.c.key, pd_state.c.value).where(
+    pd_state.c.key.in_([_PD_STATE_KEY, _SYSTEM_BOOT_KEY, _INITIALIZED_KEY])
+)
+_SET_ASIDE_VALUES: Final = (
+    select(pd_state.c.key, pd_state.c.value)
+    .where(pd_state.c.key.startswith(_SET_ASIDE_PREFIX, autoescape=True))
+    .order_by(pd_state.c.key)
+)
 
 
 def _add_process_queued_pg() -> Insert:
@@ -590,3 +601,12 @@ class SqlStore:
 
     def set_initialized(self) -> None:
         self._set_state_value("set_initialized", _INITIALIZED_KEY, "true")
+
+    # -- processes the matchmaker set aside (kept in pd_state: no schema change) -------
+    def record_set_aside(self, upid: str, record: dict[str, Any]) -> None:
+        self._set_state_value("record_set_aside", _SET_ASIDE_PREFIX + upid, dumps(record))
+
+    def list_set_aside(self) -> dict[str, dict[str, Any]]:
+        rows = self._read("list_set_aside", lambda conn: conn.execute(_SET_ASIDE_VALUES).all())
+        start = len(_SET_ASIDE_PREFIX)
+        return {key[start:]: jsontree.loads(value) for key, value in rows}
