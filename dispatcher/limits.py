@@ -144,30 +144,38 @@ def check_value(value: Any, *, max_depth: int, max_bytes: int) -> int:
         return _exact(value, size, max_bytes)
     if not isinstance(value, dict | list | tuple):
         return _exact(value, 1, max_bytes)
-    size = 0
+    # ``size`` is a lower bound of the JSON length of what was read so far. It is
+    # checked before a container's children are read, so a huge array costs no
+    # more than a small one. Strings and other scalars are counted where they are
+    # met; only containers go on the stack. Every value counts a byte where it is
+    # met (the root too), which its own count then replaces.
+    size = 1
     stack: list[tuple[Any, int]] = [(value, 1)]
     pop, push = stack.pop, stack.append
     while stack:
         node, level = pop()
-        if isinstance(node, str):
-            size += len(node) + 2
-        elif isinstance(node, dict):
-            if level > max_depth:
-                raise _depth_error(max_depth)
-            size += 1 + len(node)
-            level += 1
-            for key, item in node.items():
-                size += len(key) + 3 if isinstance(key, str) else 3
-                push((item, level))
-        elif isinstance(node, list | tuple):
-            if level > max_depth:
-                raise _depth_error(max_depth)
-            size += 1 + len(node)
-            level += 1
-            for item in node:
-                push((item, level))
+        if level > max_depth:
+            raise _depth_error(max_depth)
+        count = len(node)
+        if isinstance(node, dict):
+            # braces and commas, colons, the quotes of the keys, a byte per value
+            size += (count if count else 1) + 4 * count
+            children: Any = node.values()
+            try:
+                size += sum(map(len, node))  # keys: strings, as a rule
+            except TypeError:
+                size += sum(len(key) if isinstance(key, str) else 1 for key in node)
         else:
-            size += 1
+            size += (count if count else 1) + count  # brackets, commas, a byte per item
+            children = node
+        if size > max_bytes:
+            raise _size_error(max_bytes)
+        level += 1
+        for child in children:
+            if isinstance(child, str):
+                size += len(child) + 1  # the quotes, less the byte counted above
+            elif isinstance(child, dict | list | tuple):
+                push((child, level))
         if size > max_bytes:
             raise _size_error(max_bytes)
     return _exact(value, size, max_bytes)

@@ -10,10 +10,13 @@ terminated, restarted and dumped.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from dispatcher.core import ProcessDispatcherCore
 from dispatcher.errors import BadRequestError
@@ -23,7 +26,9 @@ from dispatcher.limits import (
     DEFAULT_MAX_ARGV_BYTES,
     DEFAULT_MAX_DEPTH,
     DEFAULT_MAX_ENV_BYTES,
+    LimitError,
     RequestLimits,
+    check_value,
 )
 from dispatcher.messaging import RecordingMessenger
 from dispatcher.settings import load_settings
@@ -334,3 +339,36 @@ def test_a_running_record_stored_past_the_limits_can_be_restarted_and_terminated
         "restart_process",
         "terminate_process",
     ]
+
+
+# -- the walk ----------------------------------------------------------------------------
+
+json_trees = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(),
+    lambda inner: (
+        st.lists(inner, max_size=5)
+        | st.tuples(inner, inner)
+        | st.dictionaries(st.text() | st.integers(), inner, max_size=5)
+    ),
+    max_leaves=30,
+)
+
+
+@given(json_trees)
+def test_the_size_is_the_compact_json_length_and_its_limit_is_exact(value: Any) -> None:
+    # Given any JSON value, Then its measured size is the length of its compact text
+    length = len(json.dumps(value, separators=(",", ":")))
+    assert check_value(value, max_depth=1000, max_bytes=10**9) == length
+    # And that length passes a limit of exactly that, and one byte less does not
+    check_value(value, max_depth=1000, max_bytes=length)
+    with pytest.raises(LimitError):
+        check_value(value, max_depth=1000, max_bytes=length - 1)
+
+
+@given(json_trees)
+def test_the_depth_limit_is_exact(value: Any) -> None:
+    levels = depth(value)
+    check_value(value, max_depth=max(levels, 1), max_bytes=10**9)
+    if levels > 1:
+        with pytest.raises(LimitError, match="nested more than"):
+            check_value(value, max_depth=levels - 1, max_bytes=10**9)
