@@ -28,7 +28,7 @@ import copy
 import json
 import math
 import re
-from json.decoder import scanstring
+from json.decoder import scanstring  # type: ignore[attr-defined]
 from json.encoder import encode_basestring_ascii
 from typing import Any, Final
 
@@ -58,6 +58,7 @@ def depth(value: Any, limit: int = MAX_DEPTH) -> int:
     stack: list[tuple[Any, int]] = [(value, 1)]
     while stack:
         node, level = stack.pop()
+        children: Any
         if isinstance(node, dict):
             children = node.values()
         elif isinstance(node, list | tuple):
@@ -269,10 +270,10 @@ _CONSTANTS: Final = {
 def _loads_iterative(text: str) -> Any:
     """The standard library's parse of ``text`` (NaN and Infinity literals, last
     duplicate key wins), with an explicit stack of the open containers."""
-    ws = _WS.match
+    ws = _skip
     # Each open container: [container, key awaiting its value (objects)].
     stack: list[list[Any]] = []
-    pos = ws(text, 0).end()
+    pos = ws(text, 0)
     result: Any = None
     done = False
     while True:
@@ -282,16 +283,16 @@ def _loads_iterative(text: str) -> Any:
         char = text[pos]
         value: Any
         if char == "{":
-            pos = ws(text, pos + 1).end()
+            pos = ws(text, pos + 1)
             if text.startswith("}", pos):
                 value, pos = {}, pos + 1
             else:
                 key, pos = _object_key(text, pos)
                 stack.append([{}, key])
-                pos = ws(text, pos).end()
+                pos = ws(text, pos)
                 continue
         elif char == "[":
-            pos = ws(text, pos + 1).end()
+            pos = ws(text, pos + 1)
             if text.startswith("]", pos):
                 value, pos = [], pos + 1
             else:
@@ -312,13 +313,13 @@ def _loads_iterative(text: str) -> Any:
                 container[top[1]] = value
             else:
                 container.append(value)
-            pos = ws(text, pos).end()
+            pos = ws(text, pos)
             closer = "}" if isinstance(container, dict) else "]"
             if text.startswith(",", pos):
-                pos = ws(text, pos + 1).end()
+                pos = ws(text, pos + 1)
                 if isinstance(container, dict):
                     top[1], pos = _object_key(text, pos)
-                    pos = ws(text, pos).end()
+                    pos = ws(text, pos)
                 break
             if text.startswith(closer, pos):
                 pos += 1
@@ -327,10 +328,17 @@ def _loads_iterative(text: str) -> Any:
             raise json.JSONDecodeError("Expecting ',' delimiter", text, pos)
         if done:
             break
-    end = ws(text, pos).end()
+    end = ws(text, pos)
     if end != len(text):
         raise json.JSONDecodeError("Extra data", text, end)
     return result
+
+
+def _skip(text: str, pos: int) -> int:
+    """The position after the whitespace at ``pos``."""
+    match = _WS.match(text, pos)
+    assert match is not None  # the pattern matches the empty string
+    return match.end()
 
 
 def _object_key(text: str, pos: int) -> tuple[str, int]:
@@ -338,10 +346,10 @@ def _object_key(text: str, pos: int) -> tuple[str, int]:
     if not text.startswith('"', pos):
         raise json.JSONDecodeError("Expecting property name enclosed in double quotes", text, pos)
     key, pos = scanstring(text, pos + 1, True)
-    pos = _WS.match(text, pos).end()
+    pos = _skip(text, pos)
     if not text.startswith(":", pos):
         raise json.JSONDecodeError("Expecting ':' delimiter", text, pos)
-    return key, _WS.match(text, pos + 1).end()
+    return key, _skip(text, pos + 1)
 
 
 def _scalar(text: str, pos: int) -> tuple[Any, int]:

@@ -358,12 +358,12 @@ class Matchmaker:
             for upid, process in processes.items():
                 try:
                     decide([(upid, process.round)], {upid: process})
-                except Exception as exc:
-                    culprits[upid] = exc
+                except Exception as error:
+                    culprits[upid] = error
             if not culprits:
                 raise
-        for upid, exc in culprits.items():
-            self._set_aside(processes.pop(upid), f"placement failed: {_reason(exc)}", result)
+        for upid, failure in culprits.items():
+            self._set_aside(processes.pop(upid), f"placement failed: {_reason(failure)}", result)
         return decide(fresh, processes)
 
     def _set_aside(self, process: Process, reason: str, result: PassResult) -> None:

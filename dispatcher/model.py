@@ -13,7 +13,7 @@ assignment keys are ``(upid, round)`` and show on the wire as
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from dispatcher.jsontree import tree_copy
 from dispatcher.states import ExecutionResourceState, ProcessState
@@ -95,9 +95,12 @@ _DEFINITION_FIELDS: Final = tuple(f.name for f in fields(Definition))
 _PROCESS_WIRE_FIELDS: Final = tuple(f.name for f in fields(Process) if f.name != "version")
 
 
-def _copy_record(record: Any) -> Any:
+_Record = TypeVar("_Record")
+
+
+def _copy_record(record: _Record) -> _Record:
     """A deep copy of a record dataclass, field by field with :func:`tree_copy`."""
-    clone = object.__new__(type(record))
+    clone: _Record = object.__new__(type(record))
     clone.__dict__.update({name: tree_copy(value) for name, value in record.__dict__.items()})
     return clone
 
