@@ -19,6 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from dispatcher.core import ProcessDispatcherCore
+from dispatcher.engines import EngineRegistry
 from dispatcher.errors import BadRequestError
 from dispatcher.jsontree import depth
 from dispatcher.limits import (
@@ -372,3 +373,18 @@ def test_the_depth_limit_is_exact(value: Any) -> None:
     if levels > 1:
         with pytest.raises(LimitError, match="nested more than"):
             check_value(value, max_depth=levels - 1, max_bytes=10**9)
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        (nested_object(500), "invalid definition: nested more than 100 levels deep"),
+        ({"blob": "x" * DEFAULT_MAX_ARGUMENT_BYTES}, "invalid definition: longer than the limit"),
+    ],
+)
+def test_an_engine_definition_past_the_limits_is_a_bad_request(config: Any, message: str) -> None:
+    # Given an add_engine definition whose config nests too deep or is too large
+    definition = {"engine_id": "e9", "slots": 1, "config": config}
+    # Then it is refused as a bad request (not a serialization error of the settings)
+    with pytest.raises(BadRequestError, match=message):
+        EngineRegistry.parse_definition(definition)
