@@ -13,7 +13,7 @@ The functions here take the fast recursive path of the standard library (or
 orjson) first and fall back to an explicit stack when that path runs out of
 recursion, so any depth works at a cost paid only by the deep values:
 
-* :func:`depth` - how many container levels a value nests;
+* :func:`depth` - how many container levels a value nests, and :func:`deeper_than`;
 * :func:`tree_copy` - a deep copy of a JSON-like tree (containers keep their type);
 * :func:`dumps` - compact JSON text, exactly as ``json.JSONEncoder(separators=(",", ":"))``;
 * :func:`loads` - :func:`dispatcher.fastjson.loads`, and for texts nested too deep
@@ -34,7 +34,7 @@ from typing import Any, Final
 
 from dispatcher import fastjson
 
-__all__ = ["MAX_DEPTH", "depth", "dumps", "loads", "tree_copy"]
+__all__ = ["MAX_DEPTH", "deeper_than", "depth", "dumps", "loads", "tree_copy"]
 
 #: Deepest tree the fallbacks handle (a guard against circular structures built in
 #: memory: a JSON text this deep is 200 KB of brackets and decodes fine).
@@ -42,6 +42,9 @@ MAX_DEPTH: Final = 100_000
 
 _COMPACT: Final = json.JSONEncoder(separators=(",", ":"))
 _CONTAINERS: Final = (dict, list, tuple)
+#: Limits up to which :func:`deeper_than` recurses (at most this many frames: a
+#: value cannot take it further, whatever its depth).
+_RECURSION_BUDGET: Final = 200
 
 
 def depth(value: Any, limit: int = MAX_DEPTH) -> int:
@@ -71,6 +74,35 @@ def depth(value: Any, limit: int = MAX_DEPTH) -> int:
                 return limit + 1
         stack.extend((child, level + 1) for child in children if isinstance(child, _CONTAINERS))
     return deepest
+
+
+def deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests more than ``limit`` container levels.
+
+    Several times faster than :func:`depth` on the shallow values records hold: up
+    to a limit of 200 it recurses, at most ``limit + 1`` frames deep (the walk stops
+    there, whatever the value's depth); beyond, it walks with :func:`depth`.
+    """
+    if limit > _RECURSION_BUDGET:
+        return depth(value, limit) > limit
+    return _deeper(value, limit)
+
+
+def _deeper(value: Any, budget: int) -> bool:
+    kind = type(value)
+    if kind is dict:
+        children: Any = value.values()
+    elif kind is list or kind is tuple:
+        children = value
+    else:
+        return False
+    if budget <= 0:
+        return True
+    for child in children:
+        kind = type(child)
+        if (kind is dict or kind is list or kind is tuple) and _deeper(child, budget - 1):
+            return True
+    return False
 
 
 # -- copy ------------------------------------------------------------------------------

@@ -329,8 +329,7 @@ class Matchmaker:
                 del processes[upid]
                 continue
             for name in _SCREENED_FIELDS:
-                value = getattr(process, name)
-                if jsontree.depth(value, self.max_depth) > self.max_depth:
+                if jsontree.deeper_than(getattr(process, name), self.max_depth):
                     reason = f"{name} nested more than {self.max_depth} levels deep (the limit)"
                     self._set_aside(processes.pop(upid), reason, result)
                     break
@@ -377,17 +376,22 @@ class Matchmaker:
         log.error("matchmaker: process %s round %d set aside: %s", *key, reason)
         result.set_aside.append(key)
         self.retries.forget(key)
-        try:
-            self.transitions.process_change_state(process, ProcessState.FAILED)
-            if process.assigned:
-                self._release(process.assigned, key)
-            record = {"round": process.round, "reason": reason, "time": self.clock()}
-            self.store.record_set_aside(process.upid, record)
-        except _INFRASTRUCTURE_ERRORS:
-            raise
-        except Exception:
-            log.exception("matchmaker: could not fail process %s round %d", *key)
-            self._quarantined.add(key)
+        record = {"round": process.round, "reason": reason, "time": self.clock()}
+        steps: list[Callable[[], object]] = [
+            lambda: self.transitions.process_change_state(process, ProcessState.FAILED),
+            lambda: self.store.record_set_aside(process.upid, record),
+        ]
+        if process.assigned:
+            assigned = process.assigned
+            steps.insert(1, lambda: self._release(assigned, key))
+        for step in steps:  # each is tried, whatever became of the one before
+            try:
+                step()
+            except _INFRASTRUCTURE_ERRORS:
+                raise
+            except Exception:
+                log.exception("matchmaker: could not fully set aside %s round %d", *key)
+                self._quarantined.add(key)
 
     def _release(self, resource_id: str, key: Key) -> None:
         """Free the slot ``key`` holds on ``resource_id`` (if it still does)."""

@@ -117,3 +117,14 @@ def test_the_rpc_codec_encodes_a_body_deeper_than_its_encoders_recurse() -> None
     # When it is encoded for the wire, Then it is the same JSON text
     assert jsontree.loads(codec.encode(body)) is not None
     assert jsontree.dumps(jsontree.loads(codec.encode(body))) == jsontree.dumps(body)
+
+
+@given(trees, st.integers(min_value=0, max_value=8))
+def test_deeper_than_agrees_with_depth(value: Any, limit: int) -> None:
+    assert jsontree.deeper_than(value, limit) == (jsontree.depth(value) > limit)
+
+
+@pytest.mark.parametrize("limit", [100, 200, 201, 1000])
+def test_deeper_than_stops_at_its_limit_whatever_the_depth(limit: int) -> None:
+    assert jsontree.deeper_than(nested(50_000), limit)
+    assert not jsontree.deeper_than(nested(limit), limit)
