@@ -21,6 +21,8 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import functools
+import itertools
 import json
 import statistics
 import sys
@@ -44,7 +46,7 @@ MIB = 1024 * 1024
 
 def shapes() -> dict[str, dict[str, Any]]:
     """Configurations of a little under 1 MiB of JSON each."""
-    made = {
+    made: dict[str, dict[str, Any]] = {
         "one string": {"blob": "x" * (MIB - 20)},
         "20k objects": {
             "items": [{"name": f"item{i:05d}", "value": "v" * 19} for i in range(20_000)]
@@ -55,6 +57,18 @@ def shapes() -> dict[str, dict[str, Any]]:
         size = len(json.dumps(value, separators=(",", ":")))
         assert size <= MIB, (name, size)
     return made
+
+
+def scheduler(configuration: dict[str, Any]) -> Callable[[], object]:
+    """A call scheduling a new process with ``configuration`` on a fresh MemoryStore."""
+    core = ProcessDispatcherCore(MemoryStore(), RecordingMessenger())
+    core.create_definition("D", "supd", {"exec": "/bin/true"})
+    counter = itertools.count()
+
+    def schedule() -> object:
+        return core.schedule_process(f"p{next(counter)}", "D", configuration=configuration)
+
+    return schedule
 
 
 def median_ms(call: Callable[[], object], runs: int) -> float:
@@ -89,24 +103,19 @@ def main() -> None:
     for name, configuration in shapes().items():
         size = len(json.dumps(configuration, separators=(",", ":")))
         check = median_ms(
-            lambda c=configuration: check_arguments({"configuration": c}, DEFAULT_LIMITS), runs
+            functools.partial(check_arguments, {"configuration": configuration}, DEFAULT_LIMITS),
+            runs,
         )
         parse = median_ms(
-            lambda c=configuration: ScheduleProcessRequest.parse(
-                upid="p", definition_id="D", configuration=c
+            functools.partial(
+                ScheduleProcessRequest.parse,
+                upid="p",
+                definition_id="D",
+                configuration=configuration,
             ),
             runs,
         )
-        store = MemoryStore()
-        core = ProcessDispatcherCore(store, RecordingMessenger())
-        core.create_definition("D", "supd", {"exec": "/bin/true"})
-        counter = iter(range(10**9))
-        schedule = median_ms(
-            lambda c=configuration, core=core, counter=counter: core.schedule_process(
-                f"p{next(counter)}", "D", configuration=c
-            ),
-            runs,
-        )
+        schedule = median_ms(scheduler(configuration), runs)
         print(f"{name:<16} {size:>11} {check:>9.2f} {parse:>9.2f} {schedule:>12.2f}")
 
     core = ProcessDispatcherCore(MemoryStore(), RecordingMessenger())
