@@ -24,15 +24,14 @@ A process left waiting for a slot is **stale**: it is not examined again until a
 resource record changes (or an engine is added), because until then no slot can
 appear for it. Throttled restarts (§5.6) are re-examined when the throttle ends.
 
-A record that cannot be placed is **set aside** rather than allowed to stop
-placement for everyone: before planning, each waiting process's JSON fields are
-checked against the request depth limit (:mod:`dispatcher.limits`; a database
-written before that limit existed may hold deeper values), and a record whose
-planning, state write or launch raises anything but a store or transport error
-is isolated the same way. A set-aside process is written ``850-FAILED``
-(subscribers are told), its slot is released, its queue entry leaves, the
-reason is logged and kept in the store (``dump`` shows it under ``set_aside``),
-and the pass goes on for every other process.
+A record that cannot be placed is **set aside** (:mod:`dispatcher.setaside`)
+rather than allowed to stop placement for everyone: before planning, each
+waiting process's JSON fields are checked against the request depth limit (a
+database written before that limit existed may hold deeper values), and a record
+whose planning, state write or launch raises anything but a store or transport
+error is isolated the same way. A set-aside process is written ``850-FAILED``,
+its slot freed, its queue entry removed, its reason logged and shown by ``dump``;
+the pass goes on for every other process.
 
 After a complete pass the engines' needs are computed
 (:func:`dispatcher.needs.calculate_needs`) and handed to the
@@ -55,9 +54,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from dispatcher import jsontree
 from dispatcher.engines import EngineRegistry
-from dispatcher.errors import NotFoundError, StoreError, TransportError, WriteConflictError
+from dispatcher.errors import NotFoundError, WriteConflictError
 from dispatcher.launcher import DispatchRetries, fire_launch
 from dispatcher.limits import DEFAULT_MAX_DEPTH
 from dispatcher.messaging import Messenger
@@ -75,6 +73,7 @@ from dispatcher.placement import (
     effective_engine,
     plan,
 )
+from dispatcher.setaside import INFRASTRUCTURE_ERRORS, SetAside, describe_error, release_slot
 from dispatcher.states import ProcessDispatcherState, ProcessState
 from dispatcher.store.base import Store
 from dispatcher.store.batch import batch_writer
@@ -100,12 +99,6 @@ DEFAULT_ERROR_RETRY: Final = 2.0
 _FEW_ENTRIES: Final = 32
 #: Store event kinds that wake the matchmaker.
 _WAKING_KINDS: Final = frozenset({"queue", "resource", "engine", "state", "node"})
-#: Failures of the infrastructure rather than of one record: the pass is retried.
-_INFRASTRUCTURE_ERRORS: Final = (StoreError, TransportError)
-#: The JSON fields of a process record checked against the depth limit.
-_SCREENED_FIELDS: Final = ("definition", "configuration", "constraints", "subscribers")
-#: Longest reason text kept for a set-aside process.
-_MAX_REASON: Final = 500
 
 
 @dataclass
@@ -190,8 +183,7 @@ class Matchmaker:
         self._fingerprint: Any = None
         self._passing: int | None = None  # the thread running a pass
         self._expected: Any = None  # the snapshot a pass expects to leave
-        # Set-aside entries whose FAILED write itself failed: skipped for the term.
-        self._quarantined: set[Key] = set()
+        self.set_aside = SetAside(store, self.transitions, clock=clock, max_depth=max_depth)
         store.add_listener(self._on_change)
 
     # -- state of a term ----------------------------------------------------------------
@@ -208,7 +200,7 @@ class Matchmaker:
             self._engine_of.clear()
             self._throttle_expiry = None
             self._fingerprint = None
-            self._quarantined.clear()
+            self.set_aside.clear()
             self.retries.clear()
             if self.registrar is not None:
                 self.registrar.reset()
@@ -254,7 +246,7 @@ class Matchmaker:
             generation = self._stale_generation
         result = PassResult()
         processes = self._waiting_processes(fresh)
-        self._screen(processes, result)
+        self.set_aside.screen(processes, result.set_aside)
         resources = self.store.list_resources()
         nodes = {node.node_id: node for node in self.store.list_nodes()}
         decided = self._plan(fresh, processes, resources, nodes, now, result)
@@ -282,10 +274,12 @@ class Matchmaker:
                     result.waiting.append(key)
                     if decision.throttled_until is None:
                         stale.append(key)
-            except _INFRASTRUCTURE_ERRORS:
+            except INFRASTRUCTURE_ERRORS:
                 raise
             except Exception as exc:
-                self._set_aside(processes[decision.upid], f"update failed: {_reason(exc)}", result)
+                self._fail(
+                    processes[decision.upid], f"update failed: {describe_error(exc)}", result
+                )
                 leaving.append(key)
         if leaving:
             # every duplicate of a placed, dropped or rejected entry goes too
@@ -321,19 +315,6 @@ class Matchmaker:
 
     # -- records that cannot be placed ------------------------------------------------
 
-    def _screen(self, processes: dict[str, Process], result: PassResult) -> None:
-        """Set aside (and remove from ``processes``) records nested past the depth limit."""
-        for upid in list(processes):
-            process = processes[upid]
-            if (upid, process.round) in self._quarantined:
-                del processes[upid]
-                continue
-            for name in _SCREENED_FIELDS:
-                if jsontree.deeper_than(getattr(process, name), self.max_depth):
-                    reason = f"{name} nested more than {self.max_depth} levels deep (the limit)"
-                    self._set_aside(processes.pop(upid), reason, result)
-                    break
-
     def _plan(
         self,
         fresh: list[Key],
@@ -362,47 +343,13 @@ class Matchmaker:
             if not culprits:
                 raise
         for upid, failure in culprits.items():
-            self._set_aside(processes.pop(upid), f"placement failed: {_reason(failure)}", result)
+            self._fail(processes.pop(upid), f"placement failed: {describe_error(failure)}", result)
         return decide(fresh, processes)
 
-    def _set_aside(self, process: Process, reason: str, result: PassResult) -> None:
-        """Fail ``process`` (``850-FAILED``, slot released) and keep ``reason`` for dump.
-
-        When even that fails (other than by a store or transport error), the entry
-        is skipped for the rest of the leadership term.
-        """
-        key = (process.upid, process.round)
-        reason = reason[:_MAX_REASON]
-        log.error("matchmaker: process %s round %d set aside: %s", *key, reason)
-        result.set_aside.append(key)
-        self.retries.forget(key)
-        record = {"round": process.round, "reason": reason, "time": self.clock()}
-        steps: list[Callable[[], object]] = [
-            lambda: self.transitions.process_change_state(process, ProcessState.FAILED),
-            lambda: self.store.record_set_aside(process.upid, record),
-        ]
-        if process.assigned:
-            assigned = process.assigned
-            steps.insert(1, lambda: self._release(assigned, key))
-        for step in steps:  # each is tried, whatever became of the one before
-            try:
-                step()
-            except _INFRASTRUCTURE_ERRORS:
-                raise
-            except Exception:
-                log.exception("matchmaker: could not fully set aside %s round %d", *key)
-                self._quarantined.add(key)
-
-    def _release(self, resource_id: str, key: Key) -> None:
-        """Free the slot ``key`` holds on ``resource_id`` (if it still does)."""
-
-        def release(resource: Resource) -> bool:
-            if key not in resource.assigned:
-                return False
-            resource.assigned.remove(key)
-            return True
-
-        modify(lambda: self.store.get_resource(resource_id), self.store.update_resource, release)
+    def _fail(self, process: Process, reason: str, result: PassResult) -> None:
+        """Set ``process`` aside (see :class:`~dispatcher.setaside.SetAside`)."""
+        self.retries.forget((process.upid, process.round))
+        self.set_aside.fail(process, reason, result.set_aside)
 
     def _waiting_processes(self, entries: list[Key]) -> dict[str, Process]:
         """The records of the processes of ``entries`` that wait in the queue.
@@ -489,10 +436,10 @@ class Matchmaker:
                 self.transitions.notify_process(candidate)
                 # 4. launch
                 fire_launch(self.messenger, candidate, decision.resource_id, self.run_type)
-            except _INFRASTRUCTURE_ERRORS:
+            except INFRASTRUCTURE_ERRORS:
                 raise
             except Exception as exc:
-                self._set_aside(candidate, f"launch failed: {_reason(exc)}", result)
+                self._fail(candidate, f"launch failed: {describe_error(exc)}", result)
                 placed.append(key)  # FAILED now: its entry leaves the queue
                 continue
             self.retries.track(key, self.clock())
@@ -540,23 +487,13 @@ class Matchmaker:
         """Undo the slot (and tag) of an assignment whose process moved on."""
         key = (decision.upid, decision.round)
 
-        def release(resource: Resource) -> bool:
-            if key not in resource.assigned:
-                return False
-            resource.assigned.remove(key)
-            return True
-
         def untag(node: Node) -> bool:
             if str(tag) not in node.node_exclusive:
                 return False
             node.node_exclusive.remove(str(tag))
             return True
 
-        modify(
-            lambda: self.store.get_resource(decision.resource_id),
-            self.store.update_resource,
-            release,
-        )
+        release_slot(self.store, decision.resource_id, key)
         if tag is not None:
             modify(lambda: self.store.get_node(decision.node_id), self.store.update_node, untag)
         self._dirty = True  # the freed slot may suit a waiting process
@@ -618,10 +555,10 @@ class Matchmaker:
             log.info("re-sending the launch of %s round %d to %s", *key, process.assigned)
             try:
                 fire_launch(self.messenger, process, process.assigned, self.run_type)
-            except _INFRASTRUCTURE_ERRORS:
+            except INFRASTRUCTURE_ERRORS:
                 raise
             except Exception as exc:
-                self._set_aside(process, f"launch failed: {_reason(exc)}", PassResult())
+                self._fail(process, f"launch failed: {describe_error(exc)}", PassResult())
                 continue
             self.retries.track(key, now)
             sent += 1
@@ -723,11 +660,6 @@ def _copy_resource(resource: Resource) -> Resource:
         last_heartbeat=resource.last_heartbeat,
         version=resource.version,
     )
-
-
-def _reason(exc: BaseException) -> str:
-    """A one-line account of ``exc`` for a set-aside record."""
-    return f"{type(exc).__name__}: {exc}"
 
 
 def _copy_process(process: Process) -> Process:
