@@ -21,6 +21,7 @@ import pytest
 
 from dispatcher.core import ProcessDispatcherCore
 from dispatcher.engines import EngineRegistry
+from dispatcher.errors import StoreError
 from dispatcher.jsontree import depth
 from dispatcher.matchmaker import Matchmaker
 from dispatcher.messaging import RecordingMessenger
@@ -201,3 +202,43 @@ def test_the_set_aside_record_of_a_process_is_replaced_by_a_later_one(store: Sto
         "p0": {"round": 2, "reason": "other", "time": 2.0},
         "p1": {"round": 1, "reason": "second", "time": 3.0},
     }
+
+
+def test_a_record_that_cannot_even_be_set_aside_is_skipped_for_the_term(
+    store: Store, matchmaker: Matchmaker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a poisoned record whose set-aside record cannot be written (not a
+    # database failure: something about the record itself), and a good process
+    add_agent(store)
+    queue(store, "poisoned", configuration=nested(500))
+    queue(store, "good")
+
+    def refuse(upid: str, record: dict[str, Any]) -> None:
+        raise ValueError("cannot keep this record")
+
+    monkeypatch.setattr(store, "record_set_aside", refuse)
+    # When a pass runs, Then the good process is placed and the poisoned one failed
+    result = matchmaker.matchmake()
+    assert [upid for upid, _, _ in result.assigned] == ["good"]
+    assert state(store, "poisoned") == ProcessState.FAILED
+    # And its entry is skipped for the rest of the term, tried again in the next
+    assert matchmaker.set_aside.skips(("poisoned", 0))
+    matchmaker.initialize()
+    assert not matchmaker.set_aside.skips(("poisoned", 0))
+
+
+def test_a_database_failure_while_setting_aside_fails_the_pass_to_be_retried(
+    store: Store, matchmaker: Matchmaker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a poisoned record, and a database that fails when the reason is written
+    add_agent(store)
+    queue(store, "poisoned", configuration=nested(500))
+
+    def down(upid: str, record: dict[str, Any]) -> None:
+        raise StoreError("record_set_aside failed: the database is down")
+
+    monkeypatch.setattr(store, "record_set_aside", down)
+    # Then the pass fails (the loop retries it) rather than blaming the record
+    with pytest.raises(StoreError):
+        matchmaker.matchmake()
+    assert not matchmaker.set_aside.skips(("poisoned", 0))
