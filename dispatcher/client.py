@@ -78,12 +78,15 @@ class DefinitionRecord(TypedDict):
 
 
 class DumpResult(TypedDict, total=False):
-    """``dump()``: the legacy three maps, plus ``vms`` (the provisioner's nodes)."""
+    """``dump()``: the legacy three maps, plus ``vms`` (the provisioner's nodes) and,
+    once the matchmaker has set a process aside, ``set_aside`` (upid → ``round``,
+    ``reason``, ``time``)."""
 
     resources: dict[str, dict[str, Any]]
     processes: dict[str, ProcessRecord]
     nodes: dict[str, dict[str, Any]]
     vms: dict[str, dict[str, Any]]
+    set_aside: dict[str, dict[str, Any]]
 
 
 class ProcessDispatcherClient:

@@ -29,7 +29,6 @@ Where this core deliberately differs from the legacy one:
 from __future__ import annotations
 
 import contextlib
-import copy
 import gc
 import logging
 import time
@@ -37,6 +36,8 @@ from collections.abc import Callable, Iterator
 from typing import Any, Final
 
 from dispatcher.errors import BadRequestError, NotFoundError, WriteConflictError
+from dispatcher.jsontree import tree_copy
+from dispatcher.limits import DEFAULT_LIMITS, RequestLimits
 from dispatcher.messaging import Messenger
 from dispatcher.model import Definition, Process
 from dispatcher.requests import (
@@ -111,6 +112,8 @@ class ProcessDispatcherCore:
         store: where definitions, processes, the queue, resources and nodes live.
         messenger: sends subscriber notifications and eeagent commands.
         clock: returns the current time in epoch seconds.
+        limits: the depth and size limits of every argument (see
+            :mod:`dispatcher.limits`).
 
     Attributes:
         transitions: the shared state-machine helpers (``process_change_state``,
@@ -124,10 +127,12 @@ class ProcessDispatcherCore:
         messenger: Messenger,
         *,
         clock: Callable[[], float] = time.time,
+        limits: RequestLimits = DEFAULT_LIMITS,
     ) -> None:
         self.store = store
         self.messenger = messenger
         self.clock = clock
+        self.limits = limits
         self.transitions = ProcessTransitions(store, messenger, clock=clock)
 
     # -- definitions ------------------------------------------------------------------
@@ -155,6 +160,7 @@ class ProcessDispatcherCore:
             WriteConflictError: a definition with this id exists.
         """
         req = CreateDefinitionRequest.parse(
+            self.limits,
             definition_id=definition_id,
             definition_type=definition_type,
             executable=executable,
@@ -176,7 +182,7 @@ class ProcessDispatcherCore:
             ``{definition_id, definition_type, executable, name, description,
             version}``, or ``None`` if there is no such definition.
         """
-        req = DescribeDefinitionRequest.parse(definition_id=definition_id)
+        req = DescribeDefinitionRequest.parse(self.limits, definition_id=definition_id)
         definition = self.store.get_definition(req.definition_id)
         return None if definition is None else definition.to_dict()
 
@@ -204,6 +210,7 @@ class ProcessDispatcherCore:
             NotFoundError: there is no such definition.
         """
         req = UpdateDefinitionRequest.parse(
+            self.limits,
             definition_id=definition_id,
             definition_type=definition_type,
             executable=executable,
@@ -222,7 +229,7 @@ class ProcessDispatcherCore:
             BadRequestError: the id is invalid.
             NotFoundError: there is no such definition.
         """
-        req = RemoveDefinitionRequest.parse(definition_id=definition_id)
+        req = RemoveDefinitionRequest.parse(self.limits, definition_id=definition_id)
         self.store.remove_definition(req.definition_id)
 
     def list_definitions(self) -> list[str]:
@@ -252,7 +259,9 @@ class ProcessDispatcherCore:
         Returns:
             The process dict.
         """
-        req = CreateProcessRequest.parse(upid=upid, definition_id=definition_id, name=name)
+        req = CreateProcessRequest.parse(
+            self.limits, upid=upid, definition_id=definition_id, name=name
+        )
         definition = self._get_definition(req.definition_id)
         process = Process(upid=req.upid, definition=definition.to_dict(), name=req.name)
         try:
@@ -321,6 +330,7 @@ class ProcessDispatcherCore:
             The process dict.
         """
         req = ScheduleProcessRequest.parse(
+            self.limits,
             upid=upid,
             definition_id=definition_id,
             configuration=configuration,
@@ -433,7 +443,7 @@ class ProcessDispatcherCore:
         Raises:
             BadRequestError: ``upid`` is not a string.
         """
-        req = DescribeProcessRequest.parse(upid=upid)
+        req = DescribeProcessRequest.parse(self.limits, upid=upid)
         process = self.store.get_process(req.upid)
         return None if process is None else process.to_dict()
 
@@ -462,7 +472,7 @@ class ProcessDispatcherCore:
         Returns:
             The process dict.
         """
-        req = RestartProcessRequest.parse(upid=upid)
+        req = RestartProcessRequest.parse(self.limits, upid=upid)
         for _ in range(WRITE_CONFLICT_RETRIES):
             process = self._get_process(req.upid)
             if process.state != ProcessState.RUNNING:
@@ -474,7 +484,7 @@ class ProcessDispatcherCore:
                 )
                 return process.summary()
             old_key = (process.upid, process.round)
-            restarted = copy.deepcopy(process)
+            restarted = process.copy()
             restarted.state = ProcessState.PENDING
             restarted.round += 1
             try:
@@ -517,12 +527,12 @@ class ProcessDispatcherCore:
         Returns:
             The process dict.
         """
-        req = TerminateProcessRequest.parse(upid=upid)
+        req = TerminateProcessRequest.parse(self.limits, upid=upid)
         for _ in range(WRITE_CONFLICT_RETRIES):
             process = self._get_process(req.upid)
             if process.state in _TERMINAL:
                 return process.summary()
-            ended = copy.deepcopy(process)
+            ended = process.copy()
             if process.assigned is None:
                 ended.state = ProcessState.TERMINATED
                 try:
@@ -556,7 +566,7 @@ class ProcessDispatcherCore:
         Raises:
             BadRequestError: ``system_boot`` is not a boolean.
         """
-        req = SetSystemBootRequest.parse(system_boot=system_boot)
+        req = SetSystemBootRequest.parse(self.limits, system_boot=system_boot)
         self.store.set_system_boot(req.system_boot)
 
     def dump(self) -> dict[str, dict[str, dict[str, Any]]]:
@@ -566,18 +576,23 @@ class ProcessDispatcherCore:
             ``{"resources": {resource_id: record}, "processes": {upid: record},
             "nodes": {node_id: record}, "vms": {node_id: record}}``: the legacy
             three, and the provisioner's node lifecycle records (state, provider id,
-            last error, attempts). The queue, definitions and dispatcher state are
-            not included.
+            last error, attempts). When the matchmaker has set processes aside,
+            ``"set_aside": {upid: {"round", "reason", "time"}}`` too. The queue,
+            definitions and dispatcher state are not included.
         """
         resources, processes = self.store.list_resources(), self.store.list_process_dicts()
         nodes, vms = self.store.list_nodes(), self.store.list_vms()
+        set_aside = self.store.list_set_aside()
         with _gc_paused():
-            return {
+            dumped: dict[str, dict[str, dict[str, Any]]] = {
                 "resources": {r.resource_id: r.to_dict() for r in resources},
                 "processes": {p["upid"]: p for p in processes},
                 "nodes": {n.node_id: n.to_dict() for n in nodes},
                 "vms": {vm.node_id: vm.to_dict() for vm in vms},
             }
+        if set_aside:
+            dumped["set_aside"] = set_aside
+        return dumped
 
     # -- helpers ----------------------------------------------------------------------
 
@@ -598,7 +613,7 @@ def _definition(req: CreateDefinitionRequest) -> Definition:
     return Definition(
         definition_id=req.definition_id,
         definition_type=req.definition_type,
-        executable=copy.deepcopy(req.executable),
+        executable=tree_copy(req.executable),
         name=req.name,
         description=req.description,
     )

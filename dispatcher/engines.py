@@ -24,6 +24,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from dispatcher.errors import BadRequestError, ConfigError, WriteConflictError
+from dispatcher.limits import DEFAULT_LIMITS, LimitError, check_arguments
 from dispatcher.settings import EngineSettings, ProcessDispatcherSettings
 
 __all__ = ["DOMAIN_PREFIX", "EngineRegistry", "engine_id_from_domain"]
@@ -99,11 +100,16 @@ class EngineRegistry:
         """Validate an ``add_engine`` definition.
 
         Raises:
-            BadRequestError: not a dict, no ``engine_id``/``slots``, an unknown key or a
-                bad value (the message names it).
+            BadRequestError: not a dict, no ``engine_id``/``slots``, an unknown key, a
+                bad value (the message names it), or past the request limits (depth
+                and size, :data:`dispatcher.limits.DEFAULT_LIMITS`).
         """
         if not isinstance(definition, dict):
             raise BadRequestError("Definition must be a dict")
+        try:
+            check_arguments({"definition": definition}, DEFAULT_LIMITS)
+        except LimitError as exc:
+            raise BadRequestError(f"invalid {exc}") from None
         if not definition.get("engine_id") or not isinstance(definition["engine_id"], str):
             raise BadRequestError("Definition must have an 'engine_id'")
         if "slots" not in definition:

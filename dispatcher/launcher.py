@@ -10,12 +10,12 @@ memory; a new leadership term rebuilds it from the stored ASSIGNED processes.
 
 from __future__ import annotations
 
-import copy
 import heapq
 import logging
 from typing import Any, Final
 
 from dispatcher.errors import TransportError
+from dispatcher.jsontree import tree_copy
 from dispatcher.messaging import Messenger
 from dispatcher.model import Process
 
@@ -44,7 +44,7 @@ def launch_parameters(process: Process, run_type: str) -> Any:
     """
     executable = (process.definition or {}).get("executable")
     if run_type == "supd":
-        return copy.deepcopy(executable)
+        return tree_copy(executable)
     if run_type in ("pyon", "pyon_single"):
         spec = executable if isinstance(executable, dict) else {}
         parameters: dict[str, Any] = {
@@ -55,9 +55,9 @@ def launch_parameters(process: Process, run_type: str) -> Any:
         }
         if process.round == 0:
             if process.configuration:
-                parameters["config"] = copy.deepcopy(process.configuration)
+                parameters["config"] = tree_copy(process.configuration)
         else:
-            config = copy.deepcopy(process.configuration) if process.configuration else {}
+            config = tree_copy(process.configuration) if process.configuration else {}
             if not isinstance(config, dict):
                 config = {}
             if not isinstance(config.get("process"), dict):

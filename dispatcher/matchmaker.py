@@ -24,6 +24,15 @@ A process left waiting for a slot is **stale**: it is not examined again until a
 resource record changes (or an engine is added), because until then no slot can
 appear for it. Throttled restarts (§5.6) are re-examined when the throttle ends.
 
+A record that cannot be placed is **set aside** (:mod:`dispatcher.setaside`)
+rather than allowed to stop placement for everyone: before planning, each
+waiting process's JSON fields are checked against the request depth limit (a
+database written before that limit existed may hold deeper values), and a record
+whose planning, state write or launch raises anything but a store or transport
+error is isolated the same way. A set-aside process is written ``850-FAILED``,
+its slot freed, its queue entry removed, its reason logged and shown by ``dump``;
+the pass goes on for every other process.
+
 After a complete pass the engines' needs are computed
 (:func:`dispatcher.needs.calculate_needs`) and handed to the
 :class:`~dispatcher.needs.NeedRegistrar`, which tells the provisioner.
@@ -41,7 +50,6 @@ finds the queue and the resources as they were does no pass.
 
 from __future__ import annotations
 
-import copy
 import logging
 import threading
 import time
@@ -53,6 +61,7 @@ from typing import Any, Final
 from dispatcher.engines import EngineRegistry
 from dispatcher.errors import NotFoundError, WriteConflictError
 from dispatcher.launcher import DispatchRetries, fire_launch
+from dispatcher.limits import DEFAULT_MAX_DEPTH
 from dispatcher.messaging import Messenger
 from dispatcher.model import Node, Process, Resource
 from dispatcher.needs import NeedRegistrar, calculate_needs
@@ -62,11 +71,13 @@ from dispatcher.placement import (
     Drop,
     Hold,
     Key,
+    Plan,
     Wait,
     effective_constraints,
     effective_engine,
     plan,
 )
+from dispatcher.setaside import INFRASTRUCTURE_ERRORS, SetAside, describe_error, release_slot
 from dispatcher.states import ProcessDispatcherState, ProcessState
 from dispatcher.store.base import Store
 from dispatcher.store.batch import batch_writer
@@ -106,6 +117,7 @@ class PassResult:
         waiting: ``(upid, round)`` left waiting (or rejected) for lack of a slot.
         dropped: stale queue entries removed.
         backed_out: assignments undone because the process moved on meanwhile.
+        set_aside: processes failed because their record could not be placed.
     """
 
     complete: bool = True
@@ -113,6 +125,7 @@ class PassResult:
     waiting: list[Key] = field(default_factory=list)
     dropped: list[Key] = field(default_factory=list)
     backed_out: list[Key] = field(default_factory=list)
+    set_aside: list[Key] = field(default_factory=list)
 
 
 class Matchmaker:
@@ -132,6 +145,8 @@ class Matchmaker:
         clock: returns the current time in epoch seconds.
         poll_interval: seconds between looks for other instances' writes.
         error_retry: seconds before retrying after an unexpected error.
+        max_depth: a waiting process whose stored JSON nests deeper is set aside
+            (the request limit, ``processdispatcher.limits.max_depth``).
     """
 
     def __init__(
@@ -147,6 +162,7 @@ class Matchmaker:
         clock: Callable[[], float] = time.time,
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         error_retry: float = DEFAULT_ERROR_RETRY,
+        max_depth: int = DEFAULT_MAX_DEPTH,
     ) -> None:
         self.store = store
         self.messenger = messenger
@@ -159,6 +175,7 @@ class Matchmaker:
         self.clock = clock
         self.poll_interval = poll_interval
         self.error_retry = error_retry
+        self.max_depth = max_depth
         self.transitions = ProcessTransitions(store, messenger, clock=clock)
         self._writer = batch_writer(store)
         self._wake = threading.Event()
@@ -173,6 +190,7 @@ class Matchmaker:
         self._fingerprint: Any = None
         self._passing: int | None = None  # the thread running a pass
         self._expected: Any = None  # the snapshot a pass expects to leave
+        self.set_aside = SetAside(store, self.transitions, clock=clock, max_depth=max_depth)
         store.add_listener(self._on_change)
 
     # -- state of a term ----------------------------------------------------------------
@@ -189,6 +207,7 @@ class Matchmaker:
             self._engine_of.clear()
             self._throttle_expiry = None
             self._fingerprint = None
+            self.set_aside.clear()
             self.retries.clear()
             self.terminates.clear()
             if self.registrar is not None:
@@ -233,16 +252,15 @@ class Matchmaker:
                 self._throttle_expiry = None
             fresh = [key for key in entries if key not in self._stale]
             generation = self._stale_generation
+        result = PassResult()
         processes = self._waiting_processes(fresh)
+        self.set_aside.screen(processes, result.set_aside)
         resources = self.store.list_resources()
         nodes = {node.node_id: node for node in self.store.list_nodes()}
-        decided = plan(
-            fresh, processes, resources, nodes, self.engines, now=now, throttle=self.throttle
-        )
+        decided = self._plan(fresh, processes, resources, nodes, now, result)
         queued_keys = set(entries)
         self._engine_of = {k: e for k, e in self._engine_of.items() if k in queued_keys}
         self._engine_of.update(decided.engines)
-        result = PassResult()
         by_id = {resource.resource_id: resource for resource in resources}
         assigns = [d for d in decided.decisions if isinstance(d, Assign)]
         placed = self._write_assignments(assigns, processes, by_id, nodes, now, result)
@@ -254,14 +272,23 @@ class Matchmaker:
                 leaving.append(key)
                 result.dropped.append(key)
                 self.retries.forget(key)
-            elif isinstance(decision, Hold):
-                self._hold(processes[decision.upid], now)
-            elif isinstance(decision, Wait):
-                if self._mark_waiting(processes[decision.upid], decision.state):
-                    leaving.append(key)
-                result.waiting.append(key)
-                if decision.throttled_until is None:
-                    stale.append(key)
+                continue
+            try:
+                if isinstance(decision, Hold):
+                    self._hold(processes[decision.upid], now)
+                elif isinstance(decision, Wait):
+                    if self._mark_waiting(processes[decision.upid], decision.state):
+                        leaving.append(key)
+                    result.waiting.append(key)
+                    if decision.throttled_until is None:
+                        stale.append(key)
+            except INFRASTRUCTURE_ERRORS:
+                raise
+            except Exception as exc:
+                self._fail(
+                    processes[decision.upid], f"update failed: {describe_error(exc)}", result
+                )
+                leaving.append(key)
         if leaving:
             # every duplicate of a placed, dropped or rejected entry goes too
             counts = Counter(entries)
@@ -282,15 +309,55 @@ class Matchmaker:
         self._expected = _fingerprint(
             [key for key in entries if key not in gone], list(by_id.values())
         )
-        if result.assigned or result.dropped or result.backed_out:
+        if result.assigned or result.dropped or result.backed_out or result.set_aside:
             log.debug(
-                "matchmaking pass: %d assigned, %d waiting, %d dropped, %d backed out",
+                "matchmaking pass: %d assigned, %d waiting, %d dropped, %d backed out, "
+                "%d set aside",
                 len(result.assigned),
                 len(result.waiting),
                 len(result.dropped),
                 len(result.backed_out),
+                len(result.set_aside),
             )
         return result
+
+    # -- records that cannot be placed ------------------------------------------------
+
+    def _plan(
+        self,
+        fresh: list[Key],
+        processes: dict[str, Process],
+        resources: list[Resource],
+        nodes: dict[str, Node],
+        now: float,
+        result: PassResult,
+    ) -> Plan:
+        """:func:`plan`; when it fails, the records it fails on are set aside first."""
+
+        def decide(keys: list[Key], records: dict[str, Process]) -> Plan:
+            return plan(
+                keys, records, resources, nodes, self.engines, now=now, throttle=self.throttle
+            )
+
+        try:
+            return decide(fresh, processes)
+        except Exception:
+            culprits: dict[str, Exception] = {}
+            for upid, process in processes.items():
+                try:
+                    decide([(upid, process.round)], {upid: process})
+                except Exception as error:
+                    culprits[upid] = error
+            if not culprits:
+                raise
+        for upid, failure in culprits.items():
+            self._fail(processes.pop(upid), f"placement failed: {describe_error(failure)}", result)
+        return decide(fresh, processes)
+
+    def _fail(self, process: Process, reason: str, result: PassResult) -> None:
+        """Set ``process`` aside (see :class:`~dispatcher.setaside.SetAside`)."""
+        self.retries.forget((process.upid, process.round))
+        self.set_aside.fail(process, reason, result.set_aside)
 
     def _waiting_processes(self, entries: list[Key]) -> dict[str, Process]:
         """The records of the processes of ``entries`` that wait in the queue.
@@ -373,9 +440,16 @@ class Matchmaker:
                     continue
                 candidate = retried
             processes[decision.upid] = candidate
-            self.transitions.notify_process(candidate)
-            # 4. launch
-            fire_launch(self.messenger, candidate, decision.resource_id, self.run_type)
+            try:
+                self.transitions.notify_process(candidate)
+                # 4. launch
+                fire_launch(self.messenger, candidate, decision.resource_id, self.run_type)
+            except INFRASTRUCTURE_ERRORS:
+                raise
+            except Exception as exc:
+                self._fail(candidate, f"launch failed: {describe_error(exc)}", result)
+                placed.append(key)  # FAILED now: its entry leaves the queue
+                continue
             self.retries.track(key, self.clock())
             placed.append(key)
             result.assigned.append((decision.upid, decision.round, decision.resource_id))
@@ -421,23 +495,13 @@ class Matchmaker:
         """Undo the slot (and tag) of an assignment whose process moved on."""
         key = (decision.upid, decision.round)
 
-        def release(resource: Resource) -> bool:
-            if key not in resource.assigned:
-                return False
-            resource.assigned.remove(key)
-            return True
-
         def untag(node: Node) -> bool:
             if str(tag) not in node.node_exclusive:
                 return False
             node.node_exclusive.remove(str(tag))
             return True
 
-        modify(
-            lambda: self.store.get_resource(decision.resource_id),
-            self.store.update_resource,
-            release,
-        )
+        release_slot(self.store, decision.resource_id, key)
         if tag is not None:
             modify(lambda: self.store.get_node(decision.node_id), self.store.update_node, untag)
         self._dirty = True  # the freed slot may suit a waiting process
@@ -497,7 +561,13 @@ class Matchmaker:
             ):
                 continue
             log.info("re-sending the launch of %s round %d to %s", *key, process.assigned)
-            fire_launch(self.messenger, process, process.assigned, self.run_type)
+            try:
+                fire_launch(self.messenger, process, process.assigned, self.run_type)
+            except INFRASTRUCTURE_ERRORS:
+                raise
+            except Exception as exc:
+                self._fail(process, f"launch failed: {describe_error(exc)}", PassResult())
+                continue
             self.retries.track(key, now)
             sent += 1
         return sent
@@ -612,4 +682,4 @@ def _copy_resource(resource: Resource) -> Resource:
 
 
 def _copy_process(process: Process) -> Process:
-    return copy.deepcopy(process)
+    return process.copy()

@@ -12,10 +12,10 @@ assignment keys are ``(upid, round)`` and show on the wire as
 
 from __future__ import annotations
 
-import copy
-from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Final
+from dataclasses import dataclass, field, fields
+from typing import Any, Final, TypeVar
 
+from dispatcher.jsontree import tree_copy
 from dispatcher.states import ExecutionResourceState, ProcessState
 
 __all__ = ["VM", "Definition", "EngineRecord", "Node", "Process", "Resource"]
@@ -33,11 +33,12 @@ class Definition:
     def to_dict(self) -> dict[str, Any]:
         """The legacy record, a deep copy (``schedule_process`` copies it into each process).
 
-        Built with :func:`_tree_copy` rather than ``deepcopy(asdict(...))``, which
-        costs several times more for the same result.
+        Built with :func:`~dispatcher.jsontree.tree_copy` rather than
+        ``deepcopy(asdict(...))``, which costs several times more for the same
+        result and recurses once per level of nesting.
         """
         values = self.__dict__
-        return {name: _tree_copy(values[name]) for name in _DEFINITION_FIELDS}
+        return {name: tree_copy(values[name]) for name in _DEFINITION_FIELDS}
 
 
 @dataclass
@@ -64,14 +65,19 @@ class Process:
     def to_dict(self) -> dict[str, Any]:
         """The full legacy record (``describe_process``, ``dump``), a deep copy.
 
-        Built field by field with :func:`_tree_copy` rather than
-        ``deepcopy(asdict(...))``: ``describe_processes`` and ``dump`` convert
-        every stored process, and the generic copies cost ~100 us per record.
+        Built field by field with :func:`~dispatcher.jsontree.tree_copy` rather
+        than ``deepcopy(asdict(...))``: ``describe_processes`` and ``dump`` convert
+        every stored process, and the generic copies cost ~100 us per record (and
+        recurse once per level of nesting).
         """
         values = self.__dict__
-        data = {name: _tree_copy(values[name]) for name in _PROCESS_WIRE_FIELDS}
+        data = {name: tree_copy(values[name]) for name in _PROCESS_WIRE_FIELDS}
         data["owner"] = None
         return data
+
+    def copy(self) -> Process:
+        """A deep copy (``copy.deepcopy`` without its recursion: any depth works)."""
+        return _copy_record(self)
 
     def summary(self) -> dict[str, Any]:
         """The legacy "process dict": upid, state, round, assigned."""
@@ -89,22 +95,21 @@ _DEFINITION_FIELDS: Final = tuple(f.name for f in fields(Definition))
 _PROCESS_WIRE_FIELDS: Final = tuple(f.name for f in fields(Process) if f.name != "version")
 
 
-def _tree_copy(value: Any) -> Any:
-    """A deep copy of a JSON-like tree (dicts, lists, tuples, scalars).
+_Record = TypeVar("_Record")
 
-    Containers keep their type, as with :func:`copy.deepcopy`; any other mutable
-    value is copied with :func:`copy.deepcopy`.
-    """
-    kind = type(value)
-    if kind is str or kind is int or kind is float or kind is bool or value is None:
-        return value
-    if kind is dict:
-        return {key: _tree_copy(item) for key, item in value.items()}
-    if kind is list:
-        return [_tree_copy(item) for item in value]
-    if kind is tuple:
-        return tuple(_tree_copy(item) for item in value)
-    return copy.deepcopy(value)
+
+def _copy_record(record: _Record) -> _Record:
+    """A deep copy of a record dataclass, field by field with :func:`tree_copy`."""
+    clone: _Record = object.__new__(type(record))
+    clone.__dict__.update({name: tree_copy(value) for name, value in record.__dict__.items()})
+    return clone
+
+
+def _wire_dict(record: Any) -> dict[str, Any]:
+    """``record``'s fields but ``version``, in declaration order, deep-copied
+    (``deepcopy(asdict(...))`` without its recursion)."""
+    values = record.__dict__
+    return {f.name: tree_copy(values[f.name]) for f in fields(record) if f.name != "version"}
 
 
 @dataclass
@@ -126,8 +131,7 @@ class Resource:
         return max(0, self.slot_count - len(self.assigned))
 
     def to_dict(self) -> dict[str, Any]:
-        data = copy.deepcopy(asdict(self))
-        data.pop("version")
+        data = _wire_dict(self)
         data["assigned"] = [[None, upid, round_] for upid, round_ in self.assigned]
         return data
 
@@ -145,9 +149,7 @@ class Node:
     version: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        data = copy.deepcopy(asdict(self))
-        data.pop("version")
-        return data
+        return _wire_dict(self)
 
 
 @dataclass
@@ -194,6 +196,4 @@ class VM:
     version: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        data = copy.deepcopy(asdict(self))
-        data.pop("version")
-        return data
+        return _wire_dict(self)

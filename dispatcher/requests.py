@@ -17,6 +17,14 @@ message names the offending field:
 * every other field is type-checked strictly (no coercion: ``"1"`` is not an int,
   ``1`` is not a string) and gives ``"invalid <field>: <reason>"``.
 
+Before any of that, every argument is checked against the request limits of
+:mod:`dispatcher.limits` (nesting depth, JSON size of each argument and of all
+together, a definition's ``exec``/``argv`` and ``env``): ``"invalid <field>:
+nested more than 100 levels deep (the limit)"``, ``"invalid <field>: longer than
+the limit of 1048576 bytes (1 MiB) as JSON"``. The checks never recurse, so no
+argument can exhaust the interpreter's recursion limit here or later, when the
+stored value is copied and encoded.
+
 JSON-shaped values (``executable``, ``configuration``, ``constraints``,
 ``subscribers``) are normalised through a JSON round trip, exactly as the store
 will hand them back (tuples become lists), so that the idempotency comparisons of
@@ -32,7 +40,15 @@ from typing import Annotated, Any, ClassVar, Self
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError
 
+from dispatcher import jsontree
 from dispatcher.errors import BadRequestError
+from dispatcher.limits import (
+    DEFAULT_LIMITS,
+    LimitError,
+    RequestLimits,
+    check_arguments,
+    check_executable,
+)
 from dispatcher.states import QueueingMode, RestartMode
 
 __all__ = [
@@ -77,7 +93,7 @@ def _json_value(value: Any) -> Any:
     if value is None or isinstance(value, str | int | float | bool):
         return value
     try:
-        return json.loads(json.dumps(value))
+        return json.loads(jsontree.dumps(value))
     except (TypeError, ValueError) as exc:
         raise ValueError(f"not JSON-serializable ({exc})") from None
 
@@ -126,23 +142,37 @@ class Request(BaseModel):
     identifier_fields: ClassVar[frozenset[str]] = frozenset({"upid", "definition_id"})
 
     @classmethod
-    def parse(cls, **args: Any) -> Self:
+    def parse(cls, limits: RequestLimits = DEFAULT_LIMITS, /, **args: Any) -> Self:
         """Validate keyword arguments as received by the operation.
 
         Args:
+            limits: the depth and size limits every argument must respect.
             **args: the operation's arguments by name.
 
         Raises:
             BadRequestError: an argument is invalid; the message names the first
-                invalid field (in declaration order).
+                invalid field (in declaration order), or the first argument over a
+                limit.
 
         Returns:
             The validated request.
         """
         try:
-            return cls.model_validate(args)
+            check_arguments(args, limits)
+            request = cls.model_validate(args)
+            request._check_limits(limits)
+        except LimitError as exc:
+            raise BadRequestError(f"invalid {exc}") from None
         except ValidationError as exc:
             raise BadRequestError(cls._describe(exc)) from None
+        return request
+
+    def _check_limits(self, limits: RequestLimits) -> None:
+        """Limits of a validated request beyond depth and size (none by default).
+
+        Raises:
+            LimitError: the message starts with the field's name.
+        """
 
     @classmethod
     def _describe(cls, exc: ValidationError) -> str:
@@ -166,6 +196,9 @@ class CreateDefinitionRequest(Request):
     executable: JsonValue
     name: str | None = None
     description: str | None = None
+
+    def _check_limits(self, limits: RequestLimits) -> None:
+        check_executable(self.executable, limits)
 
 
 class UpdateDefinitionRequest(CreateDefinitionRequest):

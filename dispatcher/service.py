@@ -198,7 +198,7 @@ class DispatcherService:
             # set, every message this client sends is signed.
             client = RpcClient(broker, service_name, signer=MessageSigner.from_settings(settings))
             messenger = RpcMessenger(client)
-            core = ProcessDispatcherCore(store, messenger)
+            core = ProcessDispatcherCore(store, messenger, limits=pd.limits)
             heartbeats = HeartbeatHandler(store, messenger, engines, caller=client)
             provisioner = _provisioner(settings, store, engines, heartbeats)
             sink = need_sink if need_sink is not None else provisioner
@@ -217,6 +217,7 @@ class DispatcherService:
                 restart_throttling_config=pd.restart_throttling_config,
                 dispatch_retry_seconds=pd.dispatch_retry_seconds,
                 registrar=None if sink is None else NeedRegistrar(store, sink, grace=grace),
+                max_depth=pd.limits.max_depth,
             )
             doctor = Doctor(
                 store, messenger, engines, heartbeats, monitor=pd.monitor_resource_heartbeats

@@ -41,6 +41,7 @@ from pydantic import (
 )
 
 from dispatcher.errors import ConfigError
+from dispatcher.limits import RequestLimits
 
 __all__ = [
     "DEFAULT_EXCHANGE",
@@ -245,6 +246,8 @@ class ProcessDispatcherSettings(BaseModel):
     #: Number of threads that serve RPCs concurrently.
     rpc_workers: int = Field(8, ge=1, le=256)
     monitor_resource_heartbeats: bool = True
+    #: Depth and size limits of request arguments (see :mod:`dispatcher.limits`).
+    limits: RequestLimits = RequestLimits()
 
     @model_validator(mode="after")
     def _engine_references(self) -> ProcessDispatcherSettings:

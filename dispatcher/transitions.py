@@ -14,7 +14,6 @@ of overwriting newer state (reference §2.3).
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import logging
 import time
@@ -22,6 +21,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from dispatcher.errors import NotFoundError, TransportError, WriteConflictError
+from dispatcher.jsontree import tree_copy
 from dispatcher.messaging import Messenger
 from dispatcher.model import Process, Resource
 from dispatcher.states import ProcessState, QueueingMode, RestartMode
@@ -198,12 +198,12 @@ class ProcessTransitions:
         """
         _check_update_fields(updates)
         expected_round = process.round
-        current = copy.deepcopy(process)
+        current = process.copy()
         while current.state < new_state and current.round == expected_round:
-            candidate = copy.deepcopy(current)
+            candidate = current.copy()
             candidate.state = new_state
             for key, value in updates.items():
-                setattr(candidate, key, copy.deepcopy(value))
+                setattr(candidate, key, tree_copy(value))
             if new_state == ProcessState.RUNNING:
                 candidate.starts += 1
                 candidate.start_times.append(self.clock())
@@ -246,9 +246,9 @@ class ProcessTransitions:
             ``(record, written)`` as for :meth:`process_change_state`.
         """
         expected_round = process.round
-        current = copy.deepcopy(process)
+        current = process.copy()
         while current.state < ProcessState.TERMINATING and current.round == expected_round:
-            candidate = copy.deepcopy(current)
+            candidate = current.copy()
             candidate.state = newstate
             candidate.assigned = None
             candidate.round = expected_round + 1

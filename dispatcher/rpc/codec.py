@@ -10,7 +10,8 @@ compact). Values orjson does not encode exactly as kombu would (integers beyond
 64 bits, dataclasses, dates, anything unknown) fall back to kombu's own encoder,
 so the bytes on the wire mean the same as before. One deviation: a non-finite
 float (NaN, infinity) is sent as ``null``; kombu sent the non-standard ``NaN``
-literal, which strict JSON decoders reject.
+literal, which strict JSON decoders reject. A body nested deeper than kombu's
+(recursive) encoder can go is encoded by :func:`dispatcher.jsontree.dumps`.
 
 Decoding uses :func:`dispatcher.fastjson.loads` (orjson where it gives exactly
 what the standard library gives, the standard library otherwise) without kombu's
@@ -26,7 +27,7 @@ import orjson
 from kombu.message import Message
 from kombu.utils import json as kombu_json
 
-from dispatcher import fastjson
+from dispatcher import fastjson, jsontree
 
 __all__ = ["CONTENT_ENCODING", "CONTENT_TYPE", "decode", "encode"]
 
@@ -51,7 +52,10 @@ def encode(body: Any) -> bytes:
         return orjson.dumps(body, option=_OPTIONS)
     except TypeError:
         # Big integers, dataclasses, dates...: kombu's encoder, as before.
-        text: str = kombu_json.dumps(body)
+        try:
+            text: str = kombu_json.dumps(body)
+        except RecursionError:
+            text = jsontree.dumps(body)  # nested too deep for a recursive encoder
         return text.encode(CONTENT_ENCODING)
 
 

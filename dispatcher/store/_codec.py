@@ -19,19 +19,23 @@ time than the decoding itself.
 
 ``Resource.assigned`` is the one JSON field with a typed shape: it always comes
 back as a list of ``(upid, round)`` tuples.
+
+Encoding and decoding go through :mod:`dispatcher.jsontree`: the fast recursive
+encoder and parsers first, and for a value nested too deep for them (a database
+written before requests had a depth limit) an explicit stack, so no stored value
+can make a record unreadable or unwritable.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import gc
-import json
 import operator
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Final, Generic, TypeVar
 
-from dispatcher import fastjson
+from dispatcher import jsontree
 from dispatcher.model import VM, Definition, Node, Process, Resource
 
 __all__ = [
@@ -48,24 +52,21 @@ __all__ = [
 
 _R = TypeVar("_R", bound=Definition | Process | Resource | Node | VM)
 
-#: JSON text as stored: compact (smaller rows, faster to parse).
-_ENCODER: Final = json.JSONEncoder(separators=(",", ":"))
-
 
 def dumps(value: Any) -> str:
-    """Compact JSON text of ``value``.
+    """Compact JSON text of ``value`` (smaller rows, faster to parse), at any depth.
 
     Raises:
         TypeError: ``value`` is not JSON-serializable.
     """
-    return _ENCODER.encode(value)
+    return jsontree.dumps(value)
 
 
 def json_copy(value: Any) -> Any:
     """A deep copy of ``value`` as it would come back from a JSON column."""
     if value is None or isinstance(value, str | int | float | bool):
         return value
-    return json.loads(dumps(value))
+    return jsontree.loads(dumps(value))
 
 
 #: Listings at least this long are built with the garbage collector paused.
@@ -149,7 +150,7 @@ class Layout(Generic[_R]):
         if not rows:
             return []
         with gc_paused(len(rows)):
-            decoded: list[list[Any]] = fastjson.loads("[" + ",".join(t for _, t in rows) + "]")
+            decoded: list[list[Any]] = jsontree.loads("[" + ",".join(t for _, t in rows) + "]")
             return [
                 self.build(scalars, values)
                 for (scalars, _), values in zip(rows, decoded, strict=True)
@@ -164,7 +165,7 @@ class Layout(Generic[_R]):
             return []
         with gc_paused(len(rows)):
             texts = ["null" if text is None else text for row in rows for text in row[split:]]
-            decoded: list[Any] = fastjson.loads("[" + ",".join(texts) + "]")
+            decoded: list[Any] = jsontree.loads("[" + ",".join(texts) + "]")
             return [
                 self.build(row[:split], decoded[i * width : (i + 1) * width])
                 for i, row in enumerate(rows)
@@ -177,7 +178,7 @@ class Layout(Generic[_R]):
         if not rows:
             return []
         with gc_paused(len(rows)):
-            decoded: list[list[Any]] = fastjson.loads("[" + ",".join(t for _, t in rows) + "]")
+            decoded: list[list[Any]] = jsontree.loads("[" + ",".join(t for _, t in rows) + "]")
             return self._wire_dicts(
                 (*scalars, *values) for (scalars, _), values in zip(rows, decoded, strict=True)
             )
@@ -191,7 +192,7 @@ class Layout(Generic[_R]):
             return []
         with gc_paused(len(rows)):
             texts = ["null" if text is None else text for row in rows for text in row[split:]]
-            decoded: list[Any] = fastjson.loads("[" + ",".join(texts) + "]")
+            decoded: list[Any] = jsontree.loads("[" + ",".join(texts) + "]")
             return self._wire_dicts(
                 (*row[:split], *decoded[i * width : (i + 1) * width]) for i, row in enumerate(rows)
             )
@@ -210,7 +211,7 @@ class Layout(Generic[_R]):
 
     def clone(self, record: _R) -> _R:
         """A deep copy of ``record`` with JSON fields normalised as stored."""
-        return self.build(self.scalars(record), json.loads(self.encode(record)))
+        return self.build(self.scalars(record), jsontree.loads(self.encode(record)))
 
 
 #: ``Definition.version`` is the legacy, always-None field (stored as JSON).

@@ -146,3 +146,10 @@ class Store(Protocol):
         Returns:
             The recorded owner: ``owner``, or the one that claimed it first.
         """
+
+    # -- processes the matchmaker set aside (shown by dump) ---------------------------
+    def record_set_aside(self, upid: str, record: dict[str, Any]) -> None:
+        """Remember why ``upid`` was set aside (replaces an earlier record of it)."""
+
+    def list_set_aside(self) -> dict[str, dict[str, Any]]:
+        """Every set-aside record, by upid, ordered by upid."""

@@ -119,6 +119,7 @@ class MemoryStore:
         self._initialized = False
         self._owner: str | None = None
         self._applied: dict[str, AppliedRequest] = {}
+        self._set_aside: dict[str, dict[str, Any]] = {}
 
     # -- lifecycle -------------------------------------------------------------------
     def add_listener(self, listener: ChangeListener) -> None:
@@ -375,3 +376,13 @@ class MemoryStore:
             if self._owner is None:
                 self._owner = owner
             return self._owner
+
+    # -- processes the matchmaker set aside -----------------------------------------
+    def record_set_aside(self, upid: str, record: dict[str, Any]) -> None:
+        stored = json_copy(record)
+        with self._writing("state"):
+            self._set_aside[upid] = stored
+
+    def list_set_aside(self) -> dict[str, dict[str, Any]]:
+        with self._lock:
+            return {upid: json_copy(self._set_aside[upid]) for upid in sorted(self._set_aside)}

@@ -52,6 +52,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
+from dispatcher import jsontree
 from dispatcher.errors import NotFoundError, StoreError, WriteConflictError
 from dispatcher.model import VM, Definition, Node, Process, Resource
 from dispatcher.states import ProcessDispatcherState
@@ -63,6 +64,7 @@ from dispatcher.store._codec import (
     RESOURCE,
     VM_LAYOUT,
     Layout,
+    dumps,
     gc_paused,
 )
 from dispatcher.store.applied import AppliedRequest, claim, mark_recorded
@@ -107,6 +109,8 @@ _PD_STATE_KEY: Final = "pd_state"
 _SYSTEM_BOOT_KEY: Final = "system_boot"
 _INITIALIZED_KEY: Final = "initialized"
 _OWNER_KEY: Final = "owner"
+#: ``pd_state`` keys of the matchmaker's set-aside records: this prefix and the upid.
+_SET_ASIDE_PREFIX: Final = "set_aside:"
 
 
 class _Mapping(Generic[_R]):
@@ -181,7 +185,14 @@ _LIST_QUEUED: Final = select(queue.c.upid, queue.c.round).order_by(queue.c.id)
 _CLEAR_QUEUE: Final = delete(queue)
 _ADD_ENGINE: Final = insert(engines)
 _LIST_ENGINES: Final = select(engines.c.engine_id, engines.c.spec).order_by(engines.c.engine_id)
-_STATE_VALUES: Final = select(pd_state.c.key, pd_state.c.value)
+_STATE_VALUES: Final = select(pd_state.c.key, pd_state.c.value).where(
+    pd_state.c.key.in_([_PD_STATE_KEY, _SYSTEM_BOOT_KEY, _INITIALIZED_KEY, _OWNER_KEY])
+)
+_SET_ASIDE_VALUES: Final = (
+    select(pd_state.c.key, pd_state.c.value)
+    .where(pd_state.c.key.startswith(_SET_ASIDE_PREFIX, autoescape=True))
+    .order_by(pd_state.c.key)
+)
 _RECORD_APPLIED: Final = insert(applied_requests)
 _GET_APPLIED: Final = select(
     applied_requests.c.request_id,
@@ -735,3 +746,12 @@ class SqlStore:
         with self._translated("claim_owner"), self._connect("claim_owner") as conn:
             conn.execute(self._claim_state, params)
         return self._state_values("claim_owner").get(_OWNER_KEY, owner)
+
+    # -- processes the matchmaker set aside (kept in pd_state: no schema change) -------
+    def record_set_aside(self, upid: str, record: dict[str, Any]) -> None:
+        self._set_state_value("record_set_aside", _SET_ASIDE_PREFIX + upid, dumps(record))
+
+    def list_set_aside(self) -> dict[str, dict[str, Any]]:
+        rows = self._read("list_set_aside", lambda conn: conn.execute(_SET_ASIDE_VALUES).all())
+        start = len(_SET_ASIDE_PREFIX)
+        return {key[start:]: jsontree.loads(value) for key, value in rows}

@@ -7,7 +7,10 @@ Arguments are drawn from three families, mixed per field:
 * near-valid junk: the right key with a value of the wrong type, huge or negative
   numbers, odd strings (empty, control characters, lone surrogates, very long);
 * arbitrary JSON values, nested, including what Python's ``json`` module accepts
-  on the wire beyond the standard (``NaN``, ``Infinity``).
+  on the wire beyond the standard (``NaN``, ``Infinity``);
+* attack values: nesting around and far past the request depth limit (100 levels,
+  up to 5,000) and values past the size limits (1 MiB per argument, 2 MiB per
+  request; see :mod:`dispatcher.limits`).
 
 The reply of every case must be a success or one of the four dashi error types,
 and must survive ``json.dumps`` as the real service publishes it.
@@ -23,6 +26,7 @@ from typing import Any
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
+from dispatcher.limits import DEFAULT_MAX_ARGUMENT_BYTES, DEFAULT_MAX_DEPTH
 from dispatcher.rpc.protocol import ERROR_PREFIX
 
 #: The error types a reply may carry; anything else means an unhandled exception.
@@ -115,9 +119,48 @@ json_values = st.recursive(
 )
 
 
+def nested_value(levels: int) -> Any:
+    """A JSON value ``levels`` levels deep, alternating arrays and objects."""
+    value: Any = "leaf"
+    for level in range(levels):
+        value = {"k": value, "n": level} if level % 2 else [value]
+    return value
+
+
+#: Depths around and far past the request limit.
+ATTACK_DEPTHS = [
+    DEFAULT_MAX_DEPTH - 1,
+    DEFAULT_MAX_DEPTH,
+    DEFAULT_MAX_DEPTH + 1,
+    300,
+    500,
+    1000,
+    5000,
+]
+#: Values past the size limits: one argument over 1 MiB (one string, many small
+#: values, escaped characters) and one over the 2 MiB of a whole request. Built
+#: once: requests never modify their arguments.
+OVERSIZED = [
+    "x" * (DEFAULT_MAX_ARGUMENT_BYTES + 1),
+    {"blob": "x" * (2 * DEFAULT_MAX_ARGUMENT_BYTES + 1)},
+    ["y" * 1000] * 1100,
+    {f"key-{i:06d}-{'z' * 90}": i for i in range(11_000)},
+    {"escaped": "\u00e9" * (DEFAULT_MAX_ARGUMENT_BYTES // 6 + 1)},
+]
+attack_values = st.one_of(
+    st.sampled_from(ATTACK_DEPTHS).map(nested_value),
+    st.sampled_from(OVERSIZED),
+)
+
+
 def field_values(plausible: list[Any]) -> st.SearchStrategy[Any]:
     """Mostly plausible values of a field, else junk of any JSON type."""
     return st.one_of(st.sampled_from(plausible), json_scalars, json_values)
+
+
+def with_attacks(values: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """``values``, or now and then an attack value (too deep, too large)."""
+    return st.one_of(values, attack_values)
 
 
 def arguments(fields: Mapping[str, st.SearchStrategy[Any]]) -> st.SearchStrategy[Any]:
