@@ -82,6 +82,7 @@ class _Registration:
     signature: inspect.Signature
     sender_kwarg: str | None
     guard: Guard | None = None
+    fire: Handler | None = None
 
 
 class RpcService:
@@ -114,6 +115,7 @@ class RpcService:
         validate: bool = True,
         guard: Guard | None = None,
         large_reply: bool = False,
+        fire: Handler | None = None,
     ) -> None:
         """Register ``func`` for operation ``op``.
 
@@ -132,6 +134,11 @@ class RpcService:
                 collector is paused from the call until the reply is published and
                 freed, so it never scans those objects (which would cost more than
                 building them).
+            fire: called instead of ``func`` (same arguments, after the guard and
+                the argument check) for a request that asks for no reply (no
+                ``reply-to``: a fire) arriving on the queue. It runs on the consuming
+                thread before the message is acknowledged, so it must be quick: it
+                hands the work on (e.g. to a queue of its own) and never raises.
         """
         signature = inspect.signature(func)
         wrapped = func
@@ -139,7 +146,7 @@ class RpcService:
             p.annotation is not inspect.Parameter.empty for p in signature.parameters.values()
         ):
             wrapped = validate_call(config=ConfigDict(arbitrary_types_allowed=True))(func)
-        self._handlers[op] = _Registration(wrapped, signature, sender_kwarg, guard)
+        self._handlers[op] = _Registration(wrapped, signature, sender_kwarg, guard, fire)
         if large_reply:
             self._large_replies.add(op)
         else:
@@ -151,8 +158,17 @@ class RpcService:
 
     # -- request handling (transport independent) -----------------------------------
 
-    def dispatch(self, body: Any, headers: Mapping[str, Any]) -> dict[str, Any]:
-        """Handle one decoded request and return the reply body."""
+    def dispatch(
+        self, body: Any, headers: Mapping[str, Any], *, one_way: bool = False
+    ) -> dict[str, Any]:
+        """Handle one decoded request and return the reply body.
+
+        Args:
+            body: the decoded request.
+            headers: its application headers.
+            one_way: the request asks for no reply: an operation registered with
+                ``fire`` runs that handler.
+        """
         op = "?"
         try:
             request = decode_request(body)
@@ -170,7 +186,8 @@ class RpcService:
             except TypeError as exc:
                 raise BadRequestError(f"Type error: {exc}") from None
             try:
-                result = registration.func(**args)
+                func = registration.fire if one_way and registration.fire else registration.func
+                result = func(**args)
             except ValidationError as exc:
                 raise BadRequestError(_describe_validation(exc)) from None
             return reply_body(result=result)
@@ -324,11 +341,16 @@ class RpcService:
             self._reply(message, producer, headers, reply)
             return
         op = body.get("op") if isinstance(body, dict) else None
+        # A request without a reply-to is a fire: the operation's fire handler runs.
+        reply_to = headers.get(HEADER_REPLY_TO)
+        one_way = not (isinstance(reply_to, str) and reply_to)
         if op in self._large_replies:
             with _collector_paused():
-                self._reply(message, producer, headers, self.dispatch(body, headers))
+                reply = self.dispatch(body, headers, one_way=one_way)
+                self._reply(message, producer, headers, reply)
         else:
-            self._reply(message, producer, headers, self.dispatch(body, headers))
+            reply = self.dispatch(body, headers, one_way=one_way)
+            self._reply(message, producer, headers, reply)
 
     def _reply(
         self,
