@@ -36,11 +36,11 @@ class Instance:
         self._lock = threading.Lock()
         inner = self.service.rpc.dispatch
 
-        def counting(body: Any, headers: Any) -> dict[str, Any]:
+        def counting(body: Any, headers: Any, **options: Any) -> dict[str, Any]:
             op = body.get("op") if isinstance(body, dict) else None
             with self._lock:
                 self.served[str(op)] += 1
-            return inner(body, headers)
+            return inner(body, headers, **options)
 
         self.service.rpc.dispatch = counting  # type: ignore[method-assign]
 
