@@ -22,7 +22,11 @@ consuming thread, before the message is acknowledged:
 ``workers`` applier threads take the pending heartbeats in that order and apply
 each with the health handler (:meth:`~dispatcher.heartbeats.HeartbeatHandler.
 heartbeat`); one agent's heartbeats are never applied concurrently, and each is
-applied at most once.
+applied at most once. An agent that beats faster than its heartbeats are applied
+(its pending heartbeat was replaced) is applied at most once per ``pace`` seconds
+(:data:`DEFAULT_PACE`): during a flood, applying (a store transaction, and a
+matchmaker pass woken by the resource write) would otherwise take the CPU the RPC
+workers need to read the queue. An agent that beats no faster is never held back.
 
 **Why latest wins is sound.** A heartbeat is a full snapshot: it lists every
 process the agent holds, terminal ones included until a ``cleanup`` removes them
@@ -61,6 +65,7 @@ from dispatcher.heartbeat_messages import HeartbeatMessage, resource_id_from_sen
 
 __all__ = [
     "DEFAULT_CAPACITY",
+    "DEFAULT_PACE",
     "DEFAULT_WORKERS",
     "REJECT_LOG_SECONDS",
     "HeartbeatIntake",
@@ -76,6 +81,9 @@ DEFAULT_CAPACITY: Final = 10_000
 DEFAULT_WORKERS: Final = 2
 #: Seconds between two warnings about dropped heartbeats (the others are counted).
 REJECT_LOG_SECONDS: Final = 10.0
+#: Seconds between two applications of the heartbeats of an agent that beats faster
+#: than its heartbeats are applied (one of them replaced another while pending).
+DEFAULT_PACE: Final = 0.5
 #: Seconds :meth:`HeartbeatIntake.stop` waits for each applier thread.
 _JOIN_TIMEOUT: Final = 10.0
 
@@ -131,7 +139,9 @@ class HeartbeatIntake:
             (:meth:`~dispatcher.heartbeats.HeartbeatHandler.heartbeat`).
         workers: applier threads started by :meth:`start`.
         capacity: agents that may have a heartbeat pending at once.
-        clock: monotonic seconds, for the rate-limited warnings.
+        pace: seconds an agent whose pending heartbeat was replaced waits after its
+            previous heartbeat was applied before the next one is.
+        clock: monotonic seconds (rate-limited warnings and pacing).
 
     Until :meth:`start` is called nothing is applied except by :meth:`drain`.
     """
@@ -142,6 +152,7 @@ class HeartbeatIntake:
         *,
         workers: int = DEFAULT_WORKERS,
         capacity: int = DEFAULT_CAPACITY,
+        pace: float = DEFAULT_PACE,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if workers < 1 or capacity < 1:
@@ -149,10 +160,16 @@ class HeartbeatIntake:
         self._apply = apply
         self.workers = workers
         self.capacity = capacity
+        self.pace = pace
+        self._clock = clock
         self.counts = IntakeCounts()
         #: resource id -> (timestamp, message, sender) of its pending heartbeat.
         self._pending: dict[str, tuple[datetime, Any, Any]] = {}
         self._busy: set[str] = set()
+        #: Agents whose pending heartbeat replaced another, and when each agent's
+        #: last heartbeat was applied (kept for ``pace`` seconds).
+        self._hot: set[str] = set()
+        self._applied_at: dict[str, float] = {}
         self._changed = threading.Condition()
         self._stopping = False
         self._threads: list[threading.Thread] = []
@@ -183,6 +200,7 @@ class HeartbeatIntake:
             if pending is not None:
                 self.counts.accepted += 1
                 self.counts.coalesced += 1
+                self._hot.add(resource_id)
                 if beat.timestamp >= pending[0]:
                     # Assigning to an existing key keeps its place in the dict's order.
                     self._pending[resource_id] = (beat.timestamp, message, sender)
@@ -213,26 +231,40 @@ class HeartbeatIntake:
         with self._changed:
             return not self._pending and not self._busy
 
-    def drain(self) -> int:
-        """Apply every pending heartbeat on the calling thread; return how many."""
+    def drain(self, *, paced: bool = False) -> int:
+        """Apply the pending heartbeats on the calling thread; return how many.
+
+        Args:
+            paced: only those due (see ``pace``); by default, every one.
+        """
         applied = 0
-        while (taken := self._take(wait=False)) is not None:
+        while (taken := self._take(wait=False, paced=paced)) is not None:
             self._run(*taken)
             applied += 1
         return applied
 
-    def _take(self, *, wait: bool) -> tuple[str, Any, Any] | None:
-        """The oldest pending heartbeat of an agent not being applied, marked busy."""
+    def _take(self, *, wait: bool, paced: bool = True) -> tuple[str, Any, Any] | None:
+        """The oldest pending heartbeat that is due, of an agent not being applied."""
         with self._changed:
             while not self._stopping:
+                now = self._clock()
+                due: float | None = None
                 for resource_id in self._pending:
-                    if resource_id not in self._busy:
-                        _, message, sender = self._pending.pop(resource_id)
-                        self._busy.add(resource_id)
-                        return resource_id, message, sender
+                    if resource_id in self._busy:
+                        continue
+                    last = self._applied_at.get(resource_id)
+                    if paced and resource_id in self._hot and last is not None:
+                        ready = last + self.pace
+                        if now < ready:
+                            due = ready if due is None else min(due, ready)
+                            continue
+                    _, message, sender = self._pending.pop(resource_id)
+                    self._busy.add(resource_id)
+                    self._hot.discard(resource_id)
+                    return resource_id, message, sender
                 if not wait:
                     return None
-                self._changed.wait()
+                self._changed.wait(None if due is None else due - now)
             return None
 
     def _run(self, resource_id: str, message: Any, sender: Any) -> None:
@@ -245,6 +277,12 @@ class HeartbeatIntake:
             with self._changed:
                 self._busy.discard(resource_id)
                 self.counts.applied += 1
+                now = self._clock()
+                self._applied_at[resource_id] = now
+                if len(self._applied_at) > self.capacity:
+                    stale = [k for k, at in self._applied_at.items() if at + self.pace <= now]
+                    for key in stale:
+                        del self._applied_at[key]
                 # A heartbeat of this agent may have waited for this one to finish.
                 self._changed.notify_all()
 
@@ -275,6 +313,7 @@ class HeartbeatIntake:
             self._stopping = True
             dropped = len(self._pending)
             self._pending.clear()
+            self._hot.clear()
             self._changed.notify_all()
         for thread in self._threads:
             thread.join(timeout)

@@ -234,3 +234,27 @@ def _wait(predicate: Any, timeout: float = 30.0) -> None:
             return
         event.wait(0.01)
     raise AssertionError(f"timed out waiting for {predicate}")
+
+
+def test_an_agent_beating_faster_than_it_is_applied_is_applied_once_per_pace() -> None:
+    # Given an intake pacing at 0.5 s on a fake clock, a's first heartbeat applied
+    clock = FakeClock(0.0)
+    recorder = Recorder()
+    intake = HeartbeatIntake(recorder, pace=0.5, clock=clock)
+    intake.heartbeat(beat(at=NOW), sender="sys.a")
+    assert intake.drain(paced=True) == 1
+    # When a beats twice more at once (the second replaces the first), and b once
+    intake.heartbeat(beat(at=NOW + 1), sender="sys.a")
+    intake.heartbeat(beat(at=NOW + 2), sender="sys.a")
+    intake.heartbeat(beat(at=NOW), sender="sys.b")
+    # Then b is due at once, a only once the pace has passed since its last one
+    assert intake.drain(paced=True) == 1
+    assert recorder.applied[-1] == ("sys.b", iso(NOW))
+    clock.advance(0.4)
+    assert intake.drain(paced=True) == 0
+    clock.advance(0.1)
+    assert intake.drain(paced=True) == 1
+    assert recorder.applied[-1] == ("sys.a", iso(NOW + 2))
+    # and an agent that beats no faster than it is applied is never held back
+    intake.heartbeat(beat(at=NOW + 3), sender="sys.a")
+    assert intake.drain(paced=True) == 1
