@@ -18,7 +18,9 @@ messages, and well-formed ones from agents nobody knows). Meanwhile a client cal
 agent's latest heartbeat is the one stored. Target: p99 <= 1 s on RabbitMQ.
 
 "Drained" means: every agent's ``last_heartbeat`` is the timestamp of the last
-heartbeat it sent and every placed process is ``500-RUNNING``.
+heartbeat it sent and every placed process is ``500-RUNNING``. The senders run on
+the same machine as the dispatcher and the broker and compete with them for CPU:
+the figures depend on the machine and its load (report them with the load average).
 """
 
 from __future__ import annotations
