@@ -42,11 +42,13 @@ class Instance:
         self._lock = threading.Lock()
         inner = self.service.rpc.dispatch
 
-        def counting(body: Any, headers: Any, request_id: str | None = None) -> dict[str, Any]:
+        def counting(
+            body: Any, headers: Any, request_id: str | None = None, **options: Any
+        ) -> dict[str, Any]:
             op = body.get("op") if isinstance(body, dict) else None
             with self._lock:
                 self.served[str(op)] += 1
-            return inner(body, headers, request_id)
+            return inner(body, headers, request_id, **options)
 
         self.service.rpc.dispatch = counting  # type: ignore[method-assign]
 
