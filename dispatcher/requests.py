@@ -35,6 +35,7 @@ will hand them back (tuples become lists), so that the idempotency comparisons o
 from __future__ import annotations
 
 import json
+import math
 import string
 from typing import Annotated, Any, ClassVar, Self
 
@@ -88,12 +89,22 @@ def _identifier(value: str) -> str:
     return value
 
 
+def _not_a_number(literal: str) -> Any:
+    raise ValueError(f"{literal} is not a JSON number")
+
+
 def _json_value(value: Any) -> Any:
-    """``value`` as it comes back from a JSON column (see :mod:`dispatcher.store._codec`)."""
+    """``value`` as it comes back from a JSON column (see :mod:`dispatcher.store._codec`).
+
+    ``NaN`` and the infinities are refused: JSON has no such numbers and
+    PostgreSQL's JSON columns refuse them, so both stores behave alike.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{value} is not a JSON number")
     if value is None or isinstance(value, str | int | float | bool):
         return value
     try:
-        return json.loads(jsontree.dumps(value))
+        return json.loads(jsontree.dumps(value), parse_constant=_not_a_number)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"not JSON-serializable ({exc})") from None
 

@@ -5,6 +5,8 @@
     RpcService (worker threads) ──▶ ProcessDispatcherCore ──▶ Store (SQL)
                        │        └─▶ HeartbeatHandler (heartbeat, node_state,
                        │            add_engine, get_process_logs)
+                       │        └─▶ HeartbeatIntake (fired heartbeats, latest per
+                       │            agent) ──(own threads)──▶ HeartbeatHandler
                        └─ every instance serves every RPC
     LeaderElector ──(while leading)──▶ Matchmaker, Doctor, Provisioner threads
                                         Matchmaker ──needs──▶ Provisioner ──▶ drivers
@@ -30,6 +32,7 @@ from dispatcher.core import RPC_OPERATIONS as CORE_OPERATIONS
 from dispatcher.doctor import Doctor
 from dispatcher.engines import EngineRegistry
 from dispatcher.errors import ConfigError
+from dispatcher.heartbeat_intake import HeartbeatIntake
 from dispatcher.heartbeats import RPC_OPERATIONS as HEALTH_OPERATIONS
 from dispatcher.heartbeats import HeartbeatHandler
 from dispatcher.leadership import LeaderElector, claim_database, lock_for_database
@@ -107,6 +110,8 @@ class DispatcherService:
         messenger_client: the client used for one-way messages (closed on stop).
         verifier: with ``security.hmac_key`` set, only heartbeats signed with the
             key are taken (``None``: heartbeats are not checked).
+        intake: takes fired heartbeats off the RPC workers (``None``: one applying
+            through ``heartbeats`` is made); called heartbeats are applied directly.
     """
 
     def __init__(
@@ -123,6 +128,7 @@ class DispatcherService:
         elector: LeaderElector | None = None,
         messenger_client: RpcClient | None = None,
         verifier: SignatureVerifier | None = None,
+        intake: HeartbeatIntake | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -134,6 +140,9 @@ class DispatcherService:
         self.provisioner = provisioner
         self.elector = elector
         self.messenger_client = messenger_client
+        if intake is None and heartbeats is not None:
+            intake = HeartbeatIntake(heartbeats.heartbeat)
+        self.intake = intake
         self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
         replay = RequestReplay(store)
@@ -162,6 +171,7 @@ class DispatcherService:
                     sender_kwarg=sender,
                     validate=False,
                     guard=heartbeat_guard if op == "heartbeat" else None,
+                    fire=intake.heartbeat if op == "heartbeat" and intake else None,
                 )
 
     @classmethod
@@ -274,6 +284,8 @@ class DispatcherService:
 
     def start(self) -> None:
         """Start serving; returns once every worker consumes the service queue."""
+        if self.intake is not None:
+            self.intake.start()
         self.rpc.start()
         if self.elector is not None:
             self.elector.start()
@@ -298,6 +310,8 @@ class DispatcherService:
         if self.provisioner is not None:
             self.provisioner.close()
         self.rpc.stop()
+        if self.intake is not None:
+            self.intake.stop()
         if self.messenger_client is not None:
             self.messenger_client.close()
         self.store.close()

@@ -105,6 +105,7 @@ class _Registration:
     sender_kwarg: str | None
     guard: Guard | None = None
     replay: Replay | None = None
+    fire: Handler | None = None
 
 
 class RpcService:
@@ -142,6 +143,7 @@ class RpcService:
         guard: Guard | None = None,
         large_reply: bool = False,
         replay: Replay | None = None,
+        fire: Handler | None = None,
     ) -> None:
         """Register ``func`` for operation ``op``.
 
@@ -163,6 +165,11 @@ class RpcService:
             replay: runs each call of a request that has an id (AMQP ``message_id``
                 or ``correlation_id``, else a legacy call's ``reply-to``): a request
                 delivered again is answered without applying it twice.
+            fire: called instead of ``func`` (same arguments, after the guard and
+                the argument check) for a request that asks for no reply (no
+                ``reply-to``: a fire) arriving on the queue. It runs on the consuming
+                thread before the message is acknowledged, so it must be quick: it
+                hands the work on (e.g. to a queue of its own) and never raises.
         """
         signature = inspect.signature(func)
         wrapped = func
@@ -170,7 +177,7 @@ class RpcService:
             p.annotation is not inspect.Parameter.empty for p in signature.parameters.values()
         ):
             wrapped = validate_call(config=ConfigDict(arbitrary_types_allowed=True))(func)
-        self._handlers[op] = _Registration(wrapped, signature, sender_kwarg, guard, replay)
+        self._handlers[op] = _Registration(wrapped, signature, sender_kwarg, guard, replay, fire)
         if large_reply:
             self._large_replies.add(op)
         else:
@@ -183,11 +190,21 @@ class RpcService:
     # -- request handling (transport independent) -----------------------------------
 
     def dispatch(
-        self, body: Any, headers: Mapping[str, Any], request_id: str | None = None
+        self,
+        body: Any,
+        headers: Mapping[str, Any],
+        request_id: str | None = None,
+        *,
+        one_way: bool = False,
     ) -> dict[str, Any]:
         """Handle one decoded request and return the reply body.
 
-        ``request_id`` identifies the request across deliveries (see ``replay``).
+        Args:
+            body: the decoded request.
+            headers: its application headers.
+            request_id: identifies the request across deliveries (see ``replay``).
+            one_way: the request asks for no reply: an operation registered with
+                ``fire`` runs that handler.
         """
         op = "?"
         try:
@@ -206,11 +223,11 @@ class RpcService:
             except TypeError as exc:
                 raise BadRequestError(f"Type error: {exc}") from None
             try:
-                if registration.replay is not None and request_id:
-                    func = registration.func
+                func = registration.fire if one_way and registration.fire else registration.func
+                if registration.replay is not None and request_id and func is registration.func:
                     result = registration.replay(request_id, op, args, lambda: func(**args))
                 else:
-                    result = registration.func(**args)
+                    result = func(**args)
             except ValidationError as exc:
                 raise BadRequestError(_describe_validation(exc)) from None
             return reply_body(result=result)
@@ -385,12 +402,16 @@ class RpcService:
             return
         op = body.get("op") if isinstance(body, dict) else None
         request_id = _request_id(message, headers)
+        # A request without a reply-to is a fire: the operation's fire handler runs.
+        reply_to = headers.get(HEADER_REPLY_TO)
+        one_way = not (isinstance(reply_to, str) and reply_to)
         if op in self._large_replies:
             with _collector_paused():
-                reply = self.dispatch(body, headers, request_id)
+                reply = self.dispatch(body, headers, request_id, one_way=one_way)
                 self._reply(message, producer, headers, reply, op)
         else:
-            self._reply(message, producer, headers, self.dispatch(body, headers, request_id), op)
+            reply = self.dispatch(body, headers, request_id, one_way=one_way)
+            self._reply(message, producer, headers, reply, op)
 
     def _reply(
         self,

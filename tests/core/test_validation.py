@@ -216,6 +216,22 @@ def test_a_non_json_executable_is_a_bad_request(
     )
 
 
+@pytest.mark.parametrize("number", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize(
+    "shape", [lambda n: n, lambda n: {"a": [1, n]}, lambda n: [{"deep": {"x": n}}]]
+)
+def test_nan_and_infinities_are_a_bad_request_whatever_the_store(
+    core: ProcessDispatcherCore, populated: MemoryStore, number: float, shape: Any
+) -> None:
+    # Given a configuration holding NaN or an infinity (JSON has neither, and
+    # PostgreSQL's JSON columns refuse them), Then BadRequestError naming the field
+    rejects(
+        lambda: core.schedule_process("newproc", DEFINITION_ID, configuration=shape(number)),
+        "invalid configuration",
+        populated,
+    )
+
+
 def test_create_process_rejects_a_non_string_name(
     core: ProcessDispatcherCore, populated: MemoryStore
 ) -> None:

@@ -7,12 +7,17 @@ then the reply is a success or a known dashi error - never a generic remote erro
 
 Cases: 17 operations x :data:`EXAMPLES_PER_OPERATION` and
 :data:`HEARTBEAT_EXAMPLES` heartbeats on a MemoryStore, :data:`SQL_EXAMPLES` mixed
-operations on one SQLite store, and :data:`BODY_EXAMPLES` malformed bodies.
+operations on one SQLite store, :data:`BODY_EXAMPLES` malformed bodies, and
+:data:`FLOOD_EXAMPLES` floods of fired heartbeats, valid and fuzzed mixed (through
+the heartbeat intake: nothing is written before they are applied, and applying
+them leaves the state the latest valid heartbeat of each agent leaves).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +25,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dispatcher.errors import BadRequestError
+from dispatcher.heartbeat_messages import HeartbeatMessage, resource_id_from_sender
 from dispatcher.service import RPC_OPERATIONS
 from dispatcher.states import InstanceState, ProcessState, QueueingMode, RestartMode
 from dispatcher.store.memory import MemoryStore
@@ -49,6 +56,7 @@ EXAMPLES_PER_OPERATION = 400
 HEARTBEAT_EXAMPLES = 1000
 SQL_EXAMPLES = 600
 BODY_EXAMPLES = 200
+FLOOD_EXAMPLES = 150
 
 upids = field_values(UPIDS)
 definition_ids = field_values(DEFINITION_IDS)
@@ -265,6 +273,78 @@ def test_any_heartbeat_gets_a_known_answer_and_a_rejected_one_writes_nothing(
     # Given a seeded dispatcher, when an agent fires a fuzzed heartbeat with an odd
     # sender header, then it is taken or refused, and a refused one changes nothing
     fuzz_one("heartbeat", args, sender)
+
+
+#: Well-formed heartbeats of the seeded agent and of a new one, reporting seeded processes.
+valid_heartbeats = st.fixed_dictionaries(
+    {
+        "eeagent_id": st.sampled_from(["eeagent_1", "eeagent_2"]),
+        "node_id": st.just("node1"),
+        "timestamp": st.sampled_from([iso(NOW - 30), iso(NOW - 20), iso(NOW - 10), iso(NOW)]),
+        "processes": st.lists(
+            st.fixed_dictionaries(
+                {
+                    "upid": st.sampled_from(UPIDS),
+                    "round": st.sampled_from([0, 2, 3, "0", "1"]),
+                    "state": st.sampled_from(
+                        [[400, "PENDING"], [500, "RUNNING"], [800, "EXITED"], "850-FAILED"]
+                    ),
+                }
+            ),
+            max_size=4,
+        ),
+    }
+)
+#: One fired heartbeat: ``(args, sender)``, valid or fuzzed.
+fired_heartbeats = st.one_of(
+    st.tuples(
+        valid_heartbeats.map(lambda message: {"message": message}),
+        st.sampled_from(["sys.eeagent_1", "eeagent_1", "sys.eeagent_2"]),
+    ),
+    st.tuples(arguments(FIELDS["heartbeat"]), senders),
+)
+
+
+@fuzz_settings(FLOOD_EXAMPLES)
+@given(flood=st.lists(fired_heartbeats, min_size=1, max_size=12))
+def test_a_fired_flood_writes_nothing_until_applied_then_what_each_latest_heartbeat_writes(
+    flood: list[tuple[Any, Any]],
+) -> None:
+    # Given two identically seeded dispatchers
+    fired, reference = build(MemoryStore()), build(MemoryStore())
+    seed(fired)
+    seed(reference)
+    intake = fired.service.intake
+    assert intake is not None
+    before = snapshot(fired.store)
+    # When a flood of heartbeats is fired at one (as agents do: no reply-to)
+    latest: dict[str, tuple[datetime, Any, Any]] = {}
+    for args, sender in flood:
+        headers = {} if sender is None else {"sender": sender}
+        reply = fired.rpc.dispatch({"op": "heartbeat", "args": args}, headers, one_way=True)
+        if check_reply(reply):
+            continue
+        try:  # the model: the latest valid heartbeat of each agent, in order of first arrival
+            beat = HeartbeatMessage.parse(args["message"])
+            resource_id = resource_id_from_sender(sender, beat.eeagent_id)
+        except BadRequestError:
+            continue
+        if resource_id not in latest or beat.timestamp >= latest[resource_id][0]:
+            latest[resource_id] = (beat.timestamp, args["message"], sender)
+    # Then nothing is written or sent before the intake applies them
+    assert snapshot(fired.store) == before
+    assert fired.messenger.messages == []
+    # and once applied, the state is what applying each agent's latest one leaves
+    assert intake.drain() == len(latest)
+    handler = reference.service.heartbeats
+    assert handler is not None
+    for _, message, sender in latest.values():
+        # (the intake logs a failing heartbeat and goes on)
+        with contextlib.suppress(Exception):
+            handler.heartbeat(message, sender)
+    assert snapshot(fired.store) == snapshot(reference.store)
+    assert fired.messenger.messages == reference.messenger.messages
+    CASES["floods"] = CASES.get("floods", 0) + 1
 
 
 @pytest.fixture(scope="module")

@@ -42,11 +42,13 @@ class Instance:
         self._lock = threading.Lock()
         inner = self.service.rpc.dispatch
 
-        def counting(body: Any, headers: Any, request_id: str | None = None) -> dict[str, Any]:
+        def counting(
+            body: Any, headers: Any, request_id: str | None = None, **options: Any
+        ) -> dict[str, Any]:
             op = body.get("op") if isinstance(body, dict) else None
             with self._lock:
                 self.served[str(op)] += 1
-            return inner(body, headers, request_id)
+            return inner(body, headers, request_id, **options)
 
         self.service.rpc.dispatch = counting  # type: ignore[method-assign]
 
@@ -228,8 +230,9 @@ def test_pd_dispatcher_names_both_systems_in_one_line_when_refused(tmp_path: Pat
         timeout=60,
         check=False,
     )
-    # Then it exits with one line naming both, and no traceback
-    assert done.returncode == 1, done.stderr
+    # Then it exits with the status of a configuration error (2) and one line naming
+    # both, with no traceback
+    assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     (error,) = [line for line in done.stderr.splitlines() if line.startswith("Error: ")]
     assert "dashi.sysname 'alpha'" in error and "dashi.sysname 'beta'" in error
