@@ -10,7 +10,7 @@ from pathlib import Path
 
 from tests.conftest import unavailable
 
-__all__ = ["fill", "free_bytes", "small_tmpfs"]
+__all__ = ["fill", "free_bytes", "small_tmpfs", "temporaries"]
 
 
 @contextlib.contextmanager
@@ -53,3 +53,12 @@ def fill(path: Path) -> None:
         with contextlib.suppress(OSError):
             while True:
                 handle.write(b"\0" * 512)
+
+
+def temporaries(broker: Path) -> list[Path]:
+    """Messages being written (or left half-written) in the embedded broker's folder."""
+    return [
+        path
+        for path in broker.rglob("*")
+        if path.is_file() and (path.name.startswith(".tmp-") or path.parent.name == "tmp")
+    ]

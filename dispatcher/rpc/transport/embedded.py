@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import errno
 import os
 import select
 import time
@@ -119,9 +120,16 @@ class Channel(filesystem.Channel):
     def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:
         name = f"{time.time_ns():020d}_{uuid.uuid4().hex}.{queue}.msg"
         temporary = os.path.join(self._messages, f".tmp-{uuid.uuid4().hex}")
-        with open(temporary, "wb") as handle:
-            handle.write(dumps(payload).encode("utf-8"))
-        os.rename(temporary, os.path.join(self._messages, name))
+        try:
+            with open(temporary, "wb") as handle:
+                handle.write(dumps(payload).encode("utf-8"))
+            os.rename(temporary, os.path.join(self._messages, name))
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise OSError(exc.errno, exc.strerror, str(self._root)) from exc
+            raise
 
     def _queue_files(self, queue: str) -> list[str]:
         wanted = f"{queue}.msg"
