@@ -47,6 +47,8 @@ def reserve_bytes(total: int) -> int:
 def _room(fd: int, size: int) -> bool:
     """Whether ``size`` more bytes fit on ``fd``'s filesystem above the reserve."""
     st = os.fstatvfs(fd)
+    if not st.f_blocks:  # a filesystem that reports no size: nothing to keep free
+        return True
     free = st.f_bavail * st.f_frsize
     return free - size > reserve_bytes(st.f_blocks * st.f_frsize)
 
