@@ -25,6 +25,14 @@ URL used for XML-RPC: ``unix://<socket>``, through
 :class:`supervisor.xmlrpc.SupervisorTransport` with a socket timeout. Faults and
 socket errors are translated into :mod:`eeagent.errors` types here.
 
+What counts as a failed start: only a program that was never executed. supervisord
+reaps a child that exits before it answers ``startProcess`` and then answers with a
+``SPAWN_ERROR`` fault ("Bad exit code N"); such a program was started, and its exit
+is reported by :meth:`SupervisorControl.poll` like any other. A child that could not
+become the program (exec, setuid or chdir failed) exits with status 127 after
+writing ``supervisor: <reason>`` to the program's stderr; :meth:`~SupervisorControl.poll`
+reports it ``FATAL`` with that reason, however fast it happened.
+
 supervisord runs with ``nodaemon`` in a session of its own, so it survives the
 agent (``kill -9`` included) and is reattached to by the next agent. Unless an
 executable is configured (``supdexe``) it is the ``supervisord`` of the agent's own
