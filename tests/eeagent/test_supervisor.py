@@ -85,6 +85,7 @@ def test_a_process_that_exits_3_is_reported_failed_with_its_code(supd_agent: EEA
 FAST_EXITS = 100
 
 
+@pytest.mark.slow
 def test_every_fast_exiting_process_is_reported_with_its_exit_code(supd_agent: EEAgent) -> None:
     # Given processes that exit at once with code 3, started one after another
     reports = []
