@@ -15,6 +15,7 @@ explicitly::
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -67,6 +68,9 @@ class FakeProcessControl:
         self._next_pid = 1000
         self._opened_before = False
         self._stray: set[int] = set()
+        #: Test controls may run on another thread than the agent's monitor: a poll
+        #: never sees a program half-changed by them.
+        self._lock = threading.Lock()
 
     # -- ProcessControl -----------------------------------------------------------
 
@@ -137,11 +141,12 @@ class FakeProcessControl:
 
     def poll(self) -> dict[str, ProgramStatus]:
         self._check_alive()
-        for program in self.programs.values():
-            if program.state is ProgramState.STOPPING and not program.stop_lost:
-                program.state = ProgramState.STOPPED
-                program.pid = 0
-        return {name: self._status(program) for name, program in self.programs.items()}
+        with self._lock:
+            for program in self.programs.values():
+                if program.state is ProgramState.STOPPING and not program.stop_lost:
+                    program.state = ProgramState.STOPPED
+                    program.pid = 0
+            return {name: self._status(program) for name, program in self.programs.items()}
 
     def read_log(self, name: str, stream: LogStream, tail_bytes: int) -> bytes:
         program = self.programs.get(name)
@@ -171,17 +176,19 @@ class FakeProcessControl:
 
     def exit(self, name: str, status: int) -> None:
         """Make a running program's process exit with ``status`` (-1: killed by a signal)."""
-        program = self.programs[name]
-        program.state = ProgramState.EXITED
-        program.exit_status = status
-        program.pid = 0
+        with self._lock:
+            program = self.programs[name]
+            program.state = ProgramState.EXITED
+            program.exit_status = status
+            program.pid = 0
 
     def fatal(self, name: str, error: str) -> None:
         """Make a program end in ``FATAL`` with a spawn error."""
-        program = self.programs[name]
-        program.state = ProgramState.FATAL
-        program.spawn_error = error
-        program.pid = 0
+        with self._lock:
+            program = self.programs[name]
+            program.state = ProgramState.FATAL
+            program.spawn_error = error
+            program.pid = 0
 
     def crash(self) -> None:
         """The backend dies: its programs are gone, their processes become strays."""

@@ -27,6 +27,14 @@ URL used for XML-RPC: ``unix://<socket>``, through
 :class:`supervisor.xmlrpc.SupervisorTransport` with a socket timeout. Faults and
 socket errors are translated into :mod:`eeagent.errors` types here.
 
+What counts as a failed start: only a program that was never executed. supervisord
+reaps a child that exits before it answers ``startProcess`` and then answers with a
+``SPAWN_ERROR`` fault ("Bad exit code N"); such a program was started, and its exit
+is reported by :meth:`SupervisorControl.poll` like any other. A child that could not
+become the program (exec, setuid or chdir failed) exits with status 127 after
+writing ``supervisor: <reason>`` to the program's stderr; :meth:`~SupervisorControl.poll`
+reports it ``FATAL`` with that reason, however fast it happened.
+
 supervisord runs with ``nodaemon`` in a session of its own, so it survives the
 agent (``kill -9`` included) and is reattached to by the next agent. Unless an
 executable is configured (``supdexe``) it is the ``supervisord`` of the agent's own
@@ -103,7 +111,14 @@ _FAULT_NAMES = {
     92: "CANT_REREAD",
 }
 _BAD_NAME, _NOT_RUNNING, _ALREADY_ADDED, _SHUTDOWN_STATE = 10, 70, 90, 6
-_SPAWN_FAULTS = (20, 21, 30, 40, 50)
+_SPAWN_ERROR = 50
+_SPAWN_FAULTS = (20, 21, 30, 40, _SPAWN_ERROR)
+#: What supervisord's forked child does when it cannot become the program (exec,
+#: setuid or chdir failed): it writes ``supervisor: <reason>`` and then this line
+#: to the program's stderr, and exits with this status.
+_NOT_SPAWNED_STATUS = 127
+_NOT_SPAWNED_LINE = b"supervisor: child process was not spawned\n"
+_NOT_SPAWNED_TAIL = 4096
 _STREAMS: tuple[LogStream, ...] = ("stdout", "stderr")
 #: The file that runs supervisord with its output kept off the last free space.
 _SUPDRUN = str(Path(__file__).with_name("supdrun.py"))
@@ -275,9 +290,15 @@ class SupervisorControl:
             with self.reaper.spawning(spec.name, self._pid):
                 self._call("supervisor.startProcess", spec.name, False)
         except BackendFaultError as exc:
-            if exc.code in _SPAWN_FAULTS:
-                raise SpawnError(_spawn_message(exc, self._spawn_error(spec.name))) from exc
-            raise
+            if exc.code not in _SPAWN_FAULTS:
+                raise
+            info = self._process_info(spec.name)
+            if exc.code == _SPAWN_ERROR and info.get("statename") == "EXITED":
+                # supervisord reaped the child before replying (it exits fast) and
+                # calls its exit code a spawn error: it was spawned; how it ended
+                # (including a failed exec) is what poll() reports.
+                return
+            raise SpawnError(_spawn_message(exc, str(info.get("spawnerr") or ""))) from exc
 
     def stop(self, name: str) -> bool:
         """Send the stop signal, after waiting (briefly) for a fresh child to exec.
@@ -592,12 +613,27 @@ class SupervisorControl:
                     f"cannot start: cannot run as user {spec.user!r}: the agent is not root"
                 )
 
-    def _spawn_error(self, name: str) -> str:
+    def _process_info(self, name: str) -> dict[str, Any]:
+        """``getProcessInfo``, or an empty dict when it cannot be had."""
         try:
             info = self._call("supervisor.getProcessInfo", name)
         except (BackendFaultError, BackendUnavailableError):
-            return ""
-        return str(info.get("spawnerr") or "")
+            return {}
+        return dict(info)
+
+    def _not_spawned_reason(self, name: str) -> str | None:
+        """Why supervisord's child could not become the program, if that is how it ended.
+
+        Read from the end of the program's stderr, where the child wrote it before
+        exiting with status 127 (see :data:`_NOT_SPAWNED_LINE`); ``None`` when the
+        program itself ran (and exited with 127 on its own).
+        """
+        tail = self.read_log(name, "stderr", _NOT_SPAWNED_TAIL)
+        if not tail.endswith(_NOT_SPAWNED_LINE):
+            return None
+        lines = tail[: -len(_NOT_SPAWNED_LINE)].splitlines()
+        reason = lines[-1].decode("utf-8", "replace") if lines else ""
+        return reason.removeprefix("supervisor: ") or "the program could not be executed"
 
     def _wait_exec(self, pid: int) -> None:
         if self._cmdline is None:
@@ -624,12 +660,17 @@ class SupervisorControl:
             identity = self._identities[key]
         started = bool(info.get("start"))
         exit_status = int(info.get("exitstatus", 0)) if state is ProgramState.EXITED else None
+        spawn_error = str(info.get("spawnerr") or "")
+        if exit_status == _NOT_SPAWNED_STATUS:
+            reason = self._not_spawned_reason(name)
+            if reason is not None:  # the program never ran: it could not be started
+                state, exit_status, spawn_error = ProgramState.FATAL, None, reason
         return ProgramStatus(
             name=name,
             state=state,
             pid=pid,
             exit_status=exit_status,
-            spawn_error=str(info.get("spawnerr") or ""),
+            spawn_error=spawn_error,
             started=started,
             identity=identity,
         )

@@ -13,7 +13,7 @@ EXITED        yes                         ``700-TERMINATED``
 EXITED 0      no                          ``800-EXITED``
 EXITED n>0    no                          ``850-FAILED`` "exited with code n"
 EXITED -1     no                          ``850-FAILED`` "killed by a signal"
-FATAL         -                           ``850-FAILED`` "cannot start: <reason>"
+FATAL         -                           ``850-FAILED`` "cannot start: <reason>" (never executed)
 UNKNOWN       -                           unchanged (logged)
 ============  ==========================  ===========================================
 """

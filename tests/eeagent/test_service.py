@@ -82,17 +82,24 @@ def test_a_launch_is_answered_by_a_heartbeat_reporting_it_running(
 def test_a_state_change_seen_by_the_monitor_is_reported_at_once(
     fake_service: tuple[AgentService, FakeProcessControl], pd: PdSink, client: RpcClient
 ) -> None:
+    # (periodic heartbeats are an hour apart here: every beat after the first one
+    # reports a change, and the dispatcher receives them in the order they are sent)
     _, control = fake_service
+    assert pd.next()[0]["processes"] == []
     client.fire(
         "agent1", "launch_process", u_pid="p1", round=1, run_type="supd", parameters=sleeper()
     )
-    pd.wait_for(lambda m: process_state(m, "p1") == [500, "RUNNING"])
-    sent = fake_service[0].heartbeater.sent
+    assert process_state(pd.next()[0], "p1") == [500, "RUNNING"]
+    # When the monitor sees the process exit
     control.exit("p1-1", 3)
-    # (periodic heartbeats are an hour apart here: this one reports the change)
-    beat = pd.wait_for(lambda m: process_state(m, "p1") == [850, "FAILED"])
-    assert beat["processes"][0]["msg"] == "exited with code 3"
-    assert fake_service[0].heartbeater.sent == sent + 1
+    # Then the very next heartbeat reports it, and it is the only one
+    beat = pd.next()[0]
+    assert beat["processes"] == [
+        {"upid": "p1", "round": "1", "state": [850, "FAILED"], "msg": "exited with code 3"}
+    ]
+    heartbeater = fake_service[0].heartbeater
+    heartbeater.stop(final=False)  # joined: its count is final
+    assert heartbeater.sent == 3
 
 
 def test_the_operations_are_served_with_their_legacy_names(

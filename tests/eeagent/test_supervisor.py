@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pwd
@@ -14,6 +15,7 @@ import pytest
 
 from dispatcher.states import ProcessState
 from eeagent import EEAgent, StateStore, SupervisorControl
+from eeagent.errors import BackendFaultError
 from tests.eeagent.conftest import sleeper, stop_supervisord, wait_for, wait_state
 
 pytestmark = pytest.mark.supervisord
@@ -76,6 +78,77 @@ def test_a_process_that_exits_3_is_reported_failed_with_its_code(supd_agent: EEA
     record = wait_state(supd_agent, "p1", 1, FAILED)
     assert record.exit_code == 3
     assert record.msg == "exited with code 3"
+
+
+#: Starts of a fast-exiting process in a row: supervisord reaped a few percent of
+#: them before answering the start (measured on a loaded 2-core machine).
+FAST_EXITS = 100
+
+
+@pytest.mark.slow
+def test_every_fast_exiting_process_is_reported_with_its_exit_code(supd_agent: EEAgent) -> None:
+    # Given processes that exit at once with code 3, started one after another
+    reports = []
+    for round in range(1, FAST_EXITS + 1):
+        supd_agent.launch_process("p1", round, "supd", {"exec": "sh", "argv": ["-c", "exit 3"]})
+        record = wait_for(functools.partial(_ended, supd_agent, "p1", round))
+        reports.append((record.state, record.exit_code, record.msg))
+        supd_agent.cleanup("p1", round)
+    # Then every one is reported as exited with its code, never as "cannot start"
+    assert [r for r in reports if r != (FAILED, 3, "exited with code 3")] == []
+
+
+def _ended(agent: EEAgent, upid: str, round: int) -> Any:
+    agent.poll()
+    record = agent.record(upid, round)
+    return record if record is not None and record.state in (EXITED, FAILED) else None
+
+
+def test_a_process_reaped_before_supervisord_answers_the_start_is_reported_with_its_code(
+    supd_agent: EEAgent, supd: SupervisorControl, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given a supervisord that sees the process exit before it answers startProcess,
+    # and so answers with the fault it gives for a bad exit code
+    real_call = supd._call
+
+    def call(method: str, *args: Any) -> Any:
+        result = real_call(method, *args)
+        if method == "supervisor.startProcess":
+            wait_for(lambda: real_call("supervisor.getProcessInfo", args[0])["pid"] == 0)
+            raise BackendFaultError(
+                f"supervisord {method}: SPAWN_ERROR: {args[0]}",
+                code=50,
+                fault=f"SPAWN_ERROR: {args[0]}",
+            )
+        return result
+
+    monkeypatch.setattr(supd, "_call", call)
+    # When a process that exits with code 3 is launched
+    supd_agent.launch_process("p1", 1, "supd", {"exec": "sh", "argv": ["-c", "exit 3"]})
+    # Then it is reported as exited with code 3, not as a failed start
+    record = wait_state(supd_agent, "p1", 1, FAILED)
+    assert (record.exit_code, record.msg) == (3, "exited with code 3")
+
+
+def test_a_program_that_cannot_be_executed_fails_with_the_exec_error(
+    supd_agent: EEAgent, tmp_path: Path
+) -> None:
+    # Given an executable script whose interpreter does not exist
+    script = tmp_path / "script"
+    script.write_text("#!/no/such/interpreter\n")
+    script.chmod(0o755)
+    # When it is launched
+    supd_agent.launch_process("p1", 1, "supd", {"exec": str(script)})
+    # Then it fails as a start that could not be done, with the reason
+    record = wait_state(supd_agent, "p1", 1, FAILED)
+    assert record.msg == f"cannot start: couldn't exec {script}: ENOENT"
+    assert record.exit_code is None
+
+
+def test_a_program_that_exits_127_itself_is_reported_with_its_code(supd_agent: EEAgent) -> None:
+    supd_agent.launch_process("p1", 1, "supd", {"exec": "sh", "argv": ["-c", "exit 127"]})
+    record = wait_state(supd_agent, "p1", 1, FAILED)
+    assert (record.exit_code, record.msg) == (127, "exited with code 127")
 
 
 def test_a_long_running_process_is_reported_running_at_once(supd_agent: EEAgent) -> None:
