@@ -471,7 +471,7 @@ class BrokerFolder:
                         os.unlink(self.root / "leases" / lease_id)
                         report.leases_removed += 1
             self._sweep_bindings(report)
-            self._sweep_scratch(now)
+            self._sweep_scratch(time.time())  # a writer's age is real time, whatever `now`
             stamp = self.root / "swept"
             if not stamp.exists():
                 with contextlib.suppress(FileExistsError):
