@@ -140,3 +140,22 @@ def test_an_agent_that_cannot_start_fails_the_create_and_leaves_nothing(state_di
     missing = make_driver(state_dir, agent_command=["/nonexistent/pd-eeagent"])
     with pytest.raises(CloudRequestError, match="not found"):
         missing.create_node(request)
+
+
+def test_destroying_a_node_deletes_its_agents_queues_on_the_embedded_broker(
+    driver: LocalDriver, heartbeats: Heartbeats, state_dir: Path, sysname: str
+) -> None:
+    request = NodeRequest(new_node_id("engine1"), "engine1", slots=1, replicas=2, heartbeat=30)
+    # Given a node whose agents consume their queues (they heartbeat)
+    driver.create_node(request)
+    expected = {(name, request.node_id) for name in request.agent_names}
+    wait_for(lambda: expected <= heartbeats.senders())
+    queues = state_dir / "broker" / "queues"
+    agent_queues = {f"{sysname}.{name}" for name in request.agent_names}
+    assert agent_queues <= set(os.listdir(queues))
+    # When the node is destroyed
+    driver.destroy_node(request.node_id, request.node_id)
+    # Then the agents' queues, bindings and messages are gone at once (no sweep)
+    assert not agent_queues & set(os.listdir(queues))
+    bindings = {p.name for p in (state_dir / "broker" / "bindings").rglob("*") if p.is_file()}
+    assert not agent_queues & bindings
