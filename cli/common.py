@@ -22,6 +22,7 @@ __all__ = [
     "CONFIG_HELP",
     "LOG_LEVEL_HELP",
     "configure_logging",
+    "secure_state_dir",
     "settings_from_options",
     "stop_on_signals",
 ]
@@ -118,3 +119,17 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(sig, handler)
         os.close(read_fd)
         os.close(write_fd)
+
+
+def secure_state_dir(settings: Settings) -> None:
+    """Make this process's files private and refuse a state directory others can write.
+
+    Exits with status 2 and a one-line message when the state directory is unsafe.
+    """
+    from dispatcher.state_dir import secure_state_dir as secure
+
+    try:
+        secure(settings.state_dir)
+    except ConfigError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        raise SystemExit(EXIT_USAGE) from None

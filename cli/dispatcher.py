@@ -10,6 +10,7 @@ from cli.common import (
     CONFIG_HELP,
     LOG_LEVEL_HELP,
     configure_logging,
+    secure_state_dir,
     settings_from_options,
     stop_on_signals,
 )
@@ -45,6 +46,7 @@ def serve(ctx: click.Context) -> None:
     from dispatcher.service import DispatcherService
 
     settings = settings_from_options(ctx.obj["config_files"])
+    secure_state_dir(settings)
     configure_logging(settings, ctx.obj["log_level"])
     stop = threading.Event()
     with stop_on_signals(stop):
@@ -71,6 +73,7 @@ def upgrade(ctx: click.Context, revision: str) -> None:
     from dispatcher.store.migrate import upgrade as run_upgrade
 
     settings = settings_from_options(ctx.obj["config_files"])
+    secure_state_dir(settings)
     configure_logging(settings, ctx.obj["log_level"])
     try:
         run_upgrade(settings.database_url, revision)

@@ -11,6 +11,7 @@ from cli.common import (
     CONFIG_HELP,
     LOG_LEVEL_HELP,
     configure_logging,
+    secure_state_dir,
     settings_from_options,
     stop_on_signals,
 )
@@ -78,6 +79,7 @@ def main(
         config_files,
         {"eeagent.name": name, "eeagent.node_id": node_id, "eeagent.slots": slots},
     )
+    secure_state_dir(settings)
     configure_logging(settings, log_level)
     stop = threading.Event()
     with stop_on_signals(stop):

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import click
 import yaml
 
-from cli.common import CONFIG_HELP, settings_from_options
+from cli.common import CONFIG_HELP, secure_state_dir, settings_from_options
 from dispatcher.client import ProcessDispatcherClient
 from dispatcher.errors import DispatcherError, RemoteError, RequestError, TransportError
 from dispatcher.rpc.broker import mask_uri
@@ -47,6 +47,8 @@ class Context:
     def client(self) -> Iterator[ProcessDispatcherClient]:
         settings = settings_from_options(self.config_files, {"dashi.sysname": self.sysname})
         self.uri = settings.amqp_uri
+        if self.uri.startswith("embedded:"):
+            secure_state_dir(settings)  # its messages go into the state directory
         client = ProcessDispatcherClient.from_settings(
             settings, name="pd-cli", timeout=self.timeout
         )
