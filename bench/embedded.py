@@ -264,6 +264,8 @@ def main() -> None:
         churn_seconds = time.monotonic() - t0
         used.stop()
         used.start()  # a restart, as after an upgrade or a reboot
+        with used.client(timeout=600) as pd:
+            pd.describe_process("absent")  # after the killed clients' requests still queued
         fresh.start()
         label = f"used ({args.processes} proc, {args.agents} agents, {args.killed_clients} killed)"
         # Rounds alternate between the two daemons, so that load from elsewhere on

@@ -101,10 +101,10 @@ def test_an_unused_queue_with_an_expiry_goes_with_its_bindings_and_messages(tmp_
                 producer.publish({"op": "x"}, routing_key="kept", serializer="json")
     folder = BrokerFolder(tmp_path / "broker")
     # When a sweep runs before the expiry / Then nothing goes
-    folder.sweep()
+    folder.sweep(wait=True)
     assert queues(tmp_path) == ["agent1", "kept"]
     # When a sweep runs after the expiry
-    report = folder.sweep(now=later())
+    report = folder.sweep(now=later(), wait=True)
     # Then the queue, its binding and its messages are gone; the queue without expiry stays
     assert report is not None and report.queues_deleted == 1 and report.messages_deleted == 5
     assert queues(tmp_path) == ["kept"]
@@ -123,16 +123,16 @@ def test_a_consumer_keeps_its_queue_alive_until_it_is_killed(tmp_path):
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
         folder = BrokerFolder(tmp_path / "broker")
         # When sweeps run long after the expiry while it consumes / Then its queue stays
-        folder.sweep(now=later())
+        folder.sweep(now=later(), wait=True)
         assert queues(tmp_path) == ["agent1"]
         with RpcClient(BrokerConfig(uri="embedded://", state_dir=tmp_path), "c") as rpc:
             assert rpc.call("agent1", "ping", value=1) == 1
         # When it is killed with SIGKILL (nothing of it runs any more)
         kill(proc)
         # Then its queue lives on until its expiry, then goes with its binding
-        folder.sweep()
+        folder.sweep(wait=True)
         assert queues(tmp_path) == ["agent1"]
-        folder.sweep(now=time.time() + SERVICE_QUEUE_EXPIRES_MS / 1000 + 1)
+        folder.sweep(now=time.time() + SERVICE_QUEUE_EXPIRES_MS / 1000 + 1, wait=True)
         assert queues(tmp_path) == []
         assert binding_entries(tmp_path) == []
         assert os.listdir(tmp_path / "broker" / "leases") == []
@@ -159,7 +159,7 @@ def test_a_client_killed_mid_call_leaves_nothing_once_swept(tmp_path):
         wait_until(lambda: len(message_files(tmp_path)) == 1)  # the reply nobody reads
         # Then a sweep after the auto-delete grace removes its reply queue, the
         # reply, its binding and its lease; the service's queue stays
-        folder.sweep(now=time.time() + AUTO_DELETE_GRACE + 1)
+        folder.sweep(now=time.time() + AUTO_DELETE_GRACE + 1, wait=True)
         assert queues(tmp_path) == ["slow"]
         assert message_files(tmp_path) == []
         assert binding_entries(tmp_path) == ["default_dashi_exchange/slow/slow"]
@@ -221,11 +221,11 @@ def test_a_message_claimed_by_a_consumer_that_died_goes_back_to_its_queue(tmp_pa
     claimer = spawn(_CLAIMER, state_dir=str(tmp_path))
     assert claimer.stdout is not None and claimer.stdout.readline().strip() == "claimed"
     folder = BrokerFolder(tmp_path / "broker")
-    folder.sweep()
+    folder.sweep(wait=True)
     assert len(os.listdir(folder.queue_dir("work") / "claimed")) == 1  # its claimer lives
     kill(claimer)
     # When a sweep runs
-    report = folder.sweep()
+    report = folder.sweep(wait=True)
     # Then the message is back in its queue and delivered to the next consumer
     assert report is not None and report.claimed_returned == 1
     with broker.connection() as connection:
@@ -253,7 +253,7 @@ def test_sweeps_racing_with_a_live_consumer_and_publisher_lose_nothing(tmp_path)
 
             def sweeping() -> None:
                 while not stop.is_set():
-                    folder.sweep(now=later())
+                    folder.sweep(now=later(), wait=True)
 
             def publishing() -> None:
                 with broker.connection() as out, kombu.Producer(out, exchange=exchange) as producer:
@@ -305,7 +305,7 @@ def test_a_state_directory_of_the_earlier_layout_is_migrated_when_opened(tmp_pat
         wait_until(lambda: seen == [7])
         assert not (old / "messages").exists() and not (old / "control").exists()
         # And the orphan queue expires like any unused queue
-        BrokerFolder(old).sweep(now=later())
+        BrokerFolder(old).sweep(now=later(), wait=True)
         assert queues(tmp_path) == ["svc"]
         assert message_files(tmp_path) == []
     finally:
@@ -323,7 +323,7 @@ def test_everything_the_transport_creates_is_private_whatever_the_umask(tmp_path
         try:
             with RpcClient(broker, "c") as rpc:
                 assert rpc.call("svc", "ping", value=1) == 1
-                BrokerFolder(tmp_path / "state" / "broker").sweep()
+                BrokerFolder(tmp_path / "state" / "broker").sweep(wait=True)
         finally:
             service.stop()
     finally:

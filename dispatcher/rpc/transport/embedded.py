@@ -24,7 +24,9 @@ processes needs:
   consumer died; every connection holds a lease (a flock the kernel releases
   when the process dies) that keeps the queues it consumes alive;
 * periodic sweeps of what dead processes left (expired queues, messages claimed
-  and never read, dead leases, dangling bindings).
+  and never read, dead leases, dangling bindings), in a background thread when a
+  connection opens and every
+  :data:`~dispatcher.rpc.transport.folder.SWEEP_INTERVAL` seconds while it waits.
 
 On Linux a consumer sleeps on inotify watches of the queues it consumes and wakes
 as soon as a message lands in one of them, so idle consumers cost next to no CPU
@@ -41,8 +43,10 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import logging
 import os
 import select
+import threading
 import time
 from queue import Empty
 from typing import Any
@@ -60,6 +64,8 @@ from dispatcher.rpc.transport.folder import (
 )
 
 __all__ = ["SCHEME", "Channel", "Transport", "register"]
+
+log = logging.getLogger(__name__)
 
 SCHEME = "embedded"
 
@@ -267,6 +273,7 @@ class Transport(virtual.Transport):
         self._watch: _Inotify | None = None
         self._watch_failed = False
         self._next_sweep = 0.0
+        self._sweeper: threading.Thread | None = None
 
     def driver_version(self) -> str:
         return "2"
@@ -283,12 +290,24 @@ class Transport(virtual.Transport):
         return self._lease
 
     def _maybe_sweep(self) -> None:
+        """Start a sweep in the background when none ran lately (never in the caller's way)."""
         now = time.monotonic()
         if now < self._next_sweep:
             return
         self._next_sweep = now + SWEEP_INTERVAL
+        if self._sweeper is not None and self._sweeper.is_alive():
+            return
         if self.folder.sweep_due():
+            self._sweeper = threading.Thread(
+                target=self._sweep, name="embedded-broker-sweep", daemon=True
+            )
+            self._sweeper.start()
+
+    def _sweep(self) -> None:
+        try:
             self.folder.sweep()
+        except OSError as exc:  # the folder went away, or a file could not be read
+            log.warning("embedded broker %s: sweep failed: %s", self.folder.root, exc)
 
     def _watcher(self) -> _Inotify | None:
         if self._watch is None and not self._watch_failed:

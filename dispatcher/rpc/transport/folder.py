@@ -29,9 +29,9 @@ for that long; an ``auto_delete`` queue without consumers goes after
 connection's lease: the kernel drops the lease's flock when the process dies,
 however it dies, so a killed consumer's queues expire too.
 
-**Sweeps** (:meth:`BrokerFolder.sweep`, run by the transport when a connection
-opens and every :data:`SWEEP_INTERVAL` seconds by an idle consumer, one process
-at a time) delete expired queues, give the messages a dead consumer had claimed
+**Sweeps** (:meth:`BrokerFolder.sweep`, run by the transport in a background
+thread when a connection opens and every :data:`SWEEP_INTERVAL` seconds while a
+consumer waits, one process at a time) delete expired queues, give the messages a dead consumer had claimed
 back to their queue, and remove dead leases, dangling bindings, stale temporary
 files and the trash.
 
@@ -440,9 +440,14 @@ class BrokerFolder:
         except FileNotFoundError:
             return True
 
-    def sweep(self, now: float | None = None) -> SweepReport | None:
-        """Remove what dead consumers and expired queues left (``None``: another
-        process is sweeping)."""
+    def sweep(self, now: float | None = None, *, wait: bool = False) -> SweepReport | None:
+        """Remove what dead consumers and expired queues left.
+
+        Args:
+            now: the time expiries are measured against (epoch seconds).
+            wait: wait for a sweep in progress elsewhere to end, then sweep;
+                otherwise return ``None`` at once when another sweep runs.
+        """
         now = time.time() if now is None else now
         try:
             fd = os.open(
@@ -452,7 +457,7 @@ class BrokerFolder:
             return None
         try:
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 return None
             report = SweepReport()
