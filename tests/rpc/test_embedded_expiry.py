@@ -343,3 +343,24 @@ def wait_until(condition, timeout: float = 30.0) -> None:
     while not condition():
         assert time.monotonic() < deadline, "condition not reached"
         time.sleep(0.02)
+
+
+def test_any_queue_name_works_and_leaves_nothing_once_deleted(tmp_path):
+    # Given queues whose names are long, hold separators, dots or start with a dot
+    broker = BrokerConfig(uri="embedded://", state_dir=tmp_path)
+    exchange = broker.kombu_exchange()
+    names = ["x" * 300 + "/../y", "..", ".hidden", "a b%2Fc", "ünï"]
+    with broker.connection() as connection:
+        channel = connection.default_channel
+        for name in names:
+            queue = kombu.Queue(name, exchange, routing_key=name)
+            queue(channel).declare()
+            with kombu.Producer(channel, exchange=exchange) as producer:
+                producer.publish({"to": name}, routing_key=name, serializer="json")
+            # When a message is routed to each / Then it arrives in that queue only
+            message = queue(channel).get(no_ack=True)
+            assert message is not None and message.payload == {"to": name}
+            queue(channel).delete()
+    # And once deleted, nothing of them is left
+    assert queues(tmp_path) == [] and binding_entries(tmp_path) == []
+    assert os.listdir(tmp_path) == ["broker"]  # no name escaped the broker folder

@@ -257,11 +257,12 @@ class BrokerFolder:
             os.rename(qdir, trashed)
         except FileNotFoundError:
             return 0
-        with contextlib.suppress(FileNotFoundError):
-            for entry in os.listdir(trashed / "bound"):
-                exchange, _, key = entry.partition(" ")
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.bindings_dir / exchange / key / qdir.name)
+        for entry in _listdir(trashed / "bound"):
+            try:
+                exchange, key = json.loads((trashed / "bound" / entry).read_bytes())
+                os.unlink(self.bindings_dir / str(exchange) / str(key) / qdir.name)
+            except (OSError, ValueError, TypeError):
+                continue  # gone already; the sweep removes what dangles
         count = sum(1 for name in _listdir(trashed) if name.endswith(_MSG))
         shutil.rmtree(trashed, ignore_errors=True)
         return count
@@ -275,7 +276,7 @@ class BrokerFolder:
         record = json.dumps([exchange, routing_key, queue]).encode("utf-8")
         with contextlib.suppress(FileExistsError):
             try:
-                _write_new(qdir / "bound" / f"{ex} {key}", b"")
+                _write_new(qdir / "bound" / _bound_name(ex, key), json.dumps([ex, key]).encode())
             except FileNotFoundError:
                 raise QueueGoneError(f"no queue {queue!r}") from None
         folder = self.bindings_dir / ex / key
@@ -293,7 +294,10 @@ class BrokerFolder:
     def unbind(self, queue: str, exchange: str, routing_key: str) -> None:
         qdir = self.queue_dir(queue)
         ex, key = encode(exchange), encode(routing_key)
-        for path in (self.bindings_dir / ex / key / qdir.name, qdir / "bound" / f"{ex} {key}"):
+        for path in (
+            self.bindings_dir / ex / key / qdir.name,
+            qdir / "bound" / _bound_name(ex, key),
+        ):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
 
@@ -610,6 +614,12 @@ class BrokerFolder:
             )
         finally:
             os.close(fd)
+
+
+def _bound_name(exchange: str, key: str) -> str:
+    """The name of a queue's record of one of its bindings (encoded names in, one file name out)."""
+    name = f"{exchange} {key}"
+    return name if len(name) <= _MAX_NAME else hashlib.sha256(name.encode()).hexdigest()
 
 
 def _listdir(path: Path) -> list[str]:
