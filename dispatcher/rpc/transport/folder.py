@@ -44,7 +44,8 @@ deleted); a consumer registers under the shared ``lock`` and checks the queue is
 still the one it locked.
 
 **Upgrade.** The earlier flat layout (``messages/``, ``claimed/``, ``control/``)
-is migrated when the folder is first opened: bound queues become queues that
+is migrated when the folder is first opened
+(:mod:`dispatcher.rpc.transport.flat_layout`): bound queues become queues that
 expire after :data:`LEGACY_QUEUE_EXPIRES` unless a consumer declares them again,
 their messages move in, the rest is dropped. Processes still running the earlier
 version do not see the new layout.
@@ -186,7 +187,9 @@ class BrokerFolder:
             for name in ("queues", "bindings", "leases", "tmp", "trash"):
                 _mkdir(self.root / name)
         if (self.root / "control").exists() or (self.root / "messages").exists():
-            self._migrate()
+            from dispatcher.rpc.transport.flat_layout import migrate
+
+            migrate(self)
 
     # -- queues ---------------------------------------------------------------------
 
@@ -564,56 +567,6 @@ class BrokerFolder:
         except (OSError, ValueError):
             return None
         return data if isinstance(data, dict) else None
-
-    # -- upgrade --------------------------------------------------------------------
-
-    def _migrate(self) -> None:
-        """Move the earlier flat layout into this one (once, under a lock)."""
-        fd = os.open(self.root / "migrate.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, _FILE_MODE)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            control, messages = self.root / "control", self.root / "messages"
-            if not control.exists() and not messages.exists():
-                return  # another process did it
-            for table in sorted(control.glob("*.exchange")) if control.is_dir() else []:
-                exchange = table.name[: -len(".exchange")]
-                try:
-                    rows = json.loads(table.read_bytes())
-                except (OSError, ValueError):
-                    continue
-                for row in rows if isinstance(rows, list) else []:
-                    if not isinstance(row, list) or len(row) != 3:
-                        continue
-                    routing_key, _, queue = (str(part) for part in row)
-                    if not self.has_queue(queue):
-                        self.declare_queue(queue, expires=LEGACY_QUEUE_EXPIRES)
-                    with contextlib.suppress(QueueGoneError):
-                        self.bind(queue, exchange, routing_key)
-            moved = dropped = 0
-            for folder in (messages, self.root / "claimed"):
-                for name in _listdir(folder):
-                    prefix, _, rest = name.partition(".")
-                    queue = rest.rsplit(_MSG, 1)[0] if _MSG in rest else ""
-                    target = self.queue_dir(queue) if queue else None
-                    try:
-                        if target is not None and target.is_dir():
-                            os.rename(folder / name, target / f"{prefix}{_MSG}")
-                            moved += 1
-                        else:
-                            os.unlink(folder / name)
-                            dropped += 1
-                    except OSError:
-                        continue
-            for folder in (control, messages, self.root / "claimed"):
-                shutil.rmtree(folder, ignore_errors=True)
-            log.info(
-                "embedded broker %s: migrated the earlier layout (%d messages kept, %d dropped)",
-                self.root,
-                moved,
-                dropped,
-            )
-        finally:
-            os.close(fd)
 
 
 def _bound_name(exchange: str, key: str) -> str:
