@@ -56,9 +56,5 @@ def fill(path: Path) -> None:
 
 
 def temporaries(broker: Path) -> list[Path]:
-    """Messages being written (or left half-written) in the embedded broker's folder."""
-    return [
-        path
-        for path in broker.rglob("*")
-        if path.is_file() and (path.name.startswith(".tmp-") or path.parent.name == "tmp")
-    ]
+    """Files being written (or left half-written) in the embedded broker's ``tmp/``."""
+    return [path for path in (broker / "tmp").rglob("*") if path.is_file()]
