@@ -12,9 +12,13 @@ reach the server indirectly.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
+import signal
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import NoReturn
 
 import pytest
@@ -49,6 +53,54 @@ def _marker_requirements(request: pytest.FixtureRequest) -> None:
     for marker, fixture in MARKER_FIXTURES.items():
         if request.node.get_closest_marker(marker) is not None:
             ensure_running(request.getfixturevalue(fixture))
+
+
+@pytest.fixture(autouse=True)
+def _no_process_outlives_its_test(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Kill what a test started under its ``tmp_path`` and left running.
+
+    Local agents outlive a stopped dispatcher by design (the next start adopts
+    them), so a test that stops a dispatcher with a local pool leaves its agents,
+    their supervisords and the processes they run. They are found by their
+    command line naming the test's ``tmp_path``, with all their descendants.
+    """
+    yield
+    if "tmp_path" not in request.fixturenames:
+        return
+    kill_processes_under(request.getfixturevalue("tmp_path"))
+
+
+def kill_processes_under(directory: Path) -> list[int]:
+    """SIGKILL every process whose command line names ``directory``, and their
+    descendants; return their pids."""
+    # the directory itself, or a path under it (not a sibling named like it plus more)
+    needle = re.compile(re.escape(str(directory).encode()) + rb"(?:/|\x00|$)")
+    parents: dict[int, int] = {}
+    roots: list[int] = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        pid = int(entry.name)
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+                if needle.search(cmdline.read()):
+                    roots.append(pid)
+            with open(f"/proc/{pid}/stat", "rb") as stat:
+                parents[pid] = int(stat.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+    doomed = set(roots)
+    grew = True
+    while grew:
+        grew = False
+        for pid, parent in parents.items():
+            if parent in doomed and pid not in doomed:
+                doomed.add(pid)
+                grew = True
+    for pid in doomed:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    return sorted(doomed)
 
 
 def ensure_running(server: object) -> None:

@@ -39,6 +39,10 @@ def message_files(state_dir: Path) -> list[Path]:
     return [path for path in (state_dir / "broker").rglob("*.msg") if path.is_file()]
 
 
+def queued_message_files(state_dir: Path) -> list[Path]:
+    return [path for path in message_files(state_dir) if "queues" in path.parts]
+
+
 def binding_entries(state_dir: Path) -> list[str]:
     top = state_dir / "broker" / "bindings"
     return sorted(str(p.relative_to(top)) for p in top.rglob("*") if p.is_file())
@@ -156,7 +160,9 @@ def test_a_client_killed_mid_call_leaves_nothing_once_swept(tmp_path):
         # When the client is killed mid-call and the service then answers it
         kill(caller)
         release.set()
-        wait_until(lambda: len(message_files(tmp_path)) == 1)  # the reply nobody reads
+        # the reply nobody reads, once it is in its queue (not while still being
+        # written under broker/tmp: it is renamed into the queue afterwards)
+        wait_until(lambda: len(queued_message_files(tmp_path)) == 1)
         # Then a sweep after the auto-delete grace removes its reply queue, the
         # reply, its binding and its lease; the service's queue stays
         folder.sweep(now=time.time() + AUTO_DELETE_GRACE + 1, wait=True)
