@@ -27,6 +27,7 @@ __all__ = [
     "check_state_dir",
     "configure_logging",
     "reported_errors",
+    "secure_state_dir",
     "settings_from_options",
     "stop_on_signals",
 ]
@@ -173,3 +174,20 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
             signal.signal(sig, handler)
         os.close(read_fd)
         os.close(write_fd)
+
+
+def secure_state_dir(settings: Settings) -> None:
+    """Create the state directory, check it can be used (:func:`check_state_dir`),
+    make this process's files private and refuse a state directory others can write.
+
+    Exits with status 2 and a one-line message when the state directory is unusable
+    or unsafe.
+    """
+    from dispatcher.state_dir import secure_state_dir as secure
+
+    try:
+        check_state_dir(settings)
+        secure(settings.state_dir)
+    except ConfigError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        raise SystemExit(EXIT_USAGE) from None

@@ -13,6 +13,7 @@ from cli.common import (
     check_state_dir,
     configure_logging,
     reported_errors,
+    secure_state_dir,
     settings_from_options,
     stop_on_signals,
 )
@@ -74,13 +75,13 @@ def serve(ctx: click.Context) -> None:
     from dispatcher.service import DispatcherService
 
     settings = settings_from_options(ctx.obj["config_files"])
+    if _uses_state_dir(settings):
+        secure_state_dir(settings)
     configure_logging(settings, ctx.obj["log_level"])
     _report_unknown_keys(settings)
     stop = threading.Event()
     with stop_on_signals(stop):
         with reported_errors():
-            if _uses_state_dir(settings):
-                check_state_dir(settings)
             service = DispatcherService.build(settings)
             service.start()
         try:
@@ -101,10 +102,10 @@ def upgrade(ctx: click.Context, revision: str) -> None:
     from dispatcher.store.migrate import upgrade as run_upgrade
 
     settings = settings_from_options(ctx.obj["config_files"])
+    if settings.processdispatcher.database_url is None:
+        secure_state_dir(settings)
     configure_logging(settings, ctx.obj["log_level"])
     with reported_errors():
-        if settings.processdispatcher.database_url is None:
-            check_state_dir(settings)
         run_upgrade(settings.database_url, revision)
     click.echo(f"{mask_uri(settings.database_url)}: at revision {revision}")
 

@@ -10,9 +10,9 @@ import click
 from cli.common import (
     CONFIG_HELP,
     LOG_LEVEL_HELP,
-    check_state_dir,
     configure_logging,
     reported_errors,
+    secure_state_dir,
     settings_from_options,
     stop_on_signals,
 )
@@ -80,15 +80,15 @@ def main(
         config_files,
         {"eeagent.name": name, "eeagent.node_id": node_id, "eeagent.slots": slots},
     )
+    # The agent's home defaults to <state_dir>/eeagent; the embedded broker lives there too.
+    if (
+        settings.eeagent.launch_type.supd_directory is None
+        or BrokerConfig.from_settings(settings).is_embedded
+    ):
+        secure_state_dir(settings)
     configure_logging(settings, log_level)
     stop = threading.Event()
     with stop_on_signals(stop), reported_errors():
-        # The agent's home defaults to <state_dir>/eeagent; the embedded broker lives there too.
-        if (
-            settings.eeagent.launch_type.supd_directory is None
-            or BrokerConfig.from_settings(settings).is_embedded
-        ):
-            check_state_dir(settings)
         run_agent(settings, dict(os.environ), stop)
 
 

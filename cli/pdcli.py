@@ -12,10 +12,9 @@ from typing import Any, TypeVar
 import click
 import yaml
 
-from cli.common import CONFIG_HELP, check_state_dir, settings_from_options
+from cli.common import CONFIG_HELP, secure_state_dir, settings_from_options
 from dispatcher.client import ProcessDispatcherClient
 from dispatcher.errors import (
-    ConfigError,
     DispatcherError,
     RemoteError,
     RequestError,
@@ -54,12 +53,7 @@ class Context:
         settings = settings_from_options(self.config_files, {"dashi.sysname": self.sysname})
         self.uri = settings.amqp_uri
         if BrokerConfig.from_settings(settings).is_embedded:
-            # The embedded broker's messages live under the state directory.
-            try:
-                check_state_dir(settings)
-            except ConfigError as exc:
-                click.echo(f"Error: {exc}", err=True)
-                raise SystemExit(EXIT_USAGE) from None
+            secure_state_dir(settings)  # the embedded broker's messages live there
         client = ProcessDispatcherClient.from_settings(
             settings, name="pd-cli", timeout=self.timeout
         )

@@ -77,6 +77,7 @@ stays held under the new round. Any other older-round report is answered as lega
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -148,7 +149,7 @@ class HeartbeatHandler:
     Register the methods named in :data:`RPC_OPERATIONS` as RPC handlers with the
     service's annotation checking off (each validates its own arguments), and
     ``heartbeat`` with ``sender_kwarg="sender"``. Thread-safe: state lives in the
-    store only.
+    store, except the recently sent cleanups (under a lock).
 
     Args:
         store: where processes, resources, nodes and engines live.
@@ -158,6 +159,10 @@ class HeartbeatHandler:
         caller: calls eeagents (``get_process_logs``); an RPC client.
         logs_timeout: seconds ``get_process_logs`` waits for the agent.
         clock: returns the current time in epoch seconds.
+        cleanup_resend_seconds: a ``cleanup`` the agent keeps asking for (its
+            heartbeats still report the ended process) is sent again only this
+            long after the last one (``dispatch_retry_seconds``); ``None``: on
+            every heartbeat, as legacy did.
 
     Attributes:
         process_logs: serves ``get_process_logs``.
@@ -175,8 +180,12 @@ class HeartbeatHandler:
         caller: AgentCaller | None = None,
         logs_timeout: float = DEFAULT_LOGS_TIMEOUT,
         clock: Callable[[], float] = time.time,
+        cleanup_resend_seconds: float | None = None,
     ) -> None:
         self.store = store
+        self.cleanup_resend_seconds = cleanup_resend_seconds
+        self._cleanups_sent: dict[tuple[str, str, int], float] = {}
+        self._cleanups_lock = threading.Lock()
         self.messenger = messenger
         self.engines = engines
         self.clock = clock
@@ -225,6 +234,8 @@ class HeartbeatHandler:
             release_node_exclusive(self.store, resource.node_id, result.tags)
         self._write_resource(resource, stamp, result)
         for op, upid, round_ in result.orders:
+            if op == "cleanup" and not self._cleanup_due(resource.resource_id, upid, round_):
+                continue  # sent moments ago: the agent has not handled it yet
             try:
                 self.messenger.fire(resource.resource_id, op, u_pid=upid, round=round_)
             except TransportError as exc:
@@ -237,6 +248,21 @@ class HeartbeatHandler:
                     resource.resource_id,
                     exc,
                 )
+
+    def _cleanup_due(self, resource_id: str, upid: str, round_: int) -> bool:
+        """Whether to send this ``cleanup`` now (not sent in the last resend period)."""
+        period = self.cleanup_resend_seconds
+        if not period:
+            return True
+        now = self.clock()
+        with self._cleanups_lock:
+            sent = self._cleanups_sent
+            for key in [key for key, at in sent.items() if not 0 <= now - at < period]:
+                del sent[key]
+            if (resource_id, upid, round_) in sent:
+                return False
+            sent[(resource_id, upid, round_)] = now
+            return True
 
     def _apply(self, resource_id: str, reported: ReportedProcess, result: _Beat) -> None:
         """Decide what one reported process means (the table in the module docstring)."""

@@ -209,7 +209,13 @@ class DispatcherService:
             client = RpcClient(broker, service_name, signer=MessageSigner.from_settings(settings))
             messenger = RpcMessenger(client)
             core = ProcessDispatcherCore(store, messenger, limits=pd.limits)
-            heartbeats = HeartbeatHandler(store, messenger, engines, caller=client)
+            heartbeats = HeartbeatHandler(
+                store,
+                messenger,
+                engines,
+                caller=client,
+                cleanup_resend_seconds=pd.dispatch_retry_seconds,
+            )
             provisioner = _provisioner(settings, store, engines, heartbeats)
             sink = need_sink if need_sink is not None else provisioner
 

@@ -53,6 +53,7 @@ from dispatcher.provisioner.errors import (
     NodeNotFoundError,
     TransientCloudError,
 )
+from dispatcher.rpc.broker import BrokerConfig
 from dispatcher.settings import LocalSiteSettings
 from eeagent import procfs
 
@@ -350,7 +351,31 @@ class LocalDriver:
             self._reap(int(agent["pid"]))
         for agent in metadata.get("agents", []):
             _stop_leftover_supervisord(node_dir / str(agent.get("name", "")))
+        self._delete_queues([str(agent.get("name")) for agent in metadata.get("agents", [])])
         shutil.rmtree(node_dir, ignore_errors=True)
+
+    def _delete_queues(self, names: list[str]) -> None:
+        """Delete stopped agents' queues (bindings, unread messages) on the embedded broker.
+
+        A broker expires them by itself (``x-expires``); on the embedded one they
+        would wait for a sweep.
+        """
+        broker = BrokerConfig(
+            uri=self.template.amqp_uri,
+            exchange=self.template.exchange,
+            sysname=self.template.sysname,
+            state_dir=self.state_dir,
+        )
+        if not broker.is_embedded or not names:
+            return
+        connection = broker.connection()
+        try:
+            with connection:
+                channel = connection.default_channel
+                for name in names:
+                    channel.queue_delete(broker.prefixed(name))
+        except (OSError, *connection.channel_errors) as exc:
+            log.warning("could not delete the queues of agents %s: %s", names, exc)
 
     def _reap(self, pid: int) -> None:
         with self._lock:

@@ -296,9 +296,7 @@ class RpcClient:
                 channel.exchange,
                 routing_key=name,
                 durable=False,
-                queue_arguments=None
-                if self.broker.is_embedded
-                else {"x-expires": int((timeout + 1) * 1000)},
+                queue_arguments={"x-expires": int((timeout + 1) * 1000)},
             )
         elif channel.reply_queue is not None:
             return channel.reply_queue.name  # type: ignore[no-any-return]

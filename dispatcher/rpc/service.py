@@ -267,9 +267,7 @@ class RpcService:
             routing_key=queue_name,
             durable=False,
             auto_delete=False,
-            queue_arguments=None
-            if self.broker.is_embedded
-            else {"x-expires": SERVICE_QUEUE_EXPIRES_MS},
+            queue_arguments={"x-expires": SERVICE_QUEUE_EXPIRES_MS},
         )
 
     def start(self, ready_timeout: float | None = 30.0) -> None:

@@ -665,3 +665,25 @@ def test_a_slot_taken_while_the_heartbeat_is_handled_is_kept(
     agent = resource(store)
     assert agent.assigned == [("proc2", 0)]
     assert agent.last_heartbeat == iso(NOW)
+
+
+def test_a_cleanup_is_not_resent_on_every_heartbeat_only_after_the_resend_period(
+    store: Store, messenger: RecordingMessenger, clock: FakeClock
+) -> None:
+    # Given a dispatcher that resends cleanups after 30 s (dispatch_retry_seconds)
+    handler = HeartbeatHandler(
+        store, messenger, make_engines(), clock=clock, cleanup_resend_seconds=30
+    )
+    bring_up(handler)
+    put_process(store, "proc1", S.EXITED)
+    # When the agent, slow to clean up, reports the ended process on every beat for 25 s
+    for _ in range(6):
+        send(handler, report("proc1", 0, S.EXITED), at=clock.now)
+        clock.advance(5)
+    # Then it got one cleanup, not one per beat
+    assert orders(messenger) == [("cleanup", "proc1", 0)]
+    # When it still reports the process after the resend period
+    clock.advance(5)
+    send(handler, report("proc1", 0, S.EXITED), at=clock.now)
+    # Then the cleanup is sent again
+    assert orders(messenger) == [("cleanup", "proc1", 0)] * 2

@@ -236,3 +236,22 @@ def test_an_agent_started_when_the_dispatcher_was_killed_is_adopted_or_never_run
     finally:
         for pid in processes_under(nodes):
             os.kill(pid, signal.SIGKILL)
+
+
+def test_destroying_a_node_deletes_its_agents_queues_on_the_embedded_broker(
+    driver: LocalDriver, heartbeats: Heartbeats, state_dir: Path, sysname: str
+) -> None:
+    request = NodeRequest(new_node_id("engine1"), "engine1", slots=1, replicas=2, heartbeat=30)
+    # Given a node whose agents consume their queues (they heartbeat)
+    driver.create_node(request)
+    expected = {(name, request.node_id) for name in request.agent_names}
+    wait_for(lambda: expected <= heartbeats.senders())
+    queues = state_dir / "broker" / "queues"
+    agent_queues = {f"{sysname}.{name}" for name in request.agent_names}
+    assert agent_queues <= set(os.listdir(queues))
+    # When the node is destroyed
+    driver.destroy_node(request.node_id, request.node_id)
+    # Then the agents' queues, bindings and messages are gone at once (no sweep)
+    assert not agent_queues & set(os.listdir(queues))
+    bindings = {p.name for p in (state_dir / "broker" / "bindings").rglob("*") if p.is_file()}
+    assert not agent_queues & bindings

@@ -135,16 +135,14 @@ def test_a_service_restarted_after_its_message_folder_was_wiped_serves_an_open_c
         with RpcClient(broker, "c") as rpc:
             assert rpc.call("svc", "ping", value=1) == 1
             service.stop()
-            # When the pending messages are lost while the service is down (an
-            # operator cleaned the state directory's message folder)
-            folder = tmp_path / "broker" / "messages"
-            shutil.rmtree(folder)
-            folder.mkdir()
+            # When the service's queue is lost while the service is down (an
+            # operator removed its folder from the state directory)
+            shutil.rmtree(tmp_path / "broker" / "queues" / "svc")
             service = RpcService(broker, "svc")
             service.handle("ping", lambda value: value * 10)
             service.start()
             # Then the restarted service serves the open client, whose reply
-            # binding (kept in the control folder) survived
+            # queue and binding survived
             assert rpc.call("svc", "ping", value=2, timeout=30) == 20
     finally:
         service.stop()
