@@ -267,7 +267,7 @@ class RpcClient:
             headers[HEADER_SIGNATURE] = self.signer.sign(
                 op=body["op"], args=body["args"], sender=self.sender, to=routing_key
             )
-        properties = {}
+        properties: dict[str, Any] = {}
         if "correlation_id" in headers:
             properties["correlation_id"] = headers.pop("correlation_id")
         if deadline is not None:
@@ -275,7 +275,8 @@ class RpcClient:
             if self.broker.is_embedded:
                 headers[HEADER_DEADLINE] = round(time.time() + left, 3)
             else:
-                properties["expiration"] = str(max(1, int(left * 1000)))
+                # kombu sends it as the AMQP ``expiration`` property, in ms
+                properties["expiration"] = max(0.001, left)
         channel.producer.publish(
             codec.encode(body),
             routing_key=routing_key,
