@@ -163,7 +163,8 @@ class RpcClient:
                 the service raised that error.
             RemoteError: the service failed with another error.
             RpcTimeoutError: no reply within the timeout (also when the broker
-                stayed unreachable that long).
+                stayed unreachable that long); the message says whether the
+                service's queue existed. The request then expires unapplied.
             AccessRefusedError: the broker refused the login, the vhost or a
                 permission (at once, without waiting for the timeout).
         """
@@ -250,7 +251,7 @@ class RpcClient:
         channel: _Channel,
         service: str,
         body: dict[str, Any],
-        headers: dict[str, str],
+        headers: dict[str, Any],
         *,
         mandatory: bool = False,
         deadline: float | None = None,
@@ -361,7 +362,8 @@ class RpcClient:
                 if self._call_channel is None:
                     self._call_channel = _Channel(
                         self.broker,
-                        # virtual transports have no basic.return (and no restarts)
+                        # the embedded transport raises UnroutableError instead of
+                        # returning (basic.return), and has no restarts
                         on_return=None if self.broker.is_embedded else self._on_return,
                     )
                 channel = self._call_channel
