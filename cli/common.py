@@ -183,8 +183,10 @@ def secure_state_dir(settings: Settings) -> None:
     Exits with status 2 and a one-line message when the state directory is unusable
     or unsafe.
     """
+    from dispatcher.state_dir import PRIVATE_UMASK
     from dispatcher.state_dir import secure_state_dir as secure
 
+    os.umask(PRIVATE_UMASK)  # before the directory is first created
     try:
         check_state_dir(settings)
         secure(settings.state_dir)

@@ -27,6 +27,8 @@ raises the base type (dashi ignores the extra member), ours the subtype.
 :class:`AccessRefusedError` is a :class:`TransportError` so that code which retries
 a failed send later keeps doing so (a broker's users may be fixed while a daemon
 runs), but retrying at once cannot help: commands fail fast on it at start-up.
+:class:`DiskFullError` is one for the same reasons: a send fails at once, and a
+later one works once space has been freed.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ __all__ = [
     "BadRequestError",
     "ConfigError",
     "DatabaseOwnerError",
+    "DiskFullError",
     "DispatcherError",
     "NotFoundError",
     "RemoteError",
@@ -141,6 +144,15 @@ class AccessRefusedError(TransportError):
 
     Not recoverable by retrying: the configuration (or the broker's users) must change.
     The message names the broker with its password masked.
+    """
+
+
+class DiskFullError(TransportError):
+    """The disk holding the embedded broker's folder is full: a message cannot be written.
+
+    The message names the folder (``<state_dir>/broker``); free space on that disk
+    (old process output, logs) and the next call works. Not recoverable by retrying
+    at once: a call fails on it without waiting for its timeout.
     """
 
 

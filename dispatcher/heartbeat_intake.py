@@ -53,6 +53,7 @@ way the agent's next heartbeat carries the same information.
 from __future__ import annotations
 
 import logging
+import reprlib
 import threading
 import time
 from collections.abc import Callable
@@ -193,7 +194,9 @@ class HeartbeatIntake:
         except BadRequestError as exc:
             with self._changed:
                 self.counts.rejected += 1
-            self._rejections.warning("dropping heartbeat from %.80r: %.200s", sender, exc)
+            self._rejections.warning(
+                "dropping heartbeat from %.80s: %.200s", reprlib.repr(sender), exc
+            )
             return
         with self._changed:
             pending = self._pending.get(resource_id)

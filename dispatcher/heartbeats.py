@@ -77,6 +77,7 @@ stays held under the new round. Any other older-round report is answered as lega
 from __future__ import annotations
 
 import logging
+import reprlib
 import threading
 import time
 from collections.abc import Callable
@@ -213,7 +214,7 @@ class HeartbeatHandler:
             beat = HeartbeatMessage.parse(message)
             resource_id = resource_id_from_sender(sender, beat.eeagent_id)
         except BadRequestError as exc:
-            log.warning("dropping heartbeat from %r: %s", sender, exc)
+            log.warning("dropping heartbeat from %s: %s", reprlib.repr(sender), exc)
             raise
         now = datetime.fromtimestamp(self.clock(), UTC)
         stamp = min(beat.timestamp, now).astimezone(UTC)

@@ -50,9 +50,14 @@ ENV_SHIM = "/usr/bin/env"
 #: Seconds supervisord waits after SIGTERM before SIGKILL (legacy: 180; the agent
 #: re-signals a lost stop itself, so a shorter wait only bounds slow shutdowns).
 STOP_WAIT_SECONDS = 10
-#: Size at which a captured stdout/stderr file is rotated, and backups kept.
+#: Size at which a captured stdout/stderr file is rotated, and backups kept: a
+#: process's output takes at most 2 streams x (1 + LOG_BACKUPS) x 10 MB = 40 MB,
+#: an agent's at most 40 MB x its slots.
 LOG_MAX_BYTES = "10MB"
 LOG_BACKUPS = 1
+#: supervisord's own log (``supd.log``): rotated at 1 MB, one backup.
+SUPD_LOG_MAX_BYTES = "1MB"
+SUPD_LOG_BACKUPS = 1
 
 #: Options every program gets. ``autostart=false`` + an explicit ``startProcess``
 #: avoids the double start of autostart-plus-start; ``startsecs=0`` makes a spawned
@@ -230,8 +235,8 @@ def render_config(files: SupervisordFiles, programs: Mapping[str, Mapping[str, s
     parser["unix_http_server"] = {"file": path(files.socket), "chmod": "0700"}
     parser["supervisord"] = {
         "logfile": path(files.logfile),
-        "logfile_maxbytes": LOG_MAX_BYTES,
-        "logfile_backups": "2",
+        "logfile_maxbytes": SUPD_LOG_MAX_BYTES,
+        "logfile_backups": str(SUPD_LOG_BACKUPS),
         "pidfile": path(files.pidfile),
         "childlogdir": path(files.childlogdir),
         "identifier": path(files.identifier),

@@ -19,7 +19,9 @@ Files, all under the agent's home ``<supd_directory>/<eeagent.name>/``:
 * ``supd.pid``, ``supd.log`` (supervisord's own log), ``supervisord.out`` (what it
   prints while starting);
 * ``logs/<program>.stdout`` and ``logs/<program>.stderr``: each process's output,
-  rotated at 10 MB with one backup, deleted with the program.
+  rotated at 10 MB with one backup (at most 40 MB per process, 40 MB times the
+  slots per agent), deleted with the program. Output is written only while the
+  disk keeps a reserve free, and dropped otherwise (see :mod:`eeagent.supdrun`).
 
 URL used for XML-RPC: ``unix://<socket>``, through
 :class:`supervisor.xmlrpc.SupervisorTransport` with a socket timeout. Faults and
@@ -36,7 +38,8 @@ reports it ``FATAL`` with that reason, however fast it happened.
 supervisord runs with ``nodaemon`` in a session of its own, so it survives the
 agent (``kill -9`` included) and is reattached to by the next agent. Unless an
 executable is configured (``supdexe``) it is the ``supervisord`` of the agent's own
-Python installation, run in UTF-8 mode so that non-ASCII arguments survive.
+Python installation, run in UTF-8 mode so that non-ASCII arguments survive, through
+:mod:`eeagent.supdrun` so that a full disk drops output instead of killing it.
 """
 
 from __future__ import annotations
@@ -117,6 +120,8 @@ _NOT_SPAWNED_STATUS = 127
 _NOT_SPAWNED_LINE = b"supervisor: child process was not spawned\n"
 _NOT_SPAWNED_TAIL = 4096
 _STREAMS: tuple[LogStream, ...] = ("stdout", "stderr")
+#: The file that runs supervisord with its output kept off the last free space.
+_SUPDRUN = str(Path(__file__).with_name("supdrun.py"))
 
 
 def socket_path_for(home: Path) -> Path:
@@ -158,7 +163,8 @@ class SupervisorControl:
     Args:
         home: the agent's directory (created, mode 0700).
         supdexe: the supervisord executable; ``None`` runs the one installed with
-            this Python (``python -X utf8 -m supervisor.supervisord``).
+            this Python, through :mod:`eeagent.supdrun` (``python -X utf8 -P
+            .../eeagent/supdrun.py``), which keeps it alive on a full disk.
         environ: the environment supervisord (and so every program) starts with;
             ``None`` inherits the agent's.
         rpc_timeout: seconds one XML-RPC request may take.
@@ -346,9 +352,10 @@ class SupervisorControl:
         except BackendFaultError as exc:
             if exc.code != _BAD_NAME:
                 raise
+        # Logs first: on a full disk, they free the space the configuration needs.
+        self._remove_logs(name)
         if self._programs.pop(name, None) is not None:
             self._write_config()
-        self._remove_logs(name)
 
     def poll(self) -> dict[str, ProgramStatus]:
         """``getAllProcessInfo``, as :class:`ProgramStatus` values by program name."""
@@ -467,15 +474,9 @@ class SupervisorControl:
     def _command(self) -> list[str]:
         if self.supdexe is not None:
             return [str(self.supdexe), "-c", self.files.config]
-        return [
-            sys.executable,
-            "-X",
-            "utf8",
-            "-m",
-            "supervisor.supervisord",
-            "-c",
-            self.files.config,
-        ]
+        # Run by path (``-P``: its directory is not put on sys.path), so that it
+        # imports supervisor only, not the agent.
+        return [sys.executable, "-X", "utf8", "-P", _SUPDRUN, "-c", self.files.config]
 
     def _start_fresh(self) -> Attachment:
         self._disconnect()

@@ -13,13 +13,16 @@ connections and name broker objects the dashi way:
 Credentials are never logged: use :func:`mask_uri` whenever a URL is shown.
 
 Connection failures are translated here, at the boundary, by :func:`refusal` (the
-broker refused the login, the virtual host or a permission: retrying cannot help)
-and :func:`describe_failure` (a one-line cause for any other failure: connection
+broker refused the login, the virtual host or a permission: retrying cannot help),
+:func:`disk_full` (the embedded broker's folder is on a full disk) and
+:func:`describe_failure` (a one-line cause for any other failure: connection
 refused, unknown host, timeout ...).
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 import socket
 import urllib.parse
@@ -30,16 +33,19 @@ from typing import Any
 import amqp.exceptions
 import kombu
 
-from dispatcher.errors import AccessRefusedError
+from dispatcher.errors import AccessRefusedError, DiskFullError
 from dispatcher.rpc.transport import embedded
 from dispatcher.settings import DEFAULT_MAX_MESSAGE_SIZE, Settings
 
-__all__ = ["BrokerConfig", "describe_failure", "mask_uri", "refusal"]
+__all__ = ["BrokerConfig", "describe_failure", "disk_full", "mask_uri", "refusal"]
 
 #: Embedded transport polling interval (seconds): low enough for ~ms latency.
 EMBEDDED_POLLING_INTERVAL = 0.005
 #: Time allowed for the TCP connect and AMQP handshake.
 CONNECT_TIMEOUT = 5.0
+
+#: What writing a file raises when the disk (or the user's quota) is full.
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 _CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)(?P<user>[^:@/]*)(?::[^@/]*)?@")
 
@@ -67,6 +73,20 @@ def describe_failure(exc: BaseException) -> str:
         return f"{exc.strerror}: {exc.filename}" if exc.filename else exc.strerror
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+def disk_full(exc: BaseException) -> DiskFullError | None:
+    """The :class:`DiskFullError` for ``exc`` if a message could not be written for lack of space.
+
+    The embedded transport raises these with the broker's folder as the file name.
+    """
+    if not isinstance(exc, OSError) or exc.errno not in _DISK_FULL:
+        return None
+    where = f" in {exc.filename}" if exc.filename else ""
+    return DiskFullError(
+        f"{os.strerror(exc.errno)}{where}: free space on that disk "
+        "(old process output and logs) and try again"
+    )
 
 
 def refusal(exc: BaseException, uri: str) -> AccessRefusedError | None:

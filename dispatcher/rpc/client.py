@@ -25,7 +25,9 @@ Remote errors are rebuilt as the same exception types
 :class:`~dispatcher.errors.RpcTimeoutError`, also when the broker is unreachable
 for the whole timeout. The client reconnects by itself after the broker restarts.
 A broker that refuses the login, the virtual host or a permission raises
-:class:`~dispatcher.errors.AccessRefusedError` at once: retrying cannot help.
+:class:`~dispatcher.errors.AccessRefusedError` at once: retrying cannot help; so
+does an embedded broker whose disk is full (:class:`~dispatcher.errors.DiskFullError`,
+naming its folder).
 
 Every message carries the ``sender`` header, fires included (as dashi sent it).
 A client given a :class:`~dispatcher.rpc.security.MessageSigner` also signs every
@@ -51,7 +53,7 @@ from kombu.message import Message
 
 from dispatcher.errors import RpcTimeoutError, TransportError
 from dispatcher.rpc import codec
-from dispatcher.rpc.broker import BrokerConfig, describe_failure, refusal
+from dispatcher.rpc.broker import BrokerConfig, describe_failure, disk_full, refusal
 from dispatcher.rpc.protocol import (
     HEADER_DEADLINE,
     HEADER_REPLY_TO,
@@ -167,6 +169,7 @@ class RpcClient:
                 service's queue existed. The request then expires unapplied.
             AccessRefusedError: the broker refused the login, the vhost or a
                 permission (at once, without waiting for the timeout).
+            DiskFullError: the embedded broker's disk is full (at once).
         """
         body = {"op": op, "args": _merge_args(args, kwargs)}
         timeout = self.timeout if timeout is None else timeout
@@ -193,6 +196,7 @@ class RpcClient:
             TransportError: the broker stayed unreachable for ``timeout`` seconds.
             AccessRefusedError: the broker refused the login, the vhost or a
                 permission (at once).
+            DiskFullError: the embedded broker's disk is full (at once).
         """
         body = {"op": op, "args": _merge_args(args, kwargs)}
         deadline = time.monotonic() + timeout
@@ -235,8 +239,9 @@ class RpcClient:
         return (*connection.connection_errors, *connection.channel_errors, OSError)
 
     def _raise_if_refused(self, exc: BaseException) -> None:
-        """Raise :class:`AccessRefusedError` if the broker refused access: retrying cannot help."""
-        refused = refusal(exc, self.broker.uri)
+        """Raise what retrying cannot help at once: :class:`AccessRefusedError` if the
+        broker refused access, :class:`DiskFullError` if the embedded broker's disk is full."""
+        refused = refusal(exc, self.broker.uri) or disk_full(exc)
         if refused is not None:
             raise refused from exc
 

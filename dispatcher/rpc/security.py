@@ -43,6 +43,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import reprlib
 import secrets
 import threading
 import time
@@ -274,7 +275,7 @@ class CommandGuard:
             if self.expected_sender is not None and sender != self.expected_sender:
                 raise NotAuthorizedError(
                     f"not authorized: {op} is accepted only from {self.expected_sender!r}, "
-                    f"not from {sender!r}"
+                    f"not from {reprlib.repr(sender)}"
                 )
             if self.verifier is not None:
                 if not isinstance(sender, str):
@@ -287,6 +288,8 @@ class CommandGuard:
                     to=self.destination,
                 )
         except NotAuthorizedError as exc:
-            log.warning("%s: refused %s from %r: %s", self.destination, op, sender, exc)
+            log.warning(
+                "%s: refused %s from %s: %s", self.destination, op, reprlib.repr(sender), exc
+            )
             # The wire knows BadRequestError, not this subclass (see the module docstring).
             raise BadRequestError(exc.value) from None

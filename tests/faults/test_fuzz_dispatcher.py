@@ -109,9 +109,11 @@ heartbeat_messages = st.one_of(
     ),
     json_values,
 )
-#: ``sender`` headers: without attack values (the heartbeat handler logs the header
-#: with ``%r``, which recurses through a deeply nested one).
-senders = field_values(["sys.eeagent_1", "eeagent_1", "sys.eeagent_2", "x.y.eeagent_1", None])
+#: ``sender`` headers, attack values included (a deeply nested header must be
+#: refused like any other malformed one, never exhaust the interpreter's recursion).
+senders = with_attacks(
+    field_values(["sys.eeagent_1", "eeagent_1", "sys.eeagent_2", "x.y.eeagent_1", None])
+)
 
 engine_definitions = st.one_of(
     st.fixed_dictionaries(

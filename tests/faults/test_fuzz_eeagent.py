@@ -23,7 +23,13 @@ from dispatcher.rpc.broker import BrokerConfig
 from eeagent import EEAgent, FakeProcessControl, StateStore
 from eeagent.service import AgentService
 from tests.eeagent.conftest import Changes, FakeClock, sleeper
-from tests.faults.fuzzing import arguments, check_reply, field_values, fuzz_settings
+from tests.faults.fuzzing import (
+    arguments,
+    check_reply,
+    field_values,
+    fuzz_settings,
+    with_attacks,
+)
 
 EXAMPLES_PER_OPERATION = 350
 PD_NAME = "process_dispatcher"
@@ -58,7 +64,10 @@ FIELDS: dict[str, dict[str, st.SearchStrategy[Any]]] = {
     },
 }
 senders = st.one_of(
-    st.just(PD_NAME), st.just(PD_NAME), st.just(PD_NAME), field_values([None, "sys.pd", "x"])
+    st.just(PD_NAME),
+    st.just(PD_NAME),
+    st.just(PD_NAME),
+    with_attacks(field_values([None, "sys.pd", "x"])),
 )
 
 CASES: dict[str, int] = {}

@@ -36,7 +36,9 @@ back to their queue, and remove dead leases, dangling bindings, stale temporary
 files and the trash.
 
 **Races.** Messages and queue directories are written under a temporary name and
-renamed into place, so nobody sees them half-written. A queue is deleted by
+renamed into place, so nobody sees them half-written. A write that fails (a full
+disk) removes its file at once; a message that cannot be written for lack of
+space raises an ``OSError`` (``ENOSPC``) whose file name is the broker's folder. A queue is deleted by
 renaming its directory into ``trash/`` under its exclusive ``lock``: a publish
 renaming a message into it either lands before (the message goes with the queue)
 or fails (the message is dropped, as on a broker where the queue was just
@@ -54,6 +56,7 @@ version do not see the new layout.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -91,6 +94,8 @@ SWEEP_INTERVAL = 15.0
 #: Temporary files older than this (seconds) belong to a writer that died.
 _STALE_TEMPORARY = 60.0
 
+#: What a write raises when the disk (or the user's quota) is full.
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 _DIR_MODE = 0o700
 _FILE_MODE = 0o600
 _MSG = ".msg"
@@ -118,11 +123,16 @@ def _mkdir(path: Path) -> None:
 
 
 def _write_new(path: Path, data: bytes) -> None:
+    """Create ``path`` holding ``data``; a write that fails (disk full) removes it."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, _FILE_MODE)
     try:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view) :]
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
     finally:
         os.close(fd)
 
@@ -327,7 +337,12 @@ class BrokerFolder:
         """Write a message into a queue; ``False`` when the queue does not exist."""
         name = f"{time.time_ns():020d}_{uuid.uuid4().hex}{_MSG}"
         temporary = self.root / "tmp" / name
-        _write_new(temporary, data)
+        try:
+            _write_new(temporary, data)
+        except OSError as exc:
+            if exc.errno in _DISK_FULL:  # named after the folder, not a temporary file
+                raise OSError(exc.errno, exc.strerror, str(self.root)) from exc
+            raise
         try:
             os.rename(temporary, self.queues / encoded_queue / name)
             return True
