@@ -12,6 +12,14 @@ progress (calls on one client are serialized, so there is exactly one). With
 ``legacy_reply_queues=True`` the client instead declares a fresh reply queue for
 every call, exactly as dashi did.
 
+A call's request carries its deadline (see :mod:`dispatcher.rpc.protocol`): the
+AMQP ``expiration`` property on RabbitMQ, the ``x-deadline`` header on the embedded
+transport, so a request whose caller gave up is never applied, even by a service
+that starts later. A request no queue is bound for (the service has not declared
+its queue yet) is sent again with backoff until it is routed or the deadline
+passes, on both transports. The timeout's message says whether the request ever
+reached the service's queue.
+
 Remote errors are rebuilt as the same exception types
 (:mod:`dispatcher.errors`); a call that gets no reply in time raises
 :class:`~dispatcher.errors.RpcTimeoutError`, also when the broker is unreachable
@@ -46,8 +54,14 @@ from kombu.message import Message
 from dispatcher.errors import RpcTimeoutError, TransportError
 from dispatcher.rpc import codec
 from dispatcher.rpc.broker import BrokerConfig, describe_failure, disk_full, refusal
-from dispatcher.rpc.protocol import HEADER_REPLY_TO, HEADER_SENDER, error_from_payload
+from dispatcher.rpc.protocol import (
+    HEADER_DEADLINE,
+    HEADER_REPLY_TO,
+    HEADER_SENDER,
+    error_from_payload,
+)
 from dispatcher.rpc.security import HEADER_SIGNATURE, MessageSigner
+from dispatcher.rpc.transport.unroutable import UnroutableError
 
 __all__ = ["DEFAULT_TIMEOUT", "RpcClient"]
 
@@ -58,6 +72,8 @@ DEFAULT_TIMEOUT = 10.0
 #: Seconds ``fire`` keeps trying to reach the broker before giving up.
 DEFAULT_FIRE_TIMEOUT = 10.0
 _BACKOFF_START, _BACKOFF_FACTOR, _BACKOFF_MAX = 0.1, 2.0, 2.0
+#: The daemon serving a service, named when its queue does not exist.
+_DAEMONS = {"process_dispatcher": "pd-dispatcher"}
 
 
 class _Channel:
@@ -149,7 +165,8 @@ class RpcClient:
                 the service raised that error.
             RemoteError: the service failed with another error.
             RpcTimeoutError: no reply within the timeout (also when the broker
-                stayed unreachable that long).
+                stayed unreachable that long); the message says whether the
+                service's queue existed. The request then expires unapplied.
             AccessRefusedError: the broker refused the login, the vhost or a
                 permission (at once, without waiting for the timeout).
             DiskFullError: the embedded broker's disk is full (at once).
@@ -239,19 +256,33 @@ class RpcClient:
         channel: _Channel,
         service: str,
         body: dict[str, Any],
-        headers: dict[str, str],
+        headers: dict[str, Any],
         *,
         mandatory: bool = False,
+        deadline: float | None = None,
     ) -> None:
+        """Publish one request; ``deadline`` (monotonic) makes it expire with the call.
+
+        Raises:
+            Unroutable: ``mandatory`` on the embedded transport and no queue is
+                bound for the request (RabbitMQ returns it instead: ``_on_return``).
+        """
         headers = {HEADER_SENDER: self.sender, **headers}
         routing_key = self.broker.prefixed(service)
         if self.signer is not None:
             headers[HEADER_SIGNATURE] = self.signer.sign(
                 op=body["op"], args=body["args"], sender=self.sender, to=routing_key
             )
-        properties = {}
+        properties: dict[str, Any] = {}
         if "correlation_id" in headers:
             properties["correlation_id"] = headers.pop("correlation_id")
+        if deadline is not None:
+            left = max(0.001, deadline - time.monotonic())
+            if self.broker.is_embedded:
+                headers[HEADER_DEADLINE] = round(time.time() + left, 3)
+            else:
+                # kombu sends it as the AMQP ``expiration`` property, in ms
+                properties["expiration"] = max(0.001, left)
         channel.producer.publish(
             codec.encode(body),
             routing_key=routing_key,
@@ -259,7 +290,7 @@ class RpcClient:
             content_encoding=codec.CONTENT_ENCODING,
             headers=headers,
             retry=False,
-            mandatory=mandatory and not self.broker.is_embedded,
+            mandatory=mandatory,
             **properties,
         )
         channel.last_used = time.monotonic()
@@ -325,6 +356,8 @@ class RpcClient:
         correlation_id = uuid.uuid4().hex
         last_error: BaseException | None = None
         published = False
+        # Whether the last request sent found no queue (returned, or refused by
+        # the embedded transport): the service never saw it.
         unroutable = False
         while True:
             remaining = deadline - time.monotonic()
@@ -334,31 +367,37 @@ class RpcClient:
                 if self._call_channel is None:
                     self._call_channel = _Channel(
                         self.broker,
-                        # virtual transports have no basic.return (and no restarts)
+                        # the embedded transport raises UnroutableError instead of
+                        # returning (basic.return), and has no restarts
                         on_return=None if self.broker.is_embedded else self._on_return,
                     )
                 channel = self._call_channel
                 reply_to = self._ensure_reply_consumer(channel, timeout)
                 self._waiting_for, self._reply, self._returned = correlation_id, None, False
                 if not published:
-                    self._publish(
-                        channel,
-                        service,
-                        body,
-                        {HEADER_REPLY_TO: reply_to, "correlation_id": correlation_id},
-                        mandatory=True,
-                    )
+                    try:
+                        self._publish(
+                            channel,
+                            service,
+                            body,
+                            {HEADER_REPLY_TO: reply_to, "correlation_id": correlation_id},
+                            mandatory=True,
+                            deadline=deadline,
+                        )
+                    except UnroutableError:
+                        self._returned = True
                     published = True
-                reply = self._wait(channel, deadline)
+                reply = None if self._returned else self._wait(channel, deadline)
                 if self.legacy_reply_queues:
                     self._drop_legacy_queue(channel)
                 if reply is not None:
                     return reply
+                unroutable = self._returned
                 if not self._returned:
                     break
                 # Nobody consumes the service queue yet (it is declared by the
                 # service): the request was not delivered, so sending it again is safe.
-                published, unroutable = False, True
+                published = False
                 time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
                 delay = min(delay * _BACKOFF_FACTOR, _BACKOFF_MAX)
             except self._recoverable() as exc:
@@ -379,11 +418,15 @@ class RpcClient:
                 f"for {timeout:g}s ({describe_failure(last_error)})"
             )
         if unroutable:
+            daemon = _DAEMONS.get(service, "the service")
             raise RpcTimeoutError(
-                f"{op} on {service}: no reply within {timeout:g}s "
-                f"(no queue {self.broker.prefixed(service)!r}: is the service running?)"
+                f"{op} on {service}: no reply within {timeout:g}s: the service's queue "
+                f"{self.broker.prefixed(service)!r} does not exist (is {daemon} running?)"
             )
-        raise RpcTimeoutError(f"{op} on {service}: no reply within {timeout:g}s")
+        raise RpcTimeoutError(
+            f"{op} on {service}: no reply within {timeout:g}s: the request was delivered "
+            "to the service's queue but no reply came (it expires there unapplied)"
+        )
 
     def _wait(self, channel: _Channel, deadline: float) -> dict[str, Any] | None:
         while self._reply is None and not self._returned:

@@ -6,6 +6,13 @@ routing key the reply is published to on the same exchange). Our client also set
 the AMQP ``correlation_id`` property, which our service copies to the reply;
 legacy peers ignore it.
 
+A call carries its deadline (additive; legacy peers ignore both, and a request
+without them never expires): on AMQP the per-message ``expiration`` property (the
+milliseconds left of the caller's timeout: RabbitMQ drops the request unanswered
+once it expires), on the embedded transport the ``x-deadline`` header (epoch
+seconds, as a number), which the service checks before anything else: an expired
+request is acknowledged and dropped, never applied. Fires carry neither.
+
 Reply body: ``{"result": ..., "error": null | {"exc_type", "value", "traceback"}}``.
 Known error types travel as ``dashi.exceptions.<Name>``; anything else carries the
 bare exception class name and is rebuilt as :class:`~dispatcher.errors.RemoteError`.
@@ -17,6 +24,8 @@ arguments, which ``DashiError`` accepts), our client raises the subtype.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -31,6 +40,7 @@ from dispatcher.errors import (
 
 __all__ = [
     "ERROR_PREFIX",
+    "HEADER_DEADLINE",
     "HEADER_REPLY_TO",
     "HEADER_SENDER",
     "ErrorPayload",
@@ -39,11 +49,14 @@ __all__ = [
     "error_from_payload",
     "error_payload",
     "reply_body",
+    "request_expired",
 ]
 
 ERROR_PREFIX = "dashi.exceptions."
 HEADER_REPLY_TO = "reply-to"
 HEADER_SENDER = "sender"
+#: The epoch time (seconds) after which the caller no longer waits for the reply.
+HEADER_DEADLINE = "x-deadline"
 
 
 class ErrorPayload(BaseModel):
@@ -115,6 +128,18 @@ def _invalid_text(value: Any, where: str) -> str | None:
         elif isinstance(item, list | tuple):
             stack.extend((child, f"{path}.{index}") for index, child in enumerate(item))
     return None
+
+
+def request_expired(headers: Mapping[str, Any], now: float | None = None) -> bool:
+    """Whether a request's ``x-deadline`` header says its caller gave up.
+
+    A request without the header (a legacy caller, a fire) never expires; a value
+    that is not a number is ignored.
+    """
+    deadline = headers.get(HEADER_DEADLINE)
+    if isinstance(deadline, bool) or not isinstance(deadline, int | float):
+        return False
+    return (time.time() if now is None else now) > deadline
 
 
 def error_payload(exc: BaseException, traceback_text: str | None) -> dict[str, Any]:

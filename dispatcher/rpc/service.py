@@ -32,6 +32,12 @@ refusal a generic error; neither reconnects. (Smaller replies are not confirmed,
 which would cost a round trip per call: a broker limit under 1 MiB is not
 supported.)
 
+A request whose ``x-deadline`` header (see :mod:`dispatcher.rpc.protocol`) has
+passed is acknowledged and dropped before it is decoded: its caller gave up, so it
+is never applied nor answered (logged at INFO, at most once per
+:data:`EXPIRED_LOG_SECONDS` with a count). On RabbitMQ the broker drops such
+requests itself (their ``expiration`` property).
+
 Each worker thread owns one broker connection and competes for the queue, so
 handlers run concurrently on ``workers`` threads. Connections that drop are
 re-established with capped exponential backoff; AMQP heartbeats are serviced
@@ -72,6 +78,7 @@ from dispatcher.rpc.protocol import (
     decode_request,
     error_payload,
     reply_body,
+    request_expired,
 )
 
 __all__ = ["CONFIRM_FROM_BYTES", "RpcService"]
@@ -83,6 +90,8 @@ SERVICE_QUEUE_EXPIRES_MS = 60_000
 #: Replies this large (bytes) and larger are published with publisher confirms: the
 #: round trip is small next to sending them, and a broker refusal is then reported.
 CONFIRM_FROM_BYTES = 1 << 20
+#: Dropped expired requests are logged at most once per this many seconds.
+EXPIRED_LOG_SECONDS = 10.0
 #: How long a worker blocks waiting for a message before servicing heartbeats.
 _DRAIN_SECONDS = 1.0
 #: Reconnection backoff: first delay, growth factor and cap (seconds).
@@ -130,6 +139,9 @@ class RpcService:
         #: last connection failure (named when start gives up).
         self._refused: AccessRefusedError | None = None
         self._last_failure: str | None = None
+        self._expired_lock = threading.Lock()
+        self._expired_count = 0
+        self._expired_logged_at = float("-inf")
 
     # -- registration -------------------------------------------------------------
 
@@ -387,6 +399,9 @@ class RpcService:
         self, message: Message, producer: _ReplyPublisher, decode_error: Exception | None = None
     ) -> None:
         headers = message.headers or {}
+        if request_expired(headers):
+            self._drop_expired(message, headers)
+            return
         try:
             if decode_error is not None:
                 raise decode_error
@@ -410,6 +425,23 @@ class RpcService:
         else:
             reply = self.dispatch(body, headers, request_id, one_way=one_way)
             self._reply(message, producer, headers, reply, op)
+
+    def _drop_expired(self, message: Message, headers: Mapping[str, Any]) -> None:
+        """Acknowledge a request whose caller gave up, unapplied and unanswered."""
+        message.ack()
+        with self._expired_lock:
+            self._expired_count += 1
+            now = time.monotonic()
+            if now - self._expired_logged_at < EXPIRED_LOG_SECONDS:
+                return
+            count, self._expired_count, self._expired_logged_at = self._expired_count, 0, now
+        log.info(
+            "service %s: dropped %d expired request(s) unapplied (their callers had given "
+            "up waiting; the last from %r)",
+            self.name,
+            count,
+            headers.get(HEADER_SENDER) or "an unnamed sender",
+        )
 
     def _reply(
         self,

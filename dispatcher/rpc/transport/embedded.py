@@ -35,7 +35,10 @@ every ``polling_interval``.
 
 Capabilities: direct, topic and fanout exchanges; queue expiry and auto-delete;
 at-most-once delivery of messages held unacknowledged by a consumer that
-crashes. No message TTL, no ``mandatory`` returns, no AMQP heartbeats.
+crashes. No message TTL (a call's ``x-deadline`` header is checked by the service
+instead), no AMQP heartbeats; a ``mandatory`` publish that reaches no queue raises
+:class:`~dispatcher.rpc.transport.unroutable.UnroutableError` from the publishing
+call, where RabbitMQ would return the message.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ from dispatcher.rpc.transport.folder import (
     QueueGoneError,
     encode,
 )
+from dispatcher.rpc.transport.unroutable import UnroutableError
 
 __all__ = ["SCHEME", "Channel", "Transport", "register"]
 
@@ -194,14 +198,18 @@ class Channel(virtual.Channel):
         self._inplace_augment_message(message, exchange, routing_key)
         data = dumps(message).encode("utf-8")
         if not exchange:
-            self.folder.put(encode(routing_key), data)
+            delivered = int(self.folder.put(encode(routing_key), data))
         elif self.typeof(exchange).type == "direct":
-            self.folder.put_routed(exchange, routing_key, data)
+            delivered = self.folder.put_routed(exchange, routing_key, data)
         else:
+            delivered = 0
             for queue in self.typeof(exchange).lookup(
                 self.get_table(exchange), exchange, routing_key, None
             ):
-                self.folder.put(encode(queue), data)
+                delivered += int(self.folder.put(encode(queue), data))
+        if not delivered and kwargs.get("mandatory"):
+            # Where RabbitMQ would return the message (basic.return).
+            raise UnroutableError(f"no queue bound to {exchange!r} for {routing_key!r}")
 
     def _put(self, queue: str, payload: Any, **kwargs: Any) -> None:
         self.folder.put(encode(queue), dumps(payload).encode("utf-8"))
