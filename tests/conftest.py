@@ -64,10 +64,12 @@ def _no_process_outlives_its_test(request: pytest.FixtureRequest) -> Iterator[No
     their supervisords and the processes they run. They are found by their
     command line naming the test's ``tmp_path``, with all their descendants.
     """
-    yield
     if "tmp_path" not in request.fixturenames:
+        yield
         return
-    kill_processes_under(request.getfixturevalue("tmp_path"))
+    tmp_path = request.getfixturevalue("tmp_path")  # torn down after this fixture
+    yield
+    kill_processes_under(tmp_path)
 
 
 def kill_processes_under(directory: Path) -> list[int]:
