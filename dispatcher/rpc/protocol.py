@@ -99,10 +99,10 @@ def decode_request(body: Any) -> Request:
         first = exc.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
         raise BadRequestError(f"Invalid request: {where}: {first['msg']}") from None
-    where = _invalid_text(request.op, "op") or _invalid_text(request.args, "args")
-    if where is not None:
+    invalid = _invalid_text(request.op, "op") or _invalid_text(request.args, "args")
+    if invalid is not None:
         raise BadRequestError(
-            f"Invalid request: {where}: text is not valid Unicode or holds a NUL character"
+            f"Invalid request: {invalid}: text is not valid Unicode or holds a NUL character"
         )
     return request
 

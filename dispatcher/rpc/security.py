@@ -115,7 +115,9 @@ def canonical_message(
         "to": to,
         "v": 1,
     }
-    text = kombu_json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    text: str = kombu_json.dumps(
+        document, sort_keys=True, separators=(",", ":"), ensure_ascii=True
+    )
     return text.encode("ascii")
 
 

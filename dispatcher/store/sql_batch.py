@@ -36,7 +36,8 @@ __all__ = ["SqlBatchWriter"]
 _T = TypeVar("_T")
 
 #: Lock order of the record types within one batch.
-_ORDER: Final = (_RESOURCES, _NODES, _PROCESSES)
+#: Records are grouped by their mapping (:func:`_mapping_of`) before these are used.
+_ORDER: Final[tuple[_Mapping[Any], ...]] = (_RESOURCES, _NODES, _PROCESSES)
 
 
 def _mapping_of(record: VersionedRecord) -> _Mapping[Any]:
