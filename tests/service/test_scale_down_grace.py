@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import pytest
 
+from dispatcher.errors import ConfigError
 from dispatcher.model import VM, Node, Resource
 from dispatcher.needs import EngineNeed, NeedRegistrar, RecordingNeedSink, held_need
 from dispatcher.provisioner.base import VMState
@@ -240,3 +241,17 @@ def test_each_driver_has_its_own_grace_and_sites_can_set_it() -> None:
     )
     assert configured.provisioner.scale_down_grace("default") == 5.0
     assert configured.provisioner.scale_down_grace("cloud") == 600.0
+
+
+@pytest.mark.parametrize("grace", [-1, "soon", [30]])
+def test_a_negative_or_non_numeric_grace_is_a_configuration_error_naming_it(grace: object) -> None:
+    # Given a site whose scale_down_grace is not a number of seconds >= 0
+    with pytest.raises(ConfigError) as info:
+        load_settings(
+            environ={"PD_STATE_DIR": "/nonexistent"},
+            overrides={
+                "provisioner.sites": {"default": {"driver": "local", "scale_down_grace": grace}}
+            },
+        )
+    # Then the error names the key
+    assert "scale_down_grace" in str(info.value)
