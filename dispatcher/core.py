@@ -1,10 +1,11 @@
 """The dispatcher core: the definition and process RPCs (reference §1, §2, §3, §8, §9).
 
-:class:`ProcessDispatcherCore` has one method per RPC operation, named exactly as
-the legacy operation and taking the legacy keyword arguments, so the service can
-register each method under its own name (see :data:`RPC_OPERATIONS`). Each method
-validates its arguments with :mod:`dispatcher.requests` before touching the store
-(a rejected request writes nothing) and returns a JSON-ready value: ``None``, a
+:class:`ProcessDispatcherCore` has one handler per RPC operation, registered with
+``@operation(<request model>)`` (:mod:`dispatcher.rpc.operations`): the model of
+:mod:`dispatcher.requests` declares the operation's name, arguments and flags, and
+the handler takes the validated model. Called with the legacy arguments instead
+(positional or keyword, as on the wire), a handler validates them first, so a
+rejected request writes nothing. Each returns a JSON-ready value: ``None``, a
 "process dict" (``upid, state, round, assigned``), a full record, or a list.
 
 The core is synchronous and stateless apart from the store: it runs on every RPC
@@ -33,7 +34,7 @@ import gc
 import logging
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from dispatcher.errors import BadRequestError, NotFoundError, WriteConflictError
 from dispatcher.jsontree import tree_copy
@@ -44,42 +45,28 @@ from dispatcher.requests import (
     CreateDefinitionRequest,
     CreateProcessRequest,
     DescribeDefinitionRequest,
+    DescribeProcessesRequest,
     DescribeProcessRequest,
+    DumpRequest,
+    ListDefinitionsRequest,
     RemoveDefinitionRequest,
+    Request,
     RestartProcessRequest,
     ScheduleProcessRequest,
     SetSystemBootRequest,
     TerminateProcessRequest,
     UpdateDefinitionRequest,
 )
+from dispatcher.rpc.operations import operation, operations_of
 from dispatcher.states import ProcessState
 from dispatcher.store.base import Store
 from dispatcher.transitions import WRITE_CONFLICT_RETRIES, ProcessTransitions
 
-__all__ = ["LISTING_OPERATIONS", "RPC_OPERATIONS", "ProcessDispatcherCore"]
+__all__ = ["RPC_OPERATIONS", "ProcessDispatcherCore"]
 
 log = logging.getLogger(__name__)
 
-#: The operations served by :class:`ProcessDispatcherCore`, by method name.
-RPC_OPERATIONS: Final = (
-    "create_definition",
-    "describe_definition",
-    "update_definition",
-    "remove_definition",
-    "list_definitions",
-    "create_process",
-    "schedule_process",
-    "describe_process",
-    "describe_processes",
-    "restart_process",
-    "terminate_process",
-    "set_system_boot",
-    "dump",
-)
-
-#: Operations whose reply holds one record per stored process (100,000 and more).
-LISTING_OPERATIONS: Final = frozenset({"describe_processes", "dump"})
-
+_R = TypeVar("_R", bound=Request)
 _TERMINAL: Final = frozenset(ProcessState.TERMINAL_STATES)
 
 
@@ -104,9 +91,9 @@ def _gc_paused() -> Iterator[None]:
 class ProcessDispatcherCore:
     """Definition and process RPCs over a store.
 
-    Register the methods named in :data:`RPC_OPERATIONS` as RPC handlers with the
-    service's own annotation checking turned off: every method validates its
-    arguments itself and gives the legacy error messages.
+    Register its operations (:func:`~dispatcher.rpc.operations.operations_of`) as
+    RPC handlers with the service's own annotation checking turned off: every
+    handler validates its arguments itself and gives the legacy error messages.
 
     Args:
         store: where definitions, processes, the queue, resources and nodes live.
@@ -135,19 +122,21 @@ class ProcessDispatcherCore:
         self.limits = limits
         self.transitions = ProcessTransitions(store, messenger, clock=clock)
 
+    def parse_request(self, model: type[_R], args: dict[str, Any]) -> _R:
+        """Validate an operation's raw arguments within :attr:`limits`.
+
+        Raises:
+            BadRequestError: an argument is invalid (the message names it).
+        """
+        return model.parse(self.limits, **args)
+
     # -- definitions ------------------------------------------------------------------
 
-    def create_definition(
-        self,
-        definition_id: str,
-        definition_type: str | None,
-        executable: Any,
-        name: str | None = None,
-        description: str | None = None,
-    ) -> None:
+    @operation(CreateDefinitionRequest)
+    def create_definition(self, req: CreateDefinitionRequest) -> None:
         """Store a new process definition (not idempotent).
 
-        Args:
+        Args (of ``req``):
             definition_id: the new definition's id.
             definition_type: the launch type it is meant for (``supd``, ``pyon`` ...).
             executable: what to run (for ``supd`` a dict such as
@@ -159,20 +148,13 @@ class ProcessDispatcherCore:
             BadRequestError: an argument is invalid.
             WriteConflictError: a definition with this id exists.
         """
-        req = CreateDefinitionRequest.parse(
-            self.limits,
-            definition_id=definition_id,
-            definition_type=definition_type,
-            executable=executable,
-            name=name,
-            description=description,
-        )
         self.store.add_definition(_definition(req))
 
-    def describe_definition(self, definition_id: str) -> dict[str, Any] | None:
+    @operation(DescribeDefinitionRequest)
+    def describe_definition(self, req: DescribeDefinitionRequest) -> dict[str, Any] | None:
         """Return a definition record.
 
-        Args:
+        Args (of ``req``):
             definition_id: the definition's id.
 
         Raises:
@@ -182,23 +164,16 @@ class ProcessDispatcherCore:
             ``{definition_id, definition_type, executable, name, description,
             version}``, or ``None`` if there is no such definition.
         """
-        req = DescribeDefinitionRequest.parse(self.limits, definition_id=definition_id)
         definition = self.store.get_definition(req.definition_id)
         return None if definition is None else definition.to_dict()
 
-    def update_definition(
-        self,
-        definition_id: str,
-        definition_type: str | None,
-        executable: Any,
-        name: str | None = None,
-        description: str | None = None,
-    ) -> None:
+    @operation(UpdateDefinitionRequest)
+    def update_definition(self, req: UpdateDefinitionRequest) -> None:
         """Replace a definition wholesale (omitted ``name``/``description`` become None).
 
         Existing processes keep the copy of the definition taken at their creation.
 
-        Args:
+        Args (of ``req``):
             definition_id: the definition's id.
             definition_type: as for :meth:`create_definition`.
             executable: as for :meth:`create_definition`.
@@ -209,44 +184,36 @@ class ProcessDispatcherCore:
             BadRequestError: an argument is invalid.
             NotFoundError: there is no such definition.
         """
-        req = UpdateDefinitionRequest.parse(
-            self.limits,
-            definition_id=definition_id,
-            definition_type=definition_type,
-            executable=executable,
-            name=name,
-            description=description,
-        )
         self.store.update_definition(_definition(req))
 
-    def remove_definition(self, definition_id: str) -> None:
+    @operation(RemoveDefinitionRequest)
+    def remove_definition(self, req: RemoveDefinitionRequest) -> None:
         """Remove a definition; existing processes are unaffected.
 
-        Args:
+        Args (of ``req``):
             definition_id: the definition's id.
 
         Raises:
             BadRequestError: the id is invalid.
             NotFoundError: there is no such definition.
         """
-        req = RemoveDefinitionRequest.parse(self.limits, definition_id=definition_id)
         self.store.remove_definition(req.definition_id)
 
-    def list_definitions(self) -> list[str]:
+    @operation(ListDefinitionsRequest)
+    def list_definitions(self, req: ListDefinitionsRequest) -> list[str]:
         """Return the ids of every definition."""
         return self.store.list_definition_ids()
 
     # -- processes: create and schedule -----------------------------------------------
 
-    def create_process(
-        self, upid: str, definition_id: str, name: str | None = None
-    ) -> dict[str, Any]:
+    @operation(CreateProcessRequest)
+    def create_process(self, req: CreateProcessRequest) -> dict[str, Any]:
         """Create a process in ``100-UNSCHEDULED``, round 0 (idempotent; no notification).
 
         If the process exists (in any state) nothing is written and its current
         process dict is returned, provided the request matches it.
 
-        Args:
+        Args (of ``req``):
             upid: the new process's id.
             definition_id: the definition it runs (copied into the process).
             name: a display name.
@@ -259,9 +226,6 @@ class ProcessDispatcherCore:
         Returns:
             The process dict.
         """
-        req = CreateProcessRequest.parse(
-            self.limits, upid=upid, definition_id=definition_id, name=name
-        )
         definition = self._get_definition(req.definition_id)
         process = Process(upid=req.upid, definition=definition.to_dict(), name=req.name)
         try:
@@ -274,19 +238,8 @@ class ProcessDispatcherCore:
         _check_same_creation(existing, req.definition_id, req.name)
         return existing.summary()
 
-    def schedule_process(
-        self,
-        upid: str,
-        definition_id: str | None = None,
-        configuration: dict[str, Any] | None = None,
-        subscribers: list[Any] | None = None,
-        constraints: dict[str, Any] | None = None,
-        queueing_mode: str | None = None,
-        restart_mode: str | None = None,
-        execution_engine_id: str | None = None,
-        node_exclusive: str | None = None,
-        name: str | None = None,
-    ) -> dict[str, Any]:
+    @operation(ScheduleProcessRequest)
+    def schedule_process(self, req: ScheduleProcessRequest) -> dict[str, Any]:
         """Request that a process run (reference §1.8); idempotent for in-play processes.
 
         The fields ``configuration, subscribers, constraints, queueing_mode,
@@ -307,7 +260,7 @@ class ProcessDispatcherCore:
         harmless nudge for an in-play process). Subscribers are not notified of
         REQUESTED.
 
-        Args:
+        Args (of ``req``):
             upid: the process's id.
             definition_id: the definition, required when the process is unknown.
             configuration: the process configuration (a JSON object).
@@ -329,19 +282,6 @@ class ProcessDispatcherCore:
         Returns:
             The process dict.
         """
-        req = ScheduleProcessRequest.parse(
-            self.limits,
-            upid=upid,
-            definition_id=definition_id,
-            configuration=configuration,
-            subscribers=subscribers,
-            constraints=constraints,
-            queueing_mode=queueing_mode,
-            restart_mode=restart_mode,
-            execution_engine_id=execution_engine_id,
-            node_exclusive=node_exclusive,
-            name=name,
-        )
         created = self._try_create(req)
         if created is not None:
             return created.summary()
@@ -434,26 +374,28 @@ class ProcessDispatcherCore:
 
     # -- processes: describe ----------------------------------------------------------
 
-    def describe_process(self, upid: str) -> dict[str, Any] | None:
+    @operation(DescribeProcessRequest)
+    def describe_process(self, req: DescribeProcessRequest) -> dict[str, Any] | None:
         """Return the full record of a process, or ``None`` if there is no such process.
 
-        Args:
+        Args (of ``req``):
             upid: the process's id (a string; not checked against the identifier rule).
 
         Raises:
             BadRequestError: ``upid`` is not a string.
         """
-        req = DescribeProcessRequest.parse(self.limits, upid=upid)
         process = self.store.get_process(req.upid)
         return None if process is None else process.to_dict()
 
-    def describe_processes(self) -> list[dict[str, Any]]:
+    @operation(DescribeProcessesRequest)
+    def describe_processes(self, req: DescribeProcessesRequest) -> list[dict[str, Any]]:
         """Return the full record of every process."""
         return self.store.list_process_dicts()
 
     # -- processes: restart and terminate ---------------------------------------------
 
-    def restart_process(self, upid: str) -> dict[str, Any]:
+    @operation(RestartProcessRequest)
+    def restart_process(self, req: RestartProcessRequest) -> dict[str, Any]:
         """Restart a RUNNING process in place under a new round (decision 4).
 
         The process becomes ``400-PENDING`` with ``round + 1`` and keeps its
@@ -461,7 +403,7 @@ class ProcessDispatcherCore:
         told ``restart_process(u_pid, round)``. Subscribers are not notified
         (legacy). A process that is not RUNNING is returned unchanged.
 
-        Args:
+        Args (of ``req``):
             upid: the process's id.
 
         Raises:
@@ -472,7 +414,6 @@ class ProcessDispatcherCore:
         Returns:
             The process dict.
         """
-        req = RestartProcessRequest.parse(self.limits, upid=upid)
         for _ in range(WRITE_CONFLICT_RETRIES):
             process = self._get_process(req.upid)
             if process.state != ProcessState.RUNNING:
@@ -492,7 +433,9 @@ class ProcessDispatcherCore:
             except WriteConflictError:
                 continue
             if restarted.assigned is None:  # RUNNING implies assigned; be defensive
-                log.warning("process %s is RUNNING but not assigned: no agent to restart", upid)
+                log.warning(
+                    "process %s is RUNNING but not assigned: no agent to restart", req.upid
+                )
                 return restarted.summary()
             self.transitions.move_assignment(
                 restarted.assigned, old_key, (restarted.upid, restarted.round)
@@ -503,7 +446,8 @@ class ProcessDispatcherCore:
             return restarted.summary()
         raise BadRequestError(f"process {req.upid} could not be updated")
 
-    def terminate_process(self, upid: str) -> dict[str, Any]:
+    @operation(TerminateProcessRequest)
+    def terminate_process(self, req: TerminateProcessRequest) -> dict[str, Any]:
         """Terminate a process (reference §1.11).
 
         * Terminal: returned unchanged; no message, no notification.
@@ -516,7 +460,7 @@ class ProcessDispatcherCore:
           (:mod:`dispatcher.terminates`). The agent's heartbeat brings the final
           state.
 
-        Args:
+        Args (of ``req``):
             upid: the process's id.
 
         Raises:
@@ -527,7 +471,6 @@ class ProcessDispatcherCore:
         Returns:
             The process dict.
         """
-        req = TerminateProcessRequest.parse(self.limits, upid=upid)
         for _ in range(WRITE_CONFLICT_RETRIES):
             process = self._get_process(req.upid)
             if process.state in _TERMINAL:
@@ -557,19 +500,20 @@ class ProcessDispatcherCore:
 
     # -- dispatcher-wide ----------------------------------------------------------------
 
-    def set_system_boot(self, system_boot: bool) -> None:
+    @operation(SetSystemBootRequest)
+    def set_system_boot(self, req: SetSystemBootRequest) -> None:
         """Set or clear the system-boot flag (the doctor watches it).
 
-        Args:
+        Args (of ``req``):
             system_boot: exactly ``True`` or ``False``.
 
         Raises:
             BadRequestError: ``system_boot`` is not a boolean.
         """
-        req = SetSystemBootRequest.parse(self.limits, system_boot=system_boot)
         self.store.set_system_boot(req.system_boot)
 
-    def dump(self) -> dict[str, dict[str, dict[str, Any]]]:
+    @operation(DumpRequest)
+    def dump(self, req: DumpRequest) -> dict[str, dict[str, dict[str, Any]]]:
         """Return every resource, process and node record (reference §8).
 
         Returns:
@@ -607,6 +551,10 @@ class ProcessDispatcherCore:
         if process is None:
             raise NotFoundError(f"process {upid} does not exist")
         return process
+
+
+#: The operations served by :class:`ProcessDispatcherCore`, in declaration order.
+RPC_OPERATIONS: Final = tuple(op.name for op in operations_of(ProcessDispatcherCore))
 
 
 def _definition(req: CreateDefinitionRequest) -> Definition:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Any, Final, Literal, Self
+from typing import Annotated, Any, ClassVar, Final, Literal, Self
 
 from pydantic import (
     BaseModel,
@@ -38,8 +38,13 @@ from dispatcher.requests import Identifier, JsonObject, Request
 
 __all__ = [
     "MAX_LOG_TAIL",
+    "AddEngineRequest",
     "GetProcessLogsRequest",
     "HeartbeatMessage",
+    "HeartbeatRequest",
+    "InstanceStateName",
+    "ListEnginesRequest",
+    "LogStream",
     "NodeStateRequest",
     "ReportedProcess",
     "resource_id_from_sender",
@@ -52,6 +57,20 @@ _MAX_RESOURCE_ID = 255
 _STATE = re.compile(r"^[0-9]{3}-[A-Z_]+$")
 
 NonEmptyStr = Annotated[str, StringConstraints(min_length=1)]
+#: A node state ``node_state`` acts on (:class:`~dispatcher.states.InstanceState`);
+#: any other string is accepted and ignored.
+InstanceStateName = Literal[
+    "200-REQUESTED",
+    "400-PENDING",
+    "500-STARTED",
+    "600-RUNNING",
+    "700-TERMINATING",
+    "800-TERMINATED",
+    "900-FAILED",
+    "950-REJECTED",
+]
+#: The output streams of a process.
+LogStream = Literal["stdout", "stderr"]
 
 
 def _round(value: Any) -> Any:
@@ -165,8 +184,24 @@ def resource_id_from_sender(sender: Any, eeagent_id: str | None = None) -> str:
     return resource_id
 
 
+class HeartbeatRequest(Request):
+    """``heartbeat(message, sender)``: ``sender`` is the request's ``sender`` header.
+
+    Both are checked by the handler (:meth:`HeartbeatMessage.parse`,
+    :func:`resource_id_from_sender`), which logs what it drops.
+    """
+
+    operation: ClassVar[str] = "heartbeat"
+    check_limits: ClassVar[bool] = False
+
+    message: Any
+    sender: Any = None
+
+
 class NodeStateRequest(Request):
     """``node_state(node_id, domain_id, state, properties=None)``."""
+
+    operation: ClassVar[str] = "node_state"
 
     node_id: NonEmptyStr
     domain_id: str | None
@@ -177,6 +212,24 @@ class NodeStateRequest(Request):
 class GetProcessLogsRequest(Request):
     """``get_process_logs(upid, stream="stdout", tail_bytes=65536)``."""
 
+    operation: ClassVar[str] = "get_process_logs"
+
     upid: Identifier
-    stream: Literal["stdout", "stderr"] = "stdout"
+    stream: LogStream = "stdout"
     tail_bytes: int = Field(65536, ge=1, le=MAX_LOG_TAIL)
+
+
+class AddEngineRequest(Request):
+    """``add_engine(definition)``: checked by
+    :meth:`~dispatcher.engines.EngineRegistry.parse_definition` (limits included)."""
+
+    operation: ClassVar[str] = "add_engine"
+    check_limits: ClassVar[bool] = False
+
+    definition: Any
+
+
+class ListEnginesRequest(Request):
+    """``list_engines()``: no arguments."""
+
+    operation: ClassVar[str] = "list_engines"

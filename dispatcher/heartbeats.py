@@ -83,7 +83,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from dispatcher.engines import EngineRegistry
 from dispatcher.errors import (
@@ -94,15 +94,22 @@ from dispatcher.errors import (
 )
 from dispatcher.evacuation import Evacuation, release_node_exclusive
 from dispatcher.heartbeat_messages import (
+    AddEngineRequest,
+    GetProcessLogsRequest,
     HeartbeatMessage,
+    HeartbeatRequest,
+    ListEnginesRequest,
     NodeStateRequest,
     ReportedProcess,
     resource_id_from_sender,
 )
+from dispatcher.limits import DEFAULT_LIMITS
 from dispatcher.messaging import Messenger
 from dispatcher.model import Process, Resource
 from dispatcher.process_logs import DEFAULT_LOGS_TIMEOUT, AgentCaller, ProcessLogs
 from dispatcher.registration import Registration
+from dispatcher.requests import Request
+from dispatcher.rpc.operations import operation, operations_of
 from dispatcher.states import InstanceState, ProcessState
 from dispatcher.store.base import Store
 from dispatcher.transitions import (
@@ -115,14 +122,7 @@ __all__ = ["RPC_OPERATIONS", "HeartbeatHandler"]
 
 log = logging.getLogger(__name__)
 
-#: The operations served by :class:`HeartbeatHandler`, by method name.
-RPC_OPERATIONS: Final = (
-    "heartbeat",
-    "node_state",
-    "add_engine",
-    "list_engines",
-    "get_process_logs",
-)
+_R = TypeVar("_R", bound=Request)
 
 _IN_PLAY: Final = frozenset({ProcessState.ASSIGNED, ProcessState.PENDING, ProcessState.RUNNING})
 _STARTED: Final = frozenset({ProcessState.ASSIGNED, ProcessState.PENDING})
@@ -147,9 +147,9 @@ class _Beat:
 class HeartbeatHandler:
     """The health RPCs: heartbeats, node states, run-time engines and process logs.
 
-    Register the methods named in :data:`RPC_OPERATIONS` as RPC handlers with the
-    service's annotation checking off (each validates its own arguments), and
-    ``heartbeat`` with ``sender_kwarg="sender"``. Thread-safe: state lives in the
+    Register its operations (:func:`~dispatcher.rpc.operations.operations_of`) as
+    RPC handlers with the service's annotation checking off (each validates its own
+    arguments), and ``heartbeat`` with ``sender_kwarg="sender"``. Thread-safe: state lives in the
     store, except the recently sent cleanups (under a lock).
 
     Args:
@@ -195,12 +195,21 @@ class HeartbeatHandler:
         self.evacuation = Evacuation(store, self.transitions)
         self.registration = Registration(store, engines, self.evacuation, clock=clock)
 
+    def parse_request(self, model: type[_R], args: dict[str, Any]) -> _R:
+        """Validate an operation's raw arguments (within the default request limits).
+
+        Raises:
+            BadRequestError: an argument is invalid (the message names it).
+        """
+        return model.parse(DEFAULT_LIMITS, **args)
+
     # -- heartbeat ----------------------------------------------------------------------
 
-    def heartbeat(self, message: Any, sender: Any = None) -> None:
+    @operation(HeartbeatRequest)
+    def heartbeat(self, req: HeartbeatRequest) -> None:
         """Take an eeagent's report (fired by the agent; see the module docstring).
 
-        Args:
+        Args (of ``req``):
             message: the heartbeat (``eeagent_id``, ``node_id``, ``timestamp``,
                 ``processes``).
             sender: the ``sender`` header, ``"<sysname>.<agent name>"``; the
@@ -211,10 +220,10 @@ class HeartbeatHandler:
             BadRequestError: the message or sender is malformed; nothing is stored.
         """
         try:
-            beat = HeartbeatMessage.parse(message)
-            resource_id = resource_id_from_sender(sender, beat.eeagent_id)
+            beat = HeartbeatMessage.parse(req.message)
+            resource_id = resource_id_from_sender(req.sender, beat.eeagent_id)
         except BadRequestError as exc:
-            log.warning("dropping heartbeat from %s: %s", reprlib.repr(sender), exc)
+            log.warning("dropping heartbeat from %s: %s", reprlib.repr(req.sender), exc)
             raise
         now = datetime.fromtimestamp(self.clock(), UTC)
         stamp = min(beat.timestamp, now).astimezone(UTC)
@@ -408,13 +417,8 @@ class HeartbeatHandler:
 
     # -- node_state ---------------------------------------------------------------------
 
-    def node_state(
-        self,
-        node_id: str,
-        domain_id: str | None,
-        state: str,
-        properties: dict[str, Any] | None = None,
-    ) -> None:
+    @operation(NodeStateRequest)
+    def node_state(self, req: NodeStateRequest) -> None:
         """A node (VM) changed state (reference §1.12; decision 3).
 
         * ``600-RUNNING``: an unknown node is recorded (``state_time`` = now); a
@@ -424,7 +428,7 @@ class HeartbeatHandler:
           restart mode, the records removed); an unknown node is ignored.
         * anything else is ignored.
 
-        Args:
+        Args (of ``req``):
             node_id: the node (VM) id.
             domain_id: ``pd_domain_<engine>``: the engine its agents serve.
             state: an :class:`~dispatcher.states.InstanceState` string.
@@ -434,9 +438,6 @@ class HeartbeatHandler:
         Raises:
             BadRequestError: an argument is ill-typed.
         """
-        req = NodeStateRequest.parse(
-            node_id=node_id, domain_id=domain_id, state=state, properties=properties
-        )
         if req.state == InstanceState.RUNNING:
             self.registration.node_running(req.node_id, req.domain_id, req.properties)
         elif req.state in InstanceState.DEAD:
@@ -446,10 +447,11 @@ class HeartbeatHandler:
 
     # -- add_engine ---------------------------------------------------------------------
 
-    def add_engine(self, definition: Any) -> None:
+    @operation(AddEngineRequest)
+    def add_engine(self, req: AddEngineRequest) -> None:
         """Add an engine at run time; it is persisted and seen by every instance.
 
-        Args:
+        Args (of ``req``):
             definition: ``{"engine_id", "slots", ...}`` with the legacy engine keys
                 (``base_need``, ``config``, ``replicas``, ``spare_slots``,
                 ``iaas_allocation``, ``maximum_vms``, ``heartbeat_period``,
@@ -459,7 +461,7 @@ class HeartbeatHandler:
             BadRequestError: the definition is invalid (the message names the key).
             WriteConflictError: an engine with this id exists.
         """
-        engine_id, engine = EngineRegistry.parse_definition(definition)
+        engine_id, engine = EngineRegistry.parse_definition(req.definition)
         if self.registration.engine(engine_id) is not None:
             raise WriteConflictError(f"engine {engine_id!r} already exists")
         self.store.add_engine(engine_id, engine.model_dump(mode="json", exclude_unset=True))
@@ -467,7 +469,8 @@ class HeartbeatHandler:
             self.engines.add(engine_id, engine)
         log.info("engine %s added (%d slots)", engine_id, engine.slots)
 
-    def list_engines(self) -> dict[str, dict[str, Any]]:
+    @operation(ListEnginesRequest)
+    def list_engines(self, req: ListEnginesRequest) -> dict[str, dict[str, Any]]:
         """Every engine this dispatcher knows: configured ones and those added at run time.
 
         Returns:
@@ -480,13 +483,18 @@ class HeartbeatHandler:
 
     # -- get_process_logs ---------------------------------------------------------------
 
-    def get_process_logs(self, upid: str, stream: str = "stdout", tail_bytes: int = 65536) -> str:
+    @operation(GetProcessLogsRequest)
+    def get_process_logs(self, req: GetProcessLogsRequest) -> str:
         """The end of a process's output, fetched from its agent.
 
         See :meth:`dispatcher.process_logs.ProcessLogs.get_process_logs` for the
         arguments and errors.
         """
-        return self.process_logs.get_process_logs(upid, stream, tail_bytes)
+        return self.process_logs.get_process_logs(req.upid, req.stream, req.tail_bytes)
+
+
+#: The operations served by :class:`HeartbeatHandler`, in declaration order.
+RPC_OPERATIONS: Final = tuple(op.name for op in operations_of(HeartbeatHandler))
 
 
 def _later(stored: str | None, stamp: datetime) -> str:

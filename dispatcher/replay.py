@@ -38,6 +38,8 @@ from typing import Any, Final
 
 import orjson
 
+from dispatcher.core import ProcessDispatcherCore
+from dispatcher.rpc.operations import operations_of
 from dispatcher.store.applied import PendingRequest, pending_request
 from dispatcher.store.base import Store
 
@@ -53,14 +55,11 @@ log = logging.getLogger(__name__)
 
 #: Operations whose first result answers a redelivery, with the kind of record
 #: their effect writes.
+#: Derived from the request models' ``replay`` flag (:mod:`dispatcher.requests`).
 REPLAYED_OPERATIONS: Final = {
-    "create_definition": "definition",
-    "update_definition": "definition",
-    "remove_definition": "definition",
-    "create_process": "process",
-    "schedule_process": "process",
-    "terminate_process": "process",
-    "restart_process": "process",
+    op.name: op.model.replay
+    for op in operations_of(ProcessDispatcherCore)
+    if op.model.replay is not None
 }
 #: Seconds an applied request is remembered: a redelivery comes within seconds of a
 #: crash, or when the dispatcher restarts (an unused service queue expires in 60 s).

@@ -1,5 +1,13 @@
 """Validated arguments of the dispatcher's RPC operations: one pydantic model per operation.
 
+Each model is the one declaration of its operation (see
+:mod:`dispatcher.rpc.operations`): ``operation`` is its name on the wire, the
+fields are its arguments in the legacy order, and the class variables are its
+flags (``large_reply`` for the listings, ``replay`` for the state-changing
+operations whose first result answers a redelivery, see :mod:`dispatcher.replay`).
+A handler method registered with ``@operation(Model)`` takes the validated model;
+the dispatch table, the operation lists and the client's names derive from them.
+
 The core builds the model for an operation from the keyword arguments it received
 (straight from the wire, or from an in-process caller) before it reads or writes
 anything, so a rejected request writes nothing. :meth:`Request.parse` turns every
@@ -37,7 +45,7 @@ from __future__ import annotations
 import json
 import math
 import string
-from typing import Annotated, Any, ClassVar, Self
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError
 
@@ -50,10 +58,10 @@ from dispatcher.limits import (
     check_arguments,
     check_executable,
 )
+from dispatcher.rpc.operations import OperationRequest
 from dispatcher.states import QueueingMode, RestartMode
 
 __all__ = [
-    "REQUEST_MODELS",
     "CreateDefinitionRequest",
     "CreateProcessRequest",
     "DescribeDefinitionRequest",
@@ -61,8 +69,11 @@ __all__ = [
     "DescribeProcessesRequest",
     "DumpRequest",
     "ListDefinitionsRequest",
+    "QueueingModeName",
     "RemoveDefinitionRequest",
+    "ReplayKind",
     "Request",
+    "RestartModeName",
     "RestartProcessRequest",
     "ScheduleProcessRequest",
     "SetSystemBootRequest",
@@ -109,13 +120,19 @@ def _json_value(value: Any) -> Any:
         raise ValueError(f"not JSON-serializable ({exc})") from None
 
 
-def _one_of(allowed: tuple[str, ...]) -> AfterValidator:
-    def check(value: str | None) -> str | None:
-        if value is not None and value not in allowed:
+def _one_of(allowed: tuple[str, ...]) -> BeforeValidator:
+    """The legacy messages of a mode field (checked before the ``Literal`` type)."""
+
+    def check(value: Any) -> Any:
+        if value is None:
+            return value
+        if not isinstance(value, str):
+            raise ValueError("Input should be a valid string")
+        if value not in allowed:
             raise ValueError(f"{value!r} is not one of {', '.join(allowed)} (or null)")
         return value
 
-    return AfterValidator(check)
+    return BeforeValidator(check)
 
 
 def _subscriber_pairs(value: Any) -> Any:
@@ -140,17 +157,27 @@ Identifier = Annotated[str, AfterValidator(_identifier)]
 JsonValue = Annotated[Any, AfterValidator(_json_value)]
 JsonObject = Annotated[dict[str, Any], AfterValidator(_json_value)]
 Subscribers = Annotated[list[list[str]] | None, BeforeValidator(_subscriber_pairs)]
-QueueingModeName = Annotated[str | None, _one_of(QueueingMode.ALL)]
-RestartModeName = Annotated[str | None, _one_of(RestartMode.ALL)]
+#: A ``queueing_mode`` (:attr:`QueueingMode.ALL`).
+QueueingModeName = Literal["NEVER", "ALWAYS", "START_ONLY", "RESTART_ONLY"]
+#: A ``restart_mode`` (:attr:`RestartMode.ALL`).
+RestartModeName = Literal["NEVER", "ALWAYS", "ABNORMAL"]
+#: What a replayed operation's effect writes: a definition or a process record.
+ReplayKind = Literal["definition", "process"]
 
 
-class Request(BaseModel):
+class Request(OperationRequest):
     """Base of the request models: strict types, no unknown fields, immutable."""
 
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
 
     #: Fields whose every failure reads ``"invalid <field>"`` (the legacy wording).
     identifier_fields: ClassVar[frozenset[str]] = frozenset({"upid", "definition_id"})
+    #: A redelivery of this request is answered with its first result, and what its
+    #: effect writes (``None``: applied again; see :mod:`dispatcher.replay`).
+    replay: ClassVar[ReplayKind | None] = None
+    #: :meth:`parse` checks the request limits first (operations whose handler
+    #: checks its arguments itself turn this off).
+    check_limits: ClassVar[bool] = True
 
     @classmethod
     def parse(cls, limits: RequestLimits = DEFAULT_LIMITS, /, **args: Any) -> Self:
@@ -169,7 +196,8 @@ class Request(BaseModel):
             The validated request.
         """
         try:
-            check_arguments(args, limits)
+            if cls.check_limits:
+                check_arguments(args, limits)
             request = cls.model_validate(args)
             request._check_limits(limits)
         except LimitError as exc:
@@ -202,6 +230,9 @@ class Request(BaseModel):
 class CreateDefinitionRequest(Request):
     """``create_definition(definition_id, definition_type, executable, name, description)``."""
 
+    operation: ClassVar[str] = "create_definition"
+    replay: ClassVar[ReplayKind | None] = "definition"
+
     definition_id: Identifier
     definition_type: str | None
     executable: JsonValue
@@ -215,19 +246,27 @@ class CreateDefinitionRequest(Request):
 class UpdateDefinitionRequest(CreateDefinitionRequest):
     """``update_definition``: the same arguments as ``create_definition``."""
 
+    operation: ClassVar[str] = "update_definition"
+
 
 class DescribeDefinitionRequest(Request):
     """``describe_definition(definition_id)``."""
 
+    operation: ClassVar[str] = "describe_definition"
     definition_id: Identifier
 
 
 class RemoveDefinitionRequest(DescribeDefinitionRequest):
     """``remove_definition(definition_id)``."""
 
+    operation: ClassVar[str] = "remove_definition"
+    replay: ClassVar[ReplayKind | None] = "definition"
+
 
 class ListDefinitionsRequest(Request):
     """``list_definitions()``: no arguments."""
+
+    operation: ClassVar[str] = "list_definitions"
 
 
 # -- processes -------------------------------------------------------------------------
@@ -235,6 +274,9 @@ class ListDefinitionsRequest(Request):
 
 class CreateProcessRequest(Request):
     """``create_process(upid, definition_id, name=None)``."""
+
+    operation: ClassVar[str] = "create_process"
+    replay: ClassVar[ReplayKind | None] = "process"
 
     upid: Identifier
     definition_id: Identifier
@@ -244,13 +286,16 @@ class CreateProcessRequest(Request):
 class ScheduleProcessRequest(Request):
     """``schedule_process(upid, definition_id=None, ..., name=None)``."""
 
+    operation: ClassVar[str] = "schedule_process"
+    replay: ClassVar[ReplayKind | None] = "process"
+
     upid: Identifier
     definition_id: Identifier | None = None
     configuration: JsonObject | None = None
     subscribers: Subscribers = None
     constraints: JsonObject | None = None
-    queueing_mode: QueueingModeName = None
-    restart_mode: RestartModeName = None
+    queueing_mode: Annotated[QueueingModeName | None, _one_of(QueueingMode.ALL)] = None
+    restart_mode: Annotated[RestartModeName | None, _one_of(RestartMode.ALL)] = None
     execution_engine_id: str | None = None
     node_exclusive: str | None = None
     name: str | None = None
@@ -299,22 +344,30 @@ class DescribeProcessRequest(Request):
     simply names no process. A non-string is still rejected.
     """
 
+    operation: ClassVar[str] = "describe_process"
     upid: str
 
 
 class DescribeProcessesRequest(Request):
-    """``describe_processes()``: no arguments."""
+    """``describe_processes()``: no arguments; the reply lists every process."""
+
+    operation: ClassVar[str] = "describe_processes"
+    large_reply: ClassVar[bool] = True
 
 
 class RestartProcessRequest(Request):
     """``restart_process(upid)``."""
 
+    operation: ClassVar[str] = "restart_process"
+    replay: ClassVar[ReplayKind | None] = "process"
     upid: Identifier
 
 
 class TerminateProcessRequest(Request):
     """``terminate_process(upid)``."""
 
+    operation: ClassVar[str] = "terminate_process"
+    replay: ClassVar[ReplayKind | None] = "process"
     upid: Identifier
 
 
@@ -324,6 +377,7 @@ class TerminateProcessRequest(Request):
 class SetSystemBootRequest(Request):
     """``set_system_boot(system_boot)``: exactly ``True`` or ``False``."""
 
+    operation: ClassVar[str] = "set_system_boot"
     system_boot: bool
 
     @classmethod
@@ -332,22 +386,7 @@ class SetSystemBootRequest(Request):
 
 
 class DumpRequest(Request):
-    """``dump()``: no arguments."""
+    """``dump()``: no arguments; the reply holds every process, resource and node."""
 
-
-#: Operation name -> its request model.
-REQUEST_MODELS: dict[str, type[Request]] = {
-    "create_definition": CreateDefinitionRequest,
-    "describe_definition": DescribeDefinitionRequest,
-    "update_definition": UpdateDefinitionRequest,
-    "remove_definition": RemoveDefinitionRequest,
-    "list_definitions": ListDefinitionsRequest,
-    "create_process": CreateProcessRequest,
-    "schedule_process": ScheduleProcessRequest,
-    "describe_process": DescribeProcessRequest,
-    "describe_processes": DescribeProcessesRequest,
-    "restart_process": RestartProcessRequest,
-    "terminate_process": TerminateProcessRequest,
-    "set_system_boot": SetSystemBootRequest,
-    "dump": DumpRequest,
-}
+    operation: ClassVar[str] = "dump"
+    large_reply: ClassVar[bool] = True

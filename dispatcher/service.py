@@ -27,23 +27,23 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from dispatcher.core import LISTING_OPERATIONS, ProcessDispatcherCore
-from dispatcher.core import RPC_OPERATIONS as CORE_OPERATIONS
+from dispatcher.core import ProcessDispatcherCore
 from dispatcher.doctor import Doctor
 from dispatcher.engines import EngineRegistry
 from dispatcher.errors import ConfigError
 from dispatcher.heartbeat_intake import HeartbeatIntake
-from dispatcher.heartbeats import RPC_OPERATIONS as HEALTH_OPERATIONS
+from dispatcher.heartbeat_messages import HeartbeatRequest
 from dispatcher.heartbeats import HeartbeatHandler
 from dispatcher.leadership import LeaderElector, claim_database, lock_for_database
 from dispatcher.matchmaker import Matchmaker
 from dispatcher.messaging import Messenger
 from dispatcher.needs import NeedRegistrar, NeedSink
 from dispatcher.provisioner.manager import Provisioner
-from dispatcher.replay import REPLAYED_OPERATIONS, RequestReplay
+from dispatcher.replay import RequestReplay
 from dispatcher.rpc.broker import BrokerConfig
 from dispatcher.rpc.client import RpcClient
 from dispatcher.rpc.messenger import RpcMessenger
+from dispatcher.rpc.operations import operations_of
 from dispatcher.rpc.security import CommandGuard, MessageSigner, SignatureVerifier
 from dispatcher.rpc.service import RpcService
 from dispatcher.settings import Settings
@@ -53,8 +53,10 @@ __all__ = ["RPC_OPERATIONS", "DispatcherService", "engine_registry"]
 
 log = logging.getLogger(__name__)
 
-#: Every operation a dispatcher serves.
-RPC_OPERATIONS = (*CORE_OPERATIONS, *HEALTH_OPERATIONS)
+#: Every operation a dispatcher serves (the core's, then the health handler's).
+RPC_OPERATIONS = tuple(
+    op.name for op in (*operations_of(ProcessDispatcherCore), *operations_of(HeartbeatHandler))
+)
 
 #: Threads besides the RPC workers that use the store: matchmaker, doctor,
 #: provisioner, and one spare.
@@ -146,14 +148,13 @@ class DispatcherService:
         self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
         replay = RequestReplay(store)
-        for op in CORE_OPERATIONS:
-            large = op in LISTING_OPERATIONS
+        for op in operations_of(core):
             self.rpc.handle(
-                op,
-                getattr(core, op),
+                op.name,
+                getattr(core, op.attribute),
                 validate=False,
-                large_reply=large,
-                replay=replay if op in REPLAYED_OPERATIONS else None,
+                large_reply=op.large_reply,
+                replay=replay if op.model.replay is not None else None,
             )
         heartbeat_guard = None
         if verifier is not None:
@@ -163,15 +164,16 @@ class DispatcherService:
                 verifier=verifier,
             )
         if heartbeats is not None:
-            for op in HEALTH_OPERATIONS:
-                sender = "sender" if op == "heartbeat" else None
+            for op in operations_of(heartbeats):
+                beat = op.model is HeartbeatRequest
                 self.rpc.handle(
-                    op,
-                    getattr(heartbeats, op),
-                    sender_kwarg=sender,
+                    op.name,
+                    getattr(heartbeats, op.attribute),
+                    sender_kwarg="sender" if beat else None,
                     validate=False,
-                    guard=heartbeat_guard if op == "heartbeat" else None,
-                    fire=intake.heartbeat if op == "heartbeat" and intake else None,
+                    large_reply=op.large_reply,
+                    guard=heartbeat_guard if beat else None,
+                    fire=intake.heartbeat if beat and intake else None,
                 )
 
     @classmethod

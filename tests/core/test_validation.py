@@ -10,7 +10,7 @@ import pytest
 from dispatcher.core import ProcessDispatcherCore
 from dispatcher.errors import BadRequestError
 from dispatcher.messaging import RecordingMessenger
-from dispatcher.requests import REQUEST_MODELS, is_valid_identifier
+from dispatcher.requests import is_valid_identifier
 from dispatcher.states import ProcessState
 from dispatcher.store.memory import MemoryStore
 from tests.core.conftest import DEFINITION_ID, put_process, snapshot
@@ -270,11 +270,19 @@ def test_set_system_boot_sets_and_clears_the_flag(
     assert not store.is_system_boot()
 
 
-def test_every_rpc_operation_has_a_request_model() -> None:
-    # Given the operations the core serves, Then each has exactly one request model
+def test_every_rpc_operation_is_declared_once_by_its_request_model() -> None:
+    # Given the handlers the core registers, Then each serves the operation its model
+    # names, under the same method name, and no two share a model or a name
     from dispatcher.core import RPC_OPERATIONS
+    from dispatcher.requests import Request
+    from dispatcher.rpc.operations import operations_of
 
-    assert sorted(REQUEST_MODELS) == sorted(RPC_OPERATIONS)
+    operations = operations_of(ProcessDispatcherCore)
+    assert RPC_OPERATIONS == tuple(op.name for op in operations)
+    for op in operations:
+        assert issubclass(op.model, Request)
+        assert op.attribute == op.name == op.model.operation
+    assert len({op.model for op in operations}) == len(operations)
 
 
 def test_rpc_operations_are_methods_with_the_legacy_keyword_names(
