@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import click
 import yaml
@@ -19,6 +20,31 @@ from dispatcher.errors import (
     RemoteError,
     RequestError,
     TransportError,
+)
+from dispatcher.heartbeat_messages import (
+    AddEngineRequest,
+    GetProcessLogsRequest,
+    HeartbeatRequest,
+    ListEnginesRequest,
+    LogStream,
+    NodeStateRequest,
+)
+from dispatcher.requests import (
+    CreateDefinitionRequest,
+    CreateProcessRequest,
+    DescribeDefinitionRequest,
+    DescribeProcessRequest,
+    DumpRequest,
+    ListDefinitionsRequest,
+    QueueingModeName,
+    RemoveDefinitionRequest,
+    Request,
+    RestartModeName,
+    RestartProcessRequest,
+    ScheduleProcessRequest,
+    SetSystemBootRequest,
+    TerminateProcessRequest,
+    UpdateDefinitionRequest,
 )
 from dispatcher.rpc.broker import BrokerConfig, mask_uri
 from dispatcher.states import ProcessState, QueueingMode, RestartMode
@@ -37,6 +63,54 @@ Shell completion: eval "$(pd-cli completion bash)" (or zsh, fish).
 EXIT_REMOTE, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True)
+class Calls:
+    """The operation a command calls, and how its parameters reach the request.
+
+    A parameter named like a field of ``model`` is passed as that argument
+    unchanged; the others are listed (a test checks this against the model).
+
+    Attributes:
+        model: the request model of the operation (``None``: the command calls none).
+        builds: parameter → the field it is parsed or assembled into.
+        local: parameters that are no argument (output, polling, filtering).
+        not_exposed: fields the command leaves at their defaults, with the reason.
+    """
+
+    model: type[Request] | None
+    builds: Mapping[str, str] = field(default_factory=dict)
+    local: frozenset[str] = frozenset()
+    not_exposed: Mapping[str, str] = field(default_factory=dict)
+
+
+#: Each command → the operation it calls (filled by :func:`_calls`).
+COMMAND_CALLS: dict[click.Command, Calls] = {}
+
+#: Operations no command calls, with the reason.
+NO_COMMAND: Final[Mapping[type[Request], str]] = {
+    HeartbeatRequest: "sent by eeagents",
+    NodeStateRequest: "sent by the provisioner (or an EPU management service)",
+}
+
+C = TypeVar("C", bound=click.Command)
+
+
+def _calls(
+    model: type[Request] | None,
+    *,
+    builds: Mapping[str, str] | None = None,
+    local: tuple[str, ...] = (),
+    not_exposed: Mapping[str, str] | None = None,
+) -> Callable[[C], C]:
+    """Declare the operation the decorated command calls (see :class:`Calls`)."""
+
+    def record(command: C) -> C:
+        COMMAND_CALLS[command] = Calls(model, builds or {}, frozenset(local), not_exposed or {})
+        return command
+
+    return record
 
 
 class Context:
@@ -202,6 +276,12 @@ def _definition_options(func: F) -> F:
     return func
 
 
+_DEFINITION_BUILDS: Final = {
+    name: "executable" for name in ("exec_", "args", "env", "workdir", "file")
+}
+
+
+@_calls(CreateDefinitionRequest, builds=_DEFINITION_BUILDS)
 @definition.command("create", help="Create a definition.")
 @_definition_options
 @pass_ctx
@@ -223,12 +303,13 @@ def definition_create(
             definition_id,
             definition_type,
             executable,
-            name or file_name,
-            description or file_description,
+            name=name or file_name,
+            description=description or file_description,
         )
         ctx.render(pd.describe_definition(definition_id))
 
 
+@_calls(UpdateDefinitionRequest, builds=_DEFINITION_BUILDS)
 @definition.command("update", help="Replace a definition.")
 @_definition_options
 @pass_ctx
@@ -250,12 +331,13 @@ def definition_update(
             definition_id,
             definition_type,
             executable,
-            name or file_name,
-            description or file_description,
+            name=name or file_name,
+            description=description or file_description,
         )
         ctx.render(pd.describe_definition(definition_id))
 
 
+@_calls(DescribeDefinitionRequest)
 @definition.command("describe", help="Show a definition.")
 @click.argument("definition_id")
 @pass_ctx
@@ -268,6 +350,7 @@ def definition_describe(ctx: Context, definition_id: str) -> None:
     ctx.render(result)
 
 
+@_calls(RemoveDefinitionRequest)
 @definition.command("remove", help="Remove a definition.")
 @click.argument("definition_id")
 @pass_ctx
@@ -276,6 +359,7 @@ def definition_remove(ctx: Context, definition_id: str) -> None:
         pd.remove_definition(definition_id)
 
 
+@_calls(ListDefinitionsRequest)
 @definition.command("list", help="List definition ids.")
 @pass_ctx
 def definition_list(ctx: Context) -> None:
@@ -307,6 +391,14 @@ def _mapping_option(value: str | None, name: str) -> dict[str, Any] | None:
     return parsed
 
 
+@_calls(
+    ScheduleProcessRequest,
+    builds={
+        "configuration": "configuration",
+        "subscribers": "subscribers",
+        "constraints": "constraints",
+    },
+)
 @process.command("schedule", help="Schedule a process (every schedule_process parameter).")
 @click.argument("upid")
 @click.option("--definition", "definition_id", help="Definition id (required for a new process).")
@@ -330,8 +422,8 @@ def process_schedule(
     configuration: str | None,
     subscribers: tuple[str, ...],
     constraints: tuple[str, ...],
-    queueing_mode: str | None,
-    restart_mode: str | None,
+    queueing_mode: QueueingModeName | None,
+    restart_mode: RestartModeName | None,
     execution_engine_id: str | None,
     node_exclusive: str | None,
     name: str | None,
@@ -353,18 +445,19 @@ def process_schedule(
             pd.schedule_process(
                 upid,
                 definition_id,
-                _mapping_option(configuration, "--configuration"),
-                subs or None,
-                cons or None,
-                queueing_mode,
-                restart_mode,
-                execution_engine_id,
-                node_exclusive,
-                name,
+                configuration=_mapping_option(configuration, "--configuration"),
+                subscribers=subs or None,
+                constraints=cons or None,
+                queueing_mode=queueing_mode,
+                restart_mode=restart_mode,
+                execution_engine_id=execution_engine_id,
+                node_exclusive=node_exclusive,
+                name=name,
             )
         )
 
 
+@_calls(CreateProcessRequest)
 @process.command("create", help="Create a process without scheduling it.")
 @click.argument("upid")
 @click.argument("definition_id")
@@ -372,9 +465,10 @@ def process_schedule(
 @pass_ctx
 def process_create(ctx: Context, upid: str, definition_id: str, name: str | None) -> None:
     with ctx.client() as pd:
-        ctx.render(pd.create_process(upid, definition_id, name))
+        ctx.render(pd.create_process(upid, definition_id, name=name))
 
 
+@_calls(DescribeProcessRequest)
 @process.command("describe", help="Show a process's full record.")
 @click.argument("upid")
 @pass_ctx
@@ -427,6 +521,7 @@ def _sort_value(row: dict[str, Any], key: str) -> tuple[bool, Any, str]:
     return (value is not None, value if isinstance(value, int) else str(value or ""), row["upid"])
 
 
+@_calls(DumpRequest, local=("states", "engines", "nodes", "sort_key", "reverse"))
 @process.command("list", help="List processes, filtered and sorted.")
 @click.option(
     "--state",
@@ -474,6 +569,7 @@ def process_list(
 _FINAL_STATES = ("700-TERMINATED", "800-EXITED", "850-FAILED", "900-REJECTED")
 
 
+@_calls(DescribeProcessRequest, local=("states", "max_wait", "poll"))
 @process.command("wait", help="Wait until a process reaches a state (default 500-RUNNING).")
 @click.argument("upid")
 @click.option(
@@ -532,6 +628,7 @@ def process_wait(
     ctx.render({"upid": upid, "state": state})
 
 
+@_calls(GetProcessLogsRequest, local=("follow", "interval"))
 @process.command("logs", help="Print the tail of a process's stdout or stderr.")
 @click.argument("upid")
 @click.option("--stderr", "stream", flag_value="stderr", help="Show stderr instead of stdout.")
@@ -547,17 +644,17 @@ def process_wait(
 )
 @pass_ctx
 def process_logs(
-    ctx: Context, upid: str, stream: str, tail_bytes: int, follow: bool, interval: float
+    ctx: Context, upid: str, stream: LogStream, tail_bytes: int, follow: bool, interval: float
 ) -> None:
     import time
 
     with ctx.client() as pd:
-        text = str(pd.get_process_logs(upid, stream, tail_bytes) or "")
+        text = str(pd.get_process_logs(upid, stream=stream, tail_bytes=tail_bytes) or "")
         click.echo(text, nl=False)
         try:
             while follow:
                 time.sleep(interval)
-                latest = str(pd.get_process_logs(upid, stream, tail_bytes) or "")
+                latest = str(pd.get_process_logs(upid, stream=stream, tail_bytes=tail_bytes) or "")
                 click.echo(_new_output(text, latest), nl=False)
                 text = latest
         except KeyboardInterrupt:
@@ -575,6 +672,7 @@ def _new_output(previous: str, latest: str) -> str:
     return latest
 
 
+@_calls(RestartProcessRequest)
 @process.command("restart", help="Restart a running process (new round).")
 @click.argument("upid")
 @pass_ctx
@@ -583,6 +681,7 @@ def process_restart(ctx: Context, upid: str) -> None:
         ctx.render(pd.restart_process(upid))
 
 
+@_calls(TerminateProcessRequest)
 @process.command("terminate", help="Terminate a process.")
 @click.argument("upid")
 @pass_ctx
@@ -599,6 +698,7 @@ def node() -> None:
     pass
 
 
+@_calls(DumpRequest)
 @node.command("list", help="List nodes with their agents and slot use.")
 @pass_ctx
 def node_list(ctx: Context) -> None:
@@ -627,6 +727,7 @@ def engine() -> None:
     pass
 
 
+@_calls(ListEnginesRequest)
 @engine.command("list", help="List engines and their settings.")
 @pass_ctx
 def engine_list(ctx: Context) -> None:
@@ -635,6 +736,23 @@ def engine_list(ctx: Context) -> None:
     ctx.render([{"engine_id": key, **value} for key, value in sorted(engines.items())])
 
 
+@_calls(
+    AddEngineRequest,
+    builds={
+        name: "definition"
+        for name in (
+            "engine_id",
+            "slots",
+            "replicas",
+            "base_need",
+            "spare_slots",
+            "maximum_vms",
+            "heartbeat_period",
+            "heartbeat_warning",
+            "heartbeat_missing",
+        )
+    },
+)
 @engine.command("add", help="Add an engine (persisted by the dispatcher).")
 @click.argument("engine_id")
 @click.option("--slots", type=click.IntRange(min=1), required=True, help="Slots per agent.")
@@ -669,6 +787,7 @@ def engine_add(ctx: Context, /, engine_id: str, **options: Any) -> None:
 # -- system ------------------------------------------------------------------------
 
 
+@_calls(DumpRequest)
 @main.command(help="Everything the dispatcher holds: resources, processes, nodes.")
 @pass_ctx
 def dump(ctx: Context) -> None:
@@ -726,17 +845,19 @@ def _render_dump(result: dict[str, Any]) -> None:
         console.print(vm_table)
 
 
+@_calls(SetSystemBootRequest, builds={"mode": "system_boot"})
 @main.command("system-boot", help="Turn system-boot mode on or off.")
 @click.argument("mode", type=click.Choice(["on", "off"]))
 @pass_ctx
 def system_boot(ctx: Context, mode: str) -> None:
     with ctx.client() as pd:
-        pd.set_system_boot(mode == "on")
+        pd.set_system_boot(system_boot=mode == "on")
 
 
 _COMPLETION_SHELLS = ("bash", "zsh", "fish")
 
 
+@_calls(None)
 @main.command(
     help="Print the shell completion script. Add to your shell's start-up file, e.g. "
     'eval "$(pd-cli completion bash)" in ~/.bashrc.'

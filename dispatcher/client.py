@@ -14,8 +14,13 @@ defaults, or any broker given by ``PD_AMQP_URI``)::
 A complete, runnable example is ``docs/examples/client_quickstart.py`` (a test runs
 it against a real ``pd-dispatcher``).
 
-Every method is one RPC with the legacy operation and keyword-argument names.
-Results are plain JSON values (typed below as ``TypedDict``\\ s); errors are the
+Every method is one RPC with the legacy operation and keyword-argument names,
+both taken from the operation's request model (:mod:`dispatcher.requests`,
+:mod:`dispatcher.heartbeat_messages`): a method's parameters are the model's
+fields. The identifying arguments that legacy callers pass by position
+(``upid``, ``definition_id`` ...) may still be; every other argument is
+keyword-only, and the modes are typed (:data:`~dispatcher.requests.RestartModeName`
+...). Results are plain JSON values (typed below as ``TypedDict``\\ s); errors are the
 types of :mod:`dispatcher.errors`: ``BadRequestError``, ``NotFoundError``,
 ``WriteConflictError``, ``UnknownOperationError``, ``RemoteError``, and
 ``RpcTimeoutError`` when no reply arrives in time.
@@ -27,6 +32,32 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any, TypedDict
 
+from dispatcher.heartbeat_messages import (
+    AddEngineRequest,
+    GetProcessLogsRequest,
+    InstanceStateName,
+    ListEnginesRequest,
+    LogStream,
+    NodeStateRequest,
+)
+from dispatcher.requests import (
+    CreateDefinitionRequest,
+    CreateProcessRequest,
+    DescribeDefinitionRequest,
+    DescribeProcessesRequest,
+    DescribeProcessRequest,
+    DumpRequest,
+    ListDefinitionsRequest,
+    QueueingModeName,
+    RemoveDefinitionRequest,
+    Request,
+    RestartModeName,
+    RestartProcessRequest,
+    ScheduleProcessRequest,
+    SetSystemBootRequest,
+    TerminateProcessRequest,
+    UpdateDefinitionRequest,
+)
 from dispatcher.rpc.broker import BrokerConfig
 from dispatcher.rpc.client import DEFAULT_TIMEOUT, RpcClient
 from dispatcher.settings import DEFAULT_SERVICE_NAME, Settings, load_settings
@@ -133,8 +164,25 @@ class ProcessDispatcherClient:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _call(self, op: str, **args: Any) -> Any:
-        return self.rpc.call(self.service_name, op, timeout=self.timeout, args=args or None)
+    def _send(
+        self, model: type[Request], arguments: Mapping[str, Any], *, omit_none: Sequence[str] = ()
+    ) -> Any:
+        """Call ``model``'s operation with the arguments named by its fields.
+
+        Args:
+            model: the operation's request model (its name and argument names).
+            arguments: the calling method's ``locals()``: its parameters, named
+                as the model's fields.
+            omit_none: fields left out of the request when ``None``.
+        """
+        args = {
+            name: _plain(arguments[name])
+            for name in model.model_fields
+            if name in arguments and not (name in omit_none and arguments[name] is None)
+        }
+        return self.rpc.call(
+            self.service_name, model.operation, timeout=self.timeout, args=args or None
+        )
 
     # -- definitions --------------------------------------------------------------
 
@@ -143,24 +191,16 @@ class ProcessDispatcherClient:
         definition_id: str,
         definition_type: str | None,
         executable: Any,
+        *,
         name: str | None = None,
         description: str | None = None,
     ) -> None:
         """Store a new definition; an existing id raises ``WriteConflictError``."""
-        self._call(
-            "create_definition",
-            definition_id=definition_id,
-            definition_type=definition_type,
-            executable=executable,
-            name=name,
-            description=description,
-        )
+        self._send(CreateDefinitionRequest, locals())
 
     def describe_definition(self, definition_id: str) -> DefinitionRecord | None:
         """The definition, or ``None`` if it is unknown."""
-        result: DefinitionRecord | None = self._call(
-            "describe_definition", definition_id=definition_id
-        )
+        result: DefinitionRecord | None = self._send(DescribeDefinitionRequest, locals())
         return result
 
     def update_definition(
@@ -168,110 +208,100 @@ class ProcessDispatcherClient:
         definition_id: str,
         definition_type: str | None,
         executable: Any,
+        *,
         name: str | None = None,
         description: str | None = None,
     ) -> None:
         """Replace a definition whole; an unknown id raises ``NotFoundError``."""
-        self._call(
-            "update_definition",
-            definition_id=definition_id,
-            definition_type=definition_type,
-            executable=executable,
-            name=name,
-            description=description,
-        )
+        self._send(UpdateDefinitionRequest, locals())
 
     def remove_definition(self, definition_id: str) -> None:
-        self._call("remove_definition", definition_id=definition_id)
+        self._send(RemoveDefinitionRequest, locals())
 
     def list_definitions(self) -> list[str]:
-        result: list[str] = self._call("list_definitions")
+        result: list[str] = self._send(ListDefinitionsRequest, locals())
         return result
 
     # -- processes ----------------------------------------------------------------
 
     def create_process(
-        self, upid: str, definition_id: str, name: str | None = None
+        self, upid: str, definition_id: str, *, name: str | None = None
     ) -> ProcessSummary:
-        result: ProcessSummary = self._call(
-            "create_process", upid=upid, definition_id=definition_id, name=name
-        )
+        result: ProcessSummary = self._send(CreateProcessRequest, locals())
         return result
 
     def schedule_process(
         self,
         upid: str,
         definition_id: str | None = None,
+        *,
         configuration: Mapping[str, Any] | None = None,
         subscribers: Sequence[Sequence[str]] | None = None,
         constraints: Mapping[str, Any] | None = None,
-        queueing_mode: str | None = None,
-        restart_mode: str | None = None,
+        queueing_mode: QueueingModeName | None = None,
+        restart_mode: RestartModeName | None = None,
         execution_engine_id: str | None = None,
         node_exclusive: str | None = None,
         name: str | None = None,
     ) -> ProcessSummary:
         """Schedule (or reschedule) a process; idempotent while it is in play."""
-        result: ProcessSummary = self._call(
-            "schedule_process",
-            upid=upid,
-            definition_id=definition_id,
-            configuration=dict(configuration) if configuration is not None else None,
-            subscribers=[list(pair) for pair in subscribers] if subscribers is not None else None,
-            constraints=dict(constraints) if constraints is not None else None,
-            queueing_mode=queueing_mode,
-            restart_mode=restart_mode,
-            execution_engine_id=execution_engine_id,
-            node_exclusive=node_exclusive,
-            name=name,
-        )
+        result: ProcessSummary = self._send(ScheduleProcessRequest, locals())
         return result
 
     def describe_process(self, upid: str) -> ProcessRecord | None:
-        result: ProcessRecord | None = self._call("describe_process", upid=upid)
+        result: ProcessRecord | None = self._send(DescribeProcessRequest, locals())
         return result
 
     def describe_processes(self) -> list[ProcessRecord]:
-        result: list[ProcessRecord] = self._call("describe_processes")
+        result: list[ProcessRecord] = self._send(DescribeProcessesRequest, locals())
         return result
 
     def restart_process(self, upid: str) -> ProcessSummary:
-        result: ProcessSummary = self._call("restart_process", upid=upid)
+        result: ProcessSummary = self._send(RestartProcessRequest, locals())
         return result
 
     def terminate_process(self, upid: str) -> ProcessSummary:
-        result: ProcessSummary = self._call("terminate_process", upid=upid)
+        result: ProcessSummary = self._send(TerminateProcessRequest, locals())
         return result
 
     # -- system -------------------------------------------------------------------
 
     def set_system_boot(self, system_boot: bool) -> None:
-        self._call("set_system_boot", system_boot=system_boot)
+        self._send(SetSystemBootRequest, locals())
 
     def dump(self) -> DumpResult:
-        result: DumpResult = self._call("dump")
+        result: DumpResult = self._send(DumpRequest, locals())
         return result
 
     def node_state(
         self,
         node_id: str,
-        domain_id: str,
-        state: str,
+        domain_id: str | None,
+        state: InstanceStateName,
+        *,
         properties: Mapping[str, Any] | None = None,
     ) -> None:
-        args: dict[str, Any] = {"node_id": node_id, "domain_id": domain_id, "state": state}
-        if properties is not None:
-            args["properties"] = dict(properties)
-        self._call("node_state", **args)
+        self._send(NodeStateRequest, locals(), omit_none=("properties",))
 
     def add_engine(self, definition: Mapping[str, Any]) -> None:
         """Add an engine (``engine_id``, ``slots`` and the other engine keys)."""
-        self._call("add_engine", definition=dict(definition))
+        self._send(AddEngineRequest, locals())
 
     def list_engines(self) -> dict[str, dict[str, Any]]:
         """Engine id → its settings (configured and added)."""
-        result: dict[str, dict[str, Any]] = self._call("list_engines")
+        result: dict[str, dict[str, Any]] = self._send(ListEnginesRequest, locals())
         return result
 
-    def get_process_logs(self, upid: str, stream: str = "stdout", tail_bytes: int = 65536) -> Any:
-        return self._call("get_process_logs", upid=upid, stream=stream, tail_bytes=tail_bytes)
+    def get_process_logs(
+        self, upid: str, *, stream: LogStream = "stdout", tail_bytes: int = 65536
+    ) -> Any:
+        return self._send(GetProcessLogsRequest, locals())
+
+
+def _plain(value: Any) -> Any:
+    """A mapping as a dict, a sequence (and the sequences in it) as lists: JSON's shapes."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, list | tuple):
+        return [list(item) if isinstance(item, tuple) else item for item in value]
+    return value

@@ -433,9 +433,7 @@ class ProcessDispatcherCore:
             except WriteConflictError:
                 continue
             if restarted.assigned is None:  # RUNNING implies assigned; be defensive
-                log.warning(
-                    "process %s is RUNNING but not assigned: no agent to restart", req.upid
-                )
+                log.warning("process %s is RUNNING but not assigned: no agent to restart", req.upid)
                 return restarted.summary()
             self.transitions.move_assignment(
                 restarted.assigned, old_key, (restarted.upid, restarted.round)

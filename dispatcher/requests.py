@@ -47,7 +47,7 @@ import math
 import string
 from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, ValidationError
 
 from dispatcher import jsontree
 from dispatcher.errors import BadRequestError

@@ -60,6 +60,7 @@ M = TypeVar("M", bound="OperationRequest")
 R = TypeVar("R")
 S = TypeVar("S")
 
+
 class OperationRequest(BaseModel):
     """Base of the request models that declare an operation.
 

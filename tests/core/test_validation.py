@@ -278,7 +278,7 @@ def test_every_rpc_operation_is_declared_once_by_its_request_model() -> None:
     from dispatcher.rpc.operations import operations_of
 
     operations = operations_of(ProcessDispatcherCore)
-    assert RPC_OPERATIONS == tuple(op.name for op in operations)
+    assert tuple(op.name for op in operations) == RPC_OPERATIONS
     for op in operations:
         assert issubclass(op.model, Request)
         assert op.attribute == op.name == op.model.operation

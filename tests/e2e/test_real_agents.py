@@ -110,7 +110,7 @@ class Cluster:
         self.client = ProcessDispatcherClient.from_settings(settings, timeout=20)
 
     def add_node(self, node_id: str, agents: int = 1, **properties: Any) -> list[str]:
-        self.client.node_state(node_id, DOMAIN, "600-RUNNING", properties or None)
+        self.client.node_state(node_id, DOMAIN, "600-RUNNING", properties=properties or None)
         names = []
         for index in range(agents):
             name = f"{node_id}_agent{index}"

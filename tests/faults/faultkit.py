@@ -189,7 +189,7 @@ class Agents:
         self.all: list[RecordingAgent] = []
 
     def add(self, client: ProcessDispatcherClient, node_id: str, count: int = 1) -> None:
-        client.node_state(node_id, DOMAIN, "600-RUNNING", None)
+        client.node_state(node_id, DOMAIN, "600-RUNNING", properties=None)
         for index in range(count):
             agent = RecordingAgent(self.broker, f"{node_id}_ee{index}", node_id)
             self.all.append(agent.start())

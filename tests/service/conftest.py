@@ -165,7 +165,7 @@ class Harness:
         launch_state: str = "500-RUNNING",
     ) -> list[FakeEEAgent]:
         """Bring up node ``node_id`` for ``engine``: announce it, start ``agents`` agents."""
-        self.client.node_state(node_id, f"pd_domain_{engine}", "600-RUNNING", properties)
+        self.client.node_state(node_id, f"pd_domain_{engine}", "600-RUNNING", properties=properties)
         return self.add_agents(node_id, agents, launch_state=launch_state)
 
     def add_agents(
