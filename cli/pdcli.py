@@ -22,6 +22,7 @@ from dispatcher.errors import (
     TransportError,
 )
 from dispatcher.heartbeat_messages import (
+    MAX_LOG_TAIL,
     AddEngineRequest,
     GetProcessLogsRequest,
     HeartbeatRequest,
@@ -33,6 +34,7 @@ from dispatcher.requests import (
     CreateDefinitionRequest,
     CreateProcessRequest,
     DescribeDefinitionRequest,
+    DescribeProcessesRequest,
     DescribeProcessRequest,
     DumpRequest,
     ListDefinitionsRequest,
@@ -91,6 +93,7 @@ COMMAND_CALLS: dict[click.Command, Calls] = {}
 #: Operations no command calls, with the reason.
 NO_COMMAND: Final[Mapping[type[Request], str]] = {
     HeartbeatRequest: "sent by eeagents",
+    DescribeProcessesRequest: "process list asks for dump: it shows each process's engine and node",
     NodeStateRequest: "sent by the provisioner (or an EPU management service)",
 }
 
@@ -633,7 +636,14 @@ def process_wait(
 @click.argument("upid")
 @click.option("--stderr", "stream", flag_value="stderr", help="Show stderr instead of stdout.")
 @click.option("--stdout", "stream", flag_value="stdout", default=True, hidden=True)
-@click.option("--tail", "tail_bytes", default=65536, show_default=True, type=click.IntRange(0))
+@click.option(
+    "--tail",
+    "tail_bytes",
+    default=65536,
+    show_default=True,
+    type=click.IntRange(1, MAX_LOG_TAIL),
+    help="Bytes from the end of the output.",
+)
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new output (Ctrl-C stops).")
 @click.option(
     "--interval",
