@@ -375,9 +375,7 @@ class HeartbeatHandler:
             if current is None:
                 return
             resource, fresh = current, True
-        log.warning(
-            "resource %s kept changing: the next heartbeat updates it", resource.resource_id
-        )
+        log.warning("eeagent %s kept changing: the next heartbeat updates it", resource.resource_id)
 
     def _rebuild(self, resource: Resource, result: _Beat, fresh: bool) -> list[tuple[str, int]]:
         """The ``assigned`` list after this heartbeat (see the module docstring)."""

@@ -412,7 +412,7 @@ class Matchmaker:
                 resources[record.resource_id] = record
         if failed:
             result.complete = False
-            log.info("matchmaking: resource(s) %s changed during the pass", ", ".join(failed))
+            log.info("matchmaking: eeagent(s) %s changed during the pass", ", ".join(failed))
         kept = [d for d in assigns if d.recovered or d.resource_id not in failed]
         # 2. node_exclusive tags
         for decision in kept:
