@@ -1,4 +1,4 @@
-"""The dispatcher core: the definition and process RPCs (reference §1, §2, §3, §8, §9).
+"""The dispatcher core: the definition and process RPCs (docs/rpc.md).
 
 :class:`ProcessDispatcherCore` has one handler per RPC operation, registered with
 ``@operation(<request model>)`` (:mod:`dispatcher.rpc.operations`): the model of
@@ -19,8 +19,9 @@ Where this core deliberately differs from the legacy one:
 
 * unknown ``queueing_mode``/``restart_mode`` values, ill-typed arguments and an
   invalid ``definition_id`` given to ``schedule_process`` are rejected up front;
-* ``restart_process`` moves the agent's slot to the new round (decision 4: the
-  agent really restarts, and the slot accounting follows the new round);
+* ``restart_process`` moves the agent's slot to the new round (the agent
+  really restarts, and the slot accounting follows the new round;
+  docs/architecture.md, decision 4);
 * queue entries of a process that ``terminate_process`` ended are all removed
   (duplicates included), and a ``schedule_process`` that raced with a
   termination removes the entry it just added, so a terminated process is never
@@ -240,7 +241,7 @@ class ProcessDispatcherCore:
 
     @operation(ScheduleProcessRequest)
     def schedule_process(self, req: ScheduleProcessRequest) -> dict[str, Any]:
-        """Request that a process run (reference §1.8); idempotent for in-play processes.
+        """Request that a process run; idempotent for in-play processes.
 
         The fields ``configuration, subscribers, constraints, queueing_mode,
         restart_mode, node_exclusive, name`` are written wholesale (``constraints``
@@ -396,7 +397,7 @@ class ProcessDispatcherCore:
 
     @operation(RestartProcessRequest)
     def restart_process(self, req: RestartProcessRequest) -> dict[str, Any]:
-        """Restart a RUNNING process in place under a new round (decision 4).
+        """Restart a RUNNING process in place under a new round (docs/architecture.md, decision 4).
 
         The process becomes ``400-PENDING`` with ``round + 1`` and keeps its
         assignment; its agent's slot is moved to the new round; then the agent is
@@ -446,7 +447,7 @@ class ProcessDispatcherCore:
 
     @operation(TerminateProcessRequest)
     def terminate_process(self, req: TerminateProcessRequest) -> dict[str, Any]:
-        """Terminate a process (reference §1.11).
+        """Terminate a process.
 
         * Terminal: returned unchanged; no message, no notification.
         * Not assigned to an agent: ``700-TERMINATED`` at once, subscribers notified,
@@ -512,7 +513,7 @@ class ProcessDispatcherCore:
 
     @operation(DumpRequest)
     def dump(self, req: DumpRequest) -> dict[str, dict[str, dict[str, Any]]]:
-        """Return every resource, process and node record (reference §8).
+        """Return every resource, process and node record.
 
         Returns:
             ``{"resources": {resource_id: record}, "processes": {upid: record},

@@ -74,7 +74,8 @@ DEFAULT_AMQP_HEARTBEAT = 30
 #: Largest message body a service publishes (bytes): RabbitMQ's default
 #: ``max_message_size`` (128 MiB). A larger reply is answered with an error instead.
 DEFAULT_MAX_MESSAGE_SIZE = 128 * 1024 * 1024
-#: Engine heartbeat defaults: monitoring is on by default (decision 3).
+#: Engine heartbeat defaults: monitoring is on by default
+#: (docs/architecture.md, decision 3).
 DEFAULT_HEARTBEAT_PERIOD = 30.0
 DEFAULT_HEARTBEAT_WARNING = 45.0
 DEFAULT_HEARTBEAT_MISSING = 60.0

@@ -26,7 +26,7 @@ from dispatcher.states import InstanceState, QueueingMode, RestartMode
 NOT_IN_CLIENT = {"heartbeat"}
 
 #: Arguments legacy callers pass by position (the legacy Process Dispatcher client's
-#: signatures, reference §4.4; the rest were passed by keyword).
+#: signatures; the rest were passed by keyword).
 LEGACY_POSITIONAL = {
     "create_definition": ["definition_id", "definition_type", "executable"],
     "update_definition": ["definition_id", "definition_type", "executable"],
