@@ -20,7 +20,7 @@ def tag(name: str):  # type: ignore[no-untyped-def]
 def test_a_change_is_written_and_returned() -> None:
     store = MemoryStore()
     store.add_node(Node(node_id="n1"))
-    written = modify(lambda: store.get_node("n1"), store.update_node, tag("t"))
+    written = modify(lambda: store.get_node("n1"), store.update_node, tag("t"), record="node 'n1'")
     assert written is not None and written.node_exclusive == ["t"]
     stored = store.get_node("n1")
     assert stored is not None and stored.node_exclusive == ["t"] and stored.version == 2
@@ -42,7 +42,7 @@ def test_a_conflicting_writer_is_not_overwritten() -> None:
             store.update_node(other)
         return node
 
-    written = modify(get, store.update_node, tag("mine"))
+    written = modify(get, store.update_node, tag("mine"), record="node 'n1'")
     assert reads == 2
     assert written is not None
     stored = store.get_node("n1")
@@ -52,7 +52,13 @@ def test_a_conflicting_writer_is_not_overwritten() -> None:
 def test_nothing_to_do_or_no_record_writes_nothing() -> None:
     store = MemoryStore()
     store.add_node(Node(node_id="n1", node_exclusive=["t"]))
-    assert modify(lambda: store.get_node("n1"), store.update_node, tag("t")) is None
+    assert (
+        modify(lambda: store.get_node("n1"), store.update_node, tag("t"), record="node 'n1'")
+        is None
+    )
     stored = store.get_node("n1")
     assert stored is not None and stored.version == 1
-    assert modify(lambda: store.get_node("nope"), store.update_node, tag("t")) is None
+    assert (
+        modify(lambda: store.get_node("nope"), store.update_node, tag("t"), record="node 'nope'")
+        is None
+    )
