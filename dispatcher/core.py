@@ -30,10 +30,9 @@ Where this core deliberately differs from the legacy one:
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
 from dispatcher.errors import (
@@ -58,6 +57,7 @@ from dispatcher.requests import (
     TerminateProcessRequest,
     UpdateDefinitionRequest,
 )
+from dispatcher.rpc.gcpause import collector_paused
 from dispatcher.states import ProcessState
 from dispatcher.store.base import Store
 from dispatcher.store.modify import retry_conflicts
@@ -90,24 +90,6 @@ RPC_OPERATIONS: Final = (
 LISTING_OPERATIONS: Final = frozenset({"describe_processes", "dump"})
 
 _TERMINAL: Final = frozenset(ProcessState.TERMINAL_STATES)
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while a listing's records are converted.
-
-    ``describe_processes`` and ``dump`` build one dict tree per stored process
-    (100,000 and more); the collections their allocations trigger cost more than
-    the conversion itself, and the new objects hold no cycles.
-    """
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 class ProcessDispatcherCore:
@@ -596,7 +578,8 @@ class ProcessDispatcherCore:
         resources, processes = self.store.list_resources(), self.store.list_process_dicts()
         nodes, vms = self.store.list_nodes(), self.store.list_vms()
         set_aside = self.store.list_set_aside()
-        with _gc_paused():
+        # One dict tree per stored process (100,000 and more), without cycles.
+        with collector_paused():
             dumped: dict[str, dict[str, dict[str, Any]]] = {
                 "resources": {r.resource_id: r.to_dict() for r in resources},
                 "processes": {p["upid"]: p for p in processes},
