@@ -47,6 +47,11 @@ whose process is still in that round and below ``700-TERMINATED``: that frees th
 slots. An entry missing for a process this agent runs in its current round (a
 ``restart_process`` racing with this heartbeat) is put back.
 
+Every write is optimistic and gives up after
+:data:`~dispatcher.store.modify.WRITE_ATTEMPTS` lost races: a process whose record
+kept changing is left as stored (logged) and the rest of the heartbeat applied; the
+agent reports it again in its next heartbeat, which applies it then.
+
 Where this differs from the legacy handling, deliberately:
 
 * processes an agent reports alive that the dispatcher does not know are
