@@ -47,6 +47,11 @@ whose process is still in that round and below ``700-TERMINATED``: that frees th
 slots. An entry missing for a process this agent runs in its current round (a
 ``restart_process`` racing with this heartbeat) is put back.
 
+Every write is optimistic and gives up after
+:data:`~dispatcher.store.modify.WRITE_ATTEMPTS` lost races: a process whose record
+kept changing is left as stored (logged) and the rest of the heartbeat applied; the
+agent reports it again in its next heartbeat, which applies it then.
+
 Where this differs from the legacy handling, deliberately:
 
 * processes an agent reports alive that the dispatcher does not know are
@@ -91,6 +96,7 @@ from dispatcher.errors import (
     NotFoundError,
     TransportError,
     WriteConflictError,
+    WriteRetriesExhaustedError,
 )
 from dispatcher.evacuation import Evacuation, release_node_exclusive
 from dispatcher.heartbeat_messages import (
@@ -105,6 +111,7 @@ from dispatcher.process_logs import DEFAULT_LOGS_TIMEOUT, AgentCaller, ProcessLo
 from dispatcher.registration import Registration
 from dispatcher.states import InstanceState, ProcessState
 from dispatcher.store.base import Store
+from dispatcher.store.modify import retry_conflicts
 from dispatcher.transitions import (
     WRITE_CONFLICT_RETRIES,
     ProcessTransitions,
@@ -228,7 +235,11 @@ class HeartbeatHandler:
         """A heartbeat of a known agent."""
         result = _Beat()
         for reported in beat.processes:
-            self._apply(resource.resource_id, reported, result)
+            try:
+                self._apply(resource.resource_id, reported, result)
+            except WriteRetriesExhaustedError as exc:
+                # Nothing was written for it: the agent reports it again next time.
+                log.warning("heartbeat of %s: %s; the next one retries", resource.resource_id, exc)
         if result.tags:
             # Before the resource write: the matchmaker, woken by it, may place a
             # process waiting for one of these tags.
@@ -358,7 +369,9 @@ class HeartbeatHandler:
     def _write_resource(self, resource: Resource, stamp: datetime, result: _Beat) -> None:
         """Move ``last_heartbeat`` forward and free the slots of ended processes."""
         fresh = False
-        for _ in range(WRITE_CONFLICT_RETRIES):
+
+        def attempt() -> None:
+            nonlocal resource, fresh
             last = _later(resource.last_heartbeat, stamp)
             assigned = self._rebuild(resource, result, fresh)
             if last == resource.last_heartbeat and assigned == resource.assigned:
@@ -366,16 +379,21 @@ class HeartbeatHandler:
             resource.last_heartbeat, resource.assigned = last, assigned
             try:
                 self.store.update_resource(resource)
-                return
-            except WriteConflictError:
-                pass
             except NotFoundError:
                 return  # evacuated meanwhile
-            current = self.store.get_resource(resource.resource_id)
-            if current is None:
-                return
-            resource, fresh = current, True
-        log.warning("eeagent %s kept changing: the next heartbeat updates it", resource.resource_id)
+            except WriteConflictError:
+                current = self.store.get_resource(resource.resource_id)
+                if current is None:
+                    return
+                resource, fresh = current, True
+                raise
+
+        try:
+            retry_conflicts(f"resource {resource.resource_id!r}", attempt)
+        except WriteRetriesExhaustedError:
+            log.warning(
+                "eeagent %s kept changing: the next heartbeat updates it", resource.resource_id
+            )
 
     def _rebuild(self, resource: Resource, result: _Beat, fresh: bool) -> list[tuple[str, int]]:
         """The ``assigned`` list after this heartbeat (see the module docstring)."""

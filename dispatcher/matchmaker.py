@@ -61,7 +61,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from dispatcher.engines import EngineRegistry
-from dispatcher.errors import NotFoundError, WriteConflictError
+from dispatcher.errors import NotFoundError, WriteRetriesExhaustedError
+from dispatcher.evacuation import release_node_exclusive
 from dispatcher.launcher import DispatchRetries, fire_launch
 from dispatcher.limits import DEFAULT_MAX_DEPTH
 from dispatcher.messaging import Messenger
@@ -83,7 +84,7 @@ from dispatcher.setaside import INFRASTRUCTURE_ERRORS, SetAside, describe_error,
 from dispatcher.states import ProcessDispatcherState, ProcessState
 from dispatcher.store.base import Store
 from dispatcher.store.batch import batch_writer
-from dispatcher.store.modify import modify
+from dispatcher.store.modify import modify, retry_conflicts
 from dispatcher.terminates import TerminateRetries
 from dispatcher.transitions import ProcessTransitions
 
@@ -459,8 +460,13 @@ class Matchmaker:
         return placed
 
     def _retry_assign(self, candidate: Process) -> Process | None:
-        """Write an assignment whose batched write lost a race, if still valid."""
-        while True:
+        """Write an assignment whose batched write lost a race, if still valid.
+
+        None when the process moved on, or kept changing for every attempt: the
+        assignment is then backed out and its queue entry planned again next pass.
+        """
+
+        def attempt() -> Process | None:
             fresh = self.store.get_process(candidate.upid)
             if (
                 fresh is None
@@ -477,11 +483,15 @@ class Matchmaker:
             retry.dispatch_times.append(candidate.dispatch_times[-1])
             try:
                 self.store.update_process(retry)
-            except WriteConflictError:
-                continue
             except NotFoundError:
                 return None
             return retry
+
+        try:
+            return retry_conflicts(f"process {candidate.upid!r}", attempt)
+        except WriteRetriesExhaustedError as exc:
+            log.warning("%s: backed out, planned again next pass", exc)
+            return None
 
     def _add_tag(self, node_id: str, tag: str, nodes: dict[str, Node]) -> None:
         def add(node: Node) -> bool:
@@ -490,23 +500,21 @@ class Matchmaker:
             node.node_exclusive.append(tag)
             return True
 
-        written = modify(lambda: self.store.get_node(node_id), self.store.update_node, add)
+        written = modify(
+            lambda: self.store.get_node(node_id),
+            self.store.update_node,
+            add,
+            record=f"node {node_id!r}",
+        )
         if written is not None:
             nodes[node_id] = written
 
     def _back_out(self, decision: Assign, tag: str | None) -> None:
         """Undo the slot (and tag) of an assignment whose process moved on."""
         key = (decision.upid, decision.round)
-
-        def untag(node: Node) -> bool:
-            if str(tag) not in node.node_exclusive:
-                return False
-            node.node_exclusive.remove(str(tag))
-            return True
-
         release_slot(self.store, decision.resource_id, key)
         if tag is not None:
-            modify(lambda: self.store.get_node(decision.node_id), self.store.update_node, untag)
+            release_node_exclusive(self.store, decision.node_id, [tag])
         self._dirty = True  # the freed slot may suit a waiting process
         with self._lock:
             self._clear_stale()

@@ -26,7 +26,7 @@ from dispatcher.messaging import Messenger
 from dispatcher.model import Process, Resource
 from dispatcher.states import ProcessState, QueueingMode, RestartMode
 from dispatcher.store.base import Store
-from dispatcher.store.modify import modify
+from dispatcher.store.modify import WRITE_ATTEMPTS, modify, retry_conflicts
 
 __all__ = [
     "WRITE_CONFLICT_RETRIES",
@@ -37,8 +37,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-#: Optimistic attempts an RPC makes before giving up (legacy ``_WRITE_CONFLICT_RETRIES``).
-WRITE_CONFLICT_RETRIES: Final = 5
+#: Optimistic attempts an RPC makes before giving up (legacy ``_WRITE_CONFLICT_RETRIES``);
+#: the one bound of every optimistic write, :data:`dispatcher.store.modify.WRITE_ATTEMPTS`.
+WRITE_CONFLICT_RETRIES: Final = WRITE_ATTEMPTS
 
 #: Fields a transition must not set through ``**updates`` (it sets them itself, or they
 #: identify the record).
@@ -191,6 +192,8 @@ class ProcessTransitions:
         Raises:
             TypeError: ``updates`` names an unknown or protected field.
             NotFoundError: the process record disappeared during the write.
+            WriteRetriesExhaustedError: every write attempt lost its race (nothing
+                written; the caller's next pass or heartbeat decides again).
 
         Returns:
             ``(record, written)``: the record as written, or as last read when the
@@ -199,7 +202,11 @@ class ProcessTransitions:
         _check_update_fields(updates)
         expected_round = process.round
         current = process.copy()
-        while current.state < new_state and current.round == expected_round:
+
+        def attempt() -> tuple[Process, bool]:
+            nonlocal current
+            if not (current.state < new_state and current.round == expected_round):
+                return current, False
             candidate = current.copy()
             candidate.state = new_state
             for key, value in updates.items():
@@ -214,10 +221,11 @@ class ProcessTransitions:
                 if fresh is None:
                     return current, False
                 current = fresh
-                continue
+                raise  # the next attempt re-checks the guard on the fresh record
             self.notify_process(candidate)
             return candidate, True
-        return current, False
+
+        return retry_conflicts(f"process {process.upid!r}", attempt)
 
     def process_next_round(
         self,
@@ -241,13 +249,19 @@ class ProcessTransitions:
 
         Raises:
             NotFoundError: the process record disappeared during the write.
+            WriteRetriesExhaustedError: every write attempt lost its race (nothing
+                written; the caller's next pass or heartbeat decides again).
 
         Returns:
             ``(record, written)`` as for :meth:`process_change_state`.
         """
         expected_round = process.round
         current = process.copy()
-        while current.state < ProcessState.TERMINATING and current.round == expected_round:
+
+        def attempt() -> tuple[Process, bool]:
+            nonlocal current
+            if not (current.state < ProcessState.TERMINATING and current.round == expected_round):
+                return current, False
             candidate = current.copy()
             candidate.state = newstate
             candidate.assigned = None
@@ -259,12 +273,13 @@ class ProcessTransitions:
                 if fresh is None:
                     return current, False
                 current = fresh
-                continue
+                raise  # the next attempt re-checks the guard on the fresh record
             if enqueue:
                 self.store.enqueue(candidate.upid, candidate.round)
             self.notify_process(candidate)
             return candidate, True
-        return current, False
+
+        return retry_conflicts(f"process {process.upid!r}", attempt)
 
     # -- resources ------------------------------------------------------------------
 
@@ -295,7 +310,12 @@ class ProcessTransitions:
             resource.assigned = assigned
             return True
 
-        modify(lambda: self.store.get_resource(resource_id), self.store.update_resource, move)
+        modify(
+            lambda: self.store.get_resource(resource_id),
+            self.store.update_resource,
+            move,
+            record=f"resource {resource_id!r}",
+        )
 
     # -- queue ------------------------------------------------------------------------
 
