@@ -31,8 +31,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import logging
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any, Final
 
 from dispatcher.errors import BadRequestError, NotFoundError, WriteConflictError
@@ -54,7 +53,7 @@ from dispatcher.requests import (
 )
 from dispatcher.states import ProcessState
 from dispatcher.store.base import Store
-from dispatcher.transitions import WRITE_CONFLICT_RETRIES, ProcessTransitions
+from dispatcher.transitions import WRITE_CONFLICT_RETRIES, ProcessStateMachine
 
 __all__ = ["LISTING_OPERATIONS", "RPC_OPERATIONS", "ProcessDispatcherCore"]
 
@@ -110,15 +109,11 @@ class ProcessDispatcherCore:
 
     Args:
         store: where definitions, processes, the queue, resources and nodes live.
-        messenger: sends subscriber notifications and eeagent commands.
-        clock: returns the current time in epoch seconds.
+        messenger: sends eeagent commands.
+        transitions: the dispatcher's process state machine (the one writer of
+            process states), over the same store.
         limits: the depth and size limits of every argument (see
             :mod:`dispatcher.limits`).
-
-    Attributes:
-        transitions: the shared state-machine helpers (``process_change_state``,
-            ``process_next_round``, ``notify_process`` ...) bound to the same store,
-            messenger and clock, for the matchmaker, heartbeats and the doctor.
     """
 
     def __init__(
@@ -126,14 +121,13 @@ class ProcessDispatcherCore:
         store: Store,
         messenger: Messenger,
         *,
-        clock: Callable[[], float] = time.time,
+        transitions: ProcessStateMachine,
         limits: RequestLimits = DEFAULT_LIMITS,
     ) -> None:
         self.store = store
         self.messenger = messenger
-        self.clock = clock
         self.limits = limits
-        self.transitions = ProcessTransitions(store, messenger, clock=clock)
+        self.transitions = transitions
 
     # -- definitions ------------------------------------------------------------------
 
@@ -263,7 +257,7 @@ class ProcessDispatcherCore:
             self.limits, upid=upid, definition_id=definition_id, name=name
         )
         definition = self._get_definition(req.definition_id)
-        process = Process(upid=req.upid, definition=definition.to_dict(), name=req.name)
+        process = self.transitions.new_process(req.upid, definition.to_dict(), name=req.name)
         try:
             self.store.add_process(process)
             return process.summary()
@@ -367,7 +361,7 @@ class ProcessDispatcherCore:
         definition = self.store.get_definition(req.definition_id)
         if definition is None:
             return None  # an existing process needs no definition; else NotFound there
-        process = _requested(req, definition)
+        process = self._requested(req, definition)
         try:
             self.store.add_process_queued(process)
         except WriteConflictError:
@@ -385,7 +379,7 @@ class ProcessDispatcherCore:
         if process is None:
             if req.definition_id is None:
                 raise NotFoundError(f"process {req.upid} does not exist")
-            process = _requested(req, self._get_definition(req.definition_id))
+            process = self._requested(req, self._get_definition(req.definition_id))
             try:
                 self.store.add_process_queued(process)
             except WriteConflictError:
@@ -399,12 +393,8 @@ class ProcessDispatcherCore:
                     raise BadRequestError(
                         f"process {req.upid} exists with different definition_id '{stored_id}'"
                     )
-            else:
-                process.round += 1
-            process.state = ProcessState.REQUESTED
-            _apply(process, updates)
             try:
-                self.store.update_process(process)
+                process = self.transitions.reschedule(process, updates)
             except WriteConflictError:
                 return None
             return process, False
@@ -484,11 +474,8 @@ class ProcessDispatcherCore:
                 )
                 return process.summary()
             old_key = (process.upid, process.round)
-            restarted = process.copy()
-            restarted.state = ProcessState.PENDING
-            restarted.round += 1
             try:
-                self.store.update_process(restarted)
+                restarted = self.transitions.restart_in_place(process)
             except WriteConflictError:
                 continue
             if restarted.assigned is None:  # RUNNING implies assigned; be defensive
@@ -532,23 +519,19 @@ class ProcessDispatcherCore:
             process = self._get_process(req.upid)
             if process.state in _TERMINAL:
                 return process.summary()
-            ended = process.copy()
+            ended = process
             if process.assigned is None:
-                ended.state = ProcessState.TERMINATED
                 try:
-                    self.store.update_process(ended)
+                    ended = self.transitions.terminate_unassigned(process)
                 except WriteConflictError:
                     continue  # re-decide: it may have been assigned meanwhile
-                self.transitions.notify_process(ended)
                 self.transitions.dequeue_all(ended.upid, ended.round)
                 return ended.summary()
             if process.state < ProcessState.TERMINATING:
-                ended.state = ProcessState.TERMINATING
                 try:
-                    self.store.update_process(ended)
+                    ended = self.transitions.begin_terminating(process)
                 except WriteConflictError:
                     continue
-                self.transitions.notify_process(ended)
             self.messenger.fire(
                 process.assigned, "terminate_process", u_pid=ended.upid, round=ended.round
             )
@@ -596,6 +579,12 @@ class ProcessDispatcherCore:
 
     # -- helpers ----------------------------------------------------------------------
 
+    def _requested(self, req: ScheduleProcessRequest, definition: Definition) -> Process:
+        """A new process for ``req``, in ``200-REQUESTED`` at round 0."""
+        return self.transitions.new_process(
+            req.upid, definition.to_dict(), requested=True, **req.updates()
+        )
+
     def _get_definition(self, definition_id: str) -> Definition:
         definition = self.store.get_definition(definition_id)
         if definition is None:
@@ -617,18 +606,6 @@ def _definition(req: CreateDefinitionRequest) -> Definition:
         name=req.name,
         description=req.description,
     )
-
-
-def _requested(req: ScheduleProcessRequest, definition: Definition) -> Process:
-    """A new process for ``req``, in ``200-REQUESTED`` at round 0."""
-    process = Process(upid=req.upid, definition=definition.to_dict(), state=ProcessState.REQUESTED)
-    _apply(process, req.updates())
-    return process
-
-
-def _apply(process: Process, updates: dict[str, Any]) -> None:
-    for key, value in updates.items():
-        setattr(process, key, value)
 
 
 def _check_same_creation(existing: Process, definition_id: str, name: str | None) -> None:

@@ -13,7 +13,7 @@ from dispatcher.model import Process
 from dispatcher.states import ProcessState
 from dispatcher.store.memory import MemoryStore
 from dispatcher.transitions import (
-    ProcessTransitions,
+    ProcessStateMachine,
     get_queueing_decision,
     process_should_restart,
 )
@@ -27,8 +27,8 @@ OMIT = {"process": {"omit_from_system_restart": True}}
 @pytest.fixture
 def transitions(
     store: MemoryStore, messenger: RecordingMessenger, clock: FakeClock
-) -> ProcessTransitions:
-    return ProcessTransitions(store, messenger, clock=clock)
+) -> ProcessStateMachine:
+    return ProcessStateMachine(store, messenger, clock=clock)
 
 
 # -- scenario 13: the restart-policy matrix ------------------------------------------------
@@ -101,7 +101,7 @@ def test_an_unplaceable_process_waits_or_is_rejected_by_queueing_mode_and_starts
 
 
 def test_change_state_moves_forward_updates_fields_and_notifies(
-    transitions: ProcessTransitions, store: MemoryStore, messenger: RecordingMessenger
+    transitions: ProcessStateMachine, store: MemoryStore, messenger: RecordingMessenger
 ) -> None:
     # Given a REQUESTED process with a subscriber
     process = put_process(store, "p1", S.REQUESTED, round_=2, subscribers=SUBSCRIBERS)
@@ -125,7 +125,7 @@ def test_change_state_moves_forward_updates_fields_and_notifies(
 
 
 def test_change_state_to_running_counts_a_start_at_the_clock_time(
-    transitions: ProcessTransitions, store: MemoryStore
+    transitions: ProcessStateMachine, store: MemoryStore
 ) -> None:
     # Given a PENDING process
     process = put_process(store, "p1", S.PENDING, assigned="r1")
@@ -138,7 +138,7 @@ def test_change_state_to_running_counts_a_start_at_the_clock_time(
 @pytest.mark.parametrize("current", [S.RUNNING, S.TERMINATING, S.TERMINATED])
 @pytest.mark.parametrize("late", [S.PENDING, S.RUNNING])
 def test_change_state_never_moves_backwards_or_sideways(
-    transitions: ProcessTransitions,
+    transitions: ProcessStateMachine,
     store: MemoryStore,
     messenger: RecordingMessenger,
     current: str,
@@ -164,7 +164,7 @@ def test_change_state_rechecks_its_guard_after_a_write_conflict(
     assert moved is not None
     moved.state = S.TERMINATING
     store.update_process(moved)
-    transitions = ProcessTransitions(store, messenger)
+    transitions = ProcessStateMachine(store, messenger)
     # When the heartbeat applies RUNNING with its stale copy
     result, changed = transitions.process_change_state(process, S.RUNNING)
     # Then the conflict is resolved by re-reading, and the guard stops the write
@@ -175,7 +175,7 @@ def test_change_state_rechecks_its_guard_after_a_write_conflict(
 
 
 def test_change_state_is_not_applied_once_the_round_has_changed(
-    transitions: ProcessTransitions, store: MemoryStore
+    transitions: ProcessStateMachine, store: MemoryStore
 ) -> None:
     # Given a stale copy of a process (round 0) that is now DIED_REQUESTED in round 1
     process = put_process(store, "p1", S.RUNNING, assigned="r1")
@@ -199,7 +199,7 @@ def test_change_state_retries_a_conflict_that_leaves_its_guard_true(
     assert other is not None
     other.hostname = "elsewhere"
     store.update_process(other)
-    transitions = ProcessTransitions(store, messenger)
+    transitions = ProcessStateMachine(store, messenger)
     # When WAITING is applied from the stale copy
     result, changed = transitions.process_change_state(process, S.WAITING)
     # Then it is written on the re-read record, keeping the other writer's change
@@ -208,7 +208,7 @@ def test_change_state_retries_a_conflict_that_leaves_its_guard_true(
 
 
 def test_change_state_refuses_unknown_or_protected_fields(
-    transitions: ProcessTransitions, store: MemoryStore
+    transitions: ProcessStateMachine, store: MemoryStore
 ) -> None:
     # Given a process
     process = put_process(store, "p1", S.REQUESTED)
@@ -224,7 +224,7 @@ def test_change_state_refuses_unknown_or_protected_fields(
 
 @pytest.mark.parametrize("state", [S.REQUESTED, S.WAITING, S.ASSIGNED, S.PENDING, S.RUNNING])
 def test_next_round_requeues_a_dead_process_unassigned_in_round_plus_one(
-    transitions: ProcessTransitions,
+    transitions: ProcessStateMachine,
     store: MemoryStore,
     messenger: RecordingMessenger,
     state: str,
@@ -243,7 +243,7 @@ def test_next_round_requeues_a_dead_process_unassigned_in_round_plus_one(
 
 
 def test_next_round_at_system_boot_holds_the_process_back_without_queueing(
-    transitions: ProcessTransitions, store: MemoryStore
+    transitions: ProcessStateMachine, store: MemoryStore
 ) -> None:
     # Given a RUNNING process
     process = put_process(store, "p1", S.RUNNING, assigned="r1")
@@ -259,7 +259,7 @@ def test_next_round_at_system_boot_holds_the_process_back_without_queueing(
 
 @pytest.mark.parametrize("state", [S.TERMINATING, S.TERMINATED, S.EXITED, S.FAILED, S.REJECTED])
 def test_next_round_leaves_terminating_and_finished_processes_alone(
-    transitions: ProcessTransitions,
+    transitions: ProcessStateMachine,
     store: MemoryStore,
     messenger: RecordingMessenger,
     state: str,
@@ -279,7 +279,7 @@ def test_next_round_happens_once_when_two_actors_race(
 ) -> None:
     # Given two actors holding the same RUNNING round-0 record (heartbeat and evacuation)
     process = put_process(store, "p1", S.RUNNING, assigned="r1")
-    transitions = ProcessTransitions(store, messenger)
+    transitions = ProcessStateMachine(store, messenger)
     # When both send it to the next round
     _, first_changed = transitions.process_next_round(process)
     second, second_changed = transitions.process_next_round(process)
@@ -293,7 +293,7 @@ def test_next_round_happens_once_when_two_actors_race(
 
 
 def test_notifications_go_to_every_subscriber_pair(
-    transitions: ProcessTransitions, messenger: RecordingMessenger
+    transitions: ProcessStateMachine, messenger: RecordingMessenger
 ) -> None:
     # Given a process with two subscribers (and one malformed entry)
     process = Process(
@@ -316,7 +316,7 @@ def test_notifications_go_to_every_subscriber_pair(
 
 @pytest.mark.parametrize("subscribers", [None, []])
 def test_a_process_without_subscribers_notifies_nobody(
-    transitions: ProcessTransitions, messenger: RecordingMessenger, subscribers: Any
+    transitions: ProcessStateMachine, messenger: RecordingMessenger, subscribers: Any
 ) -> None:
     # Given a process without subscribers, When it is notified, Then nothing is sent
     transitions.notify_process(Process("p1", {}, subscribers=subscribers))
@@ -324,7 +324,7 @@ def test_a_process_without_subscribers_notifies_nobody(
 
 
 def test_a_notification_that_cannot_be_delivered_does_not_fail_the_transition(
-    transitions: ProcessTransitions, store: MemoryStore, messenger: RecordingMessenger
+    transitions: ProcessStateMachine, store: MemoryStore, messenger: RecordingMessenger
 ) -> None:
     # Given a broker that cannot be reached
     messenger.error = TransportError("down")
@@ -336,7 +336,7 @@ def test_a_notification_that_cannot_be_delivered_does_not_fail_the_transition(
 
 
 def test_dequeue_all_removes_every_duplicate_of_one_round(
-    transitions: ProcessTransitions, store: MemoryStore
+    transitions: ProcessStateMachine, store: MemoryStore
 ) -> None:
     # Given duplicate queue entries of p1 round 1, and others
     for entry in [("p1", 1), ("p1", 0), ("p2", 1), ("p1", 1)]:

@@ -6,7 +6,6 @@ from typing import Any
 
 import pytest
 
-from dispatcher.core import ProcessDispatcherCore
 from dispatcher.errors import TransportError
 from dispatcher.heartbeats import HeartbeatHandler
 from dispatcher.messaging import RecordingMessenger
@@ -30,6 +29,7 @@ from tests.health.conftest import (
     report,
     resource,
 )
+from tests.support.wiring import make_core, make_heartbeats
 
 S = ProcessState
 
@@ -422,7 +422,7 @@ def test_node_exclusive_tags_are_released_before_the_slot(
             self.writes.append("resource")
 
     store = OrderStore()
-    handler = HeartbeatHandler(store, messenger, make_engines(), clock=clock)
+    handler = make_heartbeats(store, messenger, make_engines(), clock=clock)
     bring_up(handler)
     put_process(store, "proc1", S.RUNNING, assigned="eeagent_1", node_exclusive="port5000")
     put_process(store, "proc2", S.RUNNING, assigned="eeagent_1", node_exclusive="port5001")
@@ -453,7 +453,7 @@ def test_an_old_round_report_after_a_restart_does_not_kill_the_new_round(
 ) -> None:
     # Given proc1 RUNNING (one start) on eeagent_1, restarted with restart_process
     put_process(store, "proc1", S.RUNNING, assigned=agent, starts=1, start_times=[NOW - 9])
-    core = ProcessDispatcherCore(store, messenger, clock=clock)
+    core = make_core(store, messenger, clock=clock)
     assert core.restart_process("proc1")["round"] == 1
     assert orders(messenger) == [("restart_process", "proc1", 1)]
     # When a heartbeat built before the agent restarted still reports round 0 RUNNING
@@ -483,7 +483,7 @@ def test_an_old_round_is_terminated_once_the_restarted_process_is_terminating(
 ) -> None:
     # Given proc1 restarted into round 1, then terminated before it ran again
     put_process(store, "proc1", S.RUNNING, assigned=agent, starts=1)
-    core = ProcessDispatcherCore(store, messenger, clock=clock)
+    core = make_core(store, messenger, clock=clock)
     core.restart_process("proc1")
     core.terminate_process("proc1")
     messenger.clear()
@@ -584,7 +584,7 @@ def test_commands_are_sent_after_the_state_they_follow_is_stored(
             super().fire(target, op, **args)
 
     witness = Witness()
-    handler = HeartbeatHandler(store, witness, make_engines(), clock=clock)
+    handler = make_heartbeats(store, witness, make_engines(), clock=clock)
     bring_up(handler)
     put_process(store, "proc1", S.RUNNING, assigned="eeagent_1", restart_mode="NEVER")
     # When the agent reports proc1 FAILED
@@ -620,8 +620,8 @@ def test_an_ending_racing_with_terminate_process_still_settles(
             super().update_process(process)
 
     store = RaceStore()
-    handler = HeartbeatHandler(store, messenger, make_engines(), clock=clock)
-    core = ProcessDispatcherCore(store, messenger, clock=clock)
+    handler = make_heartbeats(store, messenger, make_engines(), clock=clock)
+    core = make_core(store, messenger, clock=clock)
     bring_up(handler)
     put_process(store, "proc1", S.RUNNING, assigned="eeagent_1")
     store.hook = lambda: core.terminate_process("proc1")
@@ -648,7 +648,7 @@ def test_a_slot_taken_while_the_heartbeat_is_handled_is_kept(
             super().update_resource(resource)
 
     store = RaceStore()
-    handler = HeartbeatHandler(store, messenger, make_engines(), clock=clock)
+    handler = make_heartbeats(store, messenger, make_engines(), clock=clock)
     bring_up(handler)
     put_process(store, "proc1", S.RUNNING, assigned="eeagent_1", restart_mode="NEVER")
     put_process(store, "proc2", S.REQUESTED)
@@ -671,7 +671,7 @@ def test_a_cleanup_is_not_resent_on_every_heartbeat_only_after_the_resend_period
     store: Store, messenger: RecordingMessenger, clock: FakeClock
 ) -> None:
     # Given a dispatcher that resends cleanups after 30 s (dispatch_retry_seconds)
-    handler = HeartbeatHandler(
+    handler = make_heartbeats(
         store, messenger, make_engines(), clock=clock, cleanup_resend_seconds=30
     )
     bring_up(handler)
