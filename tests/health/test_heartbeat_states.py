@@ -15,6 +15,7 @@ from dispatcher.store.base import Store
 from dispatcher.store.memory import MemoryStore
 from tests.health.conftest import (
     BOTH_STORES,
+    DOMAIN1,
     NOW,
     SUBSCRIBERS,
     FakeClock,
@@ -554,6 +555,38 @@ def test_timestamps_with_other_offsets_are_stored_in_utc(
         {"timestamp": "2023-11-15T00:13:25+02:00", "processes": []}, sender="eeagent_1"
     )
     assert resource(store).last_heartbeat == "2023-11-14T22:13:25+00:00"
+
+
+@pytest.mark.parametrize("stamp", ["0001-01-01T00:30:00+01:00", "0001-01-01T00:00:00+23:59"])
+def test_a_timestamp_before_year_one_in_utc_counts_as_the_earliest_time(
+    handler: HeartbeatHandler, store: Store, agent: str, stamp: str
+) -> None:
+    # Given a known agent, and a heartbeat whose time in UTC falls before year 1
+    put_process(store, "proc1", S.PENDING, assigned=agent)
+    # When it arrives
+    handler.heartbeat(
+        {"timestamp": stamp, "processes": [report("proc1", 0, S.RUNNING)]}, sender=agent
+    )
+    # Then it is taken like any other old heartbeat: the reported state is applied
+    # and the last heartbeat does not move back
+    assert process(store, "proc1").state == S.RUNNING
+    assert resource(store).last_heartbeat == iso(NOW)
+
+
+def test_a_first_heartbeat_before_year_one_in_utc_registers_at_the_earliest_time(
+    handler: HeartbeatHandler, store: Store
+) -> None:
+    # Given a running node, when an unknown agent's first heartbeat is stamped
+    # before year 1 in UTC
+    handler.node_state("node1", DOMAIN1, "600-RUNNING")
+    handler.heartbeat(
+        {"node_id": "node1", "timestamp": "0001-01-01T00:30:00+01:00", "processes": []},
+        sender="eeagent_9",
+    )
+    # Then the agent is registered, last seen at the earliest time there is
+    stored = store.get_resource("eeagent_9")
+    assert stored is not None
+    assert stored.last_heartbeat == "0001-01-01T00:00:00+00:00"
 
 
 def test_an_unchanged_heartbeat_writes_nothing(
