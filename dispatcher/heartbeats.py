@@ -13,8 +13,11 @@ engine (:mod:`dispatcher.registration`). Its process list is not processed
 (legacy); the next heartbeat is.
 
 **Later heartbeats** (§6.3): ``last_heartbeat`` moves forward only (a future
-timestamp counts as now), and each reported ``(upid, round, state)`` is answered by
-the rules below, where *alive* means a reported state below ``700-TERMINATED``:
+timestamp counts as now, one before year 1 in UTC as the earliest time), and each
+reported ``(upid, round, state)`` is answered by the rules below, where *alive*
+means a reported state below ``700-TERMINATED``. The rules are the pure function
+:func:`dispatcher.heartbeat_decision.decide`; this handler applies its decisions
+through the state machine (:class:`~dispatcher.transitions.ProcessStateMachine`):
 
 ====================================================  =======================================
 report                                                outcome

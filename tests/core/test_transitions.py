@@ -7,12 +7,13 @@ from typing import Any
 
 import pytest
 
-from dispatcher.errors import TransportError
+from dispatcher.errors import TransportError, WriteConflictError
 from dispatcher.messaging import FiredMessage, RecordingMessenger
 from dispatcher.model import Process
 from dispatcher.states import ProcessState
 from dispatcher.store.memory import MemoryStore
 from dispatcher.transitions import (
+    Assignment,
     ProcessStateMachine,
     get_queueing_decision,
     process_should_restart,
@@ -344,3 +345,128 @@ def test_dequeue_all_removes_every_duplicate_of_one_round(
     # When p1 round 1 is dequeued, Then only its entries go
     assert transitions.dequeue_all("p1", 1) == 2
     assert store.list_queued() == [("p1", 0), ("p2", 1)]
+
+
+# -- new records and single attempts -----------------------------------------------------------
+
+
+def test_a_new_process_is_unscheduled_or_requested_at_round_zero_and_unassigned() -> None:
+    # Given/When new records are made for create_process and schedule_process
+    created = ProcessStateMachine.new_process("p1", {"definition_id": "D"}, name="n")
+    requested = ProcessStateMachine.new_process("p2", {}, requested=True, restart_mode="NEVER")
+    # Then they start where the legacy state table starts them
+    assert (created.state, created.round, created.assigned, created.name) == (
+        S.UNSCHEDULED,
+        0,
+        None,
+        "n",
+    )
+    assert (requested.state, requested.round, requested.restart_mode) == (S.REQUESTED, 0, "NEVER")
+
+
+@pytest.mark.parametrize(
+    "fields", [{"state": S.RUNNING}, {"round": 3}, {"assigned": "r1"}, {"colour": "blue"}]
+)
+def test_a_new_process_cannot_be_made_in_another_state_round_or_assignment(
+    fields: dict[str, Any],
+) -> None:
+    # Given/When a new record names a field the state machine owns, Then it is refused
+    with pytest.raises(TypeError):
+        ProcessStateMachine.new_process("p1", {}, **fields)
+
+
+@pytest.mark.parametrize(("ended", "round_"), [(S.UNSCHEDULED, 2), (S.EXITED, 3), (S.FAILED, 3)])
+def test_rescheduling_requests_an_ended_process_in_the_round_the_legacy_table_says(
+    transitions: ProcessStateMachine, store: MemoryStore, ended: str, round_: int
+) -> None:
+    # Given an ended process at round 2
+    process = put_process(store, "p1", ended, round_=2)
+    # When it is scheduled again with new fields
+    written = transitions.reschedule(process, {"restart_mode": "ALWAYS"})
+    # Then it is REQUESTED, in the same round only if it was never scheduled
+    stored = store.get_process("p1")
+    assert stored is not None
+    assert (stored.state, stored.round, stored.restart_mode) == (S.REQUESTED, round_, "ALWAYS")
+    assert written.version == stored.version
+    assert process.state == ended  # the caller's record is not modified
+
+
+def test_restarting_in_place_keeps_the_assignment_under_a_new_round(
+    transitions: ProcessStateMachine, store: MemoryStore, messenger: RecordingMessenger
+) -> None:
+    # Given a RUNNING process with a subscriber
+    process = put_process(store, "p1", S.RUNNING, assigned="r1", subscribers=SUBSCRIBERS)
+    # When it is restarted in place
+    transitions.restart_in_place(process)
+    # Then it is PENDING at round 1, still on r1, and nobody is told (legacy)
+    stored = store.get_process("p1")
+    assert stored is not None
+    assert (stored.state, stored.round, stored.assigned) == (S.PENDING, 1, "r1")
+    assert messenger.messages == []
+
+
+def test_terminating_writes_terminated_or_terminating_and_notifies(
+    transitions: ProcessStateMachine, store: MemoryStore, messenger: RecordingMessenger
+) -> None:
+    # Given a queued process and a running one, each with a subscriber
+    waiting = put_process(store, "p1", S.WAITING, subscribers=SUBSCRIBERS)
+    running = put_process(store, "p2", S.RUNNING, assigned="r1", subscribers=SUBSCRIBERS)
+    # When each is terminated
+    transitions.terminate_unassigned(waiting)
+    transitions.begin_terminating(running)
+    # Then the unassigned one is TERMINATED, the assigned one TERMINATING, both notified
+    stored = [store.get_process(upid) for upid in ("p1", "p2")]
+    assert [p.state if p is not None else None for p in stored] == [S.TERMINATED, S.TERMINATING]
+    assert [m.args["process"]["state"] for m in messenger.messages] == [
+        S.TERMINATED,
+        S.TERMINATING,
+    ]
+
+
+def test_a_single_attempt_on_a_stale_record_raises_a_write_conflict_and_writes_nothing(
+    transitions: ProcessStateMachine, store: MemoryStore, messenger: RecordingMessenger
+) -> None:
+    # Given a record read before another writer changed the process
+    stale = put_process(store, "p1", S.RUNNING, assigned="r1", subscribers=SUBSCRIBERS)
+    transitions.process_change_state(stale, S.TERMINATING)
+    before = store.get_process("p1")
+    sent = len(messenger.messages)
+    # When each single attempt is made with the stale record
+    for attempt in (
+        lambda: transitions.restart_in_place(stale),
+        lambda: transitions.begin_terminating(stale),
+        lambda: transitions.assign(Assignment(stale, "r2", None, NOW)),
+    ):
+        # Then it raises WriteConflictError, and nothing is written or notified
+        with pytest.raises(WriteConflictError):
+            attempt()
+    assert store.get_process("p1") == before
+    assert len(messenger.messages) == sent
+
+
+def test_assignments_are_written_in_one_batch_and_a_stale_one_is_reported_not_written(
+    transitions: ProcessStateMachine, store: MemoryStore, messenger: RecordingMessenger
+) -> None:
+    # Given two queued processes, one of which another writer changed after it was read
+    fresh = put_process(store, "p1", S.REQUESTED, subscribers=SUBSCRIBERS)
+    stale = put_process(store, "p2", S.WAITING)
+    transitions.process_change_state(stale, S.TERMINATED)
+    # When both are assigned in one batch
+    outcomes = transitions.assign_many(
+        [Assignment(fresh, "r1", "host1", NOW), Assignment(stale, "r2", None, NOW)]
+    )
+    # Then the fresh one is ASSIGNED with its dispatch recorded, the stale one untouched
+    assert [ok for _, ok in outcomes] == [True, False]
+    p1, p2 = store.get_process("p1"), store.get_process("p2")
+    assert p1 is not None and p2 is not None
+    assert (p1.state, p1.assigned, p1.hostname, p1.dispatches, p1.dispatch_times) == (
+        S.ASSIGNED,
+        "r1",
+        "host1",
+        1,
+        [NOW],
+    )
+    assert (p2.state, p2.assigned) == (S.TERMINATED, None)
+    # And nobody is told yet: the matchmaker notifies once the launch is on its way
+    assert messenger.messages == []
+    assert transitions.assign_many([]) == []

@@ -49,6 +49,17 @@ class Stored:
         )
 
 
+@dataclass(frozen=True)
+class Case:
+    """One row: the stored process, the report from agent HERE, the expected decision."""
+
+    name: str
+    stored: Stored | None
+    round_: int
+    state: str
+    expected: HeartbeatDecision
+
+
 def row(
     stored: Stored | None,
     round_: int,
@@ -60,9 +71,9 @@ def row(
     known: bool = True,
     holds_slot: bool = False,
     name: str,
-) -> object:
+) -> Case:
     expected = HeartbeatDecision(reason, order, action, known, holds_slot)
-    return pytest.param(stored, round_, state, expected, id=name)
+    return Case(name, stored, round_, state, expected)
 
 
 # (stored process, reported round, reported state, expected decision)
@@ -342,21 +353,20 @@ TABLE = [
 ]
 
 
-@pytest.mark.parametrize(("stored", "round_", "state", "expected"), TABLE)
-def test_each_reported_process_gets_the_decision_of_its_table_row(
-    stored: Stored | None, round_: int, state: str, expected: HeartbeatDecision
-) -> None:
-    # Given the stored process (or none), when agent HERE reports (round_, state),
+@pytest.mark.parametrize("case", TABLE, ids=lambda case: case.name)
+def test_each_reported_process_gets_the_decision_of_its_table_row(case: Case) -> None:
+    # Given the stored process (or none), when agent HERE reports (round, state),
     # then the decision is the table's
-    process = None if stored is None else stored.process()
-    assert decide(process, HERE, round_, state) == expected
+    process = None if case.stored is None else case.stored.process()
+    assert decide(process, HERE, case.round_, case.state) == case.expected
 
 
 def test_the_table_covers_every_reason_and_every_action() -> None:
     # Given the table, then each row of the decision function is exercised
-    decisions = [case.values[3] for case in TABLE]  # type: ignore[attr-defined]
+    decisions = [case.expected for case in TABLE]
     assert {d.reason for d in decisions} == set(Reason)
     assert {d.action for d in decisions} == set(Action)
+    assert len({case.name for case in TABLE}) == len(TABLE)
 
 
 def test_deciding_reads_the_process_and_changes_nothing() -> None:
