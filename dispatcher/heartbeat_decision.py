@@ -1,4 +1,4 @@
-"""What one process in an eeagent's heartbeat means: a pure decision (reference §6.3).
+"""What one process in an eeagent's heartbeat means: a pure decision.
 
 :func:`decide` reads the stored process (or ``None``), the agent that sent the
 heartbeat and the reported ``(round, state)``, and returns a

@@ -1,4 +1,4 @@
-"""The heartbeat decision table (reference §6.3, decisions 4 and 7), row by row.
+"""The heartbeat decision table (decisions 4 and 7 included), row by row.
 
 :func:`dispatcher.heartbeat_decision.decide` is pure: each case is the stored
 process (or none), the reporting agent and the reported ``(round, state)``, and

@@ -654,7 +654,7 @@ def test_an_ending_racing_with_terminate_process_still_settles(
 
     store = RaceStore()
     handler = make_heartbeats(store, messenger, make_engines(), clock=clock)
-    core = make_core(store, messenger, clock=clock)
+    core = make_core(store, messenger, transitions=handler.transitions)
     bring_up(handler)
     put_process(store, "proc1", S.RUNNING, assigned="eeagent_1")
     store.hook = lambda: core.terminate_process("proc1")
