@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
@@ -62,7 +61,7 @@ from dispatcher.rpc.gcpause import collector_paused
 from dispatcher.states import ProcessState
 from dispatcher.store.base import Store
 from dispatcher.store.modify import retry_conflicts
-from dispatcher.transitions import ProcessTransitions
+from dispatcher.transitions import ProcessStateMachine
 
 __all__ = ["LISTING_OPERATIONS", "RPC_OPERATIONS", "ProcessDispatcherCore"]
 
@@ -102,15 +101,11 @@ class ProcessDispatcherCore:
 
     Args:
         store: where definitions, processes, the queue, resources and nodes live.
-        messenger: sends subscriber notifications and eeagent commands.
-        clock: returns the current time in epoch seconds.
+        messenger: sends eeagent commands.
+        transitions: the dispatcher's process state machine (the one writer of
+            process states), over the same store.
         limits: the depth and size limits of every argument (see
             :mod:`dispatcher.limits`).
-
-    Attributes:
-        transitions: the shared state-machine helpers (``process_change_state``,
-            ``process_next_round``, ``notify_process`` ...) bound to the same store,
-            messenger and clock, for the matchmaker, heartbeats and the doctor.
     """
 
     def __init__(
@@ -118,14 +113,13 @@ class ProcessDispatcherCore:
         store: Store,
         messenger: Messenger,
         *,
-        clock: Callable[[], float] = time.time,
+        transitions: ProcessStateMachine,
         limits: RequestLimits = DEFAULT_LIMITS,
     ) -> None:
         self.store = store
         self.messenger = messenger
-        self.clock = clock
         self.limits = limits
-        self.transitions = ProcessTransitions(store, messenger, clock=clock)
+        self.transitions = transitions
 
     # -- definitions ------------------------------------------------------------------
 
@@ -255,7 +249,7 @@ class ProcessDispatcherCore:
             self.limits, upid=upid, definition_id=definition_id, name=name
         )
         definition = self._get_definition(req.definition_id)
-        process = Process(upid=req.upid, definition=definition.to_dict(), name=req.name)
+        process = self.transitions.new_process(req.upid, definition.to_dict(), name=req.name)
         try:
             self.store.add_process(process)
             return process.summary()
@@ -366,7 +360,7 @@ class ProcessDispatcherCore:
         definition = self.store.get_definition(req.definition_id)
         if definition is None:
             return None  # an existing process needs no definition; else NotFound there
-        process = _requested(req, definition)
+        process = self._requested(req, definition)
         try:
             self.store.add_process_queued(process)
         except WriteConflictError:
@@ -387,7 +381,7 @@ class ProcessDispatcherCore:
         if process is None:
             if req.definition_id is None:
                 raise NotFoundError(f"process {req.upid} does not exist")
-            process = _requested(req, self._get_definition(req.definition_id))
+            process = self._requested(req, self._get_definition(req.definition_id))
             self.store.add_process_queued(process)
             return process, True
 
@@ -398,11 +392,7 @@ class ProcessDispatcherCore:
                     raise BadRequestError(
                         f"process {req.upid} exists with different definition_id '{stored_id}'"
                     )
-            else:
-                process.round += 1
-            process.state = ProcessState.REQUESTED
-            _apply(process, updates)
-            self.store.update_process(process)
+            process = self.transitions.reschedule(process, updates)
             return process, False
 
         # In play: an idempotent repeat of the request that put it there.
@@ -481,10 +471,7 @@ class ProcessDispatcherCore:
                 )
                 return process.summary()
             old_key = (process.upid, process.round)
-            restarted = process.copy()
-            restarted.state = ProcessState.PENDING
-            restarted.round += 1
-            self.store.update_process(restarted)
+            restarted = self.transitions.restart_in_place(process)
             if restarted.assigned is None:  # RUNNING implies assigned; be defensive
                 log.warning("process %s is RUNNING but not assigned: no agent to restart", upid)
                 return restarted.summary()
@@ -532,18 +519,14 @@ class ProcessDispatcherCore:
             process = self._get_process(req.upid)
             if process.state in _TERMINAL:
                 return process.summary()
-            ended = process.copy()
+            ended = process
             if process.assigned is None:
-                ended.state = ProcessState.TERMINATED
                 # On a conflict, re-decide: it may have been assigned meanwhile.
-                self.store.update_process(ended)
-                self.transitions.notify_process(ended)
+                ended = self.transitions.terminate_unassigned(process)
                 self.transitions.dequeue_all(ended.upid, ended.round)
                 return ended.summary()
             if process.state < ProcessState.TERMINATING:
-                ended.state = ProcessState.TERMINATING
-                self.store.update_process(ended)
-                self.transitions.notify_process(ended)
+                ended = self.transitions.begin_terminating(process)
             self.messenger.fire(
                 process.assigned, "terminate_process", u_pid=ended.upid, round=ended.round
             )
@@ -593,6 +576,12 @@ class ProcessDispatcherCore:
 
     # -- helpers ----------------------------------------------------------------------
 
+    def _requested(self, req: ScheduleProcessRequest, definition: Definition) -> Process:
+        """A new process for ``req``, in ``200-REQUESTED`` at round 0."""
+        return self.transitions.new_process(
+            req.upid, definition.to_dict(), requested=True, **req.updates()
+        )
+
     def _get_definition(self, definition_id: str) -> Definition:
         definition = self.store.get_definition(definition_id)
         if definition is None:
@@ -614,18 +603,6 @@ def _definition(req: CreateDefinitionRequest) -> Definition:
         name=req.name,
         description=req.description,
     )
-
-
-def _requested(req: ScheduleProcessRequest, definition: Definition) -> Process:
-    """A new process for ``req``, in ``200-REQUESTED`` at round 0."""
-    process = Process(upid=req.upid, definition=definition.to_dict(), state=ProcessState.REQUESTED)
-    _apply(process, req.updates())
-    return process
-
-
-def _apply(process: Process, updates: dict[str, Any]) -> None:
-    for key, value in updates.items():
-        setattr(process, key, value)
 
 
 def _check_same_creation(existing: Process, definition_id: str, name: str | None) -> None:

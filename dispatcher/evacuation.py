@@ -33,7 +33,7 @@ from dispatcher.model import Node, Process, Resource
 from dispatcher.states import ExecutionResourceState, ProcessState
 from dispatcher.store.base import Store
 from dispatcher.store.modify import modify, retry_conflicts
-from dispatcher.transitions import ProcessTransitions, process_should_restart
+from dispatcher.transitions import ProcessStateMachine, process_should_restart
 
 __all__ = ["Evacuation", "release_node_exclusive"]
 
@@ -86,7 +86,7 @@ class Evacuation:
         transitions: the guarded, notifying process writes.
     """
 
-    def __init__(self, store: Store, transitions: ProcessTransitions) -> None:
+    def __init__(self, store: Store, transitions: ProcessStateMachine) -> None:
         self.store = store
         self.transitions = transitions
 

@@ -86,7 +86,7 @@ from dispatcher.store.base import Store
 from dispatcher.store.batch import batch_writer
 from dispatcher.store.modify import modify, retry_conflicts
 from dispatcher.terminates import TerminateRetries
-from dispatcher.transitions import ProcessTransitions
+from dispatcher.transitions import Assignment, ProcessStateMachine
 
 __all__ = ["Matchmaker", "PassResult"]
 
@@ -146,6 +146,8 @@ class Matchmaker:
             (:mod:`dispatcher.terminates`); ``None`` or ``0`` disables retries.
         registrar: receives the engines' needs after each complete pass; ``None``
             when nothing is provisioned.
+        transitions: the dispatcher's process state machine (writes every
+            assignment and queueing decision).
         clock: returns the current time in epoch seconds.
         poll_interval: seconds between looks for other instances' writes.
         error_retry: seconds before retrying after an unexpected error.
@@ -159,6 +161,7 @@ class Matchmaker:
         messenger: Messenger,
         engines: EngineRegistry,
         *,
+        transitions: ProcessStateMachine,
         run_type: str = "supd",
         restart_throttling_config: dict[str, Any] | None = None,
         dispatch_retry_seconds: float | None = None,
@@ -180,7 +183,7 @@ class Matchmaker:
         self.poll_interval = poll_interval
         self.error_retry = error_retry
         self.max_depth = max_depth
-        self.transitions = ProcessTransitions(store, messenger, clock=clock)
+        self.transitions = transitions
         self._writer = batch_writer(store)
         self._wake = threading.Event()
         self._lock = threading.Lock()
@@ -421,20 +424,19 @@ class Matchmaker:
             if tag is not None:
                 self._add_tag(decision.node_id, str(tag), nodes)
         # 3. processes
-        candidates = []
-        for decision in kept:
-            process = processes[decision.upid]
-            resource = resources[decision.resource_id]
-            candidate = _copy_process(process)
-            candidate.state = ProcessState.ASSIGNED
-            candidate.assigned = decision.resource_id
-            candidate.hostname = (resource.properties or {}).get("hostname")
-            candidate.dispatches += 1
-            candidate.dispatch_times.append(now)
-            candidates.append(candidate)
-        outcomes = self._writer.update_many(candidates) if candidates else []
+        outcomes = self.transitions.assign_many(
+            [
+                Assignment(
+                    processes[decision.upid],
+                    decision.resource_id,
+                    (resources[decision.resource_id].properties or {}).get("hostname"),
+                    now,
+                )
+                for decision in kept
+            ]
+        )
         placed: list[Key] = []
-        for decision, candidate, ok in zip(kept, candidates, outcomes, strict=True):
+        for decision, (candidate, ok) in zip(kept, outcomes, strict=True):
             key = (decision.upid, decision.round)
             if not ok:
                 retried = self._retry_assign(candidate)
@@ -475,14 +477,11 @@ class Matchmaker:
                 or fresh.state < ProcessState.REQUESTED
             ):
                 return None
-            retry = _copy_process(fresh)
-            retry.state = ProcessState.ASSIGNED
-            retry.assigned = candidate.assigned
-            retry.hostname = candidate.hostname
-            retry.dispatches += 1
-            retry.dispatch_times.append(candidate.dispatch_times[-1])
+            assignment = Assignment(
+                fresh, str(candidate.assigned), candidate.hostname, candidate.dispatch_times[-1]
+            )
             try:
-                self.store.update_process(retry)
+                retry = self.transitions.assign(assignment)
             except NotFoundError:
                 return None
             return retry
@@ -690,7 +689,3 @@ def _copy_resource(resource: Resource) -> Resource:
         last_heartbeat=resource.last_heartbeat,
         version=resource.version,
     )
-
-
-def _copy_process(process: Process) -> Process:
-    return process.copy()

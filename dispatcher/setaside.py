@@ -29,7 +29,7 @@ from dispatcher.model import Process, Resource
 from dispatcher.states import ProcessState
 from dispatcher.store.base import Store
 from dispatcher.store.modify import modify
-from dispatcher.transitions import ProcessTransitions
+from dispatcher.transitions import ProcessStateMachine
 
 __all__ = ["INFRASTRUCTURE_ERRORS", "SetAside", "describe_error", "release_slot"]
 
@@ -81,7 +81,7 @@ class SetAside:
     def __init__(
         self,
         store: Store,
-        transitions: ProcessTransitions,
+        transitions: ProcessStateMachine,
         *,
         clock: Callable[[], float],
         max_depth: int,
