@@ -11,12 +11,12 @@ import logging
 
 import pytest
 
-from dispatcher.core import ProcessDispatcherCore
 from dispatcher.messaging import FiredMessage, RecordingMessenger
 from dispatcher.states import ProcessState
 from dispatcher.store.modify import WRITE_ATTEMPTS
 from tests.core.conftest import put_process
 from tests.support.conflicts import ALWAYS, ConflictingStore
+from tests.support.wiring import make_core
 
 
 def test_a_restart_whose_slot_move_keeps_conflicting_still_restarts_the_process(
@@ -25,7 +25,7 @@ def test_a_restart_whose_slot_move_keeps_conflicting_still_restarts_the_process(
     # Given proc1 RUNNING on hats, whose resource record changes under every write
     store = ConflictingStore()
     messenger = RecordingMessenger()
-    core = ProcessDispatcherCore(store, messenger)
+    core = make_core(store, messenger)
     put_process(store, "proc1", ProcessState.RUNNING, assigned="hats")  # holds a slot
     store.conflicts[("resource", "hats")] = ALWAYS
     before = store.attempts[("resource", "hats")]

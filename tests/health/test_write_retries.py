@@ -30,6 +30,7 @@ from tests.health.conftest import (
     resource,
 )
 from tests.support.conflicts import ALWAYS, ConflictingStore
+from tests.support.wiring import make_heartbeats
 
 
 @pytest.fixture
@@ -41,7 +42,7 @@ def store() -> ConflictingStore:
 def handler(
     store: ConflictingStore, messenger: RecordingMessenger, clock: FakeClock
 ) -> HeartbeatHandler:
-    return HeartbeatHandler(store, messenger, make_engines(), clock=clock)
+    return make_heartbeats(store, messenger, make_engines(), clock=clock)
 
 
 def send(handler: HeartbeatHandler, *entries: dict[str, object], at: float) -> None:
