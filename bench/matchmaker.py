@@ -42,6 +42,7 @@ from dispatcher.settings import EngineSettings
 from dispatcher.states import ProcessState
 from dispatcher.store.base import Store
 from dispatcher.store.sql import SqlStore
+from dispatcher.transitions import ProcessStateMachine
 
 EXECUTABLE = {"exec": "/bin/sleep", "argv": ["1000"]}
 
@@ -104,7 +105,9 @@ def bench(name: str, url: str, args: argparse.Namespace, messenger: Messenger) -
         print(
             f"  decision alone: {placed} placements in {elapsed:.3f} s = {placed / elapsed:,.0f}/s"
         )
-        matchmaker = Matchmaker(store, messenger, engines)
+        matchmaker = Matchmaker(
+            store, messenger, engines, transitions=ProcessStateMachine(store, messenger)
+        )
         started = time.perf_counter()
         result = matchmaker.matchmake()
         elapsed = time.perf_counter() - started

@@ -40,12 +40,13 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from dispatcher.engines import EngineRegistry
-from dispatcher.errors import NotFoundError, WriteConflictError
+from dispatcher.errors import NotFoundError
 from dispatcher.model import Node, Resource
 from dispatcher.provisioner.base import VMState
 from dispatcher.settings import EngineSettings
 from dispatcher.states import ExecutionResourceState
 from dispatcher.store.base import Store
+from dispatcher.store.modify import retry_conflicts
 
 __all__ = [
     "EngineNeed",
@@ -429,20 +430,19 @@ class NeedRegistrar:
 
     def _disable(self, resource_id: str) -> Resource | None:
         """Set a resource DISABLED (absorbing); the record as written, or None if gone."""
-        while True:
+
+        def attempt() -> Resource | None:
             resource = self._store.get_resource(resource_id)
-            if resource is None:
-                return None
-            if resource.state == ExecutionResourceState.DISABLED:
+            if resource is None or resource.state == ExecutionResourceState.DISABLED:
                 return resource
             resource.state = ExecutionResourceState.DISABLED
             try:
                 self._store.update_resource(resource)
-            except WriteConflictError:
-                continue
             except NotFoundError:
                 return None
             return resource
+
+        return retry_conflicts(f"resource {resource_id!r}", attempt)
 
 
 def _replace_need(need: EngineNeed, held: int) -> EngineNeed:

@@ -32,6 +32,7 @@ from dispatcher.core import ProcessDispatcherCore
 from dispatcher.doctor import Doctor
 from dispatcher.engines import EngineRegistry
 from dispatcher.errors import ConfigError
+from dispatcher.evacuation import Evacuation
 from dispatcher.heartbeat_intake import HeartbeatIntake
 from dispatcher.heartbeat_messages import HeartbeatRequest
 from dispatcher.heartbeats import HeartbeatHandler
@@ -40,6 +41,7 @@ from dispatcher.matchmaker import Matchmaker
 from dispatcher.messaging import Messenger
 from dispatcher.needs import NeedRegistrar, NeedSink
 from dispatcher.provisioner.manager import Provisioner
+from dispatcher.registration import Registration
 from dispatcher.replay import RequestReplay
 from dispatcher.rpc.broker import BrokerConfig
 from dispatcher.rpc.client import RpcClient
@@ -49,6 +51,7 @@ from dispatcher.rpc.security import CommandGuard, MessageSigner, SignatureVerifi
 from dispatcher.rpc.service import RpcService
 from dispatcher.settings import Settings
 from dispatcher.store.base import Store
+from dispatcher.transitions import ProcessStateMachine
 
 __all__ = ["RPC_OPERATIONS", "DispatcherService", "engine_registry"]
 
@@ -86,10 +89,10 @@ def engine_registry(settings: Settings) -> EngineRegistry:
 
 
 def _provisioner(
-    settings: Settings, store: Store, engines: EngineRegistry, heartbeats: HeartbeatHandler
+    settings: Settings, store: Store, engines: EngineRegistry, registration: Registration
 ) -> Provisioner | None:
     """The provisioner, unless every site is ``static``."""
-    provisioner = Provisioner.from_settings(settings, store, engines, heartbeats.registration)
+    provisioner = Provisioner.from_settings(settings, store, engines, registration)
     if not any(getattr(site.driver, "provisions", True) for site in provisioner.sites.values()):
         provisioner.close()
         return None
@@ -211,15 +214,23 @@ class DispatcherService:
             # set, every message this client sends is signed.
             client = RpcClient(broker, service_name, signer=MessageSigner.from_settings(settings))
             messenger = RpcMessenger(client)
-            core = ProcessDispatcherCore(store, messenger, limits=pd.limits)
+            # The one writer of process states, shared by every component below.
+            transitions = ProcessStateMachine(store, messenger)
+            evacuation = Evacuation(store, transitions)
+            registration = Registration(store, engines, evacuation)
+            core = ProcessDispatcherCore(
+                store, messenger, transitions=transitions, limits=pd.limits
+            )
             heartbeats = HeartbeatHandler(
                 store,
                 messenger,
                 engines,
+                transitions=transitions,
+                registration=registration,
                 caller=client,
                 cleanup_resend_seconds=pd.dispatch_retry_seconds,
             )
-            provisioner = _provisioner(settings, store, engines, heartbeats)
+            provisioner = _provisioner(settings, store, engines, registration)
             sink = need_sink if need_sink is not None else provisioner
 
             def grace(engine_id: str) -> float:
@@ -232,6 +243,7 @@ class DispatcherService:
                 store,
                 launch_messenger(messenger) if launch_messenger is not None else messenger,
                 engines,
+                transitions=transitions,
                 run_type=pd.launch_type,
                 restart_throttling_config=pd.restart_throttling_config,
                 dispatch_retry_seconds=pd.dispatch_retry_seconds,
@@ -239,7 +251,12 @@ class DispatcherService:
                 max_depth=pd.limits.max_depth,
             )
             doctor = Doctor(
-                store, messenger, engines, heartbeats, monitor=pd.monitor_resource_heartbeats
+                store,
+                messenger,
+                engines,
+                transitions=transitions,
+                evacuation=evacuation,
+                monitor=pd.monitor_resource_heartbeats,
             )
             rpc = RpcService(broker, service_name, workers=pd.rpc_workers)
         except BaseException:

@@ -29,7 +29,6 @@ can make a record unreadable or unwritable.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import operator
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -37,6 +36,7 @@ from typing import Any, Final, Generic, TypeVar
 
 from dispatcher import jsontree
 from dispatcher.model import VM, Definition, Node, Process, Resource
+from dispatcher.rpc.gcpause import collector_paused
 
 __all__ = [
     "DEFINITION",
@@ -76,14 +76,11 @@ _GC_PAUSE_ROWS: Final = 1000
 @contextmanager
 def gc_paused(rows: int = _GC_PAUSE_ROWS) -> Iterator[None]:
     """Pause the cyclic garbage collector while building ``rows`` (>= 1000) records."""
-    if rows < _GC_PAUSE_ROWS or not gc.isenabled():
+    if rows < _GC_PAUSE_ROWS:
         yield
         return
-    gc.disable()
-    try:
+    with collector_paused():
         yield
-    finally:
-        gc.enable()
 
 
 class Layout(Generic[_R]):
