@@ -13,8 +13,9 @@
 #    status (5, "no tests collected", is a failure too).
 #
 # --quick runs only the tests that need no server and are not marked slow
-# (`-m "not rabbitmq and not postgres and not supervisord and not slow"`): the
-# day-to-day lane. CI runs the whole suite.
+# (`-m "not rabbitmq and not postgres and not supervisord and not slow"`), the
+# property tests with a fifth of their examples: the day-to-day lane. CI runs the
+# whole suite.
 #
 # Without root or sudo the packages are not installed and the tests that need the
 # servers are skipped - unless CI=true, where they fail.
@@ -27,7 +28,7 @@ QUICK_MARKERS="not rabbitmq and not postgres and not supervisord and not slow"
 quick=()
 if [ "${1:-}" = --quick ]; then
     shift
-    quick=(-m "$QUICK_MARKERS")
+    quick=(-m "$QUICK_MARKERS" --hypothesis-profile=quick)
 fi
 
 # ------------------------------------------------------------------ root / sudo

@@ -7,6 +7,8 @@
   read or written (nothing is carried from one CI run to the next).
 * ``dev`` (the default elsewhere): random examples, failures remembered in the
   local example database (``.hypothesis/``) and replayed first on the next run.
+* ``quick`` (``scripts/test.sh --quick``): as ``dev`` with a fifth of the
+  examples, for the day-to-day lane.
 * ``fuzz`` (``bench/fuzz.py``): random, no database, and :data:`FUZZ_FACTOR`
   times the examples of each test (``PD_FUZZ_FACTOR``, default 20).
 
@@ -30,6 +32,7 @@ FUZZ_FACTOR = max(1, int(os.environ.get("PD_FUZZ_FACTOR", "20")))
 
 settings.register_profile("ci", derandomize=True, database=None, print_blob=True)
 settings.register_profile("dev", print_blob=True)
+settings.register_profile("quick", max_examples=BASE_EXAMPLES // 5, print_blob=True)
 settings.register_profile(
     "fuzz",
     max_examples=BASE_EXAMPLES * FUZZ_FACTOR,
@@ -46,5 +49,6 @@ def load_profile(ci: bool) -> None:
 
 
 def examples(count: int) -> int:
-    """``count`` examples scaled by the loaded profile (``count`` under ``ci``/``dev``)."""
+    """``count`` examples scaled by the loaded profile (``count`` under ``ci``/``dev``,
+    a fifth under ``quick``, :data:`FUZZ_FACTOR` times under ``fuzz``)."""
     return max(1, count * settings.default.max_examples // BASE_EXAMPLES)
