@@ -55,6 +55,22 @@ def count_examples(output: str) -> dict[str, tuple[int, int, int]]:
     return counts
 
 
+def failure_report(output: str, width: int = 300, limit: int = 400) -> str:
+    """pytest's failure report (falsifying examples, errors, ``@reproduce_failure``
+    blobs) and its summary, each line cut to ``width`` characters: fuzzed values
+    may be megabytes long."""
+    lines = output.splitlines()
+    start = next((i for i, line in enumerate(lines) if "= FAILURES =" in line), 0)
+    kept = [
+        line if len(line) <= width else f"{line[:width]}... ({len(line)} characters)"
+        for line in lines[start:]
+        if "Hypothesis Statistics" not in line
+    ]
+    summary = [line for line in kept if line.startswith(("FAILED ", "ERROR "))]
+    body = kept[:limit] + (["..."] if len(kept) > limit else [])
+    return "\n".join(body + summary)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--factor", type=int, default=20, help="times the usual examples")
@@ -94,9 +110,7 @@ def main() -> None:
     total = sum(passing for passing, _, _ in counts.values())
     print(f"{total} passing examples in {len(counts)} tests, {elapsed:.0f} s")
     if result.returncode != 0:
-        # pytest's failure report: the falsifying examples and reproduce blobs
-        report = result.stdout.split("Hypothesis Statistics")[0]
-        print(report[-20_000:], end="")
+        print(failure_report(result.stdout))
         print(result.stderr[-5_000:], end="", file=sys.stderr)
         print(f"FAILED (pytest exit {result.returncode}); replay: bench/fuzz.py --seed {seed}")
     raise SystemExit(result.returncode)
