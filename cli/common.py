@@ -10,14 +10,19 @@ import os
 import select
 import signal
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from types import FrameType
 from typing import Any
 
 import click
 
 from dispatcher.errors import ConfigError, DispatcherError
-from dispatcher.settings import Settings, load_settings
+from dispatcher.settings import (
+    LEGACY_IGNORED_KEYS,
+    Settings,
+    check_unknown_keys,
+    load_settings,
+)
 
 __all__ = [
     "CONFIG_HELP",
@@ -48,18 +53,26 @@ EXIT_USAGE = 2
 
 
 def settings_from_options(
-    config_files: Sequence[str], overrides: Mapping[str, Any] | None = None
+    config_files: Sequence[str],
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    checked_sections: Sequence[str] = (),
+    accepted: Collection[str] = LEGACY_IGNORED_KEYS,
 ) -> Settings:
     """Build settings from files, the environment and command-line overrides.
 
+    A key of ``checked_sections`` that no setting reads and ``accepted`` does not
+    list is a configuration error (:func:`~dispatcher.settings.check_unknown_keys`).
     Exits with status 2 and a one-line message on a configuration error.
     """
     try:
-        return load_settings(
+        settings = load_settings(
             config_files,
             os.environ,
             {key: value for key, value in (overrides or {}).items() if value is not None},
         )
+        check_unknown_keys(settings, checked_sections, accepted)
+        return settings
     except ConfigError as exc:
         click.echo(f"Error: {exc}", err=True)
         raise SystemExit(EXIT_USAGE) from None

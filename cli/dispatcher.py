@@ -18,7 +18,7 @@ from cli.common import (
     stop_on_signals,
 )
 from dispatcher.rpc.broker import BrokerConfig, mask_uri
-from dispatcher.settings import LEGACY_IGNORED_KEYS, Settings, unknown_keys
+from dispatcher.settings import DISPATCHER_SECTIONS, LEGACY_IGNORED_KEYS, Settings, unknown_keys
 
 log = logging.getLogger(__name__)
 
@@ -38,12 +38,16 @@ database unreachable or refusing access), 2 for a usage or configuration error.
 """
 
 
+def _settings(ctx: click.Context) -> Settings:
+    """The settings of the command line's files; an unknown key of the dispatcher's
+    sections (legacy ones apart) is a configuration error."""
+    return settings_from_options(ctx.obj["config_files"], checked_sections=DISPATCHER_SECTIONS)
+
+
 def _report_unknown_keys(settings: Settings) -> None:
     for key in unknown_keys(settings):
         if key in LEGACY_IGNORED_KEYS:
             log.info("ignoring legacy configuration key %s (not used by this dispatcher)", key)
-        else:
-            log.warning("ignoring unknown configuration key %s (misspelt?)", key)
 
 
 def _uses_state_dir(settings: Settings) -> bool:
@@ -74,7 +78,7 @@ def main(ctx: click.Context, config_files: tuple[str, ...], log_level: str) -> N
 def serve(ctx: click.Context) -> None:
     from dispatcher.service import DispatcherService
 
-    settings = settings_from_options(ctx.obj["config_files"])
+    settings = _settings(ctx)
     if _uses_state_dir(settings):
         secure_state_dir(settings)
     configure_logging(settings, ctx.obj["log_level"])
@@ -101,7 +105,7 @@ def db() -> None:
 def upgrade(ctx: click.Context, revision: str) -> None:
     from dispatcher.store.migrate import upgrade as run_upgrade
 
-    settings = settings_from_options(ctx.obj["config_files"])
+    settings = _settings(ctx)
     if settings.processdispatcher.database_url is None:
         secure_state_dir(settings)
     configure_logging(settings, ctx.obj["log_level"])
@@ -115,7 +119,7 @@ def upgrade(ctx: click.Context, revision: str) -> None:
 def current(ctx: click.Context) -> None:
     from dispatcher.store.migrate import current as get_current
 
-    settings = settings_from_options(ctx.obj["config_files"])
+    settings = _settings(ctx)
     with reported_errors():
         if settings.processdispatcher.database_url is None:
             check_state_dir(settings)

@@ -17,6 +17,8 @@ from cli.common import (
     stop_on_signals,
 )
 from dispatcher.rpc.broker import BrokerConfig
+from dispatcher.settings import AGENT_SECTIONS
+from dispatcher.settings import LEGACY_IGNORED_KEYS as SHARED_LEGACY_KEYS
 
 __all__ = ["main"]
 
@@ -74,11 +76,13 @@ def main(
     slots: int | None,
     log_level: str,
 ) -> None:
-    from eeagent.service import run_agent
+    from eeagent.service import LEGACY_IGNORED_KEYS, run_agent
 
     settings = settings_from_options(
         config_files,
         {"eeagent.name": name, "eeagent.node_id": node_id, "eeagent.slots": slots},
+        checked_sections=AGENT_SECTIONS,
+        accepted=SHARED_LEGACY_KEYS | {f"eeagent.{key}" for key in LEGACY_IGNORED_KEYS},
     )
     # The agent's home defaults to <state_dir>/eeagent; the embedded broker lives there too.
     if (

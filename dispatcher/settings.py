@@ -23,8 +23,9 @@ Environment variables ``PD_AMQP_URI`` and ``PD_DATABASE_URL`` override the files
 from __future__ import annotations
 
 import copy
+import difflib
 import urllib.parse
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -58,6 +59,7 @@ __all__ = [
     "Settings",
     "SiteSettings",
     "StaticSiteSettings",
+    "check_unknown_keys",
     "default_state_dir",
     "load_settings",
     "unknown_keys",
@@ -123,16 +125,38 @@ DEFAULT_SIGNATURE_MAX_AGE = 300.0
 MIN_HMAC_KEY_LENGTH = 16
 
 #: Keys of the legacy EPU configuration files that are accepted and have no use here
-#: (EPUM and ZooKeeper settings): reported at INFO, not as misspelt keys.
+#: (EPUM and ZooKeeper settings; the legacy doctor's top-level
+#: ``monitor_resource_heartbeats``, read here under ``processdispatcher``; the
+#: legacy bootstrap's ``loggers``, ``logging_config_files``, ``system`` and the
+#: ``server.memory`` test transport): reported at INFO, not refused as misspelt keys.
 LEGACY_IGNORED_KEYS = frozenset(
     {
         "server.zookeeper",
+        "server.memory",
         "processdispatcher.static_resources",
         "processdispatcher.definition_id",
         "processdispatcher.domain_config",
         "processdispatcher.epum_service_name",
+        "monitor_resource_heartbeats",
+        "loggers",
+        "logging_config_files",
+        "system",
     }
 )
+#: The sections whose keys ``pd-dispatcher`` checks (``NAME.*``: each entry of the
+#: mapping ``NAME``); an unknown key there is refused at start (:func:`check_unknown_keys`).
+DISPATCHER_SECTIONS = (
+    "",
+    "server",
+    "server.amqp",
+    "dashi",
+    "processdispatcher",
+    "processdispatcher.engines.*",
+    "provisioner",
+    "pd",
+)
+#: The sections whose keys ``pd-eeagent`` checks.
+AGENT_SECTIONS = ("", "server", "server.amqp", "dashi", "eeagent", "eeagent.launch_type", "pd")
 
 _Model = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
 _Strict = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -537,9 +561,9 @@ def unknown_keys(settings: Settings) -> list[str]:
     """The dotted keys of the dispatcher's sections that no setting reads, sorted.
 
     Sections accept unknown keys, because legacy files carry keys of the services
-    this project replaces (see :data:`LEGACY_IGNORED_KEYS`); ``pd-dispatcher`` logs
-    each key this returns so that a misspelt one (``processdispatcher.databse_url``)
-    is not lost silently. ``eeagent.*`` keys are the agent's to report.
+    this project replaces (see :data:`LEGACY_IGNORED_KEYS`); ``pd-dispatcher``
+    refuses any other (:func:`check_unknown_keys`) and logs the legacy ones this
+    returns at INFO. ``eeagent.*`` keys are the agent's to check.
     """
     sections: list[tuple[str, BaseModel]] = [
         ("", settings),
@@ -551,6 +575,47 @@ def unknown_keys(settings: Settings) -> list[str]:
         ("pd.", settings.pd),
     ]
     return sorted(prefix + key for prefix, model in sections for key in model.model_extra or {})
+
+
+def _section_models(settings: Settings, section: str) -> list[tuple[str, BaseModel]]:
+    """``(dotted prefix, model)`` of ``section`` (each entry of a ``NAME.*`` mapping)."""
+    path = section.removesuffix(".*")
+    node: Any = settings
+    for part in filter(None, path.split(".")):
+        node = getattr(node, part)
+    if section.endswith(".*"):
+        return [(f"{path}.{key}.", model) for key, model in node.items()]
+    return [(f"{path}." if path else "", node)]
+
+
+def check_unknown_keys(
+    settings: Settings, sections: Sequence[str], accepted: Collection[str] = LEGACY_IGNORED_KEYS
+) -> None:
+    """Refuse a key of ``sections`` that no setting reads, unless ``accepted`` lists it.
+
+    Raises:
+        ConfigError: one line naming the first unknown key (its dotted path) and the
+            nearest valid key of its section (or the valid keys, when none is near).
+    """
+    unknown: list[tuple[str, str, list[str]]] = []
+    for section in sections:
+        for prefix, model in _section_models(settings, section):
+            valid = sorted(type(model).model_fields)
+            for key in model.model_extra or {}:
+                if prefix + key not in accepted:
+                    unknown.append((prefix + key, prefix, valid))
+    if not unknown:
+        return
+    unknown.sort()
+    dotted, prefix, valid = unknown[0]
+    near = difflib.get_close_matches(dotted.removeprefix(prefix), valid, n=1)
+    if near:
+        hint = f"did you mean {prefix}{near[0]}?"
+    else:
+        hint = f"valid keys{' under ' + prefix.rstrip('.') if prefix else ''}: {', '.join(valid)}"
+    more = len(unknown) - 1
+    suffix = f" (and {more} more unknown key{'s' if more > 1 else ''})" if more else ""
+    raise ConfigError(f"configuration key {dotted}: unknown key; {hint}{suffix}")
 
 
 def default_state_dir(environ: Mapping[str, str]) -> Path:

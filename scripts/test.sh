@@ -1,15 +1,21 @@
 #!/usr/bin/env bash
 # The test command (README; CI runs it through .ci/run):
 #
-#   bash scripts/test.sh [pytest arguments...]
+#   bash scripts/test.sh [--quick] [pytest arguments...]
 #
 # 1. Installs Debian's rabbitmq-server and postgresql if their binaries are missing
 #    (as root, or through sudo), without letting the packages start their system
 #    services - the tests start their own private servers on 127.0.0.1.
 # 2. Creates .venv (Python >= 3.11) and installs the project with its test extras
 #    (again only when setup.cfg / pyproject.toml changed since the last install).
-# 3. Runs `ruff check .`, then pytest with the given arguments; exits with pytest's
+# 3. Runs `ruff check .`, then mypy (strict; the packages it checks are listed in
+#    pyproject.toml), then pytest with the given arguments; exits with pytest's
 #    status (5, "no tests collected", is a failure too).
+#
+# --quick runs only the tests that need no server and are not marked slow
+# (`-m "not rabbitmq and not postgres and not supervisord and not slow"`), the
+# property tests with a fifth of their examples: the day-to-day lane. CI runs the
+# whole suite.
 #
 # Without root or sudo the packages are not installed and the tests that need the
 # servers are skipped - unless CI=true, where they fail.
@@ -17,6 +23,13 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 log() { printf '[test.sh] %s\n' "$*" >&2; }
+
+QUICK_MARKERS="not rabbitmq and not postgres and not supervisord and not slow"
+quick=()
+if [ "${1:-}" = --quick ]; then
+    shift
+    quick=(-m "$QUICK_MARKERS" --hypothesis-profile=quick)
+fi
 
 # ------------------------------------------------------------------ root / sudo
 
@@ -162,9 +175,12 @@ fi
 log "ruff check ."
 .venv/bin/ruff check .
 
-log "pytest $*"
+log "mypy"
+.venv/bin/mypy
+
+log "pytest ${quick[*]} $*"
 status=0
-.venv/bin/python -m pytest "$@" || status=$?
+.venv/bin/python -m pytest "${quick[@]}" "$@" || status=$?
 if [ "$status" = 5 ]; then
     log "pytest collected no tests: treating that as a failure"
 fi

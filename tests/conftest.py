@@ -24,6 +24,7 @@ from typing import NoReturn
 import pytest
 
 from tests.infra import PostgresServer, RabbitMQServer, supervisord_path
+from tests.support.hypothesis_profiles import load_profile
 
 
 def in_ci() -> bool:
@@ -38,6 +39,10 @@ def unavailable(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
+# Derandomized property tests in CI, random ones elsewhere (see the module).
+load_profile(in_ci())
+
+
 # --------------------------------------------------------------------------- markers
 
 MARKER_FIXTURES = {
@@ -45,6 +50,25 @@ MARKER_FIXTURES = {
     "postgres": "postgres",
     "supervisord": "supervisord_bin",
 }
+
+
+#: Fixtures that need a server: a test using one gets the marker, so that marker
+#: selections (``scripts/test.sh --quick``) leave it out without a hand-kept list.
+FIXTURE_MARKERS = {
+    "rabbitmq": "rabbitmq",
+    "amqp_uri": "rabbitmq",
+    "postgres": "postgres",
+    "postgres_url": "postgres",
+    "supervisord_bin": "supervisord",
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for fixture in getattr(item, "fixturenames", ()):
+            marker = FIXTURE_MARKERS.get(fixture)
+            if marker is not None and item.get_closest_marker(marker) is None:
+                item.add_marker(marker)
 
 
 @pytest.fixture(autouse=True)

@@ -24,15 +24,7 @@ from dispatcher.leadership import (
 )
 from dispatcher.store.memory import MemoryStore
 from dispatcher.store.sql import SqlStore
-
-
-def wait_for(predicate, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
+from tests.support.waiting import wait_for
 
 
 def test_the_lock_suits_the_database(tmp_path):

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from dispatcher.errors import ConfigError
 from dispatcher.rpc.broker import BrokerConfig, mask_uri
-from dispatcher.settings import LEGACY_IGNORED_KEYS, load_settings, unknown_keys
+from dispatcher.settings import (
+    AGENT_SECTIONS,
+    DISPATCHER_SECTIONS,
+    LEGACY_IGNORED_KEYS,
+    check_unknown_keys,
+    load_settings,
+    unknown_keys,
+)
 
 
 def write(tmp_path, name, text):
@@ -189,3 +198,28 @@ eeagent: {name: a1, poll_interval: 1}
     assert [key for key in keys if key in LEGACY_IGNORED_KEYS] == [
         "processdispatcher.static_resources"
     ]
+
+
+ETC = Path(__file__).resolve().parent.parent / "etc"
+
+
+@pytest.mark.parametrize("path", sorted(ETC.glob("*.yml")), ids=lambda path: path.name)
+def test_every_shipped_configuration_file_loads_and_has_no_unknown_key(path):
+    # Given a configuration file of etc/ / When it is loaded and checked as each
+    # daemon checks it / Then nothing is refused
+    settings = load_settings([path], environ={})
+    check_unknown_keys(settings, DISPATCHER_SECTIONS)
+    check_unknown_keys(settings, AGENT_SECTIONS)
+
+
+def test_an_unknown_key_with_no_near_valid_key_lists_the_valid_keys_of_its_section(tmp_path):
+    # Given two unknown keys, one far from any valid key
+    path = write(tmp_path, "pd.yml", "pd: {zzz: 1}\nprocessdispatcher: {zzz: 2}\n")
+    settings = load_settings([path], environ={})
+    # When the dispatcher's sections are checked / Then the first is named, with its
+    # section's valid keys, and the other is counted
+    with pytest.raises(ConfigError) as caught:
+        check_unknown_keys(settings, DISPATCHER_SECTIONS)
+    assert str(caught.value) == (
+        "configuration key pd.zzz: unknown key; valid keys under pd: name (and 1 more unknown key)"
+    )

@@ -15,9 +15,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from dispatcher.rpc.broker import BrokerConfig
 from dispatcher.service import DispatcherService
 from dispatcher.settings import load_settings
 from tests.support.fake_eeagent import FakeEEAgent
+from tests.support.waiting import waiter
 
 pytestmark = [pytest.mark.rabbitmq]
 
@@ -44,15 +44,7 @@ SLOTS = 64
 WAIT = 30.0
 
 
-def wait_for(predicate: Callable[[], Any], what: str) -> Any:
-    deadline = time.monotonic() + WAIT
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}: last {last!r}")
+wait_for = waiter(WAIT)
 
 
 class Cluster:
@@ -88,7 +80,7 @@ class Cluster:
         self.agent = FakeEEAgent(
             BrokerConfig.from_settings(settings), AGENT, NODE, heartbeat_interval=0.5
         ).start()
-        wait_for(lambda: AGENT in self.client.dump()["resources"], "the agent registered")
+        wait_for(lambda: AGENT in self.client.dump()["resources"], what="the agent registered")
 
     def env(self) -> dict[str, str]:
         return {
@@ -117,7 +109,7 @@ class Cluster:
         return None if record is None else str(record["state"])
 
     def wait_state(self, upid: str, state: str) -> None:
-        wait_for(lambda: self.state(upid) == state, f"{upid} {state}")
+        wait_for(lambda: self.state(upid) == state, what=f"{upid} {state}")
 
     def close(self) -> None:
         self.agent.stop()

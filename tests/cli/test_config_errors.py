@@ -142,44 +142,110 @@ def test_a_sqlite_database_under_a_file_is_one_line_with_status_2(tmp_path):
 # -- unknown keys ------------------------------------------------------------------
 
 
-def test_the_daemon_names_a_misspelt_key_it_ignores(tmp_path):
-    # Given a configuration with a misspelt database key
-    config = {
-        "state_dir": str(tmp_path / "state"),
-        "processdispatcher": {"databse_url": "postgresql+psycopg://pd:Secret-1@db/pd"},
-    }
-    path = tmp_path / "pd.yml"
-    path.write_text(yaml.safe_dump(config))
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("PD_")}
-    # When the daemon starts (on the embedded defaults it falls back to)
-    with subprocess.Popen(
-        [PD_DISPATCHER, "--config", str(path)],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=environ,
-        cwd=tmp_path,
-    ) as proc:
-        assert proc.stdout is not None
-        lines = []
-        for line in proc.stdout:
-            lines.append(line)
-            if " serving " in line:
-                break
-        proc.terminate()
-        lines += proc.stdout.readlines()
-    # Then a warning names the key (and nothing shows its value)
-    output = "".join(lines)
-    assert proc.returncode == 0, output
-    warnings = [line for line in lines if " WARNING " in line]
-    assert len(warnings) == 1, output
-    assert (
-        warnings[0]
-        .rstrip()
-        .endswith("ignoring unknown configuration key processdispatcher.databse_url (misspelt?)")
+#: Misspelt keys, the daemon that reads their section, and the valid key it suggests.
+MISSPELT = [
+    ("pd-dispatcher", "processdispatcher.dispatch_retry_secnds", 5, "dispatch_retry_seconds"),
+    ("pd-dispatcher", "processdispatcher.databse_url", "postgresql://pd:Secret-1@db/pd", None),
+    ("pd-dispatcher", "processdispatcher.engines.default.heartbeat_warnng", 50, None),
+    ("pd-dispatcher", "provisioner.intervall", 5, None),
+    ("pd-dispatcher", "provisoner", {}, "provisioner"),
+    ("pd-eeagent", "provisoner", {}, "provisioner"),
+    ("pd-dispatcher", "server.amqp.hearbeat", 10, None),
+    ("pd-eeagent", "server.amqp.hearbeat", 10, None),
+    ("pd-eeagent", "eeagent.slotz", 3, "slots"),
+]
+
+
+def _nearest(key: str, suggestion: str | None) -> str:
+    """The valid key suggested for ``key``: ``suggestion`` in its section, or the key
+    with its last part's typo undone (``databse_url`` -> ``database_url``)."""
+    *section, leaf = key.split(".")
+    fixed = (
+        suggestion
+        or {
+            "databse_url": "database_url",
+            "heartbeat_warnng": "heartbeat_warning",
+            "intervall": "interval",
+            "hearbeat": "heartbeat",
+        }[leaf]
     )
+    return ".".join([*section, fixed])
+
+
+@pytest.mark.parametrize(
+    ("command", "key", "value", "suggestion"),
+    MISSPELT,
+    ids=[f"{command}-{key}" for command, key, _, _ in MISSPELT],
+)
+def test_a_misspelt_key_is_refused_naming_the_nearest_valid_key(
+    tmp_path, command, key, value, suggestion
+):
+    # Given a configuration with one misspelt key (legacy keys around it)
+    state = tmp_path / "state"
+    config: dict[str, object] = {
+        "state_dir": str(state),
+        "processdispatcher": {"engines": {"default": {"slots": 2}}, "static_resources": True},
+        "eeagent": {"poll_interval": 2},
+    }
+    node = config
+    *parents, leaf = key.split(".")
+    for part in parents:
+        node = node.setdefault(part, {})  # type: ignore[assignment]
+    node[leaf] = value
+    # When the daemon starts / Then one line names the key and the nearest valid
+    # one, with status 2, before anything is created (and never with the value)
+    status, output = run(command, config, tmp_path)
+    assert error_line(output) == (
+        f"Error: configuration key {key}: unknown key; did you mean {_nearest(key, suggestion)}?"
+    )
+    assert status == 2
+    assert not state.exists()
     assert "Secret-1" not in output
+
+
+#: Keys of legacy configuration files that both daemons accept (and ignore).
+LEGACY_KEYS = {
+    "monitor_resource_heartbeats": True,
+    "loggers": {"eeagent": {"handlers": ["console"], "level": "INFO"}},
+    "logging_config_files": [],
+    "system": {"name": "pd"},
+    "server": {"zookeeper": {"enabled": False}, "memory": {"name": "x"}},
+    "processdispatcher": {
+        "engines": {"default": {"slots": 2}},
+        "default_engine": "default",
+        "process_engines": {},
+        "restart_throttling_config": {"minimum_time_between_starts": 2},
+        "dispatch_retry_seconds": 30,
+        "launch_type": "supd",
+        "static_resources": True,
+        "definition_id": "pd_definition",
+        "domain_config": {"engine_conf": None},
+        "epum_service_name": "epu_management_service",
+    },
+    "eeagent": {
+        "poll_interval": 2,
+        "code_download": {"enabled": False},
+        "launch_type": {
+            "name": "supd",
+            "pyon_directory": "/opt/pyon",
+            "container_args": "--noshell",
+            "persistence_directory": "/tmp/p",
+        },
+    },
+}
+
+
+@pytest.mark.parametrize("command", ["pd-dispatcher", "pd-eeagent"])
+def test_legacy_keys_are_accepted(tmp_path, command):
+    # Given a legacy configuration, and a state_dir that is a file (so the daemon
+    # stops at the next check, after the keys)
+    state = tmp_path / "state"
+    state.write_text("")
+    config = {**LEGACY_KEYS, "state_dir": str(state)}
+    # When the daemon starts / Then the keys pass: the error is the state_dir's
+    status, output = run(command, config, tmp_path)
+    assert error_line(output) == f"Error: configuration key state_dir: {state} is not a directory"
+    assert status == 2
 
 
 # -- broker ------------------------------------------------------------------------

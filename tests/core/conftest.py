@@ -10,22 +10,13 @@ from dispatcher.core import ProcessDispatcherCore
 from dispatcher.messaging import RecordingMessenger
 from dispatcher.model import Process, Resource
 from dispatcher.store.memory import MemoryStore
+from tests.support.clock import FakeClock
 from tests.support.wiring import make_core
 
 #: The time the fake clock always reports (epoch seconds).
 NOW = 1_700_000_000.0
 #: The definition most tests run (the legacy tests' standard definition "D").
 DEFINITION_ID = "D"
-
-
-class FakeClock:
-    """A clock tests can move by hand."""
-
-    def __init__(self, now: float = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ from dispatcher.model import Process, Resource
 from dispatcher.states import ProcessState as S
 from dispatcher.store.memory import MemoryStore
 from dispatcher.transitions import get_queueing_decision, process_should_restart
+from tests.support.hypothesis_profiles import examples
 from tests.support.wiring import make_core
 
 UPIDS = st.sampled_from(["p0", "p1"])
@@ -243,7 +244,7 @@ class DispatcherMachine(RuleBasedStateMachine):
 
 
 DispatcherMachine.TestCase.settings = settings(
-    max_examples=200,
+    max_examples=examples(200),
     stateful_step_count=50,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],

@@ -11,8 +11,6 @@ reason in ``dump``) while every other process still reaches ``500-RUNNING``, and
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -25,6 +23,7 @@ from dispatcher.states import ProcessState
 from dispatcher.store.sql import SqlStore
 from tests.daemon.conftest import Daemon
 from tests.support.fake_eeagent import FakeEEAgent
+from tests.support.waiting import waiter
 
 NODE = "node-deep"
 AGENT = "eeagent-deep"
@@ -48,15 +47,7 @@ def database_url(daemon: Daemon) -> str:
     return str(url) if url else f"sqlite:///{daemon.state_dir / 'dispatcher.db'}"
 
 
-def wait_for(predicate: Callable[[], Any], what: str) -> Any:
-    deadline = time.monotonic() + WAIT
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}: last {last!r}")
+wait_for = waiter(WAIT)
 
 
 def test_deep_values_are_refused_or_set_aside_and_placement_goes_on(daemon: Daemon) -> None:
@@ -68,7 +59,7 @@ def test_deep_values_are_refused_or_set_aside_and_placement_goes_on(daemon: Daem
         pd.node_state(NODE, DOMAIN, "600-RUNNING")
         agent.start()
         try:
-            wait_for(lambda: AGENT in pd.dump()["resources"], "the agent registered")
+            wait_for(lambda: AGENT in pd.dump()["resources"], what="the agent registered")
 
             def state(upid: str) -> str | None:
                 record = pd.describe_process(upid)
@@ -80,7 +71,7 @@ def test_deep_values_are_refused_or_set_aside_and_placement_goes_on(daemon: Daem
             # Then nothing was stored, and a later process still runs
             assert pd.describe_process("deep") is None
             pd.schedule_process("p1", "D")
-            wait_for(lambda: state("p1") == ProcessState.RUNNING, "p1 running")
+            wait_for(lambda: state("p1") == ProcessState.RUNNING, what="p1 running")
 
             # When a process 500 levels deep is in the database already, queued
             store = SqlStore(database_url(daemon))
@@ -97,14 +88,14 @@ def test_deep_values_are_refused_or_set_aside_and_placement_goes_on(daemon: Daem
                 store.close()
             pd.schedule_process("p2", "D")
             # Then it is set aside, failed, with its reason in dump
-            wait_for(lambda: state("old-deep") == ProcessState.FAILED, "old-deep failed")
+            wait_for(lambda: state("old-deep") == ProcessState.FAILED, what="old-deep failed")
             set_aside = pd.dump()["set_aside"]
             assert set_aside["old-deep"]["round"] == 0
             assert "configuration nested more than 100" in set_aside["old-deep"]["reason"]
             # And every other process reaches RUNNING
-            wait_for(lambda: state("p2") == ProcessState.RUNNING, "p2 running")
+            wait_for(lambda: state("p2") == ProcessState.RUNNING, what="p2 running")
             pd.schedule_process("p3", "D")
-            wait_for(lambda: state("p3") == ProcessState.RUNNING, "p3 running")
+            wait_for(lambda: state("p3") == ProcessState.RUNNING, what="p3 running")
             # And describe and terminate work on the deep record
             described = pd.describe_process("old-deep")
             assert described is not None

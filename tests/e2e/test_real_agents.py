@@ -11,9 +11,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ from dispatcher.service import DispatcherService
 from dispatcher.settings import load_settings
 from eeagent.supervisor import SupervisorControl
 from tests.eeagent.conftest import stop_supervisord
+from tests.support.waiting import waiter
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.supervisord, pytest.mark.slow]
 
@@ -32,15 +32,7 @@ REPO = Path(__file__).resolve().parents[2]
 DOMAIN = "pd_domain_engine1"
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what or predicate}: last {last!r}")
+wait_for = waiter(30.0)
 
 
 class Agent:

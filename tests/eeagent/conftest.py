@@ -27,22 +27,11 @@ import yaml
 from dispatcher.rpc.broker import BrokerConfig
 from dispatcher.rpc.service import RpcService
 from eeagent import EEAgent, FakeProcessControl, StateStore, SupervisorControl
+from tests.support.clock import FakeClock
+from tests.support.waiting import waiter
 
 NOW = 1_700_000_000.0
 REPO = Path(__file__).resolve().parents[2]
-
-
-class FakeClock:
-    """A clock tests move by hand."""
-
-    def __init__(self, now: float = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class Changes:
@@ -55,16 +44,7 @@ class Changes:
         self.count += 1
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02) -> Any:
-    """Return ``predicate()`` once it is truthy; fail the test after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(interval)
+wait_for = waiter(interval=0.02)
 
 
 def wait_state(agent: EEAgent, upid: str, round: int, state: str, timeout: float = 10.0) -> Any:

@@ -125,30 +125,64 @@ def test_unknown_eeagent_keys_are_listed_and_legacy_ones_recognised(tmp_path: Pa
     ]
 
 
-def test_the_agent_warns_about_a_misspelt_key(
+@pytest.mark.parametrize(
+    ("text", "error"),
+    [
+        (
+            "eeagent: {slotz: 3, poll_interval: 2}\n",
+            "Error: configuration key eeagent.slotz: unknown key; did you mean eeagent.slots?",
+        ),
+        (
+            "eeagent: {launch_type: {supd_dir: /x}}\n",
+            "Error: configuration key eeagent.launch_type.supd_dir: unknown key; "
+            "did you mean eeagent.launch_type.supd_directory?",
+        ),
+        (
+            "pd: {nmae: process_dispatcher}\n",
+            "Error: configuration key pd.nmae: unknown key; did you mean pd.name?",
+        ),
+    ],
+)
+def test_the_agent_refuses_a_misspelt_key_naming_the_nearest_valid_one(
+    tmp_path: Path, text: str, error: str
+) -> None:
+    # Given a misspelt key (beside a legacy one), and a state directory not yet there
+    config = tmp_path / "agent.yml"
+    config.write_text(
+        f"state_dir: {tmp_path / 'state'}\nserver: {{amqp: {{uri: 'embedded://'}}}}\n{text}"
+    )
+    # When the agent is started with it
+    result = CliRunner().invoke(main, ["--config", str(config)])
+    # Then it exits 2 with one line naming the key and the nearest valid one, creating nothing
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == error
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["agent.yml"]
+
+
+def test_the_agent_accepts_legacy_keys_and_logs_them_at_info(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # Given a misspelt key, and a supervisord that cannot start (so the agent stops)
+    # Given legacy keys only, and a supervisord that cannot start (so the agent stops)
     config = tmp_path / "agent.yml"
     config.write_text(
         f"state_dir: {tmp_path / 'state'}\n"
         "server: {amqp: {uri: 'embedded://'}}\n"
+        "loggers: {eeagent: {handlers: [console], level: INFO}}\n"
         "eeagent:\n"
-        "  slotz: 3\n"
         "  poll_interval: 2\n"
-        f"  launch_type: {{supdexe: {tmp_path / 'no-supervisord'}}}\n"
+        "  code_download: {enabled: false}\n"
+        f"  launch_type: {{supdexe: {tmp_path / 'no-supervisord'}, container_args: x}}\n"
     )
     with caplog.at_level(logging.INFO, logger="eeagent.service"):
         result = CliRunner().invoke(main, ["--config", str(config)])
+    # Then the keys pass the check (the agent gets as far as starting supervisord)
     assert result.exit_code == 1
     levels = {
         r.getMessage(): r.levelno for r in caplog.records if "configuration key" in r.getMessage()
     }
     assert levels == {
-        "ignoring unknown configuration key eeagent.slotz (misspelt?)": logging.WARNING,
-        "ignoring legacy configuration key eeagent.poll_interval (not used by this agent)": (
-            logging.INFO
-        ),
+        f"ignoring legacy configuration key eeagent.{key} (not used by this agent)": logging.INFO
+        for key in ("code_download", "launch_type.container_args", "poll_interval")
     }
 
 

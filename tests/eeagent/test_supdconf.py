@@ -26,6 +26,7 @@ from eeagent.supdconf import (
     program_options,
     render_config,
 )
+from tests.support.hypothesis_profiles import examples
 
 # Any text an argument, value or path may hold: everything but NUL and CR.
 TEXT = st.text(
@@ -101,7 +102,7 @@ def parsed_back(directory: Path, spec: ProgramSpec) -> tuple[list[str], dict[str
     return argv, env, workdir
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 @given(
     exec_=WORD.filter(lambda word: word != "" and "=" not in word),
     args=st.lists(WORD, max_size=5),

@@ -34,6 +34,7 @@ from dispatcher.errors import DispatcherError
 from dispatcher.rpc.broker import BrokerConfig
 from tests.daemon.conftest import Daemon
 from tests.support.fake_eeagent import FakeEEAgent
+from tests.support.waiting import waiter
 
 #: Engine heartbeats of the suite: an agent silent for 4 s is MISSING.
 HEARTBEATS = {"heartbeat_period": 1, "heartbeat_warning": 2, "heartbeat_missing": 4}
@@ -48,22 +49,8 @@ AGENT_HEARTBEAT = 1.0
 CHANGE_COALESCE = 0.2
 
 
-def wait_for(
-    predicate: Callable[[], Any], timeout: float = 60.0, what: str = "", interval: float = 0.1
-) -> Any:
-    """Poll ``predicate`` until it returns something truthy; return that."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        try:
-            last = predicate()
-        except DispatcherError as exc:  # the dispatcher may be unreachable for a while
-            last = exc
-        else:
-            if last:
-                return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out waiting for {what or predicate}: last {last!r}")
+#: Polls for up to 60 s; the dispatcher may be unreachable for a while.
+wait_for = waiter(60.0, interval=0.1, retry_on=(DispatcherError,))
 
 
 def figure(record_property: Callable[[str, object], None], name: str, seconds: float) -> None:

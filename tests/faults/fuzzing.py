@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 
 from dispatcher.limits import DEFAULT_MAX_ARGUMENT_BYTES, DEFAULT_MAX_DEPTH
 from dispatcher.rpc.protocol import ERROR_PREFIX
+from tests.support.hypothesis_profiles import examples
 
 #: The error types a reply may carry; anything else means an unhandled exception.
 KNOWN_ERRORS = frozenset(
@@ -43,7 +44,7 @@ def fuzz_settings(max_examples: int) -> settings:
     values), and quiet health checks (the strategies are deliberately large).
     """
     return settings(
-        max_examples=max_examples,
+        max_examples=examples(max_examples),
         deadline=None,
         suppress_health_check=[
             HealthCheck.too_slow,

@@ -51,6 +51,7 @@ from tests.faults.fuzzing import (
     with_attacks,
 )
 from tests.health.conftest import DOMAIN1, NOW, iso
+from tests.support.hypothesis_profiles import examples
 
 EXAMPLES_PER_OPERATION = 400
 HEARTBEAT_EXAMPLES = 1000
@@ -423,7 +424,7 @@ def test_the_fuzz_ran_its_cases() -> None:
         pytest.skip("run with the fuzz tests above")
     total = sum(CASES.values())
     print(f"dispatcher fuzz: {total} cases {dict(sorted(CASES.items()))}")
-    assert CASES.get("sqlite", 0) >= SQL_EXAMPLES // 2
+    assert CASES.get("sqlite", 0) >= examples(SQL_EXAMPLES) // 2
 
 
 @pytest.mark.parametrize(

@@ -23,25 +23,13 @@ from dispatcher.model import Node, Process, Resource
 from dispatcher.settings import EngineSettings
 from dispatcher.store.base import Store
 from dispatcher.store.memory import MemoryStore
+from tests.support.clock import FakeClock
 from tests.support.wiring import Health, health_parts, make_heartbeats
 
 #: The time the fake clock starts at (epoch seconds): 2023-11-14T22:13:20Z.
 NOW = 1_700_000_000.0
 DOMAIN1 = "pd_domain_engine1"
 SUBSCRIBERS = [["sub", "process_state"]]
-
-
-class FakeClock:
-    """A clock tests move by hand."""
-
-    def __init__(self, now: float = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def iso(epoch: float) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,6 +25,7 @@ from tests.health.conftest import (
     put_process,
     snapshot,
 )
+from tests.support.waiting import waiter
 from tests.support.wiring import make_doctor, make_heartbeats
 
 S = ProcessState
@@ -33,11 +33,7 @@ PD = ProcessDispatcherState
 OMIT = {"process": {"omit_from_system_restart": True}}
 
 
-def eventually(check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
+wait_for = waiter(5.0)
 
 
 def states(store: Store, *upids: str) -> dict[str, str]:
@@ -184,11 +180,11 @@ def test_the_running_doctor_ends_the_boot_when_the_flag_is_cleared(
     thread = threading.Thread(target=doctor.run, args=(stop,))
     thread.start()
     try:
-        eventually(lambda: store.get_pd_state() == PD.SYSTEM_BOOTING)
+        wait_for(lambda: store.get_pd_state() == PD.SYSTEM_BOOTING)
         # When set_system_boot(False) is stored
         store.set_system_boot(False)
         # Then the doctor ends the boot
-        eventually(lambda: store.get_pd_state() == PD.OK)
+        wait_for(lambda: store.get_pd_state() == PD.OK)
         assert store.list_queued() == [("p1", 0)]
     finally:
         stop.set()
@@ -214,11 +210,11 @@ def test_a_boot_ended_through_another_instance_is_noticed(
         thread = threading.Thread(target=doctor.run, args=(stop,))
         thread.start()
         try:
-            eventually(lambda: leader.get_pd_state() == PD.SYSTEM_BOOTING)
+            wait_for(lambda: leader.get_pd_state() == PD.SYSTEM_BOOTING)
             # When the other instance clears the flag (no local store event)
             other.set_system_boot(False)
             # Then the doctor notices by polling and ends the boot
-            eventually(lambda: leader.get_pd_state() == PD.OK)
+            wait_for(lambda: leader.get_pd_state() == PD.OK)
         finally:
             stop.set()
             thread.join(5)
@@ -267,7 +263,7 @@ def test_the_monitor_runs_only_while_the_doctor_leads(
     thread.start()
     # When the doctor leads, Then the agent is marked WARNING
     try:
-        eventually(lambda: store.get_resource("eeagent_1").state == "WARNING")  # type: ignore[union-attr]
+        wait_for(lambda: store.get_resource("eeagent_1").state == "WARNING")  # type: ignore[union-attr]
     finally:
         stop.set()
         doctor.wake()
@@ -295,7 +291,7 @@ def test_a_doctor_without_monitoring_never_judges_agents(
     thread = threading.Thread(target=doctor.run, args=(stop,))
     # When it leads for a while
     thread.start()
-    eventually(lambda: store.get_pd_state() == PD.OK)
+    wait_for(lambda: store.get_pd_state() == PD.OK)
     time.sleep(0.1)
     stop.set()
     thread.join(2)

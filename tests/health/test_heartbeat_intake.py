@@ -17,6 +17,7 @@ from dispatcher.heartbeats import HeartbeatHandler
 from dispatcher.states import ProcessState
 from dispatcher.store.base import Store
 from tests.health.conftest import NOW, FakeClock, beat, bring_up, iso, put_process, report
+from tests.support.waiting import waiter
 
 
 class Recorder:
@@ -150,10 +151,10 @@ def test_an_agent_is_never_applied_concurrently_and_its_next_heartbeat_waits_its
         intake.heartbeat(beat(at=NOW + 1), sender="sys.a")
         intake.heartbeat(beat(at=NOW + 1), sender="sys.b")
         # Then b is applied by the other thread; a's second waits for its first
-        _wait(lambda: ("sys.b", iso(NOW + 1)) in applied)
+        wait_for(lambda: ("sys.b", iso(NOW + 1)) in applied)
         assert ("sys.a", iso(NOW + 1)) not in applied
         release.set()
-        _wait(lambda: intake.idle and len(applied) == 3)
+        wait_for(lambda: intake.idle and len(applied) == 3)
     finally:
         release.set()
         intake.stop()
@@ -227,13 +228,7 @@ def test_the_coalesced_heartbeat_leaves_the_state_of_the_latest_snapshot(
     assert resource.assigned == [("p1", 0)]
 
 
-def _wait(predicate: Any, timeout: float = 30.0) -> None:
-    event = threading.Event()
-    for _ in range(int(timeout / 0.01)):
-        if predicate():
-            return
-        event.wait(0.01)
-    raise AssertionError(f"timed out waiting for {predicate}")
+wait_for = waiter(30.0)
 
 
 def test_an_agent_beating_faster_than_it_is_applied_is_applied_once_per_pace() -> None:

@@ -32,6 +32,7 @@ from tests.health.conftest import (
     report,
     resource,
 )
+from tests.support.waiting import waiter
 from tests.support.wiring import make_doctor, make_heartbeats
 
 S = ProcessState
@@ -282,11 +283,7 @@ class CountingStore(MemoryStore):
         return super().list_resources()
 
 
-def eventually(check: Any, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        time.sleep(0.01)
+wait_for = waiter(5.0)
 
 
 def test_the_loop_does_no_work_when_nothing_is_due_and_wakes_on_changes(
@@ -303,7 +300,7 @@ def test_the_loop_does_no_work_when_nothing_is_due_and_wakes_on_changes(
     thread = threading.Thread(target=doctor.run, args=(stop,))
     thread.start()
     try:
-        eventually(lambda: store.passes >= 1)
+        wait_for(lambda: store.passes >= 1)
         time.sleep(0.1)
         idle = store.passes
         # When nothing changes for a while, Then no pass runs
@@ -311,7 +308,7 @@ def test_the_loop_does_no_work_when_nothing_is_due_and_wakes_on_changes(
         assert store.passes == idle
         # When an agent's record changes, Then a pass runs
         handler.heartbeat(beat(at=time.time(), node_id="node2", eeagent_id="a2"), sender="a2")
-        eventually(lambda: store.passes > idle)
+        wait_for(lambda: store.passes > idle)
     finally:
         stop.set()
         doctor.wake()
@@ -341,7 +338,7 @@ def test_the_loop_marks_a_silent_agent_missing_and_ok_again_in_real_time(
     thread.start()
     try:
         # When the agent stays silent, Then it goes MISSING and its process is requeued
-        eventually(lambda: state(store) == R.MISSING)
+        wait_for(lambda: state(store) == R.MISSING)
         assert process(store, "p1").state == S.DIED_REQUESTED
         # When it heartbeats again, Then it is OK
 
@@ -349,7 +346,7 @@ def test_the_loop_marks_a_silent_agent_missing_and_ok_again_in_real_time(
             handler.heartbeat(beat(at=time.time()), sender="eeagent_1")
             return state(store) == R.OK
 
-        eventually(heartbeats_resume)
+        wait_for(heartbeats_resume)
     finally:
         stop.set()
         doctor.wake()
@@ -380,7 +377,7 @@ def test_a_failing_pass_is_retried(
     # When the doctor runs, Then after the error it still marks the agent WARNING
     thread.start()
     try:
-        eventually(lambda: state(store) == R.WARNING)
+        wait_for(lambda: state(store) == R.WARNING)
     finally:
         stop.set()
         doctor.wake()

@@ -20,18 +20,11 @@ from dispatcher.needs import NeedRegistrar, RecordingNeedSink
 from dispatcher.settings import EngineSettings
 from dispatcher.states import ExecutionResourceState, ProcessState
 from dispatcher.store.memory import MemoryStore
+from tests.support.clock import FakeClock
 from tests.support.wiring import make_core, make_matchmaker
 
 NOW = 1_700_000_000.0
 RUN_TYPE = "fake_run_type"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = NOW
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def make_engines() -> EngineRegistry:
@@ -53,8 +46,8 @@ def store() -> MemoryStore:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock()
 
 
 @pytest.fixture
@@ -70,7 +63,7 @@ def sink() -> RecordingNeedSink:
 def build(
     store: MemoryStore,
     messenger: RecordingMessenger,
-    clock: Clock,
+    clock: FakeClock,
     sink: RecordingNeedSink | None = None,
     **kwargs: Any,
 ) -> Matchmaker:
@@ -89,7 +82,7 @@ def build(
 
 @pytest.fixture
 def matchmaker(
-    store: MemoryStore, messenger: RecordingMessenger, clock: Clock, sink: RecordingNeedSink
+    store: MemoryStore, messenger: RecordingMessenger, clock: FakeClock, sink: RecordingNeedSink
 ) -> Matchmaker:
     mm = build(store, messenger, clock, sink)
     mm.initialize()
@@ -265,7 +258,7 @@ class TerminatingStore(MemoryStore):
 
 
 def test_a_process_terminated_during_the_match_is_backed_out(
-    messenger: RecordingMessenger, clock: Clock
+    messenger: RecordingMessenger, clock: FakeClock
 ) -> None:
     store = TerminatingStore()
     mm = build(store, messenger, clock)
@@ -299,7 +292,7 @@ class ConflictingStore(MemoryStore):
 
 @pytest.mark.parametrize("mode", ["conflict", "deleted"])
 def test_a_resource_changed_during_the_pass_abandons_it(
-    mode: str, messenger: RecordingMessenger, clock: Clock, sink: RecordingNeedSink
+    mode: str, messenger: RecordingMessenger, clock: FakeClock, sink: RecordingNeedSink
 ) -> None:
     store = ConflictingStore()
     store.mode = mode
@@ -338,7 +331,7 @@ def test_a_half_finished_assignment_is_recovered(
 
 
 def test_assigned_processes_are_not_rematched_but_their_launch_is_retried(
-    store: MemoryStore, messenger: RecordingMessenger, clock: Clock
+    store: MemoryStore, messenger: RecordingMessenger, clock: FakeClock
 ) -> None:
     # Given p1 ASSIGNED to r1 and still queued (a previous leader's work)
     add_resource(store, "r1", slots=2)
@@ -564,7 +557,7 @@ def test_a_pass_does_not_wake_itself(store: MemoryStore, matchmaker: Matchmaker)
 
 
 def test_restart_throttling_holds_the_second_restart(
-    store: MemoryStore, messenger: RecordingMessenger, clock: Clock
+    store: MemoryStore, messenger: RecordingMessenger, clock: FakeClock
 ) -> None:
     mm = build(
         store, messenger, clock, restart_throttling_config={"minimum_time_between_starts": 2}
@@ -593,7 +586,7 @@ def test_restart_throttling_holds_the_second_restart(
 
 
 def test_a_per_process_throttle_overrides_the_global_one(
-    store: MemoryStore, messenger: RecordingMessenger, clock: Clock
+    store: MemoryStore, messenger: RecordingMessenger, clock: FakeClock
 ) -> None:
     mm = build(
         store, messenger, clock, restart_throttling_config={"minimum_time_between_starts": 2}
@@ -617,7 +610,7 @@ def test_a_per_process_throttle_overrides_the_global_one(
 
 
 def test_the_first_restart_is_immediate(
-    store: MemoryStore, messenger: RecordingMessenger, clock: Clock
+    store: MemoryStore, messenger: RecordingMessenger, clock: FakeClock
 ) -> None:
     mm = build(
         store, messenger, clock, restart_throttling_config={"minimum_time_between_starts": 2}
@@ -629,7 +622,7 @@ def test_the_first_restart_is_immediate(
 
 
 def test_launches_are_retried_every_period_while_assigned(
-    store: MemoryStore, messenger: RecordingMessenger, clock: Clock
+    store: MemoryStore, messenger: RecordingMessenger, clock: FakeClock
 ) -> None:
     from dispatcher.errors import TransportError
 
@@ -659,7 +652,7 @@ def test_launches_are_retried_every_period_while_assigned(
 
 
 def test_without_retries_a_launch_is_sent_once(
-    store: MemoryStore, messenger: RecordingMessenger, clock: Clock
+    store: MemoryStore, messenger: RecordingMessenger, clock: FakeClock
 ) -> None:
     mm = build(store, messenger, clock, dispatch_retry_seconds=0)
     add_resource(store, "r1")
@@ -679,7 +672,7 @@ def terminates(messenger: RecordingMessenger) -> list[tuple[str, str, int]]:
 
 
 def test_terminates_are_retried_every_period_while_terminating(
-    store: MemoryStore, messenger: RecordingMessenger, clock: Clock
+    store: MemoryStore, messenger: RecordingMessenger, clock: FakeClock
 ) -> None:
 
     # Given p1 assigned to r1 by the matchmaker, then terminated
@@ -713,7 +706,7 @@ def test_terminates_are_retried_every_period_while_terminating(
 
 
 def test_a_new_term_retries_the_terminates_of_processes_already_terminating(
-    store: MemoryStore, messenger: RecordingMessenger, clock: Clock
+    store: MemoryStore, messenger: RecordingMessenger, clock: FakeClock
 ) -> None:
     from dispatcher.errors import TransportError
 
@@ -746,7 +739,7 @@ def test_a_new_term_retries_the_terminates_of_processes_already_terminating(
 
 
 def test_without_retries_a_terminate_is_not_re_sent(
-    store: MemoryStore, messenger: RecordingMessenger, clock: Clock
+    store: MemoryStore, messenger: RecordingMessenger, clock: FakeClock
 ) -> None:
     add_resource(store, "r1")
     queue(store, "p1", state=ProcessState.TERMINATING, assigned="r1")
@@ -759,7 +752,7 @@ def test_without_retries_a_terminate_is_not_re_sent(
 
 
 def test_on_sqlite_the_pass_writes_in_batches(
-    tmp_path: Any, messenger: RecordingMessenger, clock: Clock
+    tmp_path: Any, messenger: RecordingMessenger, clock: FakeClock
 ) -> None:
     from dispatcher.store.sql import SqlStore
 
@@ -793,7 +786,7 @@ class ForeignWriteStore(MemoryStore):
 
 
 def test_a_slot_freed_elsewhere_during_a_pass_is_not_missed(
-    messenger: RecordingMessenger, clock: Clock
+    messenger: RecordingMessenger, clock: FakeClock
 ) -> None:
     store = ForeignWriteStore()
     mm = build(store, messenger, clock)

@@ -29,6 +29,7 @@ from dispatcher.settings import EngineSettings
 from dispatcher.states import ExecutionResourceState, ProcessState
 from dispatcher.store.memory import MemoryStore
 from dispatcher.transitions import get_queueing_decision
+from tests.support.hypothesis_profiles import examples
 from tests.support.wiring import make_matchmaker
 
 ENGINES = ("engine1", "engine2")
@@ -108,7 +109,7 @@ def build(nodes: list[dict[str, Any]], processes: list[dict[str, Any]]) -> Memor
     return store
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     nodes=st.lists(node_st, max_size=4),
     processes=st.lists(process_st, max_size=14),

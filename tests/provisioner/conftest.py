@@ -23,23 +23,11 @@ from dispatcher.provisioner.sites import Site
 from dispatcher.registration import Registration
 from dispatcher.settings import EngineSettings, ProvisionerSettings
 from dispatcher.store.memory import MemoryStore
+from tests.support.clock import FakeClock
 from tests.support.wiring import health_parts
 
 NOW = 1_700_000_000.0
 BOOT_TIMEOUT = 60.0
-
-
-class FakeClock:
-    """A clock tests move by hand."""
-
-    def __init__(self, now: float = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def make_engines() -> EngineRegistry:

@@ -6,8 +6,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,19 +20,12 @@ from dispatcher.rpc.broker import BrokerConfig
 from dispatcher.rpc.service import RpcService
 from dispatcher.settings import LocalSiteSettings
 from eeagent import procfs
+from tests.support.waiting import waiter
 
 pytestmark = [pytest.mark.supervisord, pytest.mark.slow]
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = 30.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(0.05)
+wait_for = waiter(30.0)
 
 
 class Heartbeats:

@@ -23,6 +23,7 @@ from dispatcher.rpc.broker import BrokerConfig
 from dispatcher.rpc.client import RpcClient
 from dispatcher.rpc.service import SERVICE_QUEUE_EXPIRES_MS, RpcService
 from dispatcher.rpc.transport.folder import AUTO_DELETE_GRACE, BrokerFolder
+from tests.support.waiting import waiter
 
 LATER = 3600.0  # seconds: longer than any expiry used here
 
@@ -156,13 +157,13 @@ def test_a_client_killed_mid_call_leaves_nothing_once_swept(tmp_path):
     try:
         assert caller.stdout is not None and caller.stdout.readline().strip() == "calling"
         folder = BrokerFolder(tmp_path / "broker")
-        wait_until(lambda: len(queues(tmp_path)) == 2)
+        wait_for(lambda: len(queues(tmp_path)) == 2)
         # When the client is killed mid-call and the service then answers it
         kill(caller)
         release.set()
         # the reply nobody reads, once it is in its queue (not while still being
         # written under broker/tmp: it is renamed into the queue afterwards)
-        wait_until(lambda: len(queued_message_files(tmp_path)) == 1)
+        wait_for(lambda: len(queued_message_files(tmp_path)) == 1)
         # Then a sweep after the auto-delete grace removes its reply queue, the
         # reply, its binding and its lease; the service's queue stays
         folder.sweep(now=time.time() + AUTO_DELETE_GRACE + 1, wait=True)
@@ -308,7 +309,7 @@ def test_a_state_directory_of_the_earlier_layout_is_migrated_when_opened(tmp_pat
     service.start()
     try:
         # Then the waiting request is served, and the earlier folders are gone
-        wait_until(lambda: seen == [7])
+        wait_for(lambda: seen == [7])
         assert not (old / "messages").exists() and not (old / "control").exists()
         # And the orphan queue expires like any unused queue
         BrokerFolder(old).sweep(now=later(), wait=True)
@@ -344,11 +345,7 @@ def test_everything_the_transport_creates_is_private_whatever_the_umask(tmp_path
     assert loose == []
 
 
-def wait_until(condition, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.02)
+wait_for = waiter(30.0)
 
 
 def test_any_queue_name_works_and_leaves_nothing_once_deleted(tmp_path):

@@ -22,15 +22,7 @@ from dispatcher.errors import (
 from dispatcher.rpc.broker import BrokerConfig
 from dispatcher.rpc.client import RpcClient
 from dispatcher.rpc.service import RpcService
-
-
-def wait_for(predicate, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
+from tests.support.waiting import wait_for
 
 
 def test_a_call_returns_the_handlers_result(service, client):

@@ -21,6 +21,7 @@ from dispatcher.rpc.security import (
     canonical_message,
 )
 from dispatcher.settings import load_settings
+from tests.support.clock import FakeClock
 
 KEY = "0123456789abcdef-shared-secret"
 NOW = 1_770_000_000.0
@@ -34,23 +35,15 @@ SENDER = "sys.process_dispatcher"
 TO = "sys.agent7"
 
 
-class Clock:
-    def __init__(self, now: float = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def signed(clock: Clock | None = None, **overrides: Any) -> tuple[str, dict[str, Any]]:
+def signed(clock: FakeClock | None = None, **overrides: Any) -> tuple[str, dict[str, Any]]:
     fields: dict[str, Any] = {"op": "launch_process", "args": ARGS, "sender": SENDER, "to": TO}
     fields.update(overrides)
-    signer = MessageSigner(KEY, clock=clock or Clock())
+    signer = MessageSigner(KEY, clock=clock or FakeClock(NOW))
     return signer.sign(**fields), fields
 
 
-def verifier(clock: Clock | None = None, max_age: float = 300.0) -> SignatureVerifier:
-    return SignatureVerifier(KEY, max_age=max_age, clock=clock or Clock())
+def verifier(clock: FakeClock | None = None, max_age: float = 300.0) -> SignatureVerifier:
+    return SignatureVerifier(KEY, max_age=max_age, clock=clock or FakeClock(NOW))
 
 
 def test_the_signature_is_the_documented_hmac_of_the_canonical_json() -> None:
@@ -104,7 +97,7 @@ def test_a_signature_covers_the_op_the_arguments_the_sender_and_the_destination(
 
 
 def test_a_signature_made_with_another_key_is_refused() -> None:
-    header = MessageSigner("another-key-of-enough-length", clock=Clock()).sign(
+    header = MessageSigner("another-key-of-enough-length", clock=FakeClock(NOW)).sign(
         op="cleanup", args={}, sender=SENDER, to=TO
     )
     with pytest.raises(NotAuthorizedError, match="invalid signature"):
@@ -123,13 +116,13 @@ def test_a_missing_or_malformed_signature_is_refused(header: Any) -> None:
 @pytest.mark.parametrize("skew", [-301.0, 301.0], ids=["too-old", "from-the-future"])
 def test_a_signature_outside_the_replay_window_is_refused(skew: float) -> None:
     # Given a message signed `skew` seconds before the receiver's clock
-    header, fields = signed(Clock(NOW - skew))
+    header, fields = signed(FakeClock(NOW - skew))
     # Then it is refused, however valid its MAC
     with pytest.raises(NotAuthorizedError, match="replay window"):
-        verifier(Clock(NOW)).verify(header, **fields)
+        verifier(FakeClock(NOW)).verify(header, **fields)
     # And one just inside the window is accepted
-    header, fields = signed(Clock(NOW - skew * 299 / 301))
-    verifier(Clock(NOW)).verify(header, **fields)
+    header, fields = signed(FakeClock(NOW - skew * 299 / 301))
+    verifier(FakeClock(NOW)).verify(header, **fields)
 
 
 def test_the_same_signed_message_is_accepted_only_once() -> None:
@@ -144,7 +137,7 @@ def test_the_same_signed_message_is_accepted_only_once() -> None:
 
 
 def test_nonces_are_forgotten_once_their_messages_can_no_longer_be_accepted() -> None:
-    clock = Clock()
+    clock = FakeClock(NOW)
     check = verifier(clock, max_age=10)
     for _ in range(5):
         header, fields = signed(clock)

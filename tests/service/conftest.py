@@ -18,7 +18,6 @@ heartbeat twice a second.
 from __future__ import annotations
 
 import threading
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -34,6 +33,7 @@ from dispatcher.rpc.broker import BrokerConfig
 from dispatcher.service import DispatcherService
 from dispatcher.settings import Settings, load_settings
 from tests.support.fake_eeagent import FakeEEAgent
+from tests.support.waiting import waiter
 
 #: Engine heartbeat settings: monitoring on, slack enough for a loaded machine.
 HEARTBEATS = {"heartbeat_period": 1, "heartbeat_warning": 5, "heartbeat_missing": 10}
@@ -53,16 +53,7 @@ EXECUTABLE = {"module": "some.module", "class": "SomeClass"}
 WAIT = 30.0
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float = WAIT, what: str = "") -> Any:
-    """Poll ``predicate`` until it returns something truthy; return that."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what or predicate}: last {last!r}")
+wait_for = waiter(WAIT)
 
 
 def make_settings(

@@ -19,7 +19,7 @@ from dispatcher.store.memory import MemoryStore
 from tests.placement.test_matchmaker import (
     NOW,
     RUN_TYPE,
-    Clock,
+    FakeClock,
     add_resource,
     make_engines,
     queue,
@@ -77,7 +77,7 @@ class Reporter:
 
     def __init__(self, store: MemoryStore) -> None:
         self.store = store
-        self.clock = Clock()
+        self.clock = FakeClock()
         self.sink = RecordingNeedSink()
         self.registrar = NeedRegistrar(
             store, self.sink, grace=lambda engine_id: GRACE, clock=self.clock
@@ -187,7 +187,7 @@ def test_the_matchmaker_reports_a_drop_when_the_grace_ends_without_any_other_cha
     # Given a matchmaker whose registrar holds needs for 30 s, and two queued
     # engine1 processes (1 slot per node): a need of 2
     store = MemoryStore()
-    clock = Clock()
+    clock = FakeClock()
     sink = RecordingNeedSink()
     registrar = NeedRegistrar(store, sink, grace=lambda engine_id: GRACE, clock=clock)
     matchmaker = make_matchmaker(

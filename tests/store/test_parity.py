@@ -12,6 +12,7 @@ from dispatcher.model import Process, Resource
 from dispatcher.store.base import Store
 from dispatcher.store.memory import MemoryStore
 from dispatcher.store.sql import SqlStore
+from tests.support.hypothesis_profiles import examples
 
 keys = st.sampled_from(["a", "b", "c"])
 states = st.sampled_from(["200-REQUESTED", "500-RUNNING", "700-TERMINATED"])
@@ -113,5 +114,7 @@ class StoresAgree(RuleBasedStateMachine):
             assert self.memory.get_process(upid) == self.sql.get_process(upid)
 
 
-StoresAgree.TestCase.settings = settings(max_examples=40, stateful_step_count=25, deadline=None)
+StoresAgree.TestCase.settings = settings(
+    max_examples=examples(40), stateful_step_count=25, deadline=None
+)
 test_memory_and_sqlite_stores_agree = StoresAgree.TestCase
