@@ -16,7 +16,7 @@ from cli.common import (
     settings_from_options,
     stop_on_signals,
 )
-from dispatcher.rpc.broker import BrokerConfig
+from pdcommon.wire import broker_config
 
 __all__ = ["main"]
 
@@ -81,10 +81,7 @@ def main(
         {"eeagent.name": name, "eeagent.node_id": node_id, "eeagent.slots": slots},
     )
     # The agent's home defaults to <state_dir>/eeagent; the embedded broker lives there too.
-    if (
-        settings.eeagent.launch_type.supd_directory is None
-        or BrokerConfig.from_settings(settings).is_embedded
-    ):
+    if settings.eeagent.launch_type.supd_directory is None or broker_config(settings).is_embedded:
         secure_state_dir(settings)
     configure_logging(settings, log_level)
     stop = threading.Event()

@@ -16,7 +16,7 @@ it against a real ``pd-dispatcher``).
 
 Every method is one RPC with the legacy operation and keyword-argument names.
 Results are plain JSON values (typed below as ``TypedDict``\\ s); errors are the
-types of :mod:`dispatcher.errors`: ``BadRequestError``, ``NotFoundError``,
+types of :mod:`pdcommon.errors`: ``BadRequestError``, ``NotFoundError``,
 ``WriteConflictError``, ``UnknownOperationError``, ``RemoteError``, and
 ``RpcTimeoutError`` when no reply arrives in time.
 """
@@ -27,9 +27,9 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any, TypedDict
 
-from dispatcher.rpc.broker import BrokerConfig
-from dispatcher.rpc.client import DEFAULT_TIMEOUT, RpcClient
-from dispatcher.settings import DEFAULT_SERVICE_NAME, Settings, load_settings
+from dashi.client import DEFAULT_TIMEOUT, RpcClient
+from pdcommon.settings import DEFAULT_SERVICE_NAME, Settings, load_settings
+from pdcommon.wire import broker_config
 
 __all__ = [
     "DefinitionRecord",
@@ -114,7 +114,7 @@ class ProcessDispatcherClient:
         cls, settings: Settings, *, name: str = "pd-client", timeout: float = DEFAULT_TIMEOUT
     ) -> ProcessDispatcherClient:
         """A client for the dispatcher the settings describe."""
-        rpc = RpcClient(BrokerConfig.from_settings(settings), name, timeout=timeout)
+        rpc = RpcClient(broker_config(settings), name, timeout=timeout)
         return cls(rpc, settings.processdispatcher.service_name, timeout=timeout)
 
     @classmethod

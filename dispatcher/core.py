@@ -10,7 +10,7 @@ validates its arguments with :mod:`dispatcher.requests` before touching the stor
 The core is synchronous and stateless apart from the store: it runs on every RPC
 worker thread at once. Concurrent writers are reconciled with the store's
 optimistic versions: each operation re-reads and re-decides on
-:class:`~dispatcher.errors.WriteConflictError`, up to
+:class:`~dashi.errors.WriteConflictError`, up to
 :data:`~dispatcher.transitions.WRITE_CONFLICT_RETRIES` times, then gives up with
 ``BadRequestError("process X could not be updated")`` as legacy did.
 
@@ -35,9 +35,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
-from dispatcher.errors import BadRequestError, NotFoundError, WriteConflictError
-from dispatcher.jsontree import tree_copy
-from dispatcher.limits import DEFAULT_LIMITS, RequestLimits
+from dashi.errors import BadRequestError, NotFoundError, WriteConflictError
+from dashi.jsontree import tree_copy
 from dispatcher.messaging import Messenger
 from dispatcher.model import Definition, Process
 from dispatcher.requests import (
@@ -52,9 +51,10 @@ from dispatcher.requests import (
     TerminateProcessRequest,
     UpdateDefinitionRequest,
 )
-from dispatcher.states import ProcessState
 from dispatcher.store.base import Store
 from dispatcher.transitions import WRITE_CONFLICT_RETRIES, ProcessTransitions
+from pdcommon.limits import DEFAULT_LIMITS, RequestLimits
+from pdcommon.states import ProcessState
 
 __all__ = ["LISTING_OPERATIONS", "RPC_OPERATIONS", "ProcessDispatcherCore"]
 
@@ -113,7 +113,7 @@ class ProcessDispatcherCore:
         messenger: sends subscriber notifications and eeagent commands.
         clock: returns the current time in epoch seconds.
         limits: the depth and size limits of every argument (see
-            :mod:`dispatcher.limits`).
+            :mod:`pdcommon.limits`).
 
     Attributes:
         transitions: the shared state-machine helpers (``process_change_state``,

@@ -43,8 +43,8 @@ from dispatcher.engines import EngineRegistry
 from dispatcher.heartbeats import HeartbeatHandler
 from dispatcher.messaging import Messenger
 from dispatcher.monitor import ResourceMonitor
-from dispatcher.states import ProcessDispatcherState, ProcessState
 from dispatcher.store.base import Store
+from pdcommon.states import ProcessDispatcherState, ProcessState
 
 __all__ = ["Doctor"]
 

@@ -4,7 +4,7 @@
 arguments: ``heartbeat(message, sender)`` (reference §6), ``node_state(node_id,
 domain_id, state, properties=None)`` (§1.12), ``add_engine(definition)`` (§1.15) and
 ``get_process_logs(upid, stream="stdout", tail_bytes=65536)`` (new). Every argument
-is validated before anything is read or written (:mod:`dispatcher.heartbeat_messages`).
+is validated before anything is read or written (:mod:`pdcommon.heartbeat_messages`).
 
 **First heartbeat** of an unknown agent (§6.2): it is registered on its node with
 the slot count of the node's engine, or dropped (with a log line) when the message
@@ -85,31 +85,31 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from dispatcher.engines import EngineRegistry
-from dispatcher.errors import (
+from dashi.errors import (
     BadRequestError,
     NotFoundError,
     TransportError,
     WriteConflictError,
 )
+from dispatcher.engines import EngineRegistry
 from dispatcher.evacuation import Evacuation, release_node_exclusive
-from dispatcher.heartbeat_messages import (
-    HeartbeatMessage,
-    NodeStateRequest,
-    ReportedProcess,
-    resource_id_from_sender,
-)
 from dispatcher.messaging import Messenger
 from dispatcher.model import Process, Resource
 from dispatcher.process_logs import DEFAULT_LOGS_TIMEOUT, AgentCaller, ProcessLogs
 from dispatcher.registration import Registration
-from dispatcher.states import InstanceState, ProcessState
 from dispatcher.store.base import Store
 from dispatcher.transitions import (
     WRITE_CONFLICT_RETRIES,
     ProcessTransitions,
     process_should_restart,
 )
+from pdcommon.heartbeat_messages import (
+    HeartbeatMessage,
+    NodeStateRequest,
+    ReportedProcess,
+    resource_id_from_sender,
+)
+from pdcommon.states import InstanceState, ProcessState
 
 __all__ = ["RPC_OPERATIONS", "HeartbeatHandler"]
 
@@ -427,7 +427,7 @@ class HeartbeatHandler:
         Args:
             node_id: the node (VM) id.
             domain_id: ``pd_domain_<engine>``: the engine its agents serve.
-            state: an :class:`~dispatcher.states.InstanceState` string.
+            state: an :class:`~pdcommon.states.InstanceState` string.
             properties: node properties placement constraints can match (e.g.
                 ``hostname``).
 

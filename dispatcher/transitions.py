@@ -7,7 +7,7 @@ interfaces.
 
 A process's ``(round, state)`` only moves forward: a state moves backwards only
 together with ``round += 1``. Writers read a record, decide, and write it back with
-the version they read; on :class:`~dispatcher.errors.WriteConflictError` they re-read
+the version they read; on :class:`~dashi.errors.WriteConflictError` they re-read
 and re-check their guard, so a stale or out-of-order event becomes a no-op instead
 of overwriting newer state (reference §2.3).
 """
@@ -20,13 +20,13 @@ import time
 from collections.abc import Callable
 from typing import Any, Final
 
-from dispatcher.errors import NotFoundError, TransportError, WriteConflictError
-from dispatcher.jsontree import tree_copy
+from dashi.errors import NotFoundError, TransportError, WriteConflictError
+from dashi.jsontree import tree_copy
 from dispatcher.messaging import Messenger
 from dispatcher.model import Process, Resource
-from dispatcher.states import ProcessState, QueueingMode, RestartMode
 from dispatcher.store.base import Store
 from dispatcher.store.modify import modify
+from pdcommon.states import ProcessState, QueueingMode, RestartMode
 
 __all__ = [
     "WRITE_CONFLICT_RETRIES",

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
-from dispatcher.errors import NotFoundError, WriteConflictError
+from dashi.errors import NotFoundError, WriteConflictError
 
 __all__ = ["modify"]
 

@@ -7,16 +7,16 @@ from typing import Any
 
 import pytest
 
-from dispatcher.errors import TransportError
+from dashi.errors import TransportError
 from dispatcher.messaging import FiredMessage, RecordingMessenger
 from dispatcher.model import Process
-from dispatcher.states import ProcessState
 from dispatcher.store.memory import MemoryStore
 from dispatcher.transitions import (
     ProcessTransitions,
     get_queueing_decision,
     process_should_restart,
 )
+from pdcommon.states import ProcessState
 from tests.core.conftest import NOW, FakeClock, put_process
 
 S = ProcessState

@@ -7,12 +7,13 @@ from typing import Any
 
 import pytest
 
+from dashi.errors import BadRequestError
 from dispatcher.core import ProcessDispatcherCore
-from dispatcher.errors import BadRequestError
 from dispatcher.messaging import RecordingMessenger
-from dispatcher.requests import REQUEST_MODELS, is_valid_identifier
-from dispatcher.states import ProcessState
+from dispatcher.requests import REQUEST_MODELS
 from dispatcher.store.memory import MemoryStore
+from pdcommon.requests import is_valid_identifier
+from pdcommon.states import ProcessState
 from tests.core.conftest import DEFINITION_ID, put_process, snapshot
 
 BAD_IDENTIFIERS = ["", "has space", "slash/es", "ünïcode", "semi;colon", 5, None, ["p1"], {"a": 1}]

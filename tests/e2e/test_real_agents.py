@@ -22,8 +22,8 @@ import yaml
 
 from dispatcher.client import ProcessDispatcherClient
 from dispatcher.service import DispatcherService
-from dispatcher.settings import load_settings
-from eeagent.supervisor import SupervisorControl
+from eeagent.supervisor import SupervisorControl, stop_left_supervisord
+from pdcommon.settings import load_settings
 from tests.eeagent.conftest import stop_supervisord
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.supervisord, pytest.mark.slow]
@@ -105,7 +105,7 @@ class Cluster:
                 "provisioner.driver": "static",
             }
         )
-        self.service = DispatcherService.build(settings)
+        self.service = DispatcherService.build(settings, stop_supervisord=stop_left_supervisord)
         self.service.start()
         self.client = ProcessDispatcherClient.from_settings(settings, timeout=20)
 

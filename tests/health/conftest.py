@@ -19,9 +19,9 @@ from dispatcher.engines import EngineRegistry
 from dispatcher.heartbeats import HeartbeatHandler
 from dispatcher.messaging import RecordingMessenger
 from dispatcher.model import Node, Process, Resource
-from dispatcher.settings import EngineSettings
 from dispatcher.store.base import Store
 from dispatcher.store.memory import MemoryStore
+from pdcommon.settings import EngineSettings
 
 #: The time the fake clock starts at (epoch seconds): 2023-11-14T22:13:20Z.
 NOW = 1_700_000_000.0

@@ -26,10 +26,10 @@ from dispatcher.matchmaker import Matchmaker
 from dispatcher.messaging import RecordingMessenger
 from dispatcher.model import Node, Process, Resource
 from dispatcher.placement import match_constraints
-from dispatcher.settings import EngineSettings
-from dispatcher.states import ExecutionResourceState, ProcessState
 from dispatcher.store.memory import MemoryStore
 from dispatcher.transitions import get_queueing_decision
+from pdcommon.settings import EngineSettings
+from pdcommon.states import ExecutionResourceState, ProcessState
 
 ENGINES = ("engine1", "engine2")
 HATS = ("fedora", "bowler")

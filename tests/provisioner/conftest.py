@@ -22,8 +22,8 @@ from dispatcher.provisioner.fake import FakeDriver, InlineExecutor
 from dispatcher.provisioner.manager import Provisioner
 from dispatcher.provisioner.sites import Site
 from dispatcher.registration import Registration
-from dispatcher.settings import EngineSettings, ProvisionerSettings
 from dispatcher.store.memory import MemoryStore
+from pdcommon.settings import EngineSettings, ProvisionerSettings
 
 NOW = 1_700_000_000.0
 BOOT_TIMEOUT = 60.0

@@ -13,14 +13,15 @@ from typing import Any
 
 import pytest
 
+from dashi.broker import BrokerConfig
+from dashi.service import RpcService
 from dispatcher.provisioner.agents import AgentTemplate
 from dispatcher.provisioner.base import NodeRequest, new_node_id
 from dispatcher.provisioner.errors import CloudRequestError, NodeNotFoundError
 from dispatcher.provisioner.local import LocalDriver
-from dispatcher.rpc.broker import BrokerConfig
-from dispatcher.rpc.service import RpcService
-from dispatcher.settings import LocalSiteSettings
-from eeagent import procfs
+from eeagent.supervisor import stop_left_supervisord
+from pdcommon import procfs
+from pdcommon.settings import LocalSiteSettings
 
 pytestmark = [pytest.mark.supervisord, pytest.mark.slow]
 
@@ -69,7 +70,13 @@ def heartbeats(state_dir: Path, sysname: str) -> Iterator[Heartbeats]:
 def make_driver(state_dir: Path, sysname: str | None = None, **options: Any) -> LocalDriver:
     site = LocalSiteSettings(heartbeat=1, stop_timeout=15, **options)
     template = AgentTemplate(amqp_uri="embedded://", sysname=sysname)
-    return LocalDriver(site, template=template, state_dir=state_dir, owner="pd-test")
+    return LocalDriver(
+        site,
+        template=template,
+        state_dir=state_dir,
+        owner="pd-test",
+        stop_supervisord=stop_left_supervisord,
+    )
 
 
 @pytest.fixture
@@ -153,7 +160,7 @@ from pathlib import Path
 from dispatcher.provisioner.agents import AgentTemplate
 from dispatcher.provisioner.base import NodeRequest
 from dispatcher.provisioner.local import LocalDriver
-from dispatcher.settings import LocalSiteSettings
+from pdcommon.settings import LocalSiteSettings
 
 state_dir, sysname, node_id, crash_at = sys.argv[1:]
 

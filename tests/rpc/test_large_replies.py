@@ -7,9 +7,9 @@ import threading
 import time
 from collections.abc import Callable
 
-from dispatcher.rpc.broker import BrokerConfig
-from dispatcher.rpc.client import RpcClient
-from dispatcher.rpc.service import RpcService
+from dashi.broker import BrokerConfig
+from dashi.client import RpcClient
+from dashi.service import RpcService
 
 
 def wait_for(predicate: Callable[[], bool], timeout: float = 10.0) -> bool:

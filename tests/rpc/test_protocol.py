@@ -10,7 +10,9 @@ import uuid
 import kombu
 import pytest
 
-from dispatcher.errors import (
+from dashi.broker import BrokerConfig
+from dashi.client import RpcClient
+from dashi.errors import (
     BadRequestError,
     NotFoundError,
     RemoteError,
@@ -18,9 +20,7 @@ from dispatcher.errors import (
     UnknownOperationError,
     WriteConflictError,
 )
-from dispatcher.rpc.broker import BrokerConfig
-from dispatcher.rpc.client import RpcClient
-from dispatcher.rpc.service import RpcService
+from dashi.service import RpcService
 
 
 def wait_for(predicate, timeout: float = 10.0) -> bool:

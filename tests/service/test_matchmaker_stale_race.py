@@ -17,9 +17,9 @@ from dispatcher.engines import EngineRegistry
 from dispatcher.matchmaker import Matchmaker
 from dispatcher.messaging import RecordingMessenger
 from dispatcher.model import Node, Process, Resource
-from dispatcher.settings import EngineSettings
-from dispatcher.states import ProcessState
 from dispatcher.store.memory import MemoryStore
+from pdcommon.settings import EngineSettings
+from pdcommon.states import ProcessState
 
 
 class HookedStore(MemoryStore):

@@ -15,8 +15,8 @@ request is acknowledged and dropped, never applied. Fires carry neither.
 
 Reply body: ``{"result": ..., "error": null | {"exc_type", "value", "traceback"}}``.
 Known error types travel as ``dashi.exceptions.<Name>``; anything else carries the
-bare exception class name and is rebuilt as :class:`~dispatcher.errors.RemoteError`.
-A registered subtype of a known type (:data:`~dispatcher.errors.REQUEST_ERROR_SUBTYPES`)
+bare exception class name and is rebuilt as :class:`~dashi.errors.RemoteError`.
+A registered subtype of a known type (:data:`~dashi.errors.REQUEST_ERROR_SUBTYPES`)
 travels as its known base with one more member, ``"subtype": "<Name>"``: legacy
 dashi clients raise the base type (they pass unknown members on as keyword
 arguments, which ``DashiError`` accepts), our client raises the subtype.
@@ -30,7 +30,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from dispatcher.errors import (
+from dashi.errors import (
     KNOWN_REQUEST_ERRORS,
     REQUEST_ERROR_SUBTYPES,
     BadRequestError,
