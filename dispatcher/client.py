@@ -16,7 +16,7 @@ it against a real ``pd-dispatcher``).
 
 Every method is one RPC with the legacy operation and keyword-argument names.
 Results are plain JSON values (typed below as ``TypedDict``\\ s); errors are the
-types of :mod:`pdcommon.errors`: ``BadRequestError``, ``NotFoundError``,
+types of :mod:`dashi.errors`: ``BadRequestError``, ``NotFoundError``,
 ``WriteConflictError``, ``UnknownOperationError``, ``RemoteError``, and
 ``RpcTimeoutError`` when no reply arrives in time.
 """

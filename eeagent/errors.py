@@ -19,7 +19,7 @@ catches everything the project raises::
 The supervisord adapter translates ``xmlrpc.client.Fault``, ``OSError`` and
 ``http.client`` errors into these types at its boundary; the agent core never sees
 a library exception. Wire errors (``BadRequestError``, ``NotFoundError``) that RPC
-callers see come from :mod:`pdcommon.errors`.
+callers see come from :mod:`dashi.errors`.
 """
 
 from __future__ import annotations
