@@ -666,7 +666,7 @@ def engine_add(ctx: Context, /, engine_id: str, **options: Any) -> None:
 # -- system ------------------------------------------------------------------------
 
 
-@main.command(help="Everything the dispatcher holds: resources, processes, nodes.")
+@main.command(help="Everything the dispatcher holds: agents, processes, nodes, VMs.")
 @pass_ctx
 def dump(ctx: Context) -> None:
     with ctx.client() as pd:

@@ -1,4 +1,4 @@
-"""The dispatcher core: the definition and process RPCs (reference §1, §2, §3, §8, §9).
+"""The dispatcher core: the definition and process RPCs (docs/rpc.md).
 
 :class:`ProcessDispatcherCore` has one method per RPC operation, named exactly as
 the legacy operation and taking the legacy keyword arguments, so the service can
@@ -18,8 +18,9 @@ Where this core deliberately differs from the legacy one:
 
 * unknown ``queueing_mode``/``restart_mode`` values, ill-typed arguments and an
   invalid ``definition_id`` given to ``schedule_process`` are rejected up front;
-* ``restart_process`` moves the agent's slot to the new round (decision 4: the
-  agent really restarts, and the slot accounting follows the new round);
+* ``restart_process`` moves the agent's slot to the new round (the agent
+  really restarts, and the slot accounting follows the new round;
+  docs/architecture.md, decision 4);
 * queue entries of a process that ``terminate_process`` ended are all removed
   (duplicates included), and a ``schedule_process`` that raced with a
   termination removes the entry it just added, so a terminated process is never
@@ -287,7 +288,7 @@ class ProcessDispatcherCore:
         node_exclusive: str | None = None,
         name: str | None = None,
     ) -> dict[str, Any]:
-        """Request that a process run (reference §1.8); idempotent for in-play processes.
+        """Request that a process run; idempotent for in-play processes.
 
         The fields ``configuration, subscribers, constraints, queueing_mode,
         restart_mode, node_exclusive, name`` are written wholesale (``constraints``
@@ -454,7 +455,7 @@ class ProcessDispatcherCore:
     # -- processes: restart and terminate ---------------------------------------------
 
     def restart_process(self, upid: str) -> dict[str, Any]:
-        """Restart a RUNNING process in place under a new round (decision 4).
+        """Restart a RUNNING process in place under a new round (docs/architecture.md, decision 4).
 
         The process becomes ``400-PENDING`` with ``round + 1`` and keeps its
         assignment; its agent's slot is moved to the new round; then the agent is
@@ -504,7 +505,7 @@ class ProcessDispatcherCore:
         raise BadRequestError(f"process {req.upid} could not be updated")
 
     def terminate_process(self, upid: str) -> dict[str, Any]:
-        """Terminate a process (reference §1.11).
+        """Terminate a process.
 
         * Terminal: returned unchanged; no message, no notification.
         * Not assigned to an agent: ``700-TERMINATED`` at once, subscribers notified,
@@ -570,7 +571,7 @@ class ProcessDispatcherCore:
         self.store.set_system_boot(req.system_boot)
 
     def dump(self) -> dict[str, dict[str, dict[str, Any]]]:
-        """Return every resource, process and node record (reference §8).
+        """Return every resource, process and node record.
 
         Returns:
             ``{"resources": {resource_id: record}, "processes": {upid: record},

@@ -1,9 +1,10 @@
-"""The doctor: dispatcher initialisation, system boot and the heartbeat monitor (§7).
+"""The doctor: dispatcher initialisation, system boot and the heartbeat monitor.
 
-The doctor is a leader singleton (decision 8): every dispatcher instance builds one,
-and the instance holding leadership runs :meth:`Doctor.run` for its term.
+The doctor is a leader singleton (docs/architecture.md, decision 8): every
+dispatcher instance builds one, and the instance holding leadership runs
+:meth:`Doctor.run` for its term.
 
-**Initialisation** (:meth:`Doctor.initialize`, reference §7.1), by the stored
+**Initialisation** (:meth:`Doctor.initialize`), by the stored
 dispatcher state:
 
 * ``UNINITIALIZED`` (a database no doctor has initialised yet):

@@ -5,7 +5,7 @@ Engines come from ``processdispatcher.engines`` (legacy keys, see
 engines are persisted in the store so every dispatcher instance and every restart
 sees them.
 
-A process's engine is, in order (legacy §4.3):
+A process's engine is, in order (as in the legacy system):
 
 1. ``constraints["engine"]`` when it is not ``None`` (``execution_engine_id`` puts it
    there);
@@ -13,7 +13,8 @@ A process's engine is, in order (legacy §4.3):
    trying the full path and then shorter dotted prefixes (longest prefix wins);
 3. the default engine.
 
-The result is never written back into the stored constraints (decision 5).
+The result is never written back into the stored constraints, so repeating an
+identical ``schedule_process`` stays idempotent (docs/architecture.md, decision 5).
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ __all__ = ["DOMAIN_PREFIX", "EngineRegistry", "engine_id_from_domain"]
 #: Legacy EPUM domain naming: one domain per engine.
 DOMAIN_PREFIX = "pd_domain_"
 #: ``add_engine`` defaults differ from configuration ones in the legacy system; here
-#: both enable heartbeat monitoring (decision 3), so one set of defaults serves both.
+#: both enable heartbeat monitoring (docs/architecture.md, decision 3), so one set of
+#: defaults serves both.
 _ADD_ENGINE_KEYS = frozenset(EngineSettings.model_fields) - {"site"} | {"engine_id"}
 
 

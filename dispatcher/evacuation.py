@@ -1,4 +1,4 @@
-"""Evacuation: taking processes off eeagents and nodes that are gone (reference §6.4).
+"""Evacuation: taking processes off eeagents and nodes that are gone.
 
 A node that dies (``node_state`` with a dead :class:`~pdcommon.states.InstanceState`),
 a resource the doctor finds MISSING, and the doctor's system boot all end the same
@@ -19,7 +19,7 @@ in that round:
 * later states are left alone.
 
 Resource states only move towards ``DISABLED``, which is absorbing: nothing moves a
-resource out of it (reference §6.5).
+resource out of it.
 """
 
 from __future__ import annotations

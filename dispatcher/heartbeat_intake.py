@@ -1,7 +1,7 @@
 """Fired heartbeats taken off the RPC workers and coalesced per agent.
 
-Agents fire their heartbeats onto the dispatcher's own service queue (reference
-§6.1, eeagent §2.6: op ``heartbeat``, no ``reply-to``), the queue client requests
+Agents fire their heartbeats onto the dispatcher's own service queue (op
+``heartbeat``, no ``reply-to``; see docs/rpc.md), the queue client requests
 arrive on. Applying a heartbeat reads and writes the store; when the RPC workers
 applied each one in turn, a flood of heartbeats held every worker and a client
 request queued behind it waited until the whole flood was applied.
@@ -29,8 +29,8 @@ matchmaker pass woken by the resource write) would otherwise take the CPU the RP
 workers need to read the queue. An agent that beats no faster is never held back.
 
 **Why latest wins is sound.** A heartbeat is a full snapshot: it lists every
-process the agent holds, terminal ones included until a ``cleanup`` removes them
-(eeagent §2.6), and ``last_heartbeat`` only moves forward. Applying the latest of
+process the agent holds, terminal ones included until a ``cleanup`` removes them,
+and ``last_heartbeat`` only moves forward. Applying the latest of
 several pending heartbeats therefore leaves the state that applying each in turn
 would leave, except for the states a process only passed through between them
 (``400-PENDING`` then ``800-EXITED`` is seen as ``800-EXITED``), which is also what
@@ -38,7 +38,7 @@ happens when an agent's own poll misses a short-lived state. "Latest" is the lat
 ``timestamp`` (the later arrival on a tie): heartbeats published on several
 connections may arrive out of order, and a snapshot taken earlier must not replace
 a later one (nor hold ``last_heartbeat`` back). The first heartbeat of an unknown agent
-registers it and its process list is not processed (reference §6.2); if a later
+registers it and its process list is not processed; if a later
 heartbeat of the agent replaced it while pending, that one registers the agent.
 
 Heartbeats the agents *call* (with a ``reply-to``) are still applied by the RPC

@@ -1,28 +1,28 @@
 """Eeagent heartbeats, node announcements, run-time engines and process logs.
 
 :class:`HeartbeatHandler` serves four RPC operations with their legacy names and
-arguments: ``heartbeat(message, sender)`` (reference §6), ``node_state(node_id,
-domain_id, state, properties=None)`` (§1.12), ``add_engine(definition)`` (§1.15) and
+arguments: ``heartbeat(message, sender)``, ``node_state(node_id,
+domain_id, state, properties=None)``, ``add_engine(definition)`` and
 ``get_process_logs(upid, stream="stdout", tail_bytes=65536)`` (new). Every argument
 is validated before anything is read or written (:mod:`pdcommon.heartbeat_messages`).
 
-**First heartbeat** of an unknown agent (§6.2): it is registered on its node with
+**First heartbeat** of an unknown agent: it is registered on its node with
 the slot count of the node's engine, or dropped (with a log line) when the message
 has no ``node_id``, the node is unknown, or the node's domain names no known
 engine (:mod:`dispatcher.registration`). Its process list is not processed
 (legacy); the next heartbeat is.
 
-**Later heartbeats** (§6.3): ``last_heartbeat`` moves forward only (a future
+**Later heartbeats**: ``last_heartbeat`` moves forward only (a future
 timestamp counts as now), and each reported ``(upid, round, state)`` is answered by
 the rules below, where *alive* means a reported state below ``700-TERMINATED``:
 
 ====================================================  =======================================
 report                                                outcome
 ====================================================  =======================================
-unknown upid, or a round never issued (decision 7)    ``terminate_process`` if alive, else
+unknown upid, or a round never issued (see below)     ``terminate_process`` if alive, else
                                                       ``cleanup``
 older round, alive, process ``400-PENDING`` in a      nothing: a restart is in flight
-newer round on this same agent                        (decision 4; see below)
+newer round on this same agent                        (restart rule, below)
 any other older round                                 ``terminate_process`` if alive, else
                                                       ``cleanup``
 the process's state, terminal                         ``cleanup``
@@ -50,7 +50,7 @@ slots. An entry missing for a process this agent runs in its current round (a
 Where this differs from the legacy handling, deliberately:
 
 * processes an agent reports alive that the dispatcher does not know are
-  terminated (decision 7), and so is a round the dispatcher never issued;
+  terminated (docs/architecture.md, decision 7), and so is a round the dispatcher never issued;
 * a report of the current round counts only from the agent the process is assigned
   to: another agent's copy (for instance one still running after an evacuation
   marked the process FAILED or TERMINATED) is terminated rather than adopted;
@@ -64,7 +64,7 @@ Where this differs from the legacy handling, deliberately:
   legacy handling ignored the report: the order in which a launch and a terminate
   reach the agent does not matter.
 
-**Restart rule** (decision 4): ``restart_process`` stores ``400-PENDING`` with
+**Restart rule** (docs/architecture.md, decision 4): ``restart_process`` stores ``400-PENDING`` with
 ``round + 1``, moves the agent's slot to the new round and tells the agent, which
 replaces the old round by the new one. A heartbeat built before the agent did so
 still reports the old round alive. Answering it with ``terminate_process`` would be
@@ -225,7 +225,7 @@ class HeartbeatHandler:
             self._report(resource, beat, stamp)
 
     def _report(self, resource: Resource, beat: HeartbeatMessage, stamp: datetime) -> None:
-        """A heartbeat of a known agent (reference §6.3)."""
+        """A heartbeat of a known agent."""
         result = _Beat()
         for reported in beat.processes:
             self._apply(resource.resource_id, reported, result)
@@ -375,9 +375,7 @@ class HeartbeatHandler:
             if current is None:
                 return
             resource, fresh = current, True
-        log.warning(
-            "resource %s kept changing: the next heartbeat updates it", resource.resource_id
-        )
+        log.warning("eeagent %s kept changing: the next heartbeat updates it", resource.resource_id)
 
     def _rebuild(self, resource: Resource, result: _Beat, fresh: bool) -> list[tuple[str, int]]:
         """The ``assigned`` list after this heartbeat (see the module docstring)."""
@@ -415,7 +413,7 @@ class HeartbeatHandler:
         state: str,
         properties: dict[str, Any] | None = None,
     ) -> None:
-        """A node (VM) changed state (reference §1.12; decision 3).
+        """A node (VM) changed state (dead states as in docs/architecture.md, decision 3).
 
         * ``600-RUNNING``: an unknown node is recorded (``state_time`` = now); a
           known one is left unchanged (its properties are not updated).

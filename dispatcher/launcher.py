@@ -1,11 +1,11 @@
-"""Launch requests to eeagents, and their retry schedule (reference §5.7, decision 6).
+"""Launch requests to eeagents, and their retry schedule.
 
 The matchmaker fires ``launch_process(u_pid, round, run_type, parameters)`` to the
 eeagent a process was assigned to. A launch is fire-and-forget, so a lost one is
 re-sent every ``dispatch_retry_seconds`` while the process stays ``350-ASSIGNED``
-in the same round (decision 6: every period, where the legacy system waited twice
-that after the first retry). :class:`DispatchRetries` keeps that schedule in
-memory; a new leadership term rebuilds it from the stored ASSIGNED processes.
+in the same round: every period, where the legacy system waited twice that after
+the first retry (docs/architecture.md, decision 6). :class:`DispatchRetries` keeps
+that schedule in memory; a new leadership term rebuilds it from the stored ASSIGNED processes.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ _Key = tuple[str, int]
 
 
 def launch_parameters(process: Process, run_type: str) -> Any:
-    """The ``parameters`` of a launch request for ``run_type`` (reference §5.7).
+    """The ``parameters`` of a launch request for ``run_type``.
 
     * ``supd``: the definition's ``executable`` as stored;
     * ``pyon`` / ``pyon_single``: ``name``, ``module``, ``cls``, ``module_uri`` and,

@@ -1,8 +1,8 @@
-"""Leadership: only one dispatcher instance runs the singletons (decision 8).
+"""Leadership: only one dispatcher instance runs the singletons.
 
 The matchmaker, the doctor and the provisioner run in every instance but act only
-while that instance leads. Leadership is one lock per database, whatever the
-instances' names:
+while that instance leads (docs/architecture.md, decision 8). Leadership is one
+lock per database, whatever the instances' names:
 
 * PostgreSQL: a session-level advisory lock (``pg_try_advisory_lock``) held on a
   dedicated connection; its key is derived from the connection's current schema

@@ -1,6 +1,6 @@
-"""The matchmaker: queued processes onto free eeagent slots, and launches (reference §5).
+"""The matchmaker: queued processes onto free eeagent slots, and launches.
 
-A leader singleton (decision 8): every dispatcher instance builds one and the
+A leader singleton (docs/architecture.md, decision 8): every dispatcher instance builds one and the
 instance holding leadership runs :meth:`Matchmaker.run` for its term.
 
 A **pass** (:meth:`Matchmaker.matchmake`) reads the queue, the waiting processes,
@@ -22,7 +22,9 @@ pure function), then writes the decisions:
 
 A process left waiting for a slot is **stale**: it is not examined again until a
 resource record changes (or an engine is added), because until then no slot can
-appear for it. Throttled restarts (§5.6) are re-examined when the throttle ends.
+appear for it. Throttled restarts (a process dispatched twice or more waits
+``minimum_time_between_starts`` after its last dispatch) are re-examined when the
+throttle ends.
 
 A record that cannot be placed is **set aside** (:mod:`dispatcher.setaside`)
 rather than allowed to stop placement for everyone: before planning, each
@@ -136,7 +138,8 @@ class Matchmaker:
         messenger: fires launches to agents and notifications to subscribers.
         engines: the engine registry (effective engines; ``add_engine`` extends it).
         run_type: the ``launch_type`` sent with every launch (``supd``).
-        restart_throttling_config: the global throttling configuration (§5.6).
+        restart_throttling_config: the global throttling configuration
+            (``minimum_time_between_starts``, seconds).
         dispatch_retry_seconds: re-send a launch this often while the process stays
             ``350-ASSIGNED``, and a terminate while it stays ``600-TERMINATING``
             (:mod:`dispatcher.terminates`); ``None`` or ``0`` disables retries.
@@ -409,7 +412,7 @@ class Matchmaker:
                 resources[record.resource_id] = record
         if failed:
             result.complete = False
-            log.info("matchmaking: resource(s) %s changed during the pass", ", ".join(failed))
+            log.info("matchmaking: eeagent(s) %s changed during the pass", ", ".join(failed))
         kept = [d for d in assigns if d.recovered or d.resource_id not in failed]
         # 2. node_exclusive tags
         for decision in kept:

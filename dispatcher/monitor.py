@@ -1,8 +1,9 @@
-"""The heartbeat monitor: marks silent eeagents WARNING, then MISSING (reference §7.2).
+"""The heartbeat monitor: marks silent eeagents WARNING, then MISSING.
 
 It applies to resources whose engine sets both ``heartbeat_warning`` (W) and
-``heartbeat_missing`` (M) (every engine by default: decision 3). With ``T = M - W``
-and ``age = now - last_heartbeat`` (the agent's timestamp, capped at receipt):
+``heartbeat_missing`` (M) (every engine by default: docs/architecture.md, decision
+3). With ``T = M - W`` and ``age = now - last_heartbeat`` (the agent's timestamp,
+capped at receipt):
 
 * **OK**: ``age >= W`` → ``WARNING``, remembering the heartbeat seen and when;
   next check ``now + T``. Otherwise next check at ``last_heartbeat + W``.

@@ -1,4 +1,4 @@
-"""How many nodes each engine needs, and where that number goes (reference §4.5).
+"""How many nodes each engine needs, and where that number goes.
 
 :func:`calculate_need` counts the processes that want an engine (queued ones,
 ones placed on its agents, and processes held back by a system boot) and turns
@@ -163,7 +163,7 @@ def calculate_need(
     resources: Iterable[Resource],
     boot_pending: Iterable[str] = (),
 ) -> EngineNeed:
-    """The need of one engine (reference §4.5).
+    """The need of one engine.
 
     A process counts once however many rounds of it are queued or placed.
 

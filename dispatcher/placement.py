@@ -1,4 +1,4 @@
-"""Pure placement decisions: which queued process goes to which eeagent slot (reference §5).
+"""Pure placement decisions: which queued process goes to which eeagent slot.
 
 Nothing here touches the store or the broker. :func:`plan` takes the queue
 entries, the process, resource and node records as read at the start of a
@@ -13,12 +13,13 @@ Placement rules:
 * nodes where any agent already holds a process ("occupied") come first, fullest
   first (total free slots ascending); unoccupied nodes follow, oldest first
   (``state_time``, then node id), so that the newest nodes are the ones left empty
-  for retirement (§4.5, FILO);
+  for retirement (first in, last out);
 * within a node the agent with the most free slots wins (ties: lowest resource
   id): nodes are filled one at a time, but spread across their agents;
 * a process's constraints must match the agent's properties
   (:func:`match_constraints`); its effective engine always takes part
-  (:func:`effective_constraints`, never stored: decision 5);
+  (:func:`effective_constraints`, never stored: docs/architecture.md,
+  decision 5);
 * a ``node_exclusive`` tag may appear at most once per node; tags placed in this
   pass count immediately;
 * entries are examined in FIFO order; there is no priority.
@@ -56,7 +57,7 @@ __all__ = [
 #: A queue entry and an assignment: ``(upid, round)``.
 Key = tuple[str, int]
 
-#: The configuration key of restart throttling, globally and per process (§5.6).
+#: The configuration key of restart throttling, globally and per process.
 THROTTLE_KEY: Final = "minimum_time_between_starts"
 
 
@@ -68,7 +69,7 @@ class Assign:
     """Reserve a slot of ``resource_id`` for the process and launch it there.
 
     ``recovered`` means the resource already lists ``(upid, round)``: an earlier
-    pass crashed between the resource write and the process write (§5.3 step 4),
+    pass crashed between the resource write and the process write,
     so only the process write and the launch remain.
     """
 
@@ -83,7 +84,7 @@ class Assign:
 class Wait:
     """No slot now (or a throttled restart): the process ends in ``state``.
 
-    ``state`` is ``300-WAITING`` or ``900-REJECTED`` by the queueing mode (§3.1),
+    ``state`` is ``300-WAITING`` or ``900-REJECTED`` by the queueing mode,
     or the process's current state when it is already waiting (it is left alone).
     ``throttled_until`` is set when restart throttling, not a lack of slots, holds
     the process back: it is re-examined at that time.
@@ -137,7 +138,7 @@ class Plan:
 def match_constraints(
     constraints: Mapping[str, Any] | None, properties: Mapping[str, Any] | None
 ) -> bool:
-    """Whether an agent with ``properties`` satisfies ``constraints`` (reference §5.4).
+    """Whether an agent with ``properties`` satisfies ``constraints``.
 
     ``None`` constraints match anything. A constraint whose value is ``None`` is
     ignored. Otherwise the property must be present (not ``None``) and equal the
@@ -171,9 +172,10 @@ def match_constraints(
 
 
 def effective_constraints(engines: EngineRegistry, process: Process) -> dict[str, Any]:
-    """The constraints the process is matched with: its own plus its engine (§4.3).
+    """The constraints the process is matched with: its own plus its engine.
 
-    A copy; the stored constraints are never changed (decision 5). An explicit
+    A copy; the stored constraints are never changed (docs/architecture.md,
+    decision 5). An explicit
     ``engine`` constraint is kept as given, including a one-of list.
     """
     stored = process.constraints or {}
@@ -202,7 +204,7 @@ def _seconds(value: Any) -> float | None:
 
 
 def minimum_time_between_starts(process: Process, default: Any = None) -> float | None:
-    """The throttling interval for ``process`` (reference §5.6).
+    """The throttling interval for ``process``.
 
     ``configuration["process"]["minimum_time_between_starts"]`` overrides
     ``default`` (the global ``restart_throttling_config`` value); values that are
@@ -384,7 +386,7 @@ def plan(
     now: float,
     throttle: Any = None,
 ) -> Plan:
-    """Decide the fate of each queue entry (reference §5.3), without side effects.
+    """Decide the fate of each queue entry, without side effects.
 
     For each distinct entry, in order (repeated entries are decided once):
 
@@ -404,7 +406,7 @@ def plan(
             record means the process does not exist or is not waiting for a slot.
         resources: every resource record.
         nodes: every node record, by id.
-        engines: the engine registry (effective engines, decision 5).
+        engines: the engine registry (effective engines, never stored).
         now: the current time (epoch seconds), for throttling.
         throttle: the global ``minimum_time_between_starts``, if configured.
 

@@ -2,12 +2,12 @@
 
 A node (VM) is announced with ``node_state(..., "600-RUNNING")`` (by the
 provisioner, or by an operator with the static driver) and recorded with the time
-it appeared. Each eeagent on it is registered by its first heartbeat
-(reference §6.2): the node must be known and its domain ``pd_domain_<engine>``
-must name a known engine, whose ``slots`` give the agent's slot count (the agent's
-own slot setting is not sent). A node announced dead (any
+it appeared. Each eeagent on it is registered by its first heartbeat: the node
+must be known and its domain ``pd_domain_<engine>`` must name a known engine,
+whose ``slots`` give the agent's slot count (the agent's own slot setting is not
+sent). A node announced dead (any
 :data:`~pdcommon.states.InstanceState.DEAD` state: TERMINATING, TERMINATED,
-FAILED, REJECTED; decision 3) is evacuated.
+FAILED, REJECTED; docs/architecture.md, decision 3) is evacuated.
 
 Registration races with evacuation: an agent registering while its node is being
 removed would outlive the node, so after creating the resource the node is read

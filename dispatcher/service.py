@@ -12,7 +12,8 @@
                                         Matchmaker ──needs──▶ Provisioner ──▶ drivers
     RpcMessenger ──▶ agents (launch, terminate, cleanup), subscribers
 
-The matchmaker, the doctor and the provisioner are leader singletons (decision 8):
+The matchmaker, the doctor and the provisioner are leader singletons (see
+docs/architecture.md, decision 8):
 every instance builds them, and only the instance holding the database lock runs
 them, one thread each per leadership term. The provisioner exists when some engine's
 site provisions nodes (``local`` or ``libcloud``); with ``static`` sites only, nodes

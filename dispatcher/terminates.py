@@ -1,4 +1,4 @@
-"""Terminate requests to eeagents, and their retry schedule (decision 6).
+"""Terminate requests to eeagents, and their retry schedule.
 
 ``terminate_process`` stores ``600-TERMINATING`` and fires
 ``terminate_process(u_pid, round)`` to the process's eeagent. Like a launch, that

@@ -9,7 +9,7 @@ A process's ``(round, state)`` only moves forward: a state moves backwards only
 together with ``round += 1``. Writers read a record, decide, and write it back with
 the version they read; on :class:`~dashi.errors.WriteConflictError` they re-read
 and re-check their guard, so a stale or out-of-order event becomes a no-op instead
-of overwriting newer state (reference §2.3).
+of overwriting newer state.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ _PROCESS_FIELDS: Final = frozenset(f.name for f in dataclasses.fields(Process))
 def process_should_restart(
     process: Process, exit_state: str, is_system_restart: bool = False
 ) -> bool:
-    """Whether a process that ended in ``exit_state`` is restarted (reference §3.2).
+    """Whether a process that ended in ``exit_state`` is restarted.
 
     1. During a system restart, a truthy ``configuration["process"]
        ["omit_from_system_restart"]`` means no restart. A malformed configuration
@@ -80,7 +80,7 @@ def process_should_restart(
 
 
 def get_queueing_decision(queueing_mode: str | None, starts: int) -> str:
-    """The state of a process that cannot be placed now (reference §3.1).
+    """The state of a process that cannot be placed now.
 
     Consulted by the matchmaker when no slot matches, or when a restart is
     throttled. ``starts`` counts the process's transitions into RUNNING.
@@ -137,7 +137,7 @@ class ProcessTransitions:
     # -- notifications ----------------------------------------------------------------
 
     def notify_process(self, process: Process) -> None:
-        """Tell each subscriber of ``process`` its state just written (reference §9).
+        """Tell each subscriber of ``process`` its state just written.
 
         Fires ``(name, operation, process={"upid", "round", "state", "assigned"})``
         for each ``[name, operation]`` pair; nothing when there are no subscribers.
@@ -273,7 +273,8 @@ class ProcessTransitions:
     ) -> None:
         """Move a process's slot on a resource from ``old_key`` to ``new_key``.
 
-        Used when a process changes round in place (``restart_process``, decision 4):
+        Used when a process changes round in place (``restart_process``; docs/architecture.md,
+        decision 4):
         ``old_key`` is removed if present (a heartbeat may already have pruned it as
         stale) and ``new_key`` added, so the slot stays reserved under the round the
         process now runs in. Retries on write conflict; a resource that disappeared

@@ -21,7 +21,8 @@ State machine of one record (legacy state strings; backend details in
     supervisord died ─▶ every live record 850-FAILED ("lost: ..."), a new one is started
     cleanup ─▶ record removed (its program stopped and removed)
 
-Request rules (legacy, with decision 4 of the architecture):
+Request rules (legacy, except that ``restart_process`` really restarts:
+docs/architecture.md, decision 4):
 
 * ``launch_process`` of a (upid, round) the agent holds is a retry and is ignored,
   except after ``900-REJECTED`` (admission is tried again); an older round is

@@ -1,6 +1,6 @@
 """Validated arguments of the health RPCs: the eeagent heartbeat and its companions.
 
-The heartbeat is fired by every eeagent (reference §6.1 and the eeagent notes §2.6)::
+The heartbeat is fired by every eeagent (see docs/rpc.md)::
 
     {"eeagent_id": "agent1",                         # ignored
      "node_id": "node1",                             # needed for the first heartbeat

@@ -72,7 +72,8 @@ DEFAULT_SERVICE_NAME = "process_dispatcher"
 EMBEDDED_URI = "embedded://"
 #: AMQP heartbeat in seconds (dashi's value).
 DEFAULT_AMQP_HEARTBEAT = 30
-#: Engine heartbeat defaults: monitoring is on by default (decision 3).
+#: Engine heartbeat defaults: monitoring is on by default
+#: (docs/architecture.md, decision 3).
 DEFAULT_HEARTBEAT_PERIOD = 30.0
 DEFAULT_HEARTBEAT_WARNING = 45.0
 DEFAULT_HEARTBEAT_MISSING = 60.0

@@ -69,7 +69,8 @@ class InstanceState:
     FAILED = "900-FAILED"
     REJECTED = "950-REJECTED"
 
-    #: States that mean the node is gone (decision 3 adds FAILED and REJECTED).
+    #: States that mean the node is gone; FAILED and REJECTED count too, where the
+    #: legacy dispatcher ignored them (docs/architecture.md, decision 3).
     DEAD = (TERMINATING, TERMINATED, FAILED, REJECTED)
 
 

@@ -13,7 +13,7 @@ from dispatcher.store.memory import MemoryStore
 
 #: The time the fake clock always reports (epoch seconds).
 NOW = 1_700_000_000.0
-#: The definition most tests run (the reference's standard fixture "D").
+#: The definition most tests run (the legacy tests' standard definition "D").
 DEFINITION_ID = "D"
 
 

@@ -1,4 +1,4 @@
-"""Definition RPCs: scenario 15 of the reference (§1.2-§1.6)."""
+"""Definition RPCs: create, describe, update, list and remove."""
 
 from __future__ import annotations
 

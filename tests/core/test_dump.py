@@ -1,4 +1,4 @@
-"""dump(): every resource, process and node record (reference §8)."""
+"""dump(): every resource, process and node record."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Subscriber notifications (reference §9): which changes notify, with which payload."""
+"""Subscriber notifications: which changes notify, with which payload."""
 
 from __future__ import annotations
 

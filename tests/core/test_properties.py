@@ -8,7 +8,7 @@ shared transition helpers, as the later placement work will). After every step:
 * within a round, its state never moves backwards;
 * queue entries name existing processes and are never ahead of the process's round;
 * every placed process (ASSIGNED..TERMINATING) holds a slot under its current round
-  (decision 4: no slot leak on restart);
+  (docs/architecture.md, decision 4: no slot leak on restart);
 * after terminate_process ends a process, none of its queue entries for that round remain.
 """
 

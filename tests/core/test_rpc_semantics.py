@@ -1,11 +1,11 @@
-"""A representative set of the reference's "Core / RPC semantics" scenarios over real RPC.
+"""A representative set of the core's RPC semantics, over real RPC.
 
 The core runs behind an :class:`~dashi.service.RpcService` on a real
 RabbitMQ with a SQL store, and is driven through
 :class:`~dispatcher.client.ProcessDispatcherClient`, so arguments, results and
-errors cross the wire exactly as they do for a legacy dashi caller. The numbers
-refer to reference §11; the full list runs against the core directly in the
-other modules of this package.
+errors cross the wire exactly as they do for a legacy dashi caller. The numbers in
+the test names are those of the legacy system's acceptance scenarios; the full
+list runs against the core directly in the other modules of this package.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""create_process and schedule_process: scenarios 1-6 and 16 of the reference (§1.7-§1.9)."""
+"""create_process and schedule_process: creation, scheduling, idempotency, describe."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ IN_PLAY = [
 ]
 
 
-# -- scenario 1 and 2 ------------------------------------------------------------------
+# -- scheduling an unknown process, without and with a definition ----------------------
 
 
 def test_scheduling_an_unknown_process_without_a_definition_is_not_found(
@@ -79,7 +79,7 @@ def test_scheduling_a_new_process_with_an_unknown_definition_is_not_found(
     assert snapshot(store) == before
 
 
-# -- scenario 3 ------------------------------------------------------------------------
+# -- create_process idempotency --------------------------------------------------------
 
 
 def test_create_process_is_idempotent_but_refuses_a_different_definition_or_name(
@@ -126,7 +126,7 @@ def test_create_process_with_an_unknown_definition_is_not_found(
         core.create_process("proc1", "nope")
 
 
-# -- scenario 4 ------------------------------------------------------------------------
+# -- schedule_process idempotency ------------------------------------------------------
 
 
 def test_schedule_process_is_idempotent_but_refuses_different_modes(
@@ -198,7 +198,7 @@ def test_a_repeated_schedule_of_an_in_play_process_writes_nothing_but_nudges_the
     assert store.list_queued() == [("proc1", 3)]
 
 
-# -- scenario 5 and 6 ------------------------------------------------------------------
+# -- name changes tolerated, subscribers stored ----------------------------------------
 
 
 def test_name_changes_are_tolerated_on_an_in_play_process_and_not_written(
@@ -305,7 +305,7 @@ def test_rescheduling_a_terminal_process_requests_it_in_the_next_round(
 def test_a_process_can_be_scheduled_again_after_it_exited(
     core: ProcessDispatcherCore, store: MemoryStore
 ) -> None:
-    # Given proc1 scheduled with restart NEVER that then exited (scenario 71)
+    # Given proc1 scheduled with restart NEVER that then exited
     core.create_process("proc1", DEFINITION_ID)
     core.schedule_process("proc1", restart_mode="NEVER")
     process = store.get_process("proc1")
@@ -317,7 +317,7 @@ def test_a_process_can_be_scheduled_again_after_it_exited(
     assert (result["state"], result["round"]) == (ProcessState.REQUESTED, 1)
 
 
-# -- decision 5: constraints and idempotency ----------------------------------------------
+# -- constraints and idempotency (docs/architecture.md, decision 5) -----------------------
 
 
 @pytest.mark.parametrize(
@@ -374,7 +374,7 @@ def test_an_empty_execution_engine_id_is_not_written(core: ProcessDispatcherCore
     assert record is not None and record["constraints"] == {}
 
 
-# -- scenario 16 -------------------------------------------------------------------------
+# -- describe_process and describe_processes ---------------------------------------------
 
 
 def test_describe_process_and_describe_processes_return_full_records(

@@ -1,4 +1,4 @@
-"""terminate_process and restart_process: scenarios 7-12 and 67 of the reference (§1.10, §1.11)."""
+"""terminate_process and restart_process: terminal, unassigned and assigned processes."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def notifications(messenger: RecordingMessenger) -> list[FiredMessage]:
     return messenger.sent_to("sub", "process_state")
 
 
-# -- scenario 7 ------------------------------------------------------------------------
+# -- terminating an unknown process ----------------------------------------------------
 
 
 def test_terminating_an_unknown_process_is_not_found(core: ProcessDispatcherCore) -> None:
@@ -56,7 +56,7 @@ def test_terminating_an_unknown_process_is_not_found(core: ProcessDispatcherCore
         core.terminate_process("notarealprocess")
 
 
-# -- scenario 8 ------------------------------------------------------------------------
+# -- terminating a terminal process is a no-op -----------------------------------------
 
 
 @pytest.mark.parametrize("state", TERMINAL)
@@ -74,7 +74,7 @@ def test_terminating_a_terminal_process_changes_nothing_and_sends_nothing(
     assert messenger.messages == []
 
 
-# -- scenario 9 ------------------------------------------------------------------------
+# -- terminating an unassigned process -------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -113,7 +113,7 @@ def test_terminating_an_unqueued_unassigned_process_ignores_the_missing_queue_en
     assert core.terminate_process("proc1")["state"] == ProcessState.TERMINATED
 
 
-# -- scenarios 10, 11, 12 ----------------------------------------------------------------
+# -- terminating an assigned process, and terminating it again ---------------------------
 
 
 @pytest.mark.parametrize(
@@ -270,14 +270,14 @@ def test_restarting_a_running_process_moves_it_to_pending_in_the_next_round(
     assert messenger.messages == [
         FiredMessage("hats", "restart_process", {"u_pid": "proc1", "round": 1})
     ]
-    # And the agent's slot now belongs to round 1 (decision 4: no slot leak)
+    # And the agent's slot now belongs to round 1 (docs/architecture.md, decision 4: no slot leak)
     assert store.get_resource("hats").assigned == [("proc1", 1)]  # type: ignore[union-attr]
 
 
 def test_a_restarted_process_counts_a_second_start_when_running_again(
     core: ProcessDispatcherCore, store: MemoryStore, clock: Any
 ) -> None:
-    # Given proc1 scheduled, placed on hats and reported RUNNING once (scenario 67)
+    # Given proc1 scheduled, placed on hats and reported RUNNING once
     core.schedule_process("proc1", DEFINITION_ID)
     process = store.get_process("proc1")
     assert process is not None

@@ -1,5 +1,5 @@
-"""The shared state machine: guarded transitions (§2.3), restart policy (§3.2, scenario 13)
-and queueing decisions (§3.1)."""
+"""The shared state machine: guarded transitions, restart policy and queueing
+decisions."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def transitions(
     return ProcessTransitions(store, messenger, clock=clock)
 
 
-# -- scenario 13: the restart-policy matrix ------------------------------------------------
+# -- the restart-policy matrix -------------------------------------------------------------
 
 # (restart_mode, configuration, exit_state, is_system_restart, should_restart)
 RESTART_MATRIX: list[tuple[str | None, Any, str, bool, bool]] = []
@@ -73,7 +73,7 @@ def test_the_restart_policy_follows_mode_exit_state_and_system_restart(
     assert process_should_restart(process, exit_state, is_system_restart) is expected
 
 
-# -- §3.1: queueing decisions --------------------------------------------------------------
+# -- queueing decisions --------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -91,7 +91,7 @@ def test_an_unplaceable_process_waits_or_is_rejected_by_queueing_mode_and_starts
     mode: str | None, never_started: str, started: str
 ) -> None:
     # Given a process that cannot be placed
-    # When it has never started, or has started, Then the table of §3.1 decides
+    # When it has never started, or has started, Then the queueing-mode table decides
     assert get_queueing_decision(mode, 0) == never_started
     assert get_queueing_decision(mode, 1) == started
     assert get_queueing_decision(mode, 7) == started

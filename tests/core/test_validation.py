@@ -281,7 +281,7 @@ def test_every_rpc_operation_has_a_request_model() -> None:
 def test_rpc_operations_are_methods_with_the_legacy_keyword_names(
     core: ProcessDispatcherCore, messenger: RecordingMessenger
 ) -> None:
-    # Given the legacy signatures (reference §1), Then the core's methods match by name
+    # Given the legacy signatures (docs/rpc.md), Then the core's methods match by name
     import inspect
 
     expected = {

@@ -1,6 +1,6 @@
 """Fixtures for the health tests: heartbeats, node states, evacuation and the doctor.
 
-The standard engine here is the reference's doctor fixture (``engine1``: 4 slots,
+The standard engine here is the legacy doctor tests' fixture (``engine1``: 4 slots,
 heartbeat period 5 s, warning 10 s, missing 20 s); ``engine2`` has no heartbeat
 monitoring. Time comes from a :class:`FakeClock` the tests move by hand.
 """

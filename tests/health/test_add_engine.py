@@ -1,4 +1,7 @@
-"""add_engine: engines added at run time are validated and persisted (§1.15, decision 1)."""
+"""add_engine: engines added at run time are validated and persisted.
+
+Persisted in the SQL store like everything else: docs/architecture.md, decision 1.
+"""
 
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ def test_an_added_engine_is_persisted_and_known(
     assert store.list_engines() == {"big": {"slots": 16, "replicas": 2, "deployable_type": "dt1"}}
     big = engines.get("big")
     assert big is not None and (big.slots, big.replicas) == (16, 2)
-    # And heartbeat monitoring is on by default (decision 3)
+    # And heartbeat monitoring is on by default (docs/architecture.md, decision 3)
     assert (big.heartbeat_warning, big.heartbeat_missing) == (45, 60)
 
 

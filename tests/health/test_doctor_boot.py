@@ -1,4 +1,4 @@
-"""The doctor's initialisation and system boot (§7.1; scenarios 45-50)."""
+"""The doctor's initialisation and system boot, by stored dispatcher state."""
 
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ def states(store: Store, *upids: str) -> dict[str, str]:
     return {upid: process(store, upid).state for upid in upids}
 
 
-# -- scenario 45 -----------------------------------------------------------------------
+# -- uninitialised start in system boot, with processes --------------------------------
 
 
 @BOTH_STORES
@@ -89,7 +89,7 @@ def test_an_uninitialised_start_in_system_boot_holds_every_process_back(
     assert notified(messenger)[-1] == ("p1", S.REQUESTED, 1)
 
 
-# -- scenario 46 -----------------------------------------------------------------------
+# -- uninitialised start in system boot, empty -----------------------------------------
 
 
 def test_an_uninitialised_empty_system_boot_becomes_ok_when_boot_ends(
@@ -108,7 +108,7 @@ def test_an_uninitialised_empty_system_boot_becomes_ok_when_boot_ends(
     assert store.get_pd_state() == PD.OK
 
 
-# -- scenarios 47 and 48 ---------------------------------------------------------------
+# -- uninitialised start, not booting --------------------------------------------------
 
 
 @BOTH_STORES
@@ -147,7 +147,7 @@ def test_an_uninitialised_start_without_boot_leaves_agents_alone(
     }
 
 
-# -- scenario 49 -----------------------------------------------------------------------
+# -- a doctor restarted during a system boot -------------------------------------------
 
 
 @pytest.mark.parametrize("count", [3, 0])
@@ -226,7 +226,7 @@ def test_a_boot_ended_through_another_instance_is_noticed(
         other.close()
 
 
-# -- scenario 50 -----------------------------------------------------------------------
+# -- a doctor restarted in OK ----------------------------------------------------------
 
 
 def test_a_doctor_restarted_in_ok_changes_nothing_and_stops_cleanly(

@@ -1,4 +1,4 @@
-"""Evacuation of lost agents (§6.4), resource states (§6.5)."""
+"""Evacuation of lost agents, and resource states (DISABLED is final)."""
 
 from __future__ import annotations
 

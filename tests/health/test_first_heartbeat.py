@@ -1,4 +1,4 @@
-"""The first heartbeat of an agent registers it (§6.2; scenarios 18, 20, 21)."""
+"""The first heartbeat of an agent registers it on its node, or is dropped."""
 
 from __future__ import annotations
 
@@ -126,7 +126,7 @@ def test_the_process_list_of_a_first_heartbeat_is_not_processed(
     assert messenger.messages == []
 
 
-# -- scenario 20 -----------------------------------------------------------------------
+# -- concurrent first heartbeats on one node -------------------------------------------
 
 
 class RacingStore(MemoryStore):
@@ -187,7 +187,7 @@ def test_many_agents_registering_concurrently_are_all_listed(
     assert len(store.list_resources()) == len(agents)
 
 
-# -- scenario 21 -----------------------------------------------------------------------
+# -- a node removed during a first heartbeat -------------------------------------------
 
 
 def test_a_node_removed_during_a_first_heartbeat_gets_no_resource(

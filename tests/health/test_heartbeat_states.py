@@ -1,4 +1,8 @@
-"""Heartbeats of a known agent drive the process state machine (§6.3, decisions 4 and 7)."""
+"""Heartbeats of a known agent drive the process state machine.
+
+With the restart rule and the termination of unknown processes of
+docs/architecture.md, decisions 4 and 7.
+"""
 
 from __future__ import annotations
 
@@ -311,7 +315,7 @@ def test_an_unknown_process_reported_by_an_agent_is_terminated_or_cleaned_up(
     reported: str,
     answer: str,
 ) -> None:
-    # Given the dispatcher knows no process "ghost" (decision 7)
+    # Given the dispatcher knows no process "ghost" (docs/architecture.md, decision 7)
     before = store.list_processes()
     # When eeagent_1 reports it
     send(handler, report("ghost", "3", reported))
@@ -440,7 +444,7 @@ def test_node_exclusive_tags_are_released_before_the_slot(
     assert resource(store).assigned == [("proc2", 0)]
 
 
-# -- restart_process interplay (decision 4) --------------------------------------------
+# -- restart_process interplay (docs/architecture.md, decision 4) ----------------------
 
 
 @BOTH_STORES
@@ -504,7 +508,7 @@ def test_an_old_round_on_an_agent_that_no_longer_holds_the_process_is_terminated
     assert orders(messenger) == [("terminate_process", "proc1", 0)]
 
 
-# -- timestamps (scenario 22) ----------------------------------------------------------
+# -- timestamps: last_heartbeat only moves forward -------------------------------------
 
 
 @BOTH_STORES

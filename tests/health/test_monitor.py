@@ -1,4 +1,4 @@
-"""The heartbeat monitor (§7.2): OK → WARNING → MISSING, evacuation, recovery."""
+"""The heartbeat monitor: OK → WARNING → MISSING, evacuation, recovery."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""node_state: nodes come and go (scenarios 17-19 of the reference; §1.12, decision 3)."""
+"""node_state: nodes come and go (dead states: docs/architecture.md, decision 3)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ IGNORED = [
 ]
 
 
-# -- scenario 17 -----------------------------------------------------------------------
+# -- a node added and removed ----------------------------------------------------------
 
 
 @BOTH_STORES
@@ -77,7 +77,7 @@ def test_node_properties_are_copied_onto_the_node(handler: HeartbeatHandler, sto
     assert node is not None and node.properties == {"hostname": "vm1", "hat_type": "fedora"}
 
 
-# -- scenario 18 -----------------------------------------------------------------------
+# -- a node with an agent --------------------------------------------------------------
 
 
 @BOTH_STORES
@@ -118,7 +118,7 @@ def test_other_states_for_an_unknown_node_record_nothing(
     assert store.list_nodes() == []
 
 
-# -- scenario 19 -----------------------------------------------------------------------
+# -- a terminated node's processes move on by restart mode -----------------------------
 
 
 @BOTH_STORES

@@ -1,6 +1,6 @@
-"""The matchmaker against the store (reference §5 and the Matchmaker scenarios of §11).
+"""The matchmaker against the store: placement, retries, needs and retirement.
 
-Fixture as in the reference: engine1 slots 1, engine2 slots 2, engine3 slots 2
+Fixture (the legacy matchmaker tests'): engine1 slots 1, engine2 slots 2, engine3 slots 2
 replicas 2, engine4 slots 1 spare_slots 1, all maximum_vms 100; default engine1;
 ``my.engine2`` maps to engine2; no throttling; retry 30 s; run type
 ``fake_run_type``. Time is a hand-moved clock; launches are recorded.
@@ -374,7 +374,8 @@ def test_engine_constraint_keeps_a_process_off_other_engines(
     matchmaker.run_once()
     assert proc(store, "p1").assigned == "r2"
     assert launches(messenger) == [("r2", "p1", 0)]
-    # decision 5: the derived engine is never written into the stored constraints
+    # the derived engine is never written into the stored constraints
+    # (docs/architecture.md, decision 5)
     queue(store, "p2")
     matchmaker.run_once()
     assert proc(store, "p2").assigned == "r1"
@@ -643,7 +644,8 @@ def test_launches_are_retried_every_period_while_assigned(
     for _ in range(3):
         clock.now += 0.5
         mm.run_once()
-    # first launch + one retry per period (decision 6: every period, not twice that)
+    # first launch + one retry per period (every period, not twice that:
+    # docs/architecture.md, decision 6)
     assert [u for _, u, _ in launches(messenger)].count("p1") == 4
     # once the agent reports p1 RUNNING, its retries stop
     p1 = proc(store, "p1")

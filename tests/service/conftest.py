@@ -8,7 +8,7 @@ seams the scenarios need: the matchmaker's need registrar (a
 :class:`~dispatcher.needs.RecordingNeedSink`) and the messenger that carries its
 launches (:class:`FlakyLaunches`).
 
-The standard fixture is the reference's (§11): engines ``engine1``-``engine4`` with
+The standard fixture is the legacy service tests': engines ``engine1``-``engine4`` with
 4 slots each, ``default_engine engine1``, ``process_engines {"a.b.C": engine3,
 "a.b": engine2}``, restart throttling 2 s, dispatch retry 30 s, and a definition
 ``D``. Heartbeat monitoring is on with a short period, and the fake agents
@@ -91,7 +91,7 @@ def make_settings(
 
 
 class FlakyLaunches:
-    """A messenger that loses launches while :attr:`failing` (reference scenario 75).
+    """A messenger that loses launches while :attr:`failing` (launch retries).
 
     While failing, the first ``launch_process`` is silently dropped and every
     later one raises :class:`~dashi.errors.TransportError`, as an unreachable

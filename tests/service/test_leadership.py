@@ -1,4 +1,4 @@
-"""Two dispatchers on one database and one broker (decision 8).
+"""Two dispatchers on one database and one broker (docs/architecture.md, decision 8).
 
 Both serve RPCs (they compete for the one service queue); only the instance holding
 the database's lock runs the matchmaker and the doctor. Work scheduled through both

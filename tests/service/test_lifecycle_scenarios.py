@@ -1,4 +1,4 @@
-"""Service-level end-to-end lifecycle scenarios (reference §11, 64-76).
+"""Service-level end-to-end lifecycle scenarios.
 
 Outcomes the agent reports (failed, exited), restarts, rescheduling, idempotent
 create/schedule, launch retries and subscriber notifications, over the real broker.
@@ -87,7 +87,7 @@ def test_67_restart_process_counts_a_second_start(pd: Harness) -> None:
     assert again["assigned"] == agent.name
     assert again["starts"] == 2
     assert agent.ops("restart_process") == [{"u_pid": "proc1", "round": 1}]
-    # and the agent's slot follows the new round (decision 4)
+    # and the agent's slot follows the new round (docs/architecture.md, decision 4)
     wait_for(
         lambda: pd.resources()[agent.name]["assigned"] == [[None, "proc1", 1]],
         what="slot under round 1",

@@ -1,6 +1,6 @@
 """Scale-down retirement across successive drops of an engine's need, and across terms.
 
-Found by scenario 70: in a static deployment a retired node stays listed (its
+Found by the end-to-end neediness scenario: in a static deployment a retired node stays listed (its
 agents ``DISABLED``) until it is removed, and must not be chosen again. A new
 leadership term (a restart, another instance taking over) does not remember the
 need registered before: it compares with the provisioned nodes still running.

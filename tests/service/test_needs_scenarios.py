@@ -1,4 +1,4 @@
-"""Service-level end-to-end needs scenarios (reference §11, 53 and 70).
+"""Service-level end-to-end needs scenarios: needs follow waiting processes, and retirement.
 
 The dispatcher's matchmaker reports each engine's need to a recording sink (the
 provisioner's seat) after every complete pass; the legacy "reconfigure with

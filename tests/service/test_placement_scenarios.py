@@ -1,4 +1,4 @@
-"""Service-level end-to-end placement scenarios (reference §11, 52-62).
+"""Service-level end-to-end placement scenarios.
 
 A real dispatcher on RabbitMQ places processes on fake agents that speak the
 eeagent wire protocol; every assertion reads the dispatcher's state over RPC.
@@ -110,7 +110,8 @@ def test_57_process_engines_maps_definitions_to_engines(pd: Harness) -> None:
     assert pd.wait_state("p_abc", "500-RUNNING")["assigned"] == agents["engine3"].name
     assert pd.wait_state("p_abd", "500-RUNNING")["assigned"] == agents["engine2"].name
     assert pd.wait_state("p_ab", "500-RUNNING")["assigned"] == agents["engine1"].name
-    # and the derived engine is not written into the stored constraints (decision 5)
+    # and the derived engine is not written into the stored constraints
+    # (docs/architecture.md, decision 5)
     assert not pd.describe("p_abc")["constraints"]
 
 

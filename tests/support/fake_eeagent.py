@@ -1,6 +1,6 @@
 """A fake eeagent that speaks the real wire protocol over a real broker.
 
-It behaves like the legacy test agent (reference §11): ``launch_process`` records
+It behaves like the legacy test agent: ``launch_process`` records
 the process as ``500-RUNNING`` and heartbeats at once; ``terminate_process`` marks
 it ``700-TERMINATED``; ``restart_process`` sets the new round, RUNNING; ``cleanup``
 forgets it. Tests can make it report ``850-FAILED`` or ``800-EXITED``. Every
