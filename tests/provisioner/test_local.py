@@ -262,3 +262,23 @@ def test_destroying_a_node_deletes_its_agents_queues_on_the_embedded_broker(
     assert not agent_queues & set(os.listdir(queues))
     bindings = {p.name for p in (state_dir / "broker" / "bindings").rglob("*") if p.is_file()}
     assert not agent_queues & bindings
+
+
+def test_destroying_a_node_stops_the_supervisord_an_agent_left_with_the_given_stopper(
+    driver: LocalDriver, heartbeats: Heartbeats, state_dir: Path
+) -> None:
+    request = NodeRequest(new_node_id("engine1"), "engine1", slots=1, replicas=1, heartbeat=30)
+    node = driver.create_node(request)
+    wait_for(lambda: {(request.agent_names[0], request.node_id)} <= heartbeats.senders())
+    (agent_pid,) = node.properties["pids"]
+    home = state_dir / "nodes" / request.node_id / request.agent_names[0]
+    wait_for(lambda: (home / "supd.pid").exists())
+    supervisord = int((home / "supd.pid").read_text().strip())
+    # Given an agent killed on its own: its supervisord (a session of its own) lives on
+    os.kill(agent_pid, signal.SIGKILL)
+    wait_for(lambda: not procfs.pid_alive(agent_pid))
+    assert procfs.pid_alive(supervisord)
+    # When its node is destroyed by a driver given the agent's stopper
+    driver.destroy_node(request.node_id, request.node_id)
+    # Then that supervisord is gone too
+    assert not procfs.pid_alive(supervisord)
