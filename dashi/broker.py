@@ -34,20 +34,10 @@ import amqp.exceptions
 import kombu
 
 from dashi.errors import AccessRefusedError, DiskFullError
+from dashi.protocol import DEFAULT_MAX_MESSAGE_SIZE
 from dashi.transport import embedded
 
-__all__ = [
-    "DEFAULT_MAX_MESSAGE_SIZE",
-    "BrokerConfig",
-    "describe_failure",
-    "disk_full",
-    "mask_uri",
-    "refusal",
-]
-
-#: Largest message body a service publishes (bytes): RabbitMQ's default
-#: ``max_message_size`` (128 MiB). A larger reply is answered with an error instead.
-DEFAULT_MAX_MESSAGE_SIZE = 128 * 1024 * 1024
+__all__ = ["BrokerConfig", "describe_failure", "disk_full", "mask_uri", "refusal"]
 
 #: Embedded transport polling interval (seconds): low enough for ~ms latency.
 EMBEDDED_POLLING_INTERVAL = 0.005

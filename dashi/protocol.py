@@ -39,6 +39,7 @@ from dashi.errors import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_MESSAGE_SIZE",
     "ERROR_PREFIX",
     "HEADER_DEADLINE",
     "HEADER_REPLY_TO",
@@ -57,6 +58,9 @@ HEADER_REPLY_TO = "reply-to"
 HEADER_SENDER = "sender"
 #: The epoch time (seconds) after which the caller no longer waits for the reply.
 HEADER_DEADLINE = "x-deadline"
+#: Largest message body a service publishes (bytes): RabbitMQ's default
+#: ``max_message_size`` (128 MiB). A larger reply is answered with an error instead.
+DEFAULT_MAX_MESSAGE_SIZE = 128 * 1024 * 1024
 
 
 class ErrorPayload(BaseModel):

@@ -40,7 +40,7 @@ from pydantic import (
     model_validator,
 )
 
-from dashi.broker import DEFAULT_MAX_MESSAGE_SIZE
+from dashi.protocol import DEFAULT_MAX_MESSAGE_SIZE
 from pdcommon.errors import ConfigError
 from pdcommon.limits import RequestLimits
 

@@ -73,3 +73,12 @@ def test_importing_an_eeagent_record_module_loads_neither_kombu_nor_the_service(
     assert top_level(loaded, "kombu", "amqp", "supervisor", "dispatcher", "cli") == []
     assert "eeagent.service" not in loaded
     assert "eeagent.supervisor" not in loaded
+
+
+@pytest.mark.parametrize(
+    "module", ["pdcommon.settings", "pdcommon.states", "pdcommon.heartbeat_messages"]
+)
+def test_the_shared_models_load_no_broker_library(module: str) -> None:
+    # The health and placement modules read settings and states without kombu.
+    loaded = loaded_after_importing(module)
+    assert top_level(loaded, "kombu", "amqp", "sqlalchemy") == []

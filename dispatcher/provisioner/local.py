@@ -367,8 +367,10 @@ class LocalDriver:
         if self.stop_supervisord is None:
             log.warning("a supervisord may be left running in %s (no way to stop it given)", home)
             return
-        with contextlib.suppress(Exception):  # best effort: the node is going away
+        try:
             self.stop_supervisord(home)
+        except Exception as exc:  # best effort: the node is going away
+            log.warning("could not stop the supervisord left in %s: %s", home, exc)
 
     def _delete_queues(self, names: list[str]) -> None:
         """Delete stopped agents' queues (bindings, unread messages) on the embedded broker.

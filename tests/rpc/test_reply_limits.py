@@ -12,9 +12,8 @@ import pytest
 from dashi.broker import BrokerConfig
 from dashi.client import RpcClient
 from dashi.errors import BadRequestError, ReplyTooLargeError
-from dashi.protocol import error_from_payload, error_payload
+from dashi.protocol import DEFAULT_MAX_MESSAGE_SIZE, error_from_payload, error_payload
 from dashi.service import CONFIRM_FROM_BYTES, RpcService
-from pdcommon.settings import DEFAULT_MAX_MESSAGE_SIZE
 from tests.infra import RabbitMQServer
 
 
