@@ -39,6 +39,7 @@ from dispatcher.core import ProcessDispatcherCore  # noqa: E402
 from dispatcher.messaging import RecordingMessenger  # noqa: E402
 from dispatcher.requests import ScheduleProcessRequest  # noqa: E402
 from dispatcher.store.memory import MemoryStore  # noqa: E402
+from dispatcher.transitions import ProcessStateMachine  # noqa: E402
 from pdcommon.limits import DEFAULT_LIMITS, check_arguments  # noqa: E402
 
 MIB = 1024 * 1024
@@ -59,9 +60,17 @@ def shapes() -> dict[str, dict[str, Any]]:
     return made
 
 
+def _core() -> ProcessDispatcherCore:
+    """A core over a fresh MemoryStore."""
+    store, messenger = MemoryStore(), RecordingMessenger()
+    return ProcessDispatcherCore(
+        store, messenger, transitions=ProcessStateMachine(store, messenger)
+    )
+
+
 def scheduler(configuration: dict[str, Any]) -> Callable[[], object]:
     """A call scheduling a new process with ``configuration`` on a fresh MemoryStore."""
-    core = ProcessDispatcherCore(MemoryStore(), RecordingMessenger())
+    core = _core()
     core.create_definition("D", "supd", {"exec": "/bin/true"})
     counter = itertools.count()
 
@@ -118,7 +127,7 @@ def main() -> None:
         schedule = median_ms(scheduler(configuration), runs)
         print(f"{name:<16} {size:>11} {check:>9.2f} {parse:>9.2f} {schedule:>12.2f}")
 
-    core = ProcessDispatcherCore(MemoryStore(), RecordingMessenger())
+    core = _core()
     core.create_definition("D", "supd", {"exec": "/bin/true"})
     huge = {"items": ["x" * 100] * 1_200_000}  # ~122 MB of JSON
     deep: Any = {"leaf": 1}

@@ -40,6 +40,7 @@ from dispatcher.model import Node, Process, Resource
 from dispatcher.placement import plan
 from dispatcher.store.base import Store
 from dispatcher.store.sql import SqlStore
+from dispatcher.transitions import ProcessStateMachine
 from pdcommon.settings import EngineSettings
 from pdcommon.states import ProcessState
 
@@ -104,7 +105,9 @@ def bench(name: str, url: str, args: argparse.Namespace, messenger: Messenger) -
         print(
             f"  decision alone: {placed} placements in {elapsed:.3f} s = {placed / elapsed:,.0f}/s"
         )
-        matchmaker = Matchmaker(store, messenger, engines)
+        matchmaker = Matchmaker(
+            store, messenger, engines, transitions=ProcessStateMachine(store, messenger)
+        )
         started = time.perf_counter()
         result = matchmaker.matchmake()
         elapsed = time.perf_counter() - started

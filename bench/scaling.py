@@ -28,13 +28,16 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dispatcher.engines import EngineRegistry
+from dispatcher.evacuation import Evacuation
 from dispatcher.heartbeats import HeartbeatHandler
 from dispatcher.messaging import RecordingMessenger
 from dispatcher.provisioner.base import NodeRequest, ProvidedNode, VMState
 from dispatcher.provisioner.fake import FakeDriver
 from dispatcher.provisioner.manager import Provisioner
 from dispatcher.provisioner.sites import Site
+from dispatcher.registration import Registration
 from dispatcher.store.memory import MemoryStore
+from dispatcher.transitions import ProcessStateMachine
 from pdcommon.settings import EngineSettings, ProvisionerSettings
 
 
@@ -66,7 +69,12 @@ class Timed:
 def run_once(nodes: int, driver: Any, parallel: int, state_dir: Path | None) -> dict[str, float]:
     store = MemoryStore()
     engines = EngineRegistry({"engine1": EngineSettings(slots=1)}, default_engine="engine1")
-    handler = HeartbeatHandler(store, RecordingMessenger(), engines)
+    messenger = RecordingMessenger()
+    transitions = ProcessStateMachine(store, messenger)
+    registration = Registration(store, engines, Evacuation(store, transitions))
+    handler = HeartbeatHandler(
+        store, messenger, engines, transitions=transitions, registration=registration
+    )
     service = None
     if state_dir is not None:
         from dashi.broker import BrokerConfig
@@ -82,7 +90,7 @@ def run_once(nodes: int, driver: Any, parallel: int, state_dir: Path | None) -> 
         store,
         engines,
         {"default": Site("default", timed, 600)},
-        handler.registration,
+        registration,
         settings=ProvisionerSettings(max_parallel=parallel, interval=5),
     )
     stop = threading.Event()

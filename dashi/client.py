@@ -40,7 +40,6 @@ thread for parallel calls.
 
 from __future__ import annotations
 
-import gc
 import logging
 import threading
 import time
@@ -54,6 +53,7 @@ from kombu.message import Message
 from dashi import codec
 from dashi.broker import BrokerConfig, describe_failure, disk_full, refusal
 from dashi.errors import RpcTimeoutError, TransportError
+from dashi.gcpause import collector_paused
 from dashi.protocol import (
     HEADER_DEADLINE,
     HEADER_REPLY_TO,
@@ -469,13 +469,10 @@ def _decode(message: Message) -> Any:
     ~50 MB of JSON) becomes millions of new objects without cycles; the
     collections their allocation triggers would triple the decoding time.
     """
-    if len(message.body or b"") < _LARGE_REPLY_BYTES or not gc.isenabled():
+    if len(message.body or b"") < _LARGE_REPLY_BYTES:
         return codec.decode(message)
-    gc.disable()
-    try:
+    with collector_paused():
         return codec.decode(message)
-    finally:
-        gc.enable()
 
 
 def _merge_args(args: dict[str, Any] | None, kwargs: dict[str, Any]) -> dict[str, Any]:

@@ -11,6 +11,7 @@ class)::
      │    ├── NotFoundError          the named definition, process, node or engine is unknown
      │    ├── UnknownOperationError  the service has no handler for the operation
      │    └── WriteConflictError     an optimistic write lost a race, or a duplicate create
+     │         └── WriteRetriesExhaustedError  every attempt of a read-change-write lost its race
      ├── RemoteError                 any other error raised by a remote handler (by type name)
      └── TransportError              the broker could not be reached (recoverable)
           ├── RpcTimeoutError        no reply arrived before the call's timeout
@@ -20,7 +21,8 @@ class)::
 The four :class:`RequestError` types travel on the wire as
 ``dashi.exceptions.<Name>`` and are rebuilt as the same types by the client, so
 legacy dashi clients see the names they expect. A subtype registered in
-:data:`REQUEST_ERROR_SUBTYPES` (:class:`ReplyTooLargeError`) travels under its
+:data:`REQUEST_ERROR_SUBTYPES` (:class:`ReplyTooLargeError`,
+:class:`WriteRetriesExhaustedError`) travels under its
 known base's name with an additive ``subtype`` member naming it: a legacy client
 raises the base type (dashi ignores the extra member), ours the subtype.
 
@@ -48,6 +50,7 @@ __all__ = [
     "TransportError",
     "UnknownOperationError",
     "WriteConflictError",
+    "WriteRetriesExhaustedError",
 ]
 
 
@@ -101,6 +104,35 @@ class WriteConflictError(RequestError):
     """A versioned write lost a race, or an entity with the same key already exists."""
 
 
+class WriteRetriesExhaustedError(WriteConflictError):
+    """Every attempt of a read-change-write of one record lost its race to another writer.
+
+    Raised by :func:`dispatcher.store.modify.retry_conflicts` after
+    :data:`~dispatcher.store.modify.WRITE_ATTEMPTS` attempts. It is a
+    :class:`WriteConflictError`, so code that handles a lost race handles it too, and a
+    remote caller sees ``dashi.exceptions.WriteConflictError`` (with the additive
+    ``subtype`` member). Recoverable: nothing was written by the last attempt, and a
+    later attempt (the next pass, heartbeat or call) starts from a fresh read.
+
+    Attributes:
+        record: the record that kept changing (e.g. ``"resource 'eea1'"``), or ``""``
+            when rebuilt from a reply.
+        attempts: how many attempts were made (0 when rebuilt from a reply).
+    """
+
+    def __init__(
+        self,
+        value: str = "",
+        *,
+        traceback: str | None = None,
+        record: str = "",
+        attempts: int = 0,
+    ) -> None:
+        super().__init__(value, traceback=traceback)
+        self.record = record
+        self.attempts = attempts
+
+
 class RemoteError(DashiError):
     """A remote handler failed with an error that has no wire type of its own.
 
@@ -151,5 +183,5 @@ KNOWN_REQUEST_ERRORS: dict[str, type[RequestError]] = {
 #: Wire subtype name -> class: errors sent as their known base's type with a
 #: ``subtype`` member (see the module docstring).
 REQUEST_ERROR_SUBTYPES: dict[str, type[RequestError]] = {
-    cls.__name__: cls for cls in (ReplyTooLargeError,)
+    cls.__name__: cls for cls in (ReplyTooLargeError, WriteRetriesExhaustedError)
 }

@@ -47,14 +47,12 @@ before the service first consumes makes :meth:`RpcService.start` fail at once.
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import inspect
 import logging
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +70,7 @@ from dashi.errors import (
     TransportError,
     UnknownOperationError,
 )
+from dashi.gcpause import collector_paused
 from dashi.protocol import (
     HEADER_REPLY_TO,
     HEADER_SENDER,
@@ -419,7 +418,7 @@ class RpcService:
         reply_to = headers.get(HEADER_REPLY_TO)
         one_way = not (isinstance(reply_to, str) and reply_to)
         if op in self._large_replies:
-            with _collector_paused():
+            with collector_paused():
                 reply = self.dispatch(body, headers, request_id, one_way=one_way)
                 self._reply(message, producer, headers, reply, op)
         else:
@@ -588,29 +587,6 @@ def _confirm_publishes(channel: Any) -> None:
     confirming = getattr(channel, "basic_publish_confirm", None)
     if confirming is not None:
         channel.basic_publish = confirming
-
-
-_pause_lock = threading.Lock()
-_pauses = 0  # the collector is process-wide: so is the count of threads pausing it
-_resume = False
-
-
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector; it resumes when the last pausing thread is done."""
-    global _pauses, _resume
-    with _pause_lock:
-        if _pauses == 0:
-            _resume = gc.isenabled()
-            gc.disable()
-        _pauses += 1
-    try:
-        yield
-    finally:
-        with _pause_lock:
-            _pauses -= 1
-            if _pauses == 0 and _resume:
-                gc.enable()
 
 
 def _describe_validation(exc: ValidationError) -> str:

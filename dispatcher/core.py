@@ -11,7 +11,8 @@ The core is synchronous and stateless apart from the store: it runs on every RPC
 worker thread at once. Concurrent writers are reconciled with the store's
 optimistic versions: each operation re-reads and re-decides on
 :class:`~dashi.errors.WriteConflictError`, up to
-:data:`~dispatcher.transitions.WRITE_CONFLICT_RETRIES` times, then gives up with
+:data:`~dispatcher.store.modify.WRITE_ATTEMPTS` times
+(:func:`~dispatcher.store.modify.retry_conflicts`), then gives up with
 ``BadRequestError("process X could not be updated")`` as legacy did.
 
 Where this core deliberately differs from the legacy one:
@@ -30,13 +31,17 @@ Where this core deliberately differs from the legacy one:
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
-import time
-from collections.abc import Callable, Iterator
-from typing import Any, Final
+from collections.abc import Callable
+from typing import Any, Final, TypeVar
 
-from dashi.errors import BadRequestError, NotFoundError, WriteConflictError
+from dashi.errors import (
+    BadRequestError,
+    NotFoundError,
+    WriteConflictError,
+    WriteRetriesExhaustedError,
+)
+from dashi.gcpause import collector_paused
 from dashi.jsontree import tree_copy
 from dispatcher.messaging import Messenger
 from dispatcher.model import Definition, Process
@@ -53,13 +58,16 @@ from dispatcher.requests import (
     UpdateDefinitionRequest,
 )
 from dispatcher.store.base import Store
-from dispatcher.transitions import WRITE_CONFLICT_RETRIES, ProcessTransitions
+from dispatcher.store.modify import retry_conflicts
+from dispatcher.transitions import ProcessStateMachine
 from pdcommon.limits import DEFAULT_LIMITS, RequestLimits
 from pdcommon.states import ProcessState
 
 __all__ = ["LISTING_OPERATIONS", "RPC_OPERATIONS", "ProcessDispatcherCore"]
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 #: The operations served by :class:`ProcessDispatcherCore`, by method name.
 RPC_OPERATIONS: Final = (
@@ -84,24 +92,6 @@ LISTING_OPERATIONS: Final = frozenset({"describe_processes", "dump"})
 _TERMINAL: Final = frozenset(ProcessState.TERMINAL_STATES)
 
 
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector while a listing's records are converted.
-
-    ``describe_processes`` and ``dump`` build one dict tree per stored process
-    (100,000 and more); the collections their allocations trigger cost more than
-    the conversion itself, and the new objects hold no cycles.
-    """
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-
-
 class ProcessDispatcherCore:
     """Definition and process RPCs over a store.
 
@@ -111,15 +101,11 @@ class ProcessDispatcherCore:
 
     Args:
         store: where definitions, processes, the queue, resources and nodes live.
-        messenger: sends subscriber notifications and eeagent commands.
-        clock: returns the current time in epoch seconds.
+        messenger: sends eeagent commands.
+        transitions: the dispatcher's process state machine (the one writer of
+            process states), over the same store.
         limits: the depth and size limits of every argument (see
             :mod:`pdcommon.limits`).
-
-    Attributes:
-        transitions: the shared state-machine helpers (``process_change_state``,
-            ``process_next_round``, ``notify_process`` ...) bound to the same store,
-            messenger and clock, for the matchmaker, heartbeats and the doctor.
     """
 
     def __init__(
@@ -127,14 +113,13 @@ class ProcessDispatcherCore:
         store: Store,
         messenger: Messenger,
         *,
-        clock: Callable[[], float] = time.time,
+        transitions: ProcessStateMachine,
         limits: RequestLimits = DEFAULT_LIMITS,
     ) -> None:
         self.store = store
         self.messenger = messenger
-        self.clock = clock
         self.limits = limits
-        self.transitions = ProcessTransitions(store, messenger, clock=clock)
+        self.transitions = transitions
 
     # -- definitions ------------------------------------------------------------------
 
@@ -264,7 +249,7 @@ class ProcessDispatcherCore:
             self.limits, upid=upid, definition_id=definition_id, name=name
         )
         definition = self._get_definition(req.definition_id)
-        process = Process(upid=req.upid, definition=definition.to_dict(), name=req.name)
+        process = self.transitions.new_process(req.upid, definition.to_dict(), name=req.name)
         try:
             self.store.add_process(process)
             return process.summary()
@@ -346,14 +331,21 @@ class ProcessDispatcherCore:
         created = self._try_create(req)
         if created is not None:
             return created.summary()
-        for _ in range(WRITE_CONFLICT_RETRIES):
-            scheduled = self._try_schedule(req)
-            if scheduled is not None:
-                process, queued = scheduled
-                if not queued:
-                    self._enqueue_scheduled(process)
-                return process.summary()
-        raise BadRequestError(f"process {req.upid} could not be updated")
+        process, queued = self._retrying(req.upid, lambda: self._try_schedule(req))
+        if not queued:
+            self._enqueue_scheduled(process)
+        return process.summary()
+
+    def _retrying(self, upid: str, attempt: Callable[[], _T]) -> _T:
+        """Run an optimistic attempt on process ``upid`` until it does not conflict.
+
+        Raises:
+            BadRequestError: every attempt conflicted (the legacy error and message).
+        """
+        try:
+            return retry_conflicts(f"process {upid!r}", attempt)
+        except WriteRetriesExhaustedError as exc:
+            raise BadRequestError(f"process {upid} could not be updated") from exc
 
     def _try_create(self, req: ScheduleProcessRequest) -> Process | None:
         """Create the process, queued, if it is new; None if it exists (or no definition).
@@ -368,15 +360,18 @@ class ProcessDispatcherCore:
         definition = self.store.get_definition(req.definition_id)
         if definition is None:
             return None  # an existing process needs no definition; else NotFound there
-        process = _requested(req, definition)
+        process = self._requested(req, definition)
         try:
             self.store.add_process_queued(process)
         except WriteConflictError:
             return None
         return process
 
-    def _try_schedule(self, req: ScheduleProcessRequest) -> tuple[Process, bool] | None:
-        """One optimistic attempt of :meth:`schedule_process`; None on a write conflict.
+    def _try_schedule(self, req: ScheduleProcessRequest) -> tuple[Process, bool]:
+        """One optimistic attempt of :meth:`schedule_process`.
+
+        Raises:
+            WriteConflictError: a write lost a race (the attempt is made again).
 
         Returns:
             The process as scheduled, and whether its queue entry is written already.
@@ -386,11 +381,8 @@ class ProcessDispatcherCore:
         if process is None:
             if req.definition_id is None:
                 raise NotFoundError(f"process {req.upid} does not exist")
-            process = _requested(req, self._get_definition(req.definition_id))
-            try:
-                self.store.add_process_queued(process)
-            except WriteConflictError:
-                return None
+            process = self._requested(req, self._get_definition(req.definition_id))
+            self.store.add_process_queued(process)
             return process, True
 
         if process.state in _TERMINAL:
@@ -400,14 +392,7 @@ class ProcessDispatcherCore:
                     raise BadRequestError(
                         f"process {req.upid} exists with different definition_id '{stored_id}'"
                     )
-            else:
-                process.round += 1
-            process.state = ProcessState.REQUESTED
-            _apply(process, updates)
-            try:
-                self.store.update_process(process)
-            except WriteConflictError:
-                return None
+            process = self.transitions.reschedule(process, updates)
             return process, False
 
         # In play: an idempotent repeat of the request that put it there.
@@ -474,7 +459,8 @@ class ProcessDispatcherCore:
             The process dict.
         """
         req = RestartProcessRequest.parse(self.limits, upid=upid)
-        for _ in range(WRITE_CONFLICT_RETRIES):
+
+        def attempt() -> dict[str, Any]:
             process = self._get_process(req.upid)
             if process.state != ProcessState.RUNNING:
                 log.warning(
@@ -485,24 +471,23 @@ class ProcessDispatcherCore:
                 )
                 return process.summary()
             old_key = (process.upid, process.round)
-            restarted = process.copy()
-            restarted.state = ProcessState.PENDING
-            restarted.round += 1
-            try:
-                self.store.update_process(restarted)
-            except WriteConflictError:
-                continue
+            restarted = self.transitions.restart_in_place(process)
             if restarted.assigned is None:  # RUNNING implies assigned; be defensive
                 log.warning("process %s is RUNNING but not assigned: no agent to restart", upid)
                 return restarted.summary()
-            self.transitions.move_assignment(
-                restarted.assigned, old_key, (restarted.upid, restarted.round)
-            )
+            try:
+                self.transitions.move_assignment(
+                    restarted.assigned, old_key, (restarted.upid, restarted.round)
+                )
+            except WriteRetriesExhaustedError as exc:
+                # The agent's heartbeats put its slot list right (see dispatcher.heartbeats).
+                log.warning("restart of %s: %s; the agent's next heartbeat moves it", upid, exc)
             self.messenger.fire(
                 restarted.assigned, "restart_process", u_pid=restarted.upid, round=restarted.round
             )
             return restarted.summary()
-        raise BadRequestError(f"process {req.upid} could not be updated")
+
+        return self._retrying(req.upid, attempt)
 
     def terminate_process(self, upid: str) -> dict[str, Any]:
         """Terminate a process.
@@ -529,32 +514,25 @@ class ProcessDispatcherCore:
             The process dict.
         """
         req = TerminateProcessRequest.parse(self.limits, upid=upid)
-        for _ in range(WRITE_CONFLICT_RETRIES):
+
+        def attempt() -> dict[str, Any]:
             process = self._get_process(req.upid)
             if process.state in _TERMINAL:
                 return process.summary()
-            ended = process.copy()
+            ended = process
             if process.assigned is None:
-                ended.state = ProcessState.TERMINATED
-                try:
-                    self.store.update_process(ended)
-                except WriteConflictError:
-                    continue  # re-decide: it may have been assigned meanwhile
-                self.transitions.notify_process(ended)
+                # On a conflict, re-decide: it may have been assigned meanwhile.
+                ended = self.transitions.terminate_unassigned(process)
                 self.transitions.dequeue_all(ended.upid, ended.round)
                 return ended.summary()
             if process.state < ProcessState.TERMINATING:
-                ended.state = ProcessState.TERMINATING
-                try:
-                    self.store.update_process(ended)
-                except WriteConflictError:
-                    continue
-                self.transitions.notify_process(ended)
+                ended = self.transitions.begin_terminating(process)
             self.messenger.fire(
                 process.assigned, "terminate_process", u_pid=ended.upid, round=ended.round
             )
             return ended.summary()
-        raise BadRequestError(f"process {req.upid} could not be updated")
+
+        return self._retrying(req.upid, attempt)
 
     # -- dispatcher-wide ----------------------------------------------------------------
 
@@ -584,7 +562,8 @@ class ProcessDispatcherCore:
         resources, processes = self.store.list_resources(), self.store.list_process_dicts()
         nodes, vms = self.store.list_nodes(), self.store.list_vms()
         set_aside = self.store.list_set_aside()
-        with _gc_paused():
+        # One dict tree per stored process (100,000 and more), without cycles.
+        with collector_paused():
             dumped: dict[str, dict[str, dict[str, Any]]] = {
                 "resources": {r.resource_id: r.to_dict() for r in resources},
                 "processes": {p["upid"]: p for p in processes},
@@ -596,6 +575,12 @@ class ProcessDispatcherCore:
         return dumped
 
     # -- helpers ----------------------------------------------------------------------
+
+    def _requested(self, req: ScheduleProcessRequest, definition: Definition) -> Process:
+        """A new process for ``req``, in ``200-REQUESTED`` at round 0."""
+        return self.transitions.new_process(
+            req.upid, definition.to_dict(), requested=True, **req.updates()
+        )
 
     def _get_definition(self, definition_id: str) -> Definition:
         definition = self.store.get_definition(definition_id)
@@ -618,18 +603,6 @@ def _definition(req: CreateDefinitionRequest) -> Definition:
         name=req.name,
         description=req.description,
     )
-
-
-def _requested(req: ScheduleProcessRequest, definition: Definition) -> Process:
-    """A new process for ``req``, in ``200-REQUESTED`` at round 0."""
-    process = Process(upid=req.upid, definition=definition.to_dict(), state=ProcessState.REQUESTED)
-    _apply(process, req.updates())
-    return process
-
-
-def _apply(process: Process, updates: dict[str, Any]) -> None:
-    for key, value in updates.items():
-        setattr(process, key, value)
 
 
 def _check_same_creation(existing: Process, definition_id: str, name: str | None) -> None:

@@ -41,10 +41,11 @@ from collections.abc import Callable
 from typing import Final
 
 from dispatcher.engines import EngineRegistry
-from dispatcher.heartbeats import HeartbeatHandler
+from dispatcher.evacuation import Evacuation
 from dispatcher.messaging import Messenger
 from dispatcher.monitor import ResourceMonitor
 from dispatcher.store.base import Store
+from dispatcher.transitions import ProcessStateMachine
 from pdcommon.states import ProcessDispatcherState, ProcessState
 
 __all__ = ["Doctor"]
@@ -84,8 +85,9 @@ class Doctor:
         store: where everything lives.
         messenger: sends subscriber notifications.
         engines: the engines (heartbeat thresholds per engine).
-        heartbeats: the heartbeat handler, whose transitions and evacuation the
-            doctor shares.
+        transitions: the dispatcher's process state machine.
+        evacuation: moves the processes of lost agents on (the one the heartbeat
+            handler's registration uses).
         monitor: run the heartbeat monitor (``monitor_resource_heartbeats``).
         clock: returns the current time in epoch seconds.
         boot_poll_interval: see :data:`DEFAULT_BOOT_POLL_INTERVAL`.
@@ -98,8 +100,9 @@ class Doctor:
         store: Store,
         messenger: Messenger,
         engines: EngineRegistry,
-        heartbeats: HeartbeatHandler,
         *,
+        transitions: ProcessStateMachine,
+        evacuation: Evacuation,
         monitor: bool = True,
         clock: Callable[[], float] = time.time,
         boot_poll_interval: float = DEFAULT_BOOT_POLL_INTERVAL,
@@ -114,8 +117,8 @@ class Doctor:
         self.boot_poll_interval = boot_poll_interval
         self.error_retry = error_retry
         self.min_pass_interval = min_pass_interval
-        self.transitions = heartbeats.transitions
-        self.evacuation = heartbeats.evacuation
+        self.transitions = transitions
+        self.evacuation = evacuation
         self.resource_monitor = ResourceMonitor(store, engines, self.evacuation, clock=clock)
         self._lock = threading.RLock()
         self._wake = threading.Event()

@@ -28,11 +28,11 @@ import contextlib
 import logging
 from collections.abc import Iterable
 
-from dashi.errors import NotFoundError, WriteConflictError
+from dashi.errors import NotFoundError, WriteRetriesExhaustedError
 from dispatcher.model import Node, Process, Resource
 from dispatcher.store.base import Store
-from dispatcher.store.modify import modify
-from dispatcher.transitions import ProcessTransitions, process_should_restart
+from dispatcher.store.modify import modify, retry_conflicts
+from dispatcher.transitions import ProcessStateMachine, process_should_restart
 from pdcommon.states import ExecutionResourceState, ProcessState
 
 __all__ = ["Evacuation", "release_node_exclusive"]
@@ -44,7 +44,9 @@ def release_node_exclusive(store: Store, node_id: str, tags: Iterable[str]) -> N
     """Remove one occurrence of each of ``tags`` from a node's ``node_exclusive`` list.
 
     Retries on write conflict; a node that is gone is left alone (its tags went
-    with it).
+    with it). Should every attempt lose its race, the tags stay on the node and
+    this is logged at ERROR naming them (the caller carries on: its other writes
+    are not held back by one contended node).
 
     Args:
         store: where the node lives.
@@ -65,7 +67,12 @@ def release_node_exclusive(store: Store, node_id: str, tags: Iterable[str]) -> N
         node.node_exclusive = remaining
         return True
 
-    modify(lambda: store.get_node(node_id), store.update_node, release)
+    try:
+        modify(
+            lambda: store.get_node(node_id), store.update_node, release, record=f"node {node_id!r}"
+        )
+    except WriteRetriesExhaustedError as exc:
+        log.error("node_exclusive tags %s not released: %s", wanted, exc)
 
 
 class Evacuation:
@@ -79,7 +86,7 @@ class Evacuation:
         transitions: the guarded, notifying process writes.
     """
 
-    def __init__(self, store: Store, transitions: ProcessTransitions) -> None:
+    def __init__(self, store: Store, transitions: ProcessStateMachine) -> None:
         self.store = store
         self.transitions = transitions
 
@@ -95,23 +102,25 @@ class Evacuation:
             resource_id: the eeagent.
             state: an :class:`~pdcommon.states.ExecutionResourceState`.
 
+        Raises:
+            WriteRetriesExhaustedError: every write attempt lost its race.
+
         Returns:
             The resource as stored afterwards, or ``None`` if it does not exist.
         """
-        while True:
+
+        def attempt() -> Resource | None:
             resource = self.store.get_resource(resource_id)
-            if resource is None:
-                return None
-            if resource.state in (state, ExecutionResourceState.DISABLED):
+            if resource is None or resource.state in (state, ExecutionResourceState.DISABLED):
                 return resource
             resource.state = state
             try:
                 self.store.update_resource(resource)
-            except WriteConflictError:
-                continue
             except NotFoundError:
                 return None
             return resource
+
+        return retry_conflicts(f"resource {resource_id!r}", attempt)
 
     def evacuate_resource(
         self,
@@ -202,7 +211,12 @@ class Evacuation:
             resource.assigned = remaining
             return True
 
-        modify(lambda: self.store.get_resource(resource_id), self.store.update_resource, release)
+        modify(
+            lambda: self.store.get_resource(resource_id),
+            self.store.update_resource,
+            release,
+            record=f"resource {resource_id!r}",
+        )
 
     def retire_resource(
         self,

@@ -13,8 +13,11 @@ engine (:mod:`dispatcher.registration`). Its process list is not processed
 (legacy); the next heartbeat is.
 
 **Later heartbeats**: ``last_heartbeat`` moves forward only (a future
-timestamp counts as now), and each reported ``(upid, round, state)`` is answered by
-the rules below, where *alive* means a reported state below ``700-TERMINATED``:
+timestamp counts as now, one before year 1 in UTC as the earliest time), and each
+reported ``(upid, round, state)`` is answered by the rules below, where *alive*
+means a reported state below ``700-TERMINATED``. The rules are the pure function
+:func:`dispatcher.heartbeat_decision.decide`; this handler applies its decisions
+through the state machine (:class:`~dispatcher.transitions.ProcessStateMachine`):
 
 ====================================================  =======================================
 report                                                outcome
@@ -46,6 +49,11 @@ written, and the resource's ``assigned`` list keeps only ``(upid, round)`` entri
 whose process is still in that round and below ``700-TERMINATED``: that frees the
 slots. An entry missing for a process this agent runs in its current round (a
 ``restart_process`` racing with this heartbeat) is put back.
+
+Every write is optimistic and gives up after
+:data:`~dispatcher.store.modify.WRITE_ATTEMPTS` lost races: a process whose record
+kept changing is left as stored (logged) and the rest of the heartbeat applied; the
+agent reports it again in its next heartbeat, which applies it then.
 
 Where this differs from the legacy handling, deliberately:
 
@@ -90,18 +98,20 @@ from dashi.errors import (
     NotFoundError,
     TransportError,
     WriteConflictError,
+    WriteRetriesExhaustedError,
 )
 from dispatcher.engines import EngineRegistry
-from dispatcher.evacuation import Evacuation, release_node_exclusive
+from dispatcher.evacuation import release_node_exclusive
+from dispatcher.heartbeat_decision import Action, Reason, decide, ending
 from dispatcher.messaging import Messenger
 from dispatcher.model import Process, Resource
 from dispatcher.process_logs import DEFAULT_LOGS_TIMEOUT, AgentCaller, ProcessLogs
 from dispatcher.registration import Registration
 from dispatcher.store.base import Store
+from dispatcher.store.modify import retry_conflicts
 from dispatcher.transitions import (
     WRITE_CONFLICT_RETRIES,
-    ProcessTransitions,
-    process_should_restart,
+    ProcessStateMachine,
 )
 from pdcommon.heartbeat_messages import (
     HeartbeatMessage,
@@ -123,11 +133,6 @@ RPC_OPERATIONS: Final = (
     "list_engines",
     "get_process_logs",
 )
-
-_IN_PLAY: Final = frozenset({ProcessState.ASSIGNED, ProcessState.PENDING, ProcessState.RUNNING})
-_STARTED: Final = frozenset({ProcessState.ASSIGNED, ProcessState.PENDING})
-_ALIVE_REPORTS: Final = frozenset({ProcessState.PENDING, ProcessState.RUNNING})
-_END_REPORTS: Final = frozenset({ProcessState.TERMINATED, ProcessState.FAILED, ProcessState.EXITED})
 
 
 @dataclass
@@ -157,6 +162,9 @@ class HeartbeatHandler:
         messenger: sends subscriber notifications and eeagent commands.
         engines: the engines this dispatcher knows; ``add_engine`` extends it, and
             engines another instance added are merged in from the store on demand.
+        transitions: the dispatcher's process state machine.
+        registration: records nodes and first heartbeats (its evacuation is the
+            doctor's).
         caller: calls eeagents (``get_process_logs``); an RPC client.
         logs_timeout: seconds ``get_process_logs`` waits for the agent.
         clock: returns the current time in epoch seconds.
@@ -167,9 +175,6 @@ class HeartbeatHandler:
 
     Attributes:
         process_logs: serves ``get_process_logs``.
-        transitions: the guarded process writes (shared with the doctor).
-        evacuation: moves the processes of lost agents on (shared with the doctor).
-        registration: records nodes and first heartbeats.
     """
 
     def __init__(
@@ -178,6 +183,8 @@ class HeartbeatHandler:
         messenger: Messenger,
         engines: EngineRegistry,
         *,
+        transitions: ProcessStateMachine,
+        registration: Registration,
         caller: AgentCaller | None = None,
         logs_timeout: float = DEFAULT_LOGS_TIMEOUT,
         clock: Callable[[], float] = time.time,
@@ -191,9 +198,8 @@ class HeartbeatHandler:
         self.engines = engines
         self.clock = clock
         self.process_logs = ProcessLogs(store, caller, timeout=logs_timeout)
-        self.transitions = ProcessTransitions(store, messenger, clock=clock)
-        self.evacuation = Evacuation(store, self.transitions)
-        self.registration = Registration(store, engines, self.evacuation, clock=clock)
+        self.transitions = transitions
+        self.registration = registration
 
     # -- heartbeat ----------------------------------------------------------------------
 
@@ -216,8 +222,7 @@ class HeartbeatHandler:
         except BadRequestError as exc:
             log.warning("dropping heartbeat from %s: %s", reprlib.repr(sender), exc)
             raise
-        now = datetime.fromtimestamp(self.clock(), UTC)
-        stamp = min(beat.timestamp, now).astimezone(UTC)
+        stamp = _stamp(beat.timestamp, datetime.fromtimestamp(self.clock(), UTC))
         resource = self.store.get_resource(resource_id)
         if resource is None:
             self.registration.register_agent(resource_id, beat.node_id, stamp)
@@ -228,7 +233,11 @@ class HeartbeatHandler:
         """A heartbeat of a known agent."""
         result = _Beat()
         for reported in beat.processes:
-            self._apply(resource.resource_id, reported, result)
+            try:
+                self._apply(resource.resource_id, reported, result)
+            except WriteRetriesExhaustedError as exc:
+                # Nothing was written for it: the agent reports it again next time.
+                log.warning("heartbeat of %s: %s; the next one retries", resource.resource_id, exc)
         if result.tags:
             # Before the resource write: the matchmaker, woken by it, may place a
             # process waiting for one of these tags.
@@ -266,33 +275,22 @@ class HeartbeatHandler:
             return True
 
     def _apply(self, resource_id: str, reported: ReportedProcess, result: _Beat) -> None:
-        """Decide what one reported process means (the table in the module docstring)."""
+        """Apply what one reported process means (:func:`~dispatcher.heartbeat_decision.decide`)."""
         upid, round_, state = reported.upid, reported.round, reported.state
-        alive = state < ProcessState.TERMINATED
-        answer = "terminate_process" if alive else "cleanup"
         process = self.store.get_process(upid)
-        if process is None or round_ > process.round:
+        decision = decide(process, resource_id, round_, state)
+        if decision.reason is Reason.UNKNOWN:
             log.warning(
                 "eeagent %s holds %s round %d (%s), unknown to the dispatcher: %s",
                 resource_id,
                 upid,
                 round_,
                 state,
-                answer,
+                decision.order,
             )
-            result.orders.append((answer, upid, round_))
-            return
-        result.processes[upid] = process
-        if round_ < process.round:
-            if alive and process.state == ProcessState.PENDING and process.assigned == resource_id:
-                log.debug("%s round %d still reported during its restart", upid, round_)
-                return
-            result.orders.append((answer, upid, round_))
-            return
-        if state == process.state and not alive:
-            result.orders.append(("cleanup", upid, round_))  # a repeat until cleaned up
-            return
-        if process.assigned != resource_id:
+        elif decision.reason is Reason.RESTARTING:
+            log.debug("%s round %d still reported during its restart", upid, round_)
+        elif decision.reason is Reason.OTHER_AGENT and process is not None:
             log.warning(
                 "eeagent %s reports %s round %d %s, but the process is %s on %s: %s",
                 resource_id,
@@ -301,18 +299,9 @@ class HeartbeatHandler:
                 state,
                 process.state,
                 process.assigned,
-                answer,
+                decision.order,
             )
-            result.orders.append((answer, upid, round_))
-            return
-        if state == process.state:
-            result.placed.append((upid, round_))
-            return
-        if state in _END_REPORTS:
-            self._end(process, state, result)
-            result.orders.append(("cleanup", upid, round_))
-            return
-        if state in _ALIVE_REPORTS and process.state >= ProcessState.TERMINATING:
+        elif decision.reason is Reason.TERMINATING and process is not None:
             log.info(
                 "eeagent %s reports %s round %d %s, but the process is %s: terminate_process",
                 resource_id,
@@ -321,12 +310,24 @@ class HeartbeatHandler:
                 state,
                 process.state,
             )
-            result.orders.append(("terminate_process", upid, round_))
-        elif state in _ALIVE_REPORTS and process.state in _STARTED:
+        if process is None or not decision.known:
+            if decision.order is not None:
+                result.orders.append((decision.order, upid, round_))
+            return
+        result.processes[upid] = process
+        if decision.reason is Reason.END:
+            self._end(process, state, result)
+        elif decision.action is Action.ADVANCE:
             process, _ = self.transitions.process_change_state(process, state)
             result.processes[upid] = process
             self.transitions.dequeue_all(upid, round_)
-        if process.round == round_ and process.state < ProcessState.TERMINATED:
+        if decision.order is not None:
+            result.orders.append((decision.order, upid, round_))
+        if (
+            decision.holds_slot
+            and process.round == round_
+            and process.state < ProcessState.TERMINATED
+        ):
             result.placed.append((upid, round_))
 
     def _end(self, process: Process, reported: str, result: _Beat) -> None:
@@ -334,17 +335,17 @@ class HeartbeatHandler:
         round_ = process.round
         for _ in range(WRITE_CONFLICT_RETRIES):
             before = process.state
-            if before == ProcessState.TERMINATING:
+            action = ending(process, reported)
+            if action is Action.TERMINATED:
                 process, written = self.transitions.process_change_state(
                     process, ProcessState.TERMINATED, assigned=None
                 )
-            elif before in _IN_PLAY:
-                if process_should_restart(process, reported):
-                    process, written = self.transitions.process_next_round(process)
-                else:
-                    process, written = self.transitions.process_change_state(
-                        process, reported, assigned=None
-                    )
+            elif action is Action.NEXT_ROUND:
+                process, written = self.transitions.process_next_round(process)
+            elif action is Action.ENDED:
+                process, written = self.transitions.process_change_state(
+                    process, reported, assigned=None
+                )
             else:
                 return  # already ended (or never started): nothing to record
             result.processes[process.upid] = process
@@ -358,7 +359,9 @@ class HeartbeatHandler:
     def _write_resource(self, resource: Resource, stamp: datetime, result: _Beat) -> None:
         """Move ``last_heartbeat`` forward and free the slots of ended processes."""
         fresh = False
-        for _ in range(WRITE_CONFLICT_RETRIES):
+
+        def attempt() -> None:
+            nonlocal resource, fresh
             last = _later(resource.last_heartbeat, stamp)
             assigned = self._rebuild(resource, result, fresh)
             if last == resource.last_heartbeat and assigned == resource.assigned:
@@ -366,16 +369,21 @@ class HeartbeatHandler:
             resource.last_heartbeat, resource.assigned = last, assigned
             try:
                 self.store.update_resource(resource)
-                return
-            except WriteConflictError:
-                pass
             except NotFoundError:
                 return  # evacuated meanwhile
-            current = self.store.get_resource(resource.resource_id)
-            if current is None:
-                return
-            resource, fresh = current, True
-        log.warning("eeagent %s kept changing: the next heartbeat updates it", resource.resource_id)
+            except WriteConflictError:
+                current = self.store.get_resource(resource.resource_id)
+                if current is None:
+                    return
+                resource, fresh = current, True
+                raise
+
+        try:
+            retry_conflicts(f"resource {resource.resource_id!r}", attempt)
+        except WriteRetriesExhaustedError:
+            log.warning(
+                "eeagent %s kept changing: the next heartbeat updates it", resource.resource_id
+            )
 
     def _rebuild(self, resource: Resource, result: _Beat, fresh: bool) -> list[tuple[str, int]]:
         """The ``assigned`` list after this heartbeat (see the module docstring)."""
@@ -485,6 +493,29 @@ class HeartbeatHandler:
         arguments and errors.
         """
         return self.process_logs.get_process_logs(upid, stream, tail_bytes)
+
+
+#: The earliest time a heartbeat can carry once in UTC.
+_EARLIEST: Final = datetime.min.replace(tzinfo=UTC)
+
+
+def _stamp(reported: datetime, now: datetime) -> datetime:
+    """A heartbeat's time in UTC, clamped to what can be stored.
+
+    A time in the future counts as ``now``; a time before the first instant of
+    year 1 in UTC (``0001-01-01T00:30:00+01:00``: its UTC conversion would leave
+    the calendar) counts as that first instant, like any other very old time:
+    it never moves ``last_heartbeat`` backwards.
+
+    Args:
+        reported: the message's timestamp (aware).
+        now: the current time (aware, UTC).
+    """
+    if reported >= now:
+        return now
+    if reported <= _EARLIEST:
+        return _EARLIEST
+    return reported.astimezone(UTC)
 
 
 def _later(stored: str | None, stamp: datetime) -> str:

@@ -60,8 +60,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from dashi.errors import NotFoundError, WriteConflictError
+from dashi.errors import NotFoundError, WriteRetriesExhaustedError
 from dispatcher.engines import EngineRegistry
+from dispatcher.evacuation import release_node_exclusive
 from dispatcher.launcher import DispatchRetries, fire_launch
 from dispatcher.messaging import Messenger
 from dispatcher.model import Node, Process, Resource
@@ -81,9 +82,9 @@ from dispatcher.placement import (
 from dispatcher.setaside import INFRASTRUCTURE_ERRORS, SetAside, describe_error, release_slot
 from dispatcher.store.base import Store
 from dispatcher.store.batch import batch_writer
-from dispatcher.store.modify import modify
+from dispatcher.store.modify import modify, retry_conflicts
 from dispatcher.terminates import TerminateRetries
-from dispatcher.transitions import ProcessTransitions
+from dispatcher.transitions import Assignment, ProcessStateMachine
 from pdcommon.limits import DEFAULT_MAX_DEPTH
 from pdcommon.states import ProcessDispatcherState, ProcessState
 
@@ -145,6 +146,8 @@ class Matchmaker:
             (:mod:`dispatcher.terminates`); ``None`` or ``0`` disables retries.
         registrar: receives the engines' needs after each complete pass; ``None``
             when nothing is provisioned.
+        transitions: the dispatcher's process state machine (writes every
+            assignment and queueing decision).
         clock: returns the current time in epoch seconds.
         poll_interval: seconds between looks for other instances' writes.
         error_retry: seconds before retrying after an unexpected error.
@@ -158,6 +161,7 @@ class Matchmaker:
         messenger: Messenger,
         engines: EngineRegistry,
         *,
+        transitions: ProcessStateMachine,
         run_type: str = "supd",
         restart_throttling_config: dict[str, Any] | None = None,
         dispatch_retry_seconds: float | None = None,
@@ -179,7 +183,7 @@ class Matchmaker:
         self.poll_interval = poll_interval
         self.error_retry = error_retry
         self.max_depth = max_depth
-        self.transitions = ProcessTransitions(store, messenger, clock=clock)
+        self.transitions = transitions
         self._writer = batch_writer(store)
         self._wake = threading.Event()
         self._lock = threading.Lock()
@@ -420,20 +424,19 @@ class Matchmaker:
             if tag is not None:
                 self._add_tag(decision.node_id, str(tag), nodes)
         # 3. processes
-        candidates = []
-        for decision in kept:
-            process = processes[decision.upid]
-            resource = resources[decision.resource_id]
-            candidate = _copy_process(process)
-            candidate.state = ProcessState.ASSIGNED
-            candidate.assigned = decision.resource_id
-            candidate.hostname = (resource.properties or {}).get("hostname")
-            candidate.dispatches += 1
-            candidate.dispatch_times.append(now)
-            candidates.append(candidate)
-        outcomes = self._writer.update_many(candidates) if candidates else []
+        outcomes = self.transitions.assign_many(
+            [
+                Assignment(
+                    processes[decision.upid],
+                    decision.resource_id,
+                    (resources[decision.resource_id].properties or {}).get("hostname"),
+                    now,
+                )
+                for decision in kept
+            ]
+        )
         placed: list[Key] = []
-        for decision, candidate, ok in zip(kept, candidates, outcomes, strict=True):
+        for decision, (candidate, ok) in zip(kept, outcomes, strict=True):
             key = (decision.upid, decision.round)
             if not ok:
                 retried = self._retry_assign(candidate)
@@ -459,8 +462,13 @@ class Matchmaker:
         return placed
 
     def _retry_assign(self, candidate: Process) -> Process | None:
-        """Write an assignment whose batched write lost a race, if still valid."""
-        while True:
+        """Write an assignment whose batched write lost a race, if still valid.
+
+        None when the process moved on, or kept changing for every attempt: the
+        assignment is then backed out and its queue entry planned again next pass.
+        """
+
+        def attempt() -> Process | None:
             fresh = self.store.get_process(candidate.upid)
             if (
                 fresh is None
@@ -469,19 +477,20 @@ class Matchmaker:
                 or fresh.state < ProcessState.REQUESTED
             ):
                 return None
-            retry = _copy_process(fresh)
-            retry.state = ProcessState.ASSIGNED
-            retry.assigned = candidate.assigned
-            retry.hostname = candidate.hostname
-            retry.dispatches += 1
-            retry.dispatch_times.append(candidate.dispatch_times[-1])
+            assignment = Assignment(
+                fresh, str(candidate.assigned), candidate.hostname, candidate.dispatch_times[-1]
+            )
             try:
-                self.store.update_process(retry)
-            except WriteConflictError:
-                continue
+                retry = self.transitions.assign(assignment)
             except NotFoundError:
                 return None
             return retry
+
+        try:
+            return retry_conflicts(f"process {candidate.upid!r}", attempt)
+        except WriteRetriesExhaustedError as exc:
+            log.warning("%s: backed out, planned again next pass", exc)
+            return None
 
     def _add_tag(self, node_id: str, tag: str, nodes: dict[str, Node]) -> None:
         def add(node: Node) -> bool:
@@ -490,23 +499,21 @@ class Matchmaker:
             node.node_exclusive.append(tag)
             return True
 
-        written = modify(lambda: self.store.get_node(node_id), self.store.update_node, add)
+        written = modify(
+            lambda: self.store.get_node(node_id),
+            self.store.update_node,
+            add,
+            record=f"node {node_id!r}",
+        )
         if written is not None:
             nodes[node_id] = written
 
     def _back_out(self, decision: Assign, tag: str | None) -> None:
         """Undo the slot (and tag) of an assignment whose process moved on."""
         key = (decision.upid, decision.round)
-
-        def untag(node: Node) -> bool:
-            if str(tag) not in node.node_exclusive:
-                return False
-            node.node_exclusive.remove(str(tag))
-            return True
-
         release_slot(self.store, decision.resource_id, key)
         if tag is not None:
-            modify(lambda: self.store.get_node(decision.node_id), self.store.update_node, untag)
+            release_node_exclusive(self.store, decision.node_id, [tag])
         self._dirty = True  # the freed slot may suit a waiting process
         with self._lock:
             self._clear_stale()
@@ -682,7 +689,3 @@ def _copy_resource(resource: Resource) -> Resource:
         last_heartbeat=resource.last_heartbeat,
         version=resource.version,
     )
-
-
-def _copy_process(process: Process) -> Process:
-    return process.copy()

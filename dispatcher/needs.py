@@ -39,11 +39,12 @@ from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequenc
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from dashi.errors import NotFoundError, WriteConflictError
+from dashi.errors import NotFoundError
 from dispatcher.engines import EngineRegistry
 from dispatcher.model import Node, Resource
 from dispatcher.provisioner.base import VMState
 from dispatcher.store.base import Store
+from dispatcher.store.modify import retry_conflicts
 from pdcommon.settings import EngineSettings
 from pdcommon.states import ExecutionResourceState
 
@@ -429,20 +430,19 @@ class NeedRegistrar:
 
     def _disable(self, resource_id: str) -> Resource | None:
         """Set a resource DISABLED (absorbing); the record as written, or None if gone."""
-        while True:
+
+        def attempt() -> Resource | None:
             resource = self._store.get_resource(resource_id)
-            if resource is None:
-                return None
-            if resource.state == ExecutionResourceState.DISABLED:
+            if resource is None or resource.state == ExecutionResourceState.DISABLED:
                 return resource
             resource.state = ExecutionResourceState.DISABLED
             try:
                 self._store.update_resource(resource)
-            except WriteConflictError:
-                continue
             except NotFoundError:
                 return None
             return resource
+
+        return retry_conflicts(f"resource {resource_id!r}", attempt)
 
 
 def _replace_need(need: EngineNeed, held: int) -> EngineNeed:

@@ -28,6 +28,7 @@ from dispatcher.engines import EngineRegistry, engine_id_from_domain
 from dispatcher.evacuation import Evacuation
 from dispatcher.model import Node, Resource
 from dispatcher.store.base import Store
+from dispatcher.store.modify import retry_conflicts
 from pdcommon.settings import EngineSettings
 from pdcommon.states import ExecutionResourceState
 
@@ -161,18 +162,26 @@ class Registration:
         )
 
     def _add_to_node(self, node: Node, resource_id: str) -> Node | None:
-        """Add ``resource_id`` to ``node.resources`` (conflict-retry); None if it went."""
+        """Add ``resource_id`` to ``node.resources`` (conflict-retry); None if it went.
+
+        Raises:
+            WriteRetriesExhaustedError: every write attempt lost its race; nothing
+                is registered, and the agent's next heartbeat registers it.
+        """
         current: Node | None = node
-        while current is not None:
-            if resource_id in current.resources:
+
+        def attempt() -> Node | None:
+            nonlocal current
+            if current is None or resource_id in current.resources:
                 return current
             current.resources.append(resource_id)
             try:
                 self.store.update_node(current)
             except WriteConflictError:
                 current = self.store.get_node(node.node_id)
-                continue
+                raise
             except NotFoundError:
                 return None
             return current
-        return None
+
+        return retry_conflicts(f"node {node.node_id!r}", attempt)

@@ -36,6 +36,7 @@ from dispatcher.core import LISTING_OPERATIONS, ProcessDispatcherCore
 from dispatcher.core import RPC_OPERATIONS as CORE_OPERATIONS
 from dispatcher.doctor import Doctor
 from dispatcher.engines import EngineRegistry
+from dispatcher.evacuation import Evacuation
 from dispatcher.heartbeat_intake import HeartbeatIntake
 from dispatcher.heartbeats import RPC_OPERATIONS as HEALTH_OPERATIONS
 from dispatcher.heartbeats import HeartbeatHandler
@@ -45,8 +46,10 @@ from dispatcher.messaging import Messenger
 from dispatcher.needs import NeedRegistrar, NeedSink
 from dispatcher.provisioner.base import SupervisordStopper
 from dispatcher.provisioner.manager import Provisioner
+from dispatcher.registration import Registration
 from dispatcher.replay import REPLAYED_OPERATIONS, RequestReplay
 from dispatcher.store.base import Store
+from dispatcher.transitions import ProcessStateMachine
 from pdcommon.errors import ConfigError
 from pdcommon.settings import Settings
 from pdcommon.wire import broker_config, message_signer, signature_verifier
@@ -88,12 +91,12 @@ def _provisioner(
     settings: Settings,
     store: Store,
     engines: EngineRegistry,
-    heartbeats: HeartbeatHandler,
+    registration: Registration,
     stop_supervisord: SupervisordStopper | None = None,
 ) -> Provisioner | None:
     """The provisioner, unless every site is ``static``."""
     provisioner = Provisioner.from_settings(
-        settings, store, engines, heartbeats.registration, stop_supervisord=stop_supervisord
+        settings, store, engines, registration, stop_supervisord=stop_supervisord
     )
     if not any(getattr(site.driver, "provisions", True) for site in provisioner.sites.values()):
         provisioner.close()
@@ -220,15 +223,23 @@ class DispatcherService:
             # set, every message this client sends is signed.
             client = RpcClient(broker, service_name, signer=message_signer(settings))
             messenger = RpcMessenger(client)
-            core = ProcessDispatcherCore(store, messenger, limits=pd.limits)
+            # The one writer of process states, shared by every component below.
+            transitions = ProcessStateMachine(store, messenger)
+            evacuation = Evacuation(store, transitions)
+            registration = Registration(store, engines, evacuation)
+            core = ProcessDispatcherCore(
+                store, messenger, transitions=transitions, limits=pd.limits
+            )
             heartbeats = HeartbeatHandler(
                 store,
                 messenger,
                 engines,
+                transitions=transitions,
+                registration=registration,
                 caller=client,
                 cleanup_resend_seconds=pd.dispatch_retry_seconds,
             )
-            provisioner = _provisioner(settings, store, engines, heartbeats, stop_supervisord)
+            provisioner = _provisioner(settings, store, engines, registration, stop_supervisord)
             sink = need_sink if need_sink is not None else provisioner
 
             def grace(engine_id: str) -> float:
@@ -241,6 +252,7 @@ class DispatcherService:
                 store,
                 launch_messenger(messenger) if launch_messenger is not None else messenger,
                 engines,
+                transitions=transitions,
                 run_type=pd.launch_type,
                 restart_throttling_config=pd.restart_throttling_config,
                 dispatch_retry_seconds=pd.dispatch_retry_seconds,
@@ -248,7 +260,12 @@ class DispatcherService:
                 max_depth=pd.limits.max_depth,
             )
             doctor = Doctor(
-                store, messenger, engines, heartbeats, monitor=pd.monitor_resource_heartbeats
+                store,
+                messenger,
+                engines,
+                transitions=transitions,
+                evacuation=evacuation,
+                monitor=pd.monitor_resource_heartbeats,
             )
             rpc = RpcService(broker, service_name, workers=pd.rpc_workers)
         except BaseException:

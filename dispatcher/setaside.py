@@ -12,8 +12,8 @@ launching raise. :class:`SetAside` takes such a record out of the way:
   store, where ``dump`` shows it under ``set_aside``; the reason is also logged.
 
 A failure of the infrastructure (:data:`INFRASTRUCTURE_ERRORS`: the database or
-the broker) is not the record's fault: it propagates, and the whole pass is
-retried. Should setting a record aside itself fail otherwise, its entry is
+the broker, or a record that kept changing under every write attempt) is not the
+record's fault: it propagates, and the whole pass is retried. Should setting a record aside itself fail otherwise, its entry is
 skipped (:meth:`SetAside.skips`) until :meth:`SetAside.clear` (a new term).
 """
 
@@ -24,11 +24,11 @@ from collections.abc import Callable
 from typing import Final
 
 from dashi import jsontree
-from dashi.errors import TransportError
+from dashi.errors import TransportError, WriteRetriesExhaustedError
 from dispatcher.model import Process, Resource
 from dispatcher.store.base import Store
 from dispatcher.store.modify import modify
-from dispatcher.transitions import ProcessTransitions
+from dispatcher.transitions import ProcessStateMachine
 from pdcommon.errors import StoreError
 from pdcommon.states import ProcessState
 
@@ -36,8 +36,9 @@ __all__ = ["INFRASTRUCTURE_ERRORS", "SetAside", "describe_error", "release_slot"
 
 log = logging.getLogger(__name__)
 
-#: Failures of the infrastructure rather than of one record.
-INFRASTRUCTURE_ERRORS: Final = (StoreError, TransportError)
+#: Failures of the infrastructure rather than of one record (a record contended by
+#: other writers for every attempt is written by a later pass, not failed).
+INFRASTRUCTURE_ERRORS: Final = (StoreError, TransportError, WriteRetriesExhaustedError)
 #: The JSON fields of a process record checked against the depth limit.
 _SCREENED_FIELDS: Final = ("definition", "configuration", "constraints", "subscribers")
 #: Longest reason text kept for a set-aside process.
@@ -60,7 +61,12 @@ def release_slot(store: Store, resource_id: str, key: _Key) -> None:
         resource.assigned.remove(key)
         return True
 
-    modify(lambda: store.get_resource(resource_id), store.update_resource, release)
+    modify(
+        lambda: store.get_resource(resource_id),
+        store.update_resource,
+        release,
+        record=f"resource {resource_id!r}",
+    )
 
 
 class SetAside:
@@ -76,7 +82,7 @@ class SetAside:
     def __init__(
         self,
         store: Store,
-        transitions: ProcessTransitions,
+        transitions: ProcessStateMachine,
         *,
         clock: Callable[[], float],
         max_depth: int,

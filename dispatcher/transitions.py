@@ -1,9 +1,28 @@
 """The process state machine: guarded transitions, restart policy and queueing decisions.
 
-Shared by the RPC core (:mod:`dispatcher.core`), the matchmaker, heartbeat handling
-and the doctor. Everything here is synchronous and works only through the
+:class:`ProcessStateMachine` is the only writer of a process's ``state``, ``round``
+and ``assigned`` fields, and the factory of new process records
+(:meth:`~ProcessStateMachine.new_process`). The daemon's wiring builds exactly one
+and passes it by constructor to the RPC core (:mod:`dispatcher.core`), the
+matchmaker, the heartbeat handler, the evacuation, the set-aside and the doctor.
+Everything here is synchronous and works only through the
 :class:`~dispatcher.store.base.Store` and :class:`~dispatcher.messaging.Messenger`
 interfaces.
+
+Two kinds of writes:
+
+* guarded transitions (:meth:`~ProcessStateMachine.process_change_state`,
+  :meth:`~ProcessStateMachine.process_next_round`) re-read and re-check their
+  guard on a write conflict themselves;
+* single attempts (:meth:`~ProcessStateMachine.reschedule`,
+  :meth:`~ProcessStateMachine.restart_in_place`,
+  :meth:`~ProcessStateMachine.terminate_unassigned`,
+  :meth:`~ProcessStateMachine.begin_terminating`,
+  :meth:`~ProcessStateMachine.assign`) write the record derived from the one the
+  caller read and raise :class:`~dashi.errors.WriteConflictError` when it
+  changed meanwhile: the caller re-reads and re-decides;
+* :meth:`~ProcessStateMachine.assign_many` writes the matchmaker's assignments
+  of one pass in one batch.
 
 A process's ``(round, state)`` only moves forward: a state moves backwards only
 together with ``round += 1``. Writers read a record, decide, and write it back with
@@ -17,7 +36,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Final
 
 from dashi.errors import NotFoundError, TransportError, WriteConflictError
@@ -25,20 +44,23 @@ from dashi.jsontree import tree_copy
 from dispatcher.messaging import Messenger
 from dispatcher.model import Process, Resource
 from dispatcher.store.base import Store
-from dispatcher.store.modify import modify
+from dispatcher.store.batch import batch_writer
+from dispatcher.store.modify import WRITE_ATTEMPTS, modify, retry_conflicts
 from pdcommon.states import ProcessState, QueueingMode, RestartMode
 
 __all__ = [
     "WRITE_CONFLICT_RETRIES",
-    "ProcessTransitions",
+    "Assignment",
+    "ProcessStateMachine",
     "get_queueing_decision",
     "process_should_restart",
 ]
 
 log = logging.getLogger(__name__)
 
-#: Optimistic attempts an RPC makes before giving up (legacy ``_WRITE_CONFLICT_RETRIES``).
-WRITE_CONFLICT_RETRIES: Final = 5
+#: Optimistic attempts an RPC makes before giving up (legacy ``_WRITE_CONFLICT_RETRIES``);
+#: the one bound of every optimistic write, :data:`dispatcher.store.modify.WRITE_ATTEMPTS`.
+WRITE_CONFLICT_RETRIES: Final = WRITE_ATTEMPTS
 
 #: Fields a transition must not set through ``**updates`` (it sets them itself, or they
 #: identify the record).
@@ -114,8 +136,28 @@ def get_queueing_decision(queueing_mode: str | None, starts: int) -> str:
     return ProcessState.WAITING if may_wait else ProcessState.REJECTED
 
 
-class ProcessTransitions:
-    """Guarded, notifying writes of process records.
+@dataclasses.dataclass(frozen=True, slots=True)
+class Assignment:
+    """A placement the matchmaker decided: ``process`` goes to ``resource_id``.
+
+    Attributes:
+        process: the record as the matchmaker read it (not modified).
+        resource_id: the eeagent the process is assigned to.
+        hostname: the agent's ``hostname`` property, or None.
+        at: the dispatch time, epoch seconds (appended to ``dispatch_times``).
+    """
+
+    process: Process
+    resource_id: str
+    hostname: str | None
+    at: float
+
+
+class ProcessStateMachine:
+    """The one writer of process states: guarded, notifying writes of process records.
+
+    Build one per dispatcher (per store) and pass it to every component that
+    changes a process's ``state``, ``round`` or ``assigned``.
 
     Args:
         store: where processes and the queue live.
@@ -133,6 +175,36 @@ class ProcessTransitions:
         self.store = store
         self.messenger = messenger
         self.clock = clock
+        self._writer = batch_writer(store)
+
+    # -- new records ------------------------------------------------------------------
+
+    @staticmethod
+    def new_process(
+        upid: str,
+        definition: dict[str, Any],
+        *,
+        requested: bool = False,
+        **fields: Any,
+    ) -> Process:
+        """A new process record at round 0, not yet stored.
+
+        Args:
+            upid: the process's id.
+            definition: the copy of its definition (``Definition.to_dict()``).
+            requested: ``200-REQUESTED`` (``schedule_process`` of an unknown upid)
+                rather than ``100-UNSCHEDULED`` (``create_process``).
+            **fields: other fields (``name``, ``configuration`` ...).
+
+        Raises:
+            TypeError: ``fields`` names an unknown or protected field, or
+                ``assigned``.
+        """
+        _check_update_fields(fields)
+        if "assigned" in fields:
+            raise TypeError("a new process is not assigned")
+        state = ProcessState.REQUESTED if requested else ProcessState.UNSCHEDULED
+        return Process(upid=upid, definition=definition, state=state, **fields)
 
     # -- notifications ----------------------------------------------------------------
 
@@ -191,6 +263,8 @@ class ProcessTransitions:
         Raises:
             TypeError: ``updates`` names an unknown or protected field.
             NotFoundError: the process record disappeared during the write.
+            WriteRetriesExhaustedError: every write attempt lost its race (nothing
+                written; the caller's next pass or heartbeat decides again).
 
         Returns:
             ``(record, written)``: the record as written, or as last read when the
@@ -199,7 +273,11 @@ class ProcessTransitions:
         _check_update_fields(updates)
         expected_round = process.round
         current = process.copy()
-        while current.state < new_state and current.round == expected_round:
+
+        def attempt() -> tuple[Process, bool]:
+            nonlocal current
+            if not (current.state < new_state and current.round == expected_round):
+                return current, False
             candidate = current.copy()
             candidate.state = new_state
             for key, value in updates.items():
@@ -214,10 +292,11 @@ class ProcessTransitions:
                 if fresh is None:
                     return current, False
                 current = fresh
-                continue
+                raise  # the next attempt re-checks the guard on the fresh record
             self.notify_process(candidate)
             return candidate, True
-        return current, False
+
+        return retry_conflicts(f"process {process.upid!r}", attempt)
 
     def process_next_round(
         self,
@@ -241,13 +320,19 @@ class ProcessTransitions:
 
         Raises:
             NotFoundError: the process record disappeared during the write.
+            WriteRetriesExhaustedError: every write attempt lost its race (nothing
+                written; the caller's next pass or heartbeat decides again).
 
         Returns:
             ``(record, written)`` as for :meth:`process_change_state`.
         """
         expected_round = process.round
         current = process.copy()
-        while current.state < ProcessState.TERMINATING and current.round == expected_round:
+
+        def attempt() -> tuple[Process, bool]:
+            nonlocal current
+            if not (current.state < ProcessState.TERMINATING and current.round == expected_round):
+                return current, False
             candidate = current.copy()
             candidate.state = newstate
             candidate.assigned = None
@@ -259,12 +344,149 @@ class ProcessTransitions:
                 if fresh is None:
                     return current, False
                 current = fresh
-                continue
+                raise  # the next attempt re-checks the guard on the fresh record
             if enqueue:
                 self.store.enqueue(candidate.upid, candidate.round)
             self.notify_process(candidate)
             return candidate, True
-        return current, False
+
+        return retry_conflicts(f"process {process.upid!r}", attempt)
+
+    # -- single attempts (the caller re-reads and re-decides on a conflict) -------------
+
+    def reschedule(self, process: Process, updates: dict[str, Any]) -> Process:
+        """Request an ended process again (``schedule_process``): ``200-REQUESTED``.
+
+        ``100-UNSCHEDULED`` keeps its round; any other terminal state goes to
+        ``round + 1``. Not notified (legacy).
+
+        Args:
+            process: the record as last read, in a terminal state (not modified).
+            updates: the request's fields (``configuration``, ``subscribers`` ...),
+                set as given.
+
+        Raises:
+            TypeError: ``updates`` names an unknown or protected field.
+            WriteConflictError: the record changed since it was read.
+            NotFoundError: the record disappeared.
+
+        Returns:
+            The record as written.
+        """
+        _check_update_fields(updates)
+        candidate = process.copy()
+        if candidate.state != ProcessState.UNSCHEDULED:
+            candidate.round += 1
+        candidate.state = ProcessState.REQUESTED
+        for key, value in updates.items():
+            setattr(candidate, key, value)
+        self.store.update_process(candidate)
+        return candidate
+
+    def restart_in_place(self, process: Process) -> Process:
+        """``restart_process`` (decision 4): ``400-PENDING`` at ``round + 1``, still assigned.
+
+        Not notified (legacy). The caller moves the agent's slot to the new round
+        (:meth:`move_assignment`) and tells the agent.
+
+        Args:
+            process: the RUNNING record as last read (not modified).
+
+        Raises:
+            WriteConflictError: the record changed since it was read.
+            NotFoundError: the record disappeared.
+
+        Returns:
+            The record as written.
+        """
+        candidate = process.copy()
+        candidate.state = ProcessState.PENDING
+        candidate.round += 1
+        self.store.update_process(candidate)
+        return candidate
+
+    def terminate_unassigned(self, process: Process) -> Process:
+        """``terminate_process`` of a process on no agent: ``700-TERMINATED`` at once.
+
+        Subscribers are notified after the write.
+
+        Args:
+            process: the unassigned, non-terminal record as last read (not modified).
+
+        Raises:
+            WriteConflictError: the record changed since it was read (it may have
+                been assigned meanwhile).
+            NotFoundError: the record disappeared.
+
+        Returns:
+            The record as written.
+        """
+        candidate = process.copy()
+        candidate.state = ProcessState.TERMINATED
+        self.store.update_process(candidate)
+        self.notify_process(candidate)
+        return candidate
+
+    def begin_terminating(self, process: Process) -> Process:
+        """``terminate_process`` of an assigned process: ``600-TERMINATING``.
+
+        Subscribers are notified after the write; the agent's heartbeat brings the
+        final state.
+
+        Args:
+            process: the assigned record below TERMINATING as last read (not
+                modified).
+
+        Raises:
+            WriteConflictError: the record changed since it was read.
+            NotFoundError: the record disappeared.
+
+        Returns:
+            The record as written.
+        """
+        candidate = process.copy()
+        candidate.state = ProcessState.TERMINATING
+        self.store.update_process(candidate)
+        self.notify_process(candidate)
+        return candidate
+
+    def assign(self, assignment: Assignment) -> Process:
+        """Write one assignment (``350-ASSIGNED``); see :meth:`assign_many`.
+
+        Not notified: the caller notifies once the launch is on its way.
+
+        Raises:
+            WriteConflictError: the record changed since it was read.
+            NotFoundError: the record disappeared.
+
+        Returns:
+            The record as written.
+        """
+        candidate = _assigned(assignment)
+        self.store.update_process(candidate)
+        return candidate
+
+    def assign_many(self, assignments: Sequence[Assignment]) -> list[tuple[Process, bool]]:
+        """Write the assignments of one matchmaking pass in one batch.
+
+        Each process becomes ``350-ASSIGNED`` on its resource, with its
+        ``hostname``, ``dispatches + 1`` and the dispatch time appended. A record
+        whose version changed since it was read is not written (the caller
+        re-checks it and retries with :meth:`assign`). Not notified: the caller
+        notifies once the launch is on its way.
+
+        Args:
+            assignments: the placements, each with the record as read.
+
+        Returns:
+            For each assignment, in order: the record as written (or as it would
+            have been) and whether it was written.
+        """
+        if not assignments:
+            return []
+        candidates = [_assigned(assignment) for assignment in assignments]
+        written = self._writer.update_many(candidates)
+        return list(zip(candidates, written, strict=True))
 
     # -- resources ------------------------------------------------------------------
 
@@ -295,7 +517,12 @@ class ProcessTransitions:
             resource.assigned = assigned
             return True
 
-        modify(lambda: self.store.get_resource(resource_id), self.store.update_resource, move)
+        modify(
+            lambda: self.store.get_resource(resource_id),
+            self.store.update_resource,
+            move,
+            record=f"resource {resource_id!r}",
+        )
 
     # -- queue ------------------------------------------------------------------------
 
@@ -316,6 +543,17 @@ class ProcessTransitions:
             except NotFoundError:
                 return removed
             removed += 1
+
+
+def _assigned(assignment: Assignment) -> Process:
+    """The record of ``assignment.process`` once assigned (not written)."""
+    candidate = assignment.process.copy()
+    candidate.state = ProcessState.ASSIGNED
+    candidate.assigned = assignment.resource_id
+    candidate.hostname = assignment.hostname
+    candidate.dispatches += 1
+    candidate.dispatch_times.append(assignment.at)
+    return candidate
 
 
 def _check_update_fields(updates: dict[str, Any]) -> None:

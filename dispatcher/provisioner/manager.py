@@ -86,7 +86,7 @@ from dispatcher.provisioner.errors import (
 )
 from dispatcher.provisioner.sites import Site, build_sites
 from dispatcher.store.base import Store
-from dispatcher.store.modify import modify
+from dispatcher.store.modify import modify, retry_conflicts
 from pdcommon.settings import DEFAULT_SITE, EngineSettings, ProvisionerSettings, Settings
 from pdcommon.states import ExecutionResourceState, InstanceState
 
@@ -454,7 +454,9 @@ class Provisioner:
 
         for agent in agents:
             get = partial(self.store.get_resource, agent.resource_id)
-            modify(get, self.store.update_resource, disable)
+            modify(
+                get, self.store.update_resource, disable, record=f"resource {agent.resource_id!r}"
+            )
             if busy:
                 log.info("node %s received a process: not retired", agent.node_id)
                 return False
@@ -645,22 +647,30 @@ class Provisioner:
     def _update(
         self, vm: VM, change: Callable[[VM], bool], vms: dict[str, VM] | None = None
     ) -> bool:
-        """Apply ``change`` to the stored record (re-read on conflicts); True if written."""
+        """Apply ``change`` to the stored record (re-read on conflicts); True if written.
+
+        Raises:
+            WriteRetriesExhaustedError: every write attempt lost its race (nothing
+                written: the next pass decides again on a fresh read).
+        """
         current: VM | None = vm
-        while current is not None:
-            if not change(current):
+
+        def attempt() -> bool:
+            nonlocal current
+            if current is None or not change(current):
                 return False
             try:
                 self.store.update_vm(current)
             except WriteConflictError:
                 current = self.store.get_vm(vm.node_id)
-                continue
+                raise
             except NotFoundError:
                 return False
             if vms is not None:
                 vms[current.node_id] = current
             return True
-        return False
+
+        return retry_conflicts(f"vm {vm.node_id!r}", attempt)
 
     def _merge_node_properties(self, node_id: str, properties: dict[str, Any]) -> None:
         if not properties:
@@ -670,7 +680,12 @@ class Provisioner:
             node.properties = {**node.properties, **properties}
             return True
 
-        modify(lambda: self.store.get_node(node_id), self.store.update_node, merge)
+        modify(
+            lambda: self.store.get_node(node_id),
+            self.store.update_node,
+            merge,
+            record=f"node {node_id!r}",
+        )
 
     def _engine(self, engine_id: str) -> EngineSettings | None:
         engine = self.engines.get(engine_id)

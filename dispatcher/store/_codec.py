@@ -29,13 +29,13 @@ can make a record unreadable or unwritable.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import operator
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Final, Generic, TypeVar
 
 from dashi import jsontree
+from dashi.gcpause import collector_paused
 from dispatcher.model import VM, Definition, Node, Process, Resource
 
 __all__ = [
@@ -76,14 +76,11 @@ _GC_PAUSE_ROWS: Final = 1000
 @contextmanager
 def gc_paused(rows: int = _GC_PAUSE_ROWS) -> Iterator[None]:
     """Pause the cyclic garbage collector while building ``rows`` (>= 1000) records."""
-    if rows < _GC_PAUSE_ROWS or not gc.isenabled():
+    if rows < _GC_PAUSE_ROWS:
         yield
         return
-    gc.disable()
-    try:
+    with collector_paused():
         yield
-    finally:
-        gc.enable()
 
 
 class Layout(Generic[_R]):

@@ -10,6 +10,7 @@ from dispatcher.core import ProcessDispatcherCore
 from dispatcher.messaging import RecordingMessenger
 from dispatcher.model import Process, Resource
 from dispatcher.store.memory import MemoryStore
+from tests.support.wiring import make_core
 
 #: The time the fake clock always reports (epoch seconds).
 NOW = 1_700_000_000.0
@@ -46,7 +47,7 @@ def clock() -> FakeClock:
 def core(
     store: MemoryStore, messenger: RecordingMessenger, clock: FakeClock
 ) -> ProcessDispatcherCore:
-    core = ProcessDispatcherCore(store, messenger, clock=clock)
+    core = make_core(store, messenger, clock=clock)
     core.create_definition(
         DEFINITION_ID, "supd", {"module": "some.module", "class": "SomeClass"}, name="dee"
     )

@@ -26,6 +26,7 @@ from dispatcher.core import ProcessDispatcherCore
 from dispatcher.messaging import RecordingMessenger
 from dispatcher.store.memory import MemoryStore
 from pdcommon.states import ProcessState as S
+from tests.support.wiring import make_core
 
 THREADS = 16
 CALLS_PER_THREAD = 150
@@ -71,7 +72,7 @@ def test_concurrent_schedules_and_terminations_leave_consistent_state() -> None:
     # Given a dispatcher on the memory store with one definition
     store = MemoryStore()
     messenger = RecordingMessenger()
-    core = ProcessDispatcherCore(store, messenger)
+    core = make_core(store, messenger)
     core.create_definition("d", "supd", {"exec": "/bin/true"})
     errors: list[BaseException] = []
     # When 16 threads schedule and terminate shared and private upids at random
@@ -111,7 +112,7 @@ def test_concurrent_schedules_and_terminations_leave_consistent_state() -> None:
 def test_concurrent_identical_schedules_of_one_new_process_create_it_once() -> None:
     # Given a dispatcher and a barrier so that all threads call at the same moment
     store = MemoryStore()
-    core = ProcessDispatcherCore(store, RecordingMessenger())
+    core = make_core(store, RecordingMessenger())
     core.create_definition("d", "supd", {"exec": "/bin/true"})
     barrier = threading.Barrier(THREADS)
     results: list[dict[str, object]] = []

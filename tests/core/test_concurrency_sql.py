@@ -20,6 +20,7 @@ from dispatcher.messaging import RecordingMessenger
 from dispatcher.store.sql import SqlStore
 from pdcommon.states import ProcessState as S
 from tests.core import test_concurrency as storm_module
+from tests.support.wiring import make_core
 
 THREADS = 8
 CALLS_PER_THREAD = 40
@@ -63,7 +64,7 @@ def test_concurrent_schedules_and_terminations_leave_consistent_sql_state(
 ) -> None:
     # Given one core per worker, all on one database with one definition
     messenger = RecordingMessenger()
-    cores = [ProcessDispatcherCore(store, messenger) for store in stores]
+    cores = [make_core(store, messenger) for store in stores]
     cores[0].create_definition("d", "supd", {"exec": "/bin/true"})
     errors: list[BaseException] = []
     outcomes: list[Counter[str]] = []
@@ -107,7 +108,7 @@ def test_concurrent_identical_schedules_of_one_new_process_create_it_once_in_sql
     stores: list[SqlStore],
 ) -> None:
     # Given one core per worker and a barrier so that all call at the same moment
-    cores = [ProcessDispatcherCore(store, RecordingMessenger()) for store in stores]
+    cores = [make_core(store, RecordingMessenger()) for store in stores]
     cores[0].create_definition("d", "supd", {"exec": "/bin/true"})
     barrier = threading.Barrier(THREADS)
     results: list[dict[str, Any]] = []
@@ -134,7 +135,7 @@ def test_concurrent_terminations_of_one_process_notify_once_in_sql(
 ) -> None:
     # Given a queued process
     messenger = RecordingMessenger()
-    cores = [ProcessDispatcherCore(store, messenger) for store in stores]
+    cores = [make_core(store, messenger) for store in stores]
     cores[0].create_definition("d", "supd", {"exec": "/bin/true"})
     cores[0].schedule_process("p", "d", subscribers=[["sub", "op"]])
     barrier = threading.Barrier(THREADS)

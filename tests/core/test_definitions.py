@@ -8,11 +8,12 @@ from dashi.errors import NotFoundError, WriteConflictError
 from dispatcher.core import ProcessDispatcherCore
 from dispatcher.messaging import RecordingMessenger
 from dispatcher.store.memory import MemoryStore
+from tests.support.wiring import make_core
 
 
 @pytest.fixture
 def bare_core(store: MemoryStore, messenger: RecordingMessenger) -> ProcessDispatcherCore:
-    return ProcessDispatcherCore(store, messenger)
+    return make_core(store, messenger)
 
 
 def test_definitions_can_be_created_described_updated_listed_and_removed(

@@ -36,6 +36,7 @@ from pdcommon.limits import (
 from pdcommon.settings import load_settings
 from pdcommon.states import ProcessState
 from tests.core.conftest import DEFINITION_ID, put_process, snapshot
+from tests.support.wiring import make_core
 
 #: Depths tried: within the limit (100), then past it by more and more.
 REFUSED_DEPTHS = [DEFAULT_MAX_DEPTH + 1, 300, 500, 1000, 5000]
@@ -253,7 +254,7 @@ def test_arguments_together_over_the_request_limit_are_refused(
 def test_limits_are_configurable(store: MemoryStore) -> None:
     # Given limits of 5 levels and 2 KiB per argument
     limits = RequestLimits(max_depth=5, max_argument_bytes=2048, max_request_bytes=4096)
-    core = ProcessDispatcherCore(store, RecordingMessenger(), limits=limits)
+    core = make_core(store, RecordingMessenger(), limits=limits)
     core.create_definition(DEFINITION_ID, "supd", {"exec": "/bin/true"})
     # Then 5 levels pass and 6 do not; 2 KiB passes and more does not
     core.schedule_process("p5", DEFINITION_ID, configuration=nested_object(5))

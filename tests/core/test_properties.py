@@ -21,12 +21,12 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from dashi.errors import BadRequestError, NotFoundError
-from dispatcher.core import ProcessDispatcherCore
 from dispatcher.messaging import RecordingMessenger
 from dispatcher.model import Process, Resource
 from dispatcher.store.memory import MemoryStore
 from dispatcher.transitions import get_queueing_decision, process_should_restart
 from pdcommon.states import ProcessState as S
+from tests.support.wiring import make_core
 
 UPIDS = st.sampled_from(["p0", "p1"])
 RESOURCES = ("r1", "r2")
@@ -40,7 +40,7 @@ class DispatcherMachine(RuleBasedStateMachine):
         super().__init__()
         self.store = MemoryStore()
         self.messenger = RecordingMessenger()
-        self.core = ProcessDispatcherCore(self.store, self.messenger, clock=lambda: 1.0)
+        self.core = make_core(self.store, self.messenger, clock=lambda: 1.0)
         self.core.create_definition("d", "supd", {"exec": "/bin/true"})
         for resource_id in RESOURCES:
             self.store.add_resource(Resource(resource_id, "node1", slot_count=100))

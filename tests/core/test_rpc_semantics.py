@@ -20,10 +20,11 @@ from dashi.client import RpcClient
 from dashi.errors import BadRequestError, NotFoundError, WriteConflictError
 from dashi.service import RpcService
 from dispatcher.client import ProcessDispatcherClient
-from dispatcher.core import RPC_OPERATIONS, ProcessDispatcherCore
+from dispatcher.core import RPC_OPERATIONS
 from dispatcher.messaging import RecordingMessenger
 from dispatcher.store.sql import SqlStore
 from pdcommon.states import ProcessState
+from tests.support.wiring import make_core
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -36,7 +37,7 @@ def pd(amqp_uri: str, sysname: str, tmp_path: Path) -> Iterator[ProcessDispatche
     """A client of a core served over RabbitMQ, on SQLite, with definition D."""
     broker = BrokerConfig(uri=amqp_uri, sysname=sysname, heartbeat=10)
     store = SqlStore(f"sqlite:///{tmp_path}/pd.db", create=True)
-    core = ProcessDispatcherCore(store, RecordingMessenger())
+    core = make_core(store, RecordingMessenger())
     service = RpcService(broker, "process_dispatcher", workers=2)
     for op in RPC_OPERATIONS:
         service.handle(op, getattr(core, op), validate=False)

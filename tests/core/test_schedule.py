@@ -13,6 +13,7 @@ from dispatcher.model import Process
 from dispatcher.store.memory import MemoryStore
 from pdcommon.states import ProcessState
 from tests.core.conftest import DEFINITION_ID, put_process, snapshot
+from tests.support.wiring import make_core
 
 RESCHEDULABLE = [
     ProcessState.UNSCHEDULED_PENDING,
@@ -425,7 +426,7 @@ class ConflictingStore(MemoryStore):
 def test_schedule_retries_a_conflicting_write_and_then_succeeds() -> None:
     # Given a store that makes the first four process writes conflict
     store = ConflictingStore(conflicts=4)
-    core = ProcessDispatcherCore(store, RecordingMessenger())
+    core = make_core(store, RecordingMessenger())
     core.create_definition("d", "supd", {})
     core.create_process("proc1", "d")
     # When proc1 is scheduled
@@ -439,7 +440,7 @@ def test_schedule_retries_a_conflicting_write_and_then_succeeds() -> None:
 def test_schedule_gives_up_after_five_conflicting_attempts() -> None:
     # Given a store where every process write conflicts
     store = ConflictingStore(conflicts=1000)
-    core = ProcessDispatcherCore(store, RecordingMessenger())
+    core = make_core(store, RecordingMessenger())
     core.create_definition("d", "supd", {})
     core.create_process("proc1", "d")
     # When proc1 is scheduled, Then BadRequestError after 5 attempts, nothing queued

@@ -13,6 +13,7 @@ from dispatcher.model import Process
 from dispatcher.store.memory import MemoryStore
 from pdcommon.states import ProcessState
 from tests.core.conftest import DEFINITION_ID, put_process, snapshot
+from tests.support.wiring import make_core
 
 SUBSCRIBERS = [["sub", "process_state"]]
 TERMINAL = list(ProcessState.TERMINAL_STATES)
@@ -40,7 +41,7 @@ def witness(store: MemoryStore) -> StoreWitnessMessenger:
 
 @pytest.fixture
 def wcore(store: MemoryStore, witness: StoreWitnessMessenger) -> ProcessDispatcherCore:
-    return ProcessDispatcherCore(store, witness)
+    return make_core(store, witness)
 
 
 def notifications(messenger: RecordingMessenger) -> list[FiredMessage]:
@@ -182,7 +183,7 @@ def test_terminate_retries_when_the_matchmaker_assigns_the_process_meanwhile(
         def get_process(self, upid: str) -> Process | None:
             return store.get_process(upid)
 
-    core = ProcessDispatcherCore(RacingStore(), messenger)
+    core = make_core(RacingStore(), messenger)
     # When it is terminated
     result = core.terminate_process("proc1")
     # Then it falls through to the assigned case: TERMINATING and the agent is told
@@ -200,7 +201,7 @@ def test_terminate_gives_up_after_five_conflicting_attempts(messenger: Recording
 
     store = AlwaysConflicting()
     put_process(store, "proc1", ProcessState.REQUESTED)
-    core = ProcessDispatcherCore(store, messenger)
+    core = make_core(store, messenger)
     # When it is terminated, Then BadRequestError
     with pytest.raises(BadRequestError, match="process proc1 could not be updated"):
         core.terminate_process("proc1")
@@ -331,7 +332,7 @@ def test_restart_gives_up_after_five_conflicting_attempts(messenger: RecordingMe
 
     store = AlwaysConflicting()
     store.add_process(Process("proc1", {}, state=ProcessState.RUNNING, assigned="hats"))
-    core = ProcessDispatcherCore(store, messenger)
+    core = make_core(store, messenger)
     # When it is restarted, Then BadRequestError and no message
     with pytest.raises(BadRequestError, match="could not be updated"):
         core.restart_process("proc1")

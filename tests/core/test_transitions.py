@@ -7,12 +7,13 @@ from typing import Any
 
 import pytest
 
-from dashi.errors import TransportError
+from dashi.errors import TransportError, WriteConflictError
 from dispatcher.messaging import FiredMessage, RecordingMessenger
 from dispatcher.model import Process
 from dispatcher.store.memory import MemoryStore
 from dispatcher.transitions import (
-    ProcessTransitions,
+    Assignment,
+    ProcessStateMachine,
     get_queueing_decision,
     process_should_restart,
 )
@@ -27,8 +28,8 @@ OMIT = {"process": {"omit_from_system_restart": True}}
 @pytest.fixture
 def transitions(
     store: MemoryStore, messenger: RecordingMessenger, clock: FakeClock
-) -> ProcessTransitions:
-    return ProcessTransitions(store, messenger, clock=clock)
+) -> ProcessStateMachine:
+    return ProcessStateMachine(store, messenger, clock=clock)
 
 
 # -- the restart-policy matrix -------------------------------------------------------------
@@ -101,7 +102,7 @@ def test_an_unplaceable_process_waits_or_is_rejected_by_queueing_mode_and_starts
 
 
 def test_change_state_moves_forward_updates_fields_and_notifies(
-    transitions: ProcessTransitions, store: MemoryStore, messenger: RecordingMessenger
+    transitions: ProcessStateMachine, store: MemoryStore, messenger: RecordingMessenger
 ) -> None:
     # Given a REQUESTED process with a subscriber
     process = put_process(store, "p1", S.REQUESTED, round_=2, subscribers=SUBSCRIBERS)
@@ -125,7 +126,7 @@ def test_change_state_moves_forward_updates_fields_and_notifies(
 
 
 def test_change_state_to_running_counts_a_start_at_the_clock_time(
-    transitions: ProcessTransitions, store: MemoryStore
+    transitions: ProcessStateMachine, store: MemoryStore
 ) -> None:
     # Given a PENDING process
     process = put_process(store, "p1", S.PENDING, assigned="r1")
@@ -138,7 +139,7 @@ def test_change_state_to_running_counts_a_start_at_the_clock_time(
 @pytest.mark.parametrize("current", [S.RUNNING, S.TERMINATING, S.TERMINATED])
 @pytest.mark.parametrize("late", [S.PENDING, S.RUNNING])
 def test_change_state_never_moves_backwards_or_sideways(
-    transitions: ProcessTransitions,
+    transitions: ProcessStateMachine,
     store: MemoryStore,
     messenger: RecordingMessenger,
     current: str,
@@ -164,7 +165,7 @@ def test_change_state_rechecks_its_guard_after_a_write_conflict(
     assert moved is not None
     moved.state = S.TERMINATING
     store.update_process(moved)
-    transitions = ProcessTransitions(store, messenger)
+    transitions = ProcessStateMachine(store, messenger)
     # When the heartbeat applies RUNNING with its stale copy
     result, changed = transitions.process_change_state(process, S.RUNNING)
     # Then the conflict is resolved by re-reading, and the guard stops the write
@@ -175,7 +176,7 @@ def test_change_state_rechecks_its_guard_after_a_write_conflict(
 
 
 def test_change_state_is_not_applied_once_the_round_has_changed(
-    transitions: ProcessTransitions, store: MemoryStore
+    transitions: ProcessStateMachine, store: MemoryStore
 ) -> None:
     # Given a stale copy of a process (round 0) that is now DIED_REQUESTED in round 1
     process = put_process(store, "p1", S.RUNNING, assigned="r1")
@@ -199,7 +200,7 @@ def test_change_state_retries_a_conflict_that_leaves_its_guard_true(
     assert other is not None
     other.hostname = "elsewhere"
     store.update_process(other)
-    transitions = ProcessTransitions(store, messenger)
+    transitions = ProcessStateMachine(store, messenger)
     # When WAITING is applied from the stale copy
     result, changed = transitions.process_change_state(process, S.WAITING)
     # Then it is written on the re-read record, keeping the other writer's change
@@ -208,7 +209,7 @@ def test_change_state_retries_a_conflict_that_leaves_its_guard_true(
 
 
 def test_change_state_refuses_unknown_or_protected_fields(
-    transitions: ProcessTransitions, store: MemoryStore
+    transitions: ProcessStateMachine, store: MemoryStore
 ) -> None:
     # Given a process
     process = put_process(store, "p1", S.REQUESTED)
@@ -224,7 +225,7 @@ def test_change_state_refuses_unknown_or_protected_fields(
 
 @pytest.mark.parametrize("state", [S.REQUESTED, S.WAITING, S.ASSIGNED, S.PENDING, S.RUNNING])
 def test_next_round_requeues_a_dead_process_unassigned_in_round_plus_one(
-    transitions: ProcessTransitions,
+    transitions: ProcessStateMachine,
     store: MemoryStore,
     messenger: RecordingMessenger,
     state: str,
@@ -243,7 +244,7 @@ def test_next_round_requeues_a_dead_process_unassigned_in_round_plus_one(
 
 
 def test_next_round_at_system_boot_holds_the_process_back_without_queueing(
-    transitions: ProcessTransitions, store: MemoryStore
+    transitions: ProcessStateMachine, store: MemoryStore
 ) -> None:
     # Given a RUNNING process
     process = put_process(store, "p1", S.RUNNING, assigned="r1")
@@ -259,7 +260,7 @@ def test_next_round_at_system_boot_holds_the_process_back_without_queueing(
 
 @pytest.mark.parametrize("state", [S.TERMINATING, S.TERMINATED, S.EXITED, S.FAILED, S.REJECTED])
 def test_next_round_leaves_terminating_and_finished_processes_alone(
-    transitions: ProcessTransitions,
+    transitions: ProcessStateMachine,
     store: MemoryStore,
     messenger: RecordingMessenger,
     state: str,
@@ -279,7 +280,7 @@ def test_next_round_happens_once_when_two_actors_race(
 ) -> None:
     # Given two actors holding the same RUNNING round-0 record (heartbeat and evacuation)
     process = put_process(store, "p1", S.RUNNING, assigned="r1")
-    transitions = ProcessTransitions(store, messenger)
+    transitions = ProcessStateMachine(store, messenger)
     # When both send it to the next round
     _, first_changed = transitions.process_next_round(process)
     second, second_changed = transitions.process_next_round(process)
@@ -293,7 +294,7 @@ def test_next_round_happens_once_when_two_actors_race(
 
 
 def test_notifications_go_to_every_subscriber_pair(
-    transitions: ProcessTransitions, messenger: RecordingMessenger
+    transitions: ProcessStateMachine, messenger: RecordingMessenger
 ) -> None:
     # Given a process with two subscribers (and one malformed entry)
     process = Process(
@@ -316,7 +317,7 @@ def test_notifications_go_to_every_subscriber_pair(
 
 @pytest.mark.parametrize("subscribers", [None, []])
 def test_a_process_without_subscribers_notifies_nobody(
-    transitions: ProcessTransitions, messenger: RecordingMessenger, subscribers: Any
+    transitions: ProcessStateMachine, messenger: RecordingMessenger, subscribers: Any
 ) -> None:
     # Given a process without subscribers, When it is notified, Then nothing is sent
     transitions.notify_process(Process("p1", {}, subscribers=subscribers))
@@ -324,7 +325,7 @@ def test_a_process_without_subscribers_notifies_nobody(
 
 
 def test_a_notification_that_cannot_be_delivered_does_not_fail_the_transition(
-    transitions: ProcessTransitions, store: MemoryStore, messenger: RecordingMessenger
+    transitions: ProcessStateMachine, store: MemoryStore, messenger: RecordingMessenger
 ) -> None:
     # Given a broker that cannot be reached
     messenger.error = TransportError("down")
@@ -336,7 +337,7 @@ def test_a_notification_that_cannot_be_delivered_does_not_fail_the_transition(
 
 
 def test_dequeue_all_removes_every_duplicate_of_one_round(
-    transitions: ProcessTransitions, store: MemoryStore
+    transitions: ProcessStateMachine, store: MemoryStore
 ) -> None:
     # Given duplicate queue entries of p1 round 1, and others
     for entry in [("p1", 1), ("p1", 0), ("p2", 1), ("p1", 1)]:
@@ -344,3 +345,128 @@ def test_dequeue_all_removes_every_duplicate_of_one_round(
     # When p1 round 1 is dequeued, Then only its entries go
     assert transitions.dequeue_all("p1", 1) == 2
     assert store.list_queued() == [("p1", 0), ("p2", 1)]
+
+
+# -- new records and single attempts -----------------------------------------------------------
+
+
+def test_a_new_process_is_unscheduled_or_requested_at_round_zero_and_unassigned() -> None:
+    # Given/When new records are made for create_process and schedule_process
+    created = ProcessStateMachine.new_process("p1", {"definition_id": "D"}, name="n")
+    requested = ProcessStateMachine.new_process("p2", {}, requested=True, restart_mode="NEVER")
+    # Then they start where the legacy state table starts them
+    assert (created.state, created.round, created.assigned, created.name) == (
+        S.UNSCHEDULED,
+        0,
+        None,
+        "n",
+    )
+    assert (requested.state, requested.round, requested.restart_mode) == (S.REQUESTED, 0, "NEVER")
+
+
+@pytest.mark.parametrize(
+    "fields", [{"state": S.RUNNING}, {"round": 3}, {"assigned": "r1"}, {"colour": "blue"}]
+)
+def test_a_new_process_cannot_be_made_in_another_state_round_or_assignment(
+    fields: dict[str, Any],
+) -> None:
+    # Given/When a new record names a field the state machine owns, Then it is refused
+    with pytest.raises(TypeError):
+        ProcessStateMachine.new_process("p1", {}, **fields)
+
+
+@pytest.mark.parametrize(("ended", "round_"), [(S.UNSCHEDULED, 2), (S.EXITED, 3), (S.FAILED, 3)])
+def test_rescheduling_requests_an_ended_process_in_the_round_the_legacy_table_says(
+    transitions: ProcessStateMachine, store: MemoryStore, ended: str, round_: int
+) -> None:
+    # Given an ended process at round 2
+    process = put_process(store, "p1", ended, round_=2)
+    # When it is scheduled again with new fields
+    written = transitions.reschedule(process, {"restart_mode": "ALWAYS"})
+    # Then it is REQUESTED, in the same round only if it was never scheduled
+    stored = store.get_process("p1")
+    assert stored is not None
+    assert (stored.state, stored.round, stored.restart_mode) == (S.REQUESTED, round_, "ALWAYS")
+    assert written.version == stored.version
+    assert process.state == ended  # the caller's record is not modified
+
+
+def test_restarting_in_place_keeps_the_assignment_under_a_new_round(
+    transitions: ProcessStateMachine, store: MemoryStore, messenger: RecordingMessenger
+) -> None:
+    # Given a RUNNING process with a subscriber
+    process = put_process(store, "p1", S.RUNNING, assigned="r1", subscribers=SUBSCRIBERS)
+    # When it is restarted in place
+    transitions.restart_in_place(process)
+    # Then it is PENDING at round 1, still on r1, and nobody is told (legacy)
+    stored = store.get_process("p1")
+    assert stored is not None
+    assert (stored.state, stored.round, stored.assigned) == (S.PENDING, 1, "r1")
+    assert messenger.messages == []
+
+
+def test_terminating_writes_terminated_or_terminating_and_notifies(
+    transitions: ProcessStateMachine, store: MemoryStore, messenger: RecordingMessenger
+) -> None:
+    # Given a queued process and a running one, each with a subscriber
+    waiting = put_process(store, "p1", S.WAITING, subscribers=SUBSCRIBERS)
+    running = put_process(store, "p2", S.RUNNING, assigned="r1", subscribers=SUBSCRIBERS)
+    # When each is terminated
+    transitions.terminate_unassigned(waiting)
+    transitions.begin_terminating(running)
+    # Then the unassigned one is TERMINATED, the assigned one TERMINATING, both notified
+    stored = [store.get_process(upid) for upid in ("p1", "p2")]
+    assert [p.state if p is not None else None for p in stored] == [S.TERMINATED, S.TERMINATING]
+    assert [m.args["process"]["state"] for m in messenger.messages] == [
+        S.TERMINATED,
+        S.TERMINATING,
+    ]
+
+
+def test_a_single_attempt_on_a_stale_record_raises_a_write_conflict_and_writes_nothing(
+    transitions: ProcessStateMachine, store: MemoryStore, messenger: RecordingMessenger
+) -> None:
+    # Given a record read before another writer changed the process
+    stale = put_process(store, "p1", S.RUNNING, assigned="r1", subscribers=SUBSCRIBERS)
+    transitions.process_change_state(stale, S.TERMINATING)
+    before = store.get_process("p1")
+    sent = len(messenger.messages)
+    # When each single attempt is made with the stale record
+    for attempt in (
+        lambda: transitions.restart_in_place(stale),
+        lambda: transitions.begin_terminating(stale),
+        lambda: transitions.assign(Assignment(stale, "r2", None, NOW)),
+    ):
+        # Then it raises WriteConflictError, and nothing is written or notified
+        with pytest.raises(WriteConflictError):
+            attempt()
+    assert store.get_process("p1") == before
+    assert len(messenger.messages) == sent
+
+
+def test_assignments_are_written_in_one_batch_and_a_stale_one_is_reported_not_written(
+    transitions: ProcessStateMachine, store: MemoryStore, messenger: RecordingMessenger
+) -> None:
+    # Given two queued processes, one of which another writer changed after it was read
+    fresh = put_process(store, "p1", S.REQUESTED, subscribers=SUBSCRIBERS)
+    stale = put_process(store, "p2", S.WAITING)
+    transitions.process_change_state(stale, S.TERMINATED)
+    # When both are assigned in one batch
+    outcomes = transitions.assign_many(
+        [Assignment(fresh, "r1", "host1", NOW), Assignment(stale, "r2", None, NOW)]
+    )
+    # Then the fresh one is ASSIGNED with its dispatch recorded, the stale one untouched
+    assert [ok for _, ok in outcomes] == [True, False]
+    p1, p2 = store.get_process("p1"), store.get_process("p2")
+    assert p1 is not None and p2 is not None
+    assert (p1.state, p1.assigned, p1.hostname, p1.dispatches, p1.dispatch_times) == (
+        S.ASSIGNED,
+        "r1",
+        "host1",
+        1,
+        [NOW],
+    )
+    assert (p2.state, p2.assigned) == (S.TERMINATED, None)
+    # And nobody is told yet: the matchmaker notifies once the launch is on its way
+    assert messenger.messages == []
+    assert transitions.assign_many([]) == []

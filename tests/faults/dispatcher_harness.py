@@ -15,14 +15,13 @@ from typing import Any
 
 from dashi.broker import BrokerConfig
 from dashi.service import RpcService
-from dispatcher.core import ProcessDispatcherCore
-from dispatcher.heartbeats import HeartbeatHandler
 from dispatcher.messaging import RecordingMessenger
 from dispatcher.service import DispatcherService
 from dispatcher.store.base import Store
 from pdcommon.settings import Settings
 from pdcommon.states import ProcessState
 from tests.health.conftest import DOMAIN1, NOW, FakeClock, beat, make_engines, put_process
+from tests.support.wiring import health_parts, make_core, make_heartbeats
 
 #: upids present after :func:`seed`, and one that is not.
 UPIDS = [
@@ -65,9 +64,11 @@ def build(store: Store) -> Dispatcher:
     """The daemon's RPC wiring over ``store`` (no broker, no leader singletons)."""
     messenger = RecordingMessenger()
     clock = FakeClock()
-    core = ProcessDispatcherCore(store, messenger, clock=clock)
-    heartbeats = HeartbeatHandler(
-        store, messenger, make_engines(), caller=FakeAgentCaller(), clock=clock
+    engines = make_engines()
+    parts = health_parts(store, messenger, engines, clock=clock)
+    core = make_core(store, messenger, transitions=parts.transitions)
+    heartbeats = make_heartbeats(
+        store, messenger, engines, caller=FakeAgentCaller(), clock=clock, parts=parts
     )
     rpc = RpcService(BrokerConfig(), "process_dispatcher")
     service = DispatcherService(

@@ -27,7 +27,6 @@ from dashi.client import RpcClient
 from dashi.messenger import RpcMessenger
 from dashi.service import RpcService
 from dispatcher.client import ProcessDispatcherClient
-from dispatcher.core import ProcessDispatcherCore
 from dispatcher.heartbeats import HeartbeatHandler
 from dispatcher.service import DispatcherService, engine_registry
 from dispatcher.store.sql import SqlStore
@@ -36,6 +35,7 @@ from pdcommon.wire import broker_config
 from tests.faults.faultkit import wait_for
 from tests.health.conftest import put_process
 from tests.service.conftest import make_settings
+from tests.support.wiring import health_parts, make_core
 
 pytestmark = [pytest.mark.rabbitmq]
 
@@ -101,11 +101,19 @@ def test_a_describe_process_sent_during_a_heartbeat_flood_is_answered_before_the
     store = SqlStore(settings.database_url, create=True)
     messenger_client = RpcClient(broker, PD)
     messenger = RpcMessenger(messenger_client)
-    handler = GatedHandler(store, messenger, engine_registry(settings))
+    engines = engine_registry(settings)
+    parts = health_parts(store, messenger, engines)
+    handler = GatedHandler(
+        store,
+        messenger,
+        engines,
+        transitions=parts.transitions,
+        registration=parts.registration,
+    )
     service = DispatcherService(
         settings,
         store=store,
-        core=ProcessDispatcherCore(store, messenger),
+        core=make_core(store, messenger, transitions=parts.transitions),
         heartbeats=handler,
         rpc=RpcService(broker, PD, workers=2),
         messenger_client=messenger_client,

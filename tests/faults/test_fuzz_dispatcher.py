@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from dashi.errors import BadRequestError
@@ -269,6 +269,18 @@ def test_any_arguments_get_a_known_answer_and_a_rejection_writes_nothing(
 
 @fuzz_settings(HEARTBEAT_EXAMPLES)
 @given(args=arguments(FIELDS["heartbeat"]), sender=senders)
+# A time that leaves the calendar once converted to UTC (found by this fuzz).
+@example(
+    args={
+        "message": {
+            "eeagent_id": "eeagent_1",
+            "node_id": "node1",
+            "timestamp": "0001-01-01T00:30:00+01:00",
+            "processes": [{"upid": "p-pending", "round": 0, "state": "500-RUNNING"}],
+        }
+    },
+    sender="sys.eeagent_1",
+)
 def test_any_heartbeat_gets_a_known_answer_and_a_rejected_one_writes_nothing(
     args: Any, sender: Any
 ) -> None:

@@ -16,12 +16,14 @@ import pytest
 
 from dispatcher.doctor import Doctor
 from dispatcher.engines import EngineRegistry
+from dispatcher.evacuation import Evacuation
 from dispatcher.heartbeats import HeartbeatHandler
 from dispatcher.messaging import RecordingMessenger
 from dispatcher.model import Node, Process, Resource
 from dispatcher.store.base import Store
 from dispatcher.store.memory import MemoryStore
 from pdcommon.settings import EngineSettings
+from tests.support.wiring import Health, health_parts, make_heartbeats
 
 #: The time the fake clock starts at (epoch seconds): 2023-11-14T22:13:20Z.
 NOW = 1_700_000_000.0
@@ -95,10 +97,27 @@ def engines() -> EngineRegistry:
 
 
 @pytest.fixture
-def handler(
+def parts(
     store: Store, messenger: RecordingMessenger, engines: EngineRegistry, clock: FakeClock
+) -> Health:
+    """The one state machine, evacuation and registration the handler and doctor share."""
+    return health_parts(store, messenger, engines, clock=clock)
+
+
+@pytest.fixture
+def evacuation(parts: Health) -> Evacuation:
+    return parts.evacuation
+
+
+@pytest.fixture
+def handler(
+    store: Store,
+    messenger: RecordingMessenger,
+    engines: EngineRegistry,
+    clock: FakeClock,
+    parts: Health,
 ) -> HeartbeatHandler:
-    return HeartbeatHandler(store, messenger, engines, clock=clock)
+    return make_heartbeats(store, messenger, engines, clock=clock, parts=parts)
 
 
 @pytest.fixture
@@ -106,10 +125,17 @@ def doctor(
     store: Store,
     messenger: RecordingMessenger,
     engines: EngineRegistry,
-    handler: HeartbeatHandler,
     clock: FakeClock,
+    parts: Health,
 ) -> Doctor:
-    return Doctor(store, messenger, engines, handler, clock=clock)
+    return Doctor(
+        store,
+        messenger,
+        engines,
+        transitions=parts.transitions,
+        evacuation=parts.evacuation,
+        clock=clock,
+    )
 
 
 # -- building state -----------------------------------------------------------------------

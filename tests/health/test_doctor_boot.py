@@ -26,6 +26,7 @@ from tests.health.conftest import (
     put_process,
     snapshot,
 )
+from tests.support.wiring import make_doctor, make_heartbeats
 
 S = ProcessState
 PD = ProcessDispatcherState
@@ -206,8 +207,8 @@ def test_a_boot_ended_through_another_instance_is_noticed(
     leader, other = SqlStore(url, create=True), SqlStore(url)
     try:
         engines = make_engines()
-        heartbeats = HeartbeatHandler(leader, messenger, engines)
-        doctor = Doctor(leader, messenger, engines, heartbeats, boot_poll_interval=0.05)
+        heartbeats = make_heartbeats(leader, messenger, engines)
+        doctor = make_doctor(leader, messenger, engines, heartbeats, boot_poll_interval=0.05)
         leader.set_system_boot(True)
         stop = threading.Event()
         thread = threading.Thread(target=doctor.run, args=(stop,))
@@ -287,7 +288,7 @@ def test_a_doctor_without_monitoring_never_judges_agents(
     clock: FakeClock,
 ) -> None:
     # Given a doctor built with monitoring off and an agent silent for a minute
-    doctor = Doctor(store, messenger, engines, handler, monitor=False, clock=clock)
+    doctor = make_doctor(store, messenger, engines, handler, monitor=False, clock=clock)
     bring_up(handler)
     clock.advance(60)
     stop = threading.Event()

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dispatcher.evacuation import release_node_exclusive
-from dispatcher.heartbeats import HeartbeatHandler
+from dispatcher.evacuation import Evacuation, release_node_exclusive
 from dispatcher.messaging import RecordingMessenger
 from dispatcher.store.base import Store
 from pdcommon.states import ExecutionResourceState, ProcessState
@@ -33,7 +32,7 @@ R = ExecutionResourceState
 )
 @pytest.mark.parametrize("state", [S.ASSIGNED, S.PENDING, S.RUNNING])
 def test_evacuating_a_resource_moves_its_processes_on_by_restart_mode(
-    handler: HeartbeatHandler,
+    evacuation: Evacuation,
     store: Store,
     messenger: RecordingMessenger,
     state: str,
@@ -44,7 +43,7 @@ def test_evacuating_a_resource_moves_its_processes_on_by_restart_mode(
     add_agent(store, state=R.MISSING)
     put_process(store, "proc1", state, assigned="eeagent_1", restart_mode=mode)
     # When the agent is evacuated
-    handler.evacuation.evacuate_resource(resource(store))
+    evacuation.evacuate_resource(resource(store))
     # Then the process is re-queued in a new round, or FAILED (exit state FAILED)
     p = process(store, "proc1")
     assert (p.state, p.round, p.assigned) == (*expected, None)
@@ -54,14 +53,14 @@ def test_evacuating_a_resource_moves_its_processes_on_by_restart_mode(
 
 
 def test_evacuation_ends_terminating_processes_and_leaves_ended_ones(
-    handler: HeartbeatHandler, store: Store, messenger: RecordingMessenger
+    evacuation: Evacuation, store: Store, messenger: RecordingMessenger
 ) -> None:
     # Given a MISSING agent with a TERMINATING process and a stale entry of an EXITED one
     add_agent(store, state=R.MISSING)
     put_process(store, "term", S.TERMINATING, assigned="eeagent_1", subscribers=SUBSCRIBERS)
     put_process(store, "done", S.EXITED, assigned="eeagent_1", subscribers=SUBSCRIBERS)
     # When it is evacuated
-    handler.evacuation.evacuate_resource(resource(store))
+    evacuation.evacuate_resource(resource(store))
     # Then the TERMINATING one is TERMINATED with its assignment cleared, the other untouched
     term = process(store, "term")
     assert (term.state, term.assigned) == (S.TERMINATED, None)
@@ -69,7 +68,7 @@ def test_evacuation_ends_terminating_processes_and_leaves_ended_ones(
     assert notified(messenger) == [("term", S.TERMINATED, 0)]
 
 
-def test_evacuation_releases_node_exclusive_tags(handler: HeartbeatHandler, store: Store) -> None:
+def test_evacuation_releases_node_exclusive_tags(evacuation: Evacuation, store: Store) -> None:
     # Given a MISSING agent whose process holds the node's tag
     add_agent(store, state=R.MISSING)
     put_process(store, "proc1", S.RUNNING, assigned="eeagent_1", node_exclusive="port5000")
@@ -78,14 +77,14 @@ def test_evacuation_releases_node_exclusive_tags(handler: HeartbeatHandler, stor
     node.node_exclusive = ["port5000", "other"]
     store.update_node(node)
     # When it is evacuated
-    handler.evacuation.evacuate_resource(resource(store))
+    evacuation.evacuate_resource(resource(store))
     # Then only that tag is released
     node = store.get_node("node1")
     assert node is not None and node.node_exclusive == ["other"]
 
 
 def test_evacuation_skips_entries_of_rounds_that_moved_on(
-    handler: HeartbeatHandler, store: Store
+    evacuation: Evacuation, store: Store
 ) -> None:
     # Given a MISSING agent listing round 0 of a process now in round 1 elsewhere
     add_agent(store, state=R.MISSING)
@@ -94,20 +93,20 @@ def test_evacuation_skips_entries_of_rounds_that_moved_on(
     agent.assigned = [("proc1", 0)]
     store.update_resource(agent)
     # When it is evacuated
-    handler.evacuation.evacuate_resource(resource(store))
+    evacuation.evacuate_resource(resource(store))
     # Then the process is untouched and the stale entry gone
     assert process(store, "proc1").state == S.RUNNING
     assert resource(store).assigned == []
 
 
 def test_slots_of_a_resource_that_came_back_ok_are_left_to_heartbeats(
-    handler: HeartbeatHandler, store: Store
+    evacuation: Evacuation, store: Store
 ) -> None:
     # Given an agent evacuated from a stale read while its record says OK again
     add_agent(store, state=R.OK)
     put_process(store, "proc1", S.RUNNING, assigned="eeagent_1")
     # When it is evacuated
-    handler.evacuation.evacuate_resource(resource(store))
+    evacuation.evacuate_resource(resource(store))
     # Then the process moved on but the OK resource's list is not rewritten
     assert process(store, "proc1").state == S.DIED_REQUESTED
     assert resource(store).assigned == [("proc1", 0)]
@@ -115,25 +114,25 @@ def test_slots_of_a_resource_that_came_back_ok_are_left_to_heartbeats(
 
 @pytest.mark.parametrize("state", [R.OK, R.WARNING, R.MISSING])
 def test_resource_states_change_until_disabled(
-    handler: HeartbeatHandler, store: Store, state: str
+    evacuation: Evacuation, store: Store, state: str
 ) -> None:
     # Given an agent in `state`
     add_agent(store, state=state)
     # When it is disabled, Then it is DISABLED and stays so
-    handler.evacuation.change_resource_state("eeagent_1", R.DISABLED)
+    evacuation.change_resource_state("eeagent_1", R.DISABLED)
     for other in (R.OK, R.WARNING, R.MISSING):
-        handler.evacuation.change_resource_state("eeagent_1", other)
+        evacuation.change_resource_state("eeagent_1", other)
         assert resource(store).state == R.DISABLED
 
 
 def test_setting_the_same_resource_state_writes_nothing(
-    handler: HeartbeatHandler, store: Store
+    evacuation: Evacuation, store: Store
 ) -> None:
     # Given an OK agent, When it is set OK, Then it is not rewritten
     version = add_agent(store).version
-    handler.evacuation.change_resource_state("eeagent_1", R.OK)
+    evacuation.change_resource_state("eeagent_1", R.OK)
     assert resource(store).version == version
-    assert handler.evacuation.change_resource_state("nobody", R.OK) is None
+    assert evacuation.change_resource_state("nobody", R.OK) is None
 
 
 def test_releasing_tags_of_a_node_that_is_gone_is_harmless(store: Store) -> None:

@@ -27,6 +27,7 @@ from tests.health.conftest import (
     resource,
     snapshot,
 )
+from tests.support.wiring import make_heartbeats
 
 
 @BOTH_STORES
@@ -102,7 +103,7 @@ def test_an_engine_added_by_another_instance_is_found_in_the_store(
 ) -> None:
     # Given an engine "late" persisted by another dispatcher instance only
     store.add_engine("late", {"slots": 3})
-    handler = HeartbeatHandler(store, messenger, make_engines(), clock=clock)
+    handler = make_heartbeats(store, messenger, make_engines(), clock=clock)
     handler.node_state("node1", "pd_domain_late", "600-RUNNING")
     # When an agent of that engine first heartbeats
     handler.heartbeat(beat(), sender="eeagent_1")
@@ -149,7 +150,7 @@ def test_two_agents_registering_on_one_node_at_once_are_both_listed(
     # Given node1, and a second agent whose registration lands between the first
     # agent's read and write of the node
     store = RacingStore()
-    handler = HeartbeatHandler(store, messenger, make_engines(), clock=clock)
+    handler = make_heartbeats(store, messenger, make_engines(), clock=clock)
     handler.node_state("node1", DOMAIN1, "600-RUNNING")
     store.before_node_update = lambda: handler.heartbeat(
         beat(eeagent_id="eeagent_2"), sender="eeagent_2"
@@ -195,7 +196,7 @@ def test_a_node_removed_during_a_first_heartbeat_gets_no_resource(
 ) -> None:
     # Given node1, removed just as the first heartbeat updates it
     store = RacingStore()
-    handler = HeartbeatHandler(store, messenger, make_engines(), clock=clock)
+    handler = make_heartbeats(store, messenger, make_engines(), clock=clock)
     handler.node_state("node1", DOMAIN1, "600-RUNNING")
     store.before_node_update = lambda: store.remove_node("node1")
     # When eeagent_1 sends its first heartbeat, Then no error
@@ -214,7 +215,7 @@ def test_a_node_evacuated_right_after_registration_leaves_no_orphan(
             super().add_resource(resource)
 
     store = LateStore()
-    handler = HeartbeatHandler(store, messenger, make_engines(), clock=clock)
+    handler = make_heartbeats(store, messenger, make_engines(), clock=clock)
     handler.node_state("node1", DOMAIN1, "600-RUNNING")
     # When eeagent_1 sends its first heartbeat
     handler.heartbeat(beat(), sender="eeagent_1")
@@ -227,7 +228,7 @@ def test_engines_added_at_run_time_register_agents(
 ) -> None:
     # Given an engine added with add_engine
     engines = EngineRegistry({"engine1": EngineSettings(slots=4)}, "engine1")
-    handler = HeartbeatHandler(store, messenger, engines, clock=clock)
+    handler = make_heartbeats(store, messenger, engines, clock=clock)
     handler.add_engine({"engine_id": "big", "slots": 16})
     handler.node_state("nodeb", "pd_domain_big", "600-RUNNING")
     # When an agent on one of its nodes first heartbeats
@@ -241,7 +242,7 @@ def test_one_agent_registering_twice_at_once_is_recorded_once(
 ) -> None:
     # Given node1, and a second heartbeat of the same agent racing with its first
     store = RacingStore()
-    handler = HeartbeatHandler(store, messenger, make_engines(), clock=clock)
+    handler = make_heartbeats(store, messenger, make_engines(), clock=clock)
     handler.node_state("node1", DOMAIN1, "600-RUNNING")
     store.before_node_update = lambda: handler.heartbeat(beat(), sender="eeagent_1")
     # When eeagent_1's first heartbeat is handled

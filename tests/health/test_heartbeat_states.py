@@ -11,7 +11,6 @@ from typing import Any
 import pytest
 
 from dashi.errors import TransportError
-from dispatcher.core import ProcessDispatcherCore
 from dispatcher.heartbeats import HeartbeatHandler
 from dispatcher.messaging import RecordingMessenger
 from dispatcher.model import Node, Process, Resource
@@ -20,6 +19,7 @@ from dispatcher.store.memory import MemoryStore
 from pdcommon.states import ProcessState
 from tests.health.conftest import (
     BOTH_STORES,
+    DOMAIN1,
     NOW,
     SUBSCRIBERS,
     FakeClock,
@@ -34,6 +34,7 @@ from tests.health.conftest import (
     report,
     resource,
 )
+from tests.support.wiring import make_core, make_heartbeats
 
 S = ProcessState
 
@@ -426,7 +427,7 @@ def test_node_exclusive_tags_are_released_before_the_slot(
             self.writes.append("resource")
 
     store = OrderStore()
-    handler = HeartbeatHandler(store, messenger, make_engines(), clock=clock)
+    handler = make_heartbeats(store, messenger, make_engines(), clock=clock)
     bring_up(handler)
     put_process(store, "proc1", S.RUNNING, assigned="eeagent_1", node_exclusive="port5000")
     put_process(store, "proc2", S.RUNNING, assigned="eeagent_1", node_exclusive="port5001")
@@ -457,7 +458,7 @@ def test_an_old_round_report_after_a_restart_does_not_kill_the_new_round(
 ) -> None:
     # Given proc1 RUNNING (one start) on eeagent_1, restarted with restart_process
     put_process(store, "proc1", S.RUNNING, assigned=agent, starts=1, start_times=[NOW - 9])
-    core = ProcessDispatcherCore(store, messenger, clock=clock)
+    core = make_core(store, messenger, clock=clock)
     assert core.restart_process("proc1")["round"] == 1
     assert orders(messenger) == [("restart_process", "proc1", 1)]
     # When a heartbeat built before the agent restarted still reports round 0 RUNNING
@@ -487,7 +488,7 @@ def test_an_old_round_is_terminated_once_the_restarted_process_is_terminating(
 ) -> None:
     # Given proc1 restarted into round 1, then terminated before it ran again
     put_process(store, "proc1", S.RUNNING, assigned=agent, starts=1)
-    core = ProcessDispatcherCore(store, messenger, clock=clock)
+    core = make_core(store, messenger, clock=clock)
     core.restart_process("proc1")
     core.terminate_process("proc1")
     messenger.clear()
@@ -560,6 +561,38 @@ def test_timestamps_with_other_offsets_are_stored_in_utc(
     assert resource(store).last_heartbeat == "2023-11-14T22:13:25+00:00"
 
 
+@pytest.mark.parametrize("stamp", ["0001-01-01T00:30:00+01:00", "0001-01-01T00:00:00+23:59"])
+def test_a_timestamp_before_year_one_in_utc_counts_as_the_earliest_time(
+    handler: HeartbeatHandler, store: Store, agent: str, stamp: str
+) -> None:
+    # Given a known agent, and a heartbeat whose time in UTC falls before year 1
+    put_process(store, "proc1", S.PENDING, assigned=agent)
+    # When it arrives
+    handler.heartbeat(
+        {"timestamp": stamp, "processes": [report("proc1", 0, S.RUNNING)]}, sender=agent
+    )
+    # Then it is taken like any other old heartbeat: the reported state is applied
+    # and the last heartbeat does not move back
+    assert process(store, "proc1").state == S.RUNNING
+    assert resource(store).last_heartbeat == iso(NOW)
+
+
+def test_a_first_heartbeat_before_year_one_in_utc_registers_at_the_earliest_time(
+    handler: HeartbeatHandler, store: Store
+) -> None:
+    # Given a running node, when an unknown agent's first heartbeat is stamped
+    # before year 1 in UTC
+    handler.node_state("node1", DOMAIN1, "600-RUNNING")
+    handler.heartbeat(
+        {"node_id": "node1", "timestamp": "0001-01-01T00:30:00+01:00", "processes": []},
+        sender="eeagent_9",
+    )
+    # Then the agent is registered, last seen at the earliest time there is
+    stored = store.get_resource("eeagent_9")
+    assert stored is not None
+    assert stored.last_heartbeat == "0001-01-01T00:00:00+00:00"
+
+
 def test_an_unchanged_heartbeat_writes_nothing(
     handler: HeartbeatHandler, store: Store, agent: str
 ) -> None:
@@ -588,7 +621,7 @@ def test_commands_are_sent_after_the_state_they_follow_is_stored(
             super().fire(target, op, **args)
 
     witness = Witness()
-    handler = HeartbeatHandler(store, witness, make_engines(), clock=clock)
+    handler = make_heartbeats(store, witness, make_engines(), clock=clock)
     bring_up(handler)
     put_process(store, "proc1", S.RUNNING, assigned="eeagent_1", restart_mode="NEVER")
     # When the agent reports proc1 FAILED
@@ -624,8 +657,8 @@ def test_an_ending_racing_with_terminate_process_still_settles(
             super().update_process(process)
 
     store = RaceStore()
-    handler = HeartbeatHandler(store, messenger, make_engines(), clock=clock)
-    core = ProcessDispatcherCore(store, messenger, clock=clock)
+    handler = make_heartbeats(store, messenger, make_engines(), clock=clock)
+    core = make_core(store, messenger, transitions=handler.transitions)
     bring_up(handler)
     put_process(store, "proc1", S.RUNNING, assigned="eeagent_1")
     store.hook = lambda: core.terminate_process("proc1")
@@ -652,7 +685,7 @@ def test_a_slot_taken_while_the_heartbeat_is_handled_is_kept(
             super().update_resource(resource)
 
     store = RaceStore()
-    handler = HeartbeatHandler(store, messenger, make_engines(), clock=clock)
+    handler = make_heartbeats(store, messenger, make_engines(), clock=clock)
     bring_up(handler)
     put_process(store, "proc1", S.RUNNING, assigned="eeagent_1", restart_mode="NEVER")
     put_process(store, "proc2", S.REQUESTED)
@@ -675,7 +708,7 @@ def test_a_cleanup_is_not_resent_on_every_heartbeat_only_after_the_resend_period
     store: Store, messenger: RecordingMessenger, clock: FakeClock
 ) -> None:
     # Given a dispatcher that resends cleanups after 30 s (dispatch_retry_seconds)
-    handler = HeartbeatHandler(
+    handler = make_heartbeats(
         store, messenger, make_engines(), clock=clock, cleanup_resend_seconds=30
     )
     bring_up(handler)

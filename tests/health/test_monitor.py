@@ -32,6 +32,7 @@ from tests.health.conftest import (
     report,
     resource,
 )
+from tests.support.wiring import make_doctor, make_heartbeats
 
 S = ProcessState
 R = ExecutionResourceState
@@ -239,8 +240,8 @@ def test_a_heartbeat_racing_with_the_warning_is_not_overwritten(
 
     store = RaceStore()
     engines = make_engines()
-    handler = HeartbeatHandler(store, messenger, engines, clock=clock)
-    doctor = Doctor(store, messenger, engines, handler, clock=clock)
+    handler = make_heartbeats(store, messenger, engines, clock=clock)
+    doctor = make_doctor(store, messenger, engines, handler, clock=clock)
     bring_up(handler)
     clock.advance(12)
     store.hook = lambda: heartbeat_at(handler, clock, clock.now)
@@ -260,8 +261,8 @@ def test_engines_added_by_another_instance_are_monitored(
         "late", {"slots": 1, "heartbeat_period": 1, "heartbeat_warning": 2, "heartbeat_missing": 3}
     )
     engines = EngineRegistry({"engine1": EngineSettings(slots=4)}, "engine1")
-    handler = HeartbeatHandler(store, messenger, engines, clock=clock)
-    doctor = Doctor(store, messenger, engines, handler, clock=clock)
+    handler = make_heartbeats(store, messenger, engines, clock=clock)
+    doctor = make_doctor(store, messenger, engines, handler, clock=clock)
     add_agent(store, engine="late", last_heartbeat=NOW - 2)
     # When the doctor looks, Then that engine's thresholds apply
     doctor.monitor_once()
@@ -294,8 +295,8 @@ def test_the_loop_does_no_work_when_nothing_is_due_and_wakes_on_changes(
     # Given a running doctor with one unmonitored agent (engine2)
     store = CountingStore()
     engines = make_engines()
-    handler = HeartbeatHandler(store, messenger, engines)
-    doctor = Doctor(store, messenger, engines, handler, min_pass_interval=0)
+    handler = make_heartbeats(store, messenger, engines)
+    doctor = make_doctor(store, messenger, engines, handler, min_pass_interval=0)
     handler.node_state("node2", "pd_domain_engine2", "600-RUNNING")
     handler.heartbeat(beat(at=time.time(), node_id="node2", eeagent_id="a2"), sender="a2")
     stop = threading.Event()
@@ -330,8 +331,8 @@ def test_the_loop_marks_a_silent_agent_missing_and_ok_again_in_real_time(
         },
         "fast",
     )
-    handler = HeartbeatHandler(store, messenger, engines)
-    doctor = Doctor(store, messenger, engines, handler)
+    handler = make_heartbeats(store, messenger, engines)
+    doctor = make_doctor(store, messenger, engines, handler)
     handler.node_state("node1", "pd_domain_fast", "600-RUNNING")
     handler.heartbeat(beat(at=time.time()), sender="eeagent_1")
     put_process(store, "p1", S.RUNNING, assigned="eeagent_1")
@@ -370,8 +371,8 @@ def test_a_failing_pass_is_retried(
             return super().list_resources()
 
     store = FlakyStore()
-    handler = HeartbeatHandler(store, messenger, engines)
-    doctor = Doctor(store, messenger, engines, handler, error_retry=0.05)
+    handler = make_heartbeats(store, messenger, engines)
+    doctor = make_doctor(store, messenger, engines, handler, error_retry=0.05)
     handler.node_state("node1", DOMAIN1, "600-RUNNING")
     handler.heartbeat(beat(at=time.time() - 15), sender="eeagent_1")
     stop = threading.Event()

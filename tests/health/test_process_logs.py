@@ -20,6 +20,7 @@ from dispatcher.messaging import RecordingMessenger
 from dispatcher.store.base import Store
 from pdcommon.states import ProcessState
 from tests.health.conftest import make_engines, put_process
+from tests.support.wiring import make_heartbeats
 
 
 class FakeCaller:
@@ -43,7 +44,7 @@ def caller() -> FakeCaller:
 
 @pytest.fixture
 def logs(store: Store, messenger: RecordingMessenger, caller: FakeCaller) -> HeartbeatHandler:
-    return HeartbeatHandler(store, messenger, make_engines(), caller=caller, logs_timeout=2.5)
+    return make_heartbeats(store, messenger, make_engines(), caller=caller, logs_timeout=2.5)
 
 
 def test_the_logs_come_from_the_assigned_agent(

@@ -20,6 +20,7 @@ from dispatcher.needs import NeedRegistrar, RecordingNeedSink
 from dispatcher.store.memory import MemoryStore
 from pdcommon.settings import EngineSettings
 from pdcommon.states import ExecutionResourceState, ProcessState
+from tests.support.wiring import make_core, make_matchmaker
 
 NOW = 1_700_000_000.0
 RUN_TYPE = "fake_run_type"
@@ -75,7 +76,7 @@ def build(
 ) -> Matchmaker:
     kwargs.setdefault("dispatch_retry_seconds", 30)
     registrar = NeedRegistrar(store, sink) if sink is not None else None
-    return Matchmaker(
+    return make_matchmaker(
         store,
         messenger,
         make_engines(),
@@ -680,10 +681,9 @@ def terminates(messenger: RecordingMessenger) -> list[tuple[str, str, int]]:
 def test_terminates_are_retried_every_period_while_terminating(
     store: MemoryStore, messenger: RecordingMessenger, clock: Clock
 ) -> None:
-    from dispatcher.core import ProcessDispatcherCore
 
     # Given p1 assigned to r1 by the matchmaker, then terminated
-    core = ProcessDispatcherCore(store, messenger, clock=clock)
+    core = make_core(store, messenger, clock=clock)
     mm = build(store, messenger, clock, dispatch_retry_seconds=0.5)
     mm.initialize()
     add_resource(store, "r1")

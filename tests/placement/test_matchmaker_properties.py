@@ -22,7 +22,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from dispatcher.engines import EngineRegistry
-from dispatcher.matchmaker import Matchmaker
 from dispatcher.messaging import RecordingMessenger
 from dispatcher.model import Node, Process, Resource
 from dispatcher.placement import match_constraints
@@ -30,6 +29,7 @@ from dispatcher.store.memory import MemoryStore
 from dispatcher.transitions import get_queueing_decision
 from pdcommon.settings import EngineSettings
 from pdcommon.states import ExecutionResourceState, ProcessState
+from tests.support.wiring import make_matchmaker
 
 ENGINES = ("engine1", "engine2")
 HATS = ("fedora", "bowler")
@@ -122,7 +122,7 @@ def test_placement_invariants(
         {e: EngineSettings(slots=3) for e in ENGINES}, default_engine="engine1"
     )
     messenger = RecordingMessenger()
-    matchmaker = Matchmaker(store, messenger, engines, clock=lambda: 0.0)
+    matchmaker = make_matchmaker(store, messenger, engines, clock=lambda: 0.0)
     for _ in range(passes):
         assert matchmaker.matchmake().complete
     resources = {r.resource_id: r for r in store.list_resources()}

@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 
 from dashi.jsontree import depth
-from dispatcher.core import ProcessDispatcherCore
 from dispatcher.engines import EngineRegistry
 from dispatcher.matchmaker import Matchmaker
 from dispatcher.messaging import RecordingMessenger
@@ -31,6 +30,7 @@ from dispatcher.store.sql import SqlStore
 from pdcommon.errors import StoreError
 from pdcommon.settings import EngineSettings
 from pdcommon.states import ProcessState
+from tests.support.wiring import make_core, make_matchmaker
 
 NOW = 1_700_000_000.0
 DEFINITION = {"definition_id": "D", "executable": {"exec": "/bin/true", "argv": []}}
@@ -64,7 +64,7 @@ def messenger() -> RecordingMessenger:
 @pytest.fixture
 def matchmaker(store: Store, messenger: RecordingMessenger) -> Matchmaker:
     engines = EngineRegistry({"engine1": EngineSettings(slots=4)}, default_engine="engine1")
-    made = Matchmaker(store, messenger, engines, run_type="supd", clock=lambda: NOW)
+    made = make_matchmaker(store, messenger, engines, run_type="supd", clock=lambda: NOW)
     made.initialize()
     return made
 
@@ -128,7 +128,7 @@ def test_a_record_nested_past_the_limit_is_set_aside_while_the_others_are_placed
     assert [m.args["process"]["state"] for m in messenger.sent_to("sub")] == [ProcessState.FAILED]
     assert store.list_queued() == []
     # And its reason is kept for dump, naming the field and the limit
-    core = ProcessDispatcherCore(store, messenger)
+    core = make_core(store, messenger)
     dumped = core.dump()
     assert dumped["set_aside"]["poisoned"]["round"] == 0
     assert dumped["set_aside"]["poisoned"]["reason"] == (

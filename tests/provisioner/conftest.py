@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 import pytest
 
 from dispatcher.engines import EngineRegistry
-from dispatcher.heartbeats import HeartbeatHandler
 from dispatcher.messaging import RecordingMessenger
 from dispatcher.provisioner.base import agent_name
 from dispatcher.provisioner.fake import FakeDriver, InlineExecutor
@@ -24,6 +23,7 @@ from dispatcher.provisioner.sites import Site
 from dispatcher.registration import Registration
 from dispatcher.store.memory import MemoryStore
 from pdcommon.settings import EngineSettings, ProvisionerSettings
+from tests.support.wiring import health_parts
 
 NOW = 1_700_000_000.0
 BOOT_TIMEOUT = 60.0
@@ -69,7 +69,7 @@ def engines() -> EngineRegistry:
 
 @pytest.fixture
 def registration(store: MemoryStore, engines: EngineRegistry, clock: FakeClock) -> Registration:
-    return HeartbeatHandler(store, RecordingMessenger(), engines, clock=clock).registration
+    return health_parts(store, RecordingMessenger(), engines, clock=clock).registration
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from dashi.errors import (
     RpcTimeoutError,
     UnknownOperationError,
     WriteConflictError,
+    WriteRetriesExhaustedError,
 )
 from dashi.service import RpcService
 
@@ -232,6 +233,33 @@ def test_a_legacy_request_gets_legacy_error_names(service, broker):
     assert reply["result"] is None
     assert reply["error"]["exc_type"] == "dashi.exceptions.BadRequestError"
     assert set(reply["error"]) == {"exc_type", "value", "traceback"}
+
+
+def test_a_write_that_kept_conflicting_reaches_callers_as_a_write_conflict(broker, client):
+    # Given a handler whose optimistic write ran out of attempts
+    def fail() -> None:
+        raise WriteRetriesExhaustedError(
+            "process 'p1' kept changing: 5 write attempts lost a race",
+            record="process 'p1'",
+            attempts=5,
+        )
+
+    svc = RpcService(broker, "failing")
+    svc.handle("fail", fail)
+    svc.start()
+    try:
+        # When our client calls it, Then the subtype, still a WriteConflictError
+        with pytest.raises(WriteRetriesExhaustedError) as info:
+            client.call("failing", "fail")
+        assert isinstance(info.value, WriteConflictError)
+        assert info.value.value == "process 'p1' kept changing: 5 write attempts lost a race"
+        # And a legacy caller sees the WriteConflictError it knows (plus an extra member)
+        (reply,) = _legacy_call(broker, "failing", "fail", {})
+        assert reply["error"]["exc_type"] == "dashi.exceptions.WriteConflictError"
+        assert reply["error"]["value"] == info.value.value
+        assert reply["error"]["subtype"] == "WriteRetriesExhaustedError"
+    finally:
+        svc.stop()
 
 
 class LegacyStyleService:

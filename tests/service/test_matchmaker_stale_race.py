@@ -14,12 +14,12 @@ import threading
 from collections.abc import Callable
 
 from dispatcher.engines import EngineRegistry
-from dispatcher.matchmaker import Matchmaker
 from dispatcher.messaging import RecordingMessenger
 from dispatcher.model import Node, Process, Resource
 from dispatcher.store.memory import MemoryStore
 from pdcommon.settings import EngineSettings
 from pdcommon.states import ProcessState
+from tests.support.wiring import make_matchmaker
 
 
 class HookedStore(MemoryStore):
@@ -52,7 +52,7 @@ def test_a_slot_freed_during_a_pass_goes_to_the_oldest_waiting_process() -> None
     store.enqueue("p1", 0)
     engines = EngineRegistry({"engine1": EngineSettings(slots=1)}, default_engine="engine1")
     messenger = RecordingMessenger()
-    matchmaker = Matchmaker(store, messenger, engines)
+    matchmaker = make_matchmaker(store, messenger, engines)
     matchmaker.initialize()
 
     # When p0's slot is freed (a heartbeat on another thread) while a pass runs

@@ -28,6 +28,7 @@ from dispatcher.service import DispatcherService
 from dispatcher.store.sql import SqlStore
 from pdcommon.settings import DEFAULT_SERVICE_NAME
 from tests.service.conftest import DEFINITION, Harness, build_service, make_settings, wait_for
+from tests.support.wiring import make_core
 
 TRANSPORTS = ["embedded", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)]
 
@@ -177,7 +178,7 @@ def test_a_schedule_redelivered_after_the_dispatcher_died_before_its_ack_is_not_
     # Given a dispatcher's store, and a first dispatcher that dies after committing and
     # replying to a schedule_process, before acknowledging it
     store = SqlStore(f"sqlite:///{tmp_path}/pd.db", create=True)
-    core = ProcessDispatcherCore(store, RecordingMessenger())
+    core = make_core(store, RecordingMessenger())
     store.add_definition(Definition(DEFINITION, "supd", {"exec": "/bin/true"}))
     broker = BrokerConfig(uri=amqp_uri, sysname=sysname, heartbeat=10)
     first = serve_core(DiesBeforeAck(broker, "pd"), core, RequestReplay(store))

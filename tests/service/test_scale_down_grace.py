@@ -24,6 +24,7 @@ from tests.placement.test_matchmaker import (
     make_engines,
     queue,
 )
+from tests.support.wiring import make_matchmaker
 
 GRACE = 30.0
 
@@ -181,7 +182,6 @@ def test_without_a_grace_a_new_term_retires_at_once() -> None:
 
 
 def test_the_matchmaker_reports_a_drop_when_the_grace_ends_without_any_other_change() -> None:
-    from dispatcher.matchmaker import Matchmaker
     from dispatcher.messaging import RecordingMessenger
 
     # Given a matchmaker whose registrar holds needs for 30 s, and two queued
@@ -190,7 +190,7 @@ def test_the_matchmaker_reports_a_drop_when_the_grace_ends_without_any_other_cha
     clock = Clock()
     sink = RecordingNeedSink()
     registrar = NeedRegistrar(store, sink, grace=lambda engine_id: GRACE, clock=clock)
-    matchmaker = Matchmaker(
+    matchmaker = make_matchmaker(
         store,
         RecordingMessenger(),
         make_engines(),

@@ -162,3 +162,30 @@ def test_pd_dispatcher_process_exits_with_one_line_and_no_traceback(tmp_path: Pa
         "'nosuchengine' is not among the engines"
     ]
     assert done.stdout == ""
+
+
+def test_the_daemon_builds_one_state_machine_and_gives_it_to_every_component(
+    tmp_path: Path,
+) -> None:
+    # Given/When the daemon's object graph is built (no broker is contacted)
+    service = DispatcherService.build(valid(tmp_path))
+    try:
+        # Then one state machine writes every process state, and the heartbeat
+        # handler, the doctor and the provisioner share one registration/evacuation
+        machine = service.core.transitions
+        assert service.heartbeats is not None
+        assert service.matchmaker is not None
+        assert service.doctor is not None
+        assert service.provisioner is not None
+        evacuation = service.doctor.evacuation
+        assert service.heartbeats.transitions is machine
+        assert service.matchmaker.transitions is machine
+        assert service.matchmaker.set_aside.transitions is machine
+        assert service.doctor.transitions is machine
+        assert evacuation.transitions is machine
+        assert service.heartbeats.registration.evacuation is evacuation
+        assert service.doctor.resource_monitor.evacuation is evacuation
+        assert service.provisioner.node_events is service.heartbeats.registration
+        assert machine.store is service.store
+    finally:
+        service.stop()

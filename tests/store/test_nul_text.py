@@ -13,9 +13,10 @@ import pytest
 
 from dashi.broker import BrokerConfig
 from dashi.service import RpcService
-from dispatcher.core import RPC_OPERATIONS, ProcessDispatcherCore
+from dispatcher.core import RPC_OPERATIONS
 from dispatcher.messaging import RecordingMessenger
 from dispatcher.store.sql import SqlStore
+from tests.support.wiring import make_core
 
 pytestmark = pytest.mark.postgres
 
@@ -43,7 +44,7 @@ def test_nul_text_is_a_bad_request_on_postgresql(
 ) -> None:
     store = SqlStore(postgres_url, create=True)
     try:
-        core = ProcessDispatcherCore(store, RecordingMessenger())
+        core = make_core(store, RecordingMessenger())
         core.create_definition("base", "supd", {"exec": "/bin/true", "argv": []})
         rpc = RpcService(BrokerConfig(), "process_dispatcher")
         for name in RPC_OPERATIONS:
