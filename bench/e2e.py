@@ -31,7 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dispatcher.client import ProcessDispatcherClient
 from dispatcher.service import DispatcherService
-from dispatcher.settings import load_settings
+from eeagent.supervisor import stop_left_supervisord
+from pdcommon.settings import load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -58,7 +59,7 @@ def run(uri: str, count: int) -> None:
                 "provisioner.driver": "static",
             }
         )
-        service = DispatcherService.build(settings)
+        service = DispatcherService.build(settings, stop_supervisord=stop_left_supervisord)
         service.start()
         client = ProcessDispatcherClient.from_settings(settings, timeout=20)
         config = Path(tmp) / "agent.yml"

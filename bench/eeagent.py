@@ -40,9 +40,9 @@ from supervisor.xmlrpc import SupervisorTransport
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dispatcher.rpc.broker import BrokerConfig
-from dispatcher.rpc.client import RpcClient
-from dispatcher.rpc.service import RpcService
+from dashi.broker import BrokerConfig
+from dashi.client import RpcClient
+from dashi.service import RpcService
 
 PROGRAM = "/bin/sleep 600"
 

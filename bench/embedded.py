@@ -40,9 +40,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from dashi.broker import BrokerConfig  # noqa: E402
+from dashi.client import RpcClient  # noqa: E402
 from dispatcher.client import ProcessDispatcherClient  # noqa: E402
-from dispatcher.rpc.broker import BrokerConfig  # noqa: E402
-from dispatcher.rpc.client import RpcClient  # noqa: E402
 
 BIN = Path(sys.executable).parent
 SERVICE = "process_dispatcher"
@@ -50,8 +50,8 @@ SERVICE = "process_dispatcher"
 _AGENTS = """
 import signal, sys, time
 from pathlib import Path
-from dispatcher.rpc.broker import BrokerConfig
-from dispatcher.rpc.service import RpcService
+from dashi.broker import BrokerConfig
+from dashi.service import RpcService
 broker = BrokerConfig(uri="embedded://", state_dir=Path({state_dir!r}))
 services = []
 for name in {names!r}:
@@ -75,8 +75,8 @@ else:
 _CALLERS = """
 import sys, threading
 from pathlib import Path
-from dispatcher.rpc.broker import BrokerConfig
-from dispatcher.rpc.client import RpcClient
+from dashi.broker import BrokerConfig
+from dashi.client import RpcClient
 broker = BrokerConfig(uri="embedded://", state_dir=Path({state_dir!r}))
 clients = [RpcClient(broker, f"killed-{{i}}", timeout=30) for i in range({count})]
 started = threading.Barrier({count} + 1)
@@ -223,7 +223,7 @@ def kill_callers(state_dir: Path, count: int, per_process: int) -> None:
 
 def stop_local_agents(state_dir: Path) -> None:
     from dispatcher.provisioner.sites import build_sites
-    from dispatcher.settings import load_settings
+    from pdcommon.settings import load_settings
 
     settings = load_settings(environ={"PD_STATE_DIR": str(state_dir)})
     for site in build_sites(settings).values():

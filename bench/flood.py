@@ -38,11 +38,12 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from dashi.broker import BrokerConfig
+from dashi.client import RpcClient
 from dispatcher.client import ProcessDispatcherClient
-from dispatcher.rpc.broker import BrokerConfig
-from dispatcher.rpc.client import RpcClient
 from dispatcher.service import DispatcherService
-from dispatcher.settings import Settings, load_settings
+from pdcommon.settings import Settings, load_settings
+from pdcommon.wire import broker_config
 
 SYSNAME = "bench"
 PD = "process_dispatcher"
@@ -191,7 +192,7 @@ def settings_for(tmp: str, uri: str, rpc_workers: int) -> Settings:
 def run(uri: str, options: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         settings = settings_for(tmp, uri, options.rpc_workers)
-        broker = BrokerConfig.from_settings(settings)
+        broker = broker_config(settings)
         service = DispatcherService.build(settings)
         service.start()
         client = ProcessDispatcherClient.from_settings(settings, timeout=120)

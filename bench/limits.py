@@ -3,7 +3,7 @@
 Measured in this process (no broker, no database) as CPU time (steady on a shared
 machine), median of ``--runs`` runs:
 
-* ``check``: :func:`dispatcher.limits.check_arguments` alone (the depth and size
+* ``check``: :func:`pdcommon.limits.check_arguments` alone (the depth and size
   walk, then the exact JSON length) on a configuration of about 1 MiB in three
   shapes: one long string, 20,000 small objects, 100,000 numbers;
 * ``parse``: the whole ``ScheduleProcessRequest.parse`` (limits, types, and the
@@ -34,13 +34,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from dashi.errors import BadRequestError  # noqa: E402
 from dispatcher.core import ProcessDispatcherCore  # noqa: E402
-from dispatcher.errors import BadRequestError  # noqa: E402
-from dispatcher.limits import DEFAULT_LIMITS, check_arguments  # noqa: E402
 from dispatcher.messaging import RecordingMessenger  # noqa: E402
 from dispatcher.requests import ScheduleProcessRequest  # noqa: E402
 from dispatcher.store.memory import MemoryStore  # noqa: E402
 from dispatcher.transitions import ProcessStateMachine  # noqa: E402
+from pdcommon.limits import DEFAULT_LIMITS, check_arguments  # noqa: E402
 
 MIB = 1024 * 1024
 

@@ -44,7 +44,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dispatcher.client import ProcessDispatcherClient
-from dispatcher.settings import Settings, load_settings
+from pdcommon.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parent.parent
 FINAL = {"700-TERMINATED", "800-EXITED", "850-FAILED", "900-REJECTED"}

@@ -38,11 +38,11 @@ from dispatcher.matchmaker import QUEUED_STATES, Matchmaker
 from dispatcher.messaging import Messenger
 from dispatcher.model import Node, Process, Resource
 from dispatcher.placement import plan
-from dispatcher.settings import EngineSettings
-from dispatcher.states import ProcessState
 from dispatcher.store.base import Store
 from dispatcher.store.sql import SqlStore
 from dispatcher.transitions import ProcessStateMachine
+from pdcommon.settings import EngineSettings
+from pdcommon.states import ProcessState
 
 EXECUTABLE = {"exec": "/bin/sleep", "argv": ["1000"]}
 
@@ -136,9 +136,9 @@ def private_postgres() -> Iterator[str]:
 
 @contextmanager
 def rabbitmq_messenger(uri: str | None) -> Iterator[Messenger]:
-    from dispatcher.rpc.broker import BrokerConfig
-    from dispatcher.rpc.client import RpcClient
-    from dispatcher.rpc.messenger import RpcMessenger
+    from dashi.broker import BrokerConfig
+    from dashi.client import RpcClient
+    from dashi.messenger import RpcMessenger
 
     server = None
     if uri is None:

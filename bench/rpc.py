@@ -26,9 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import contextlib
 
-from dispatcher.rpc.broker import BrokerConfig
-from dispatcher.rpc.client import RpcClient
-from dispatcher.rpc.service import RpcService
+from dashi.broker import BrokerConfig
+from dashi.client import RpcClient
+from dashi.service import RpcService
 
 
 def measure(call: Callable[[int], object], calls: int) -> dict[str, float]:

@@ -43,10 +43,10 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from dashi.broker import BrokerConfig  # noqa: E402
+from dashi.client import RpcClient  # noqa: E402
 from dispatcher.client import ProcessDispatcherClient  # noqa: E402
 from dispatcher.model import Process  # noqa: E402
-from dispatcher.rpc.broker import BrokerConfig  # noqa: E402
-from dispatcher.rpc.client import RpcClient  # noqa: E402
 from dispatcher.store.schema import processes  # noqa: E402
 from dispatcher.store.sql import SqlStore  # noqa: E402
 

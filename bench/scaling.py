@@ -36,9 +36,9 @@ from dispatcher.provisioner.fake import FakeDriver
 from dispatcher.provisioner.manager import Provisioner
 from dispatcher.provisioner.sites import Site
 from dispatcher.registration import Registration
-from dispatcher.settings import EngineSettings, ProvisionerSettings
 from dispatcher.store.memory import MemoryStore
 from dispatcher.transitions import ProcessStateMachine
+from pdcommon.settings import EngineSettings, ProvisionerSettings
 
 
 class Timed:
@@ -77,8 +77,8 @@ def run_once(nodes: int, driver: Any, parallel: int, state_dir: Path | None) -> 
     )
     service = None
     if state_dir is not None:
-        from dispatcher.rpc.broker import BrokerConfig
-        from dispatcher.rpc.service import RpcService
+        from dashi.broker import BrokerConfig
+        from dashi.service import RpcService
 
         service = RpcService(
             BrokerConfig(uri="embedded://", state_dir=state_dir), "process_dispatcher"
@@ -138,13 +138,15 @@ def wait_heartbeats(store: MemoryStore, nodes: int, demand: float) -> float:
 def local_driver(state_dir: Path) -> Any:
     from dispatcher.provisioner.agents import AgentTemplate
     from dispatcher.provisioner.local import LocalDriver
-    from dispatcher.settings import LocalSiteSettings
+    from eeagent.supervisor import stop_left_supervisord
+    from pdcommon.settings import LocalSiteSettings
 
     return LocalDriver(
         LocalSiteSettings(heartbeat=1),
         template=AgentTemplate(amqp_uri="embedded://"),
         state_dir=state_dir,
         owner="bench",
+        stop_supervisord=stop_left_supervisord,
     )
 
 

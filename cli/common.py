@@ -16,8 +16,8 @@ from typing import Any
 
 import click
 
-from dispatcher.errors import ConfigError, DispatcherError
-from dispatcher.settings import (
+from pdcommon.errors import ConfigError, DispatcherError
+from pdcommon.settings import (
     LEGACY_IGNORED_KEYS,
     Settings,
     check_unknown_keys,
@@ -62,7 +62,7 @@ def settings_from_options(
     """Build settings from files, the environment and command-line overrides.
 
     A key of ``checked_sections`` that no setting reads and ``accepted`` does not
-    list is a configuration error (:func:`~dispatcher.settings.check_unknown_keys`).
+    list is a configuration error (:func:`~pdcommon.settings.check_unknown_keys`).
     Exits with status 2 and a one-line message on a configuration error.
     """
     try:
@@ -113,10 +113,10 @@ def check_state_dir(settings: Settings) -> None:
 
 @contextlib.contextmanager
 def reported_errors() -> Iterator[None]:
-    """Turn a :class:`~dispatcher.errors.DispatcherError` into one line and an exit status.
+    """Turn a :class:`~pdcommon.errors.DispatcherError` into one line and an exit status.
 
     ``Error: <message>`` goes to stderr (messages never contain credentials); the
-    status is 2 for a configuration error (:class:`~dispatcher.errors.ConfigError`),
+    status is 2 for a configuration error (:class:`~pdcommon.errors.ConfigError`),
     1 for anything else (the broker or the database unreachable or refusing access).
     """
     try:
@@ -196,8 +196,8 @@ def secure_state_dir(settings: Settings) -> None:
     Exits with status 2 and a one-line message when the state directory is unusable
     or unsafe.
     """
-    from dispatcher.state_dir import PRIVATE_UMASK
-    from dispatcher.state_dir import secure_state_dir as secure
+    from pdcommon.state_dir import PRIVATE_UMASK
+    from pdcommon.state_dir import secure_state_dir as secure
 
     os.umask(PRIVATE_UMASK)  # before the directory is first created
     try:

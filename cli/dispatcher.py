@@ -17,8 +17,9 @@ from cli.common import (
     settings_from_options,
     stop_on_signals,
 )
-from dispatcher.rpc.broker import BrokerConfig, mask_uri
-from dispatcher.settings import DISPATCHER_SECTIONS, LEGACY_IGNORED_KEYS, Settings, unknown_keys
+from dashi.broker import mask_uri
+from pdcommon.settings import DISPATCHER_SECTIONS, LEGACY_IGNORED_KEYS, Settings, unknown_keys
+from pdcommon.wire import broker_config
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ def _uses_state_dir(settings: Settings) -> bool:
     drivers = {provisioner.driver}
     drivers.update(site.get("driver", provisioner.driver) for site in provisioner.sites.values())
     return (
-        BrokerConfig.from_settings(settings).is_embedded
+        broker_config(settings).is_embedded
         or settings.processdispatcher.database_url is None
         or "local" in drivers
     )
@@ -77,6 +78,7 @@ def main(ctx: click.Context, config_files: tuple[str, ...], log_level: str) -> N
 @click.pass_context
 def serve(ctx: click.Context) -> None:
     from dispatcher.service import DispatcherService
+    from eeagent.supervisor import stop_left_supervisord
 
     settings = _settings(ctx)
     if _uses_state_dir(settings):
@@ -86,7 +88,7 @@ def serve(ctx: click.Context) -> None:
     stop = threading.Event()
     with stop_on_signals(stop):
         with reported_errors():
-            service = DispatcherService.build(settings)
+            service = DispatcherService.build(settings, stop_supervisord=stop_left_supervisord)
             service.start()
         try:
             stop.wait()

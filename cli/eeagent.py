@@ -16,9 +16,9 @@ from cli.common import (
     settings_from_options,
     stop_on_signals,
 )
-from dispatcher.rpc.broker import BrokerConfig
-from dispatcher.settings import AGENT_SECTIONS
-from dispatcher.settings import LEGACY_IGNORED_KEYS as SHARED_LEGACY_KEYS
+from pdcommon.settings import AGENT_SECTIONS
+from pdcommon.settings import LEGACY_IGNORED_KEYS as SHARED_LEGACY_KEYS
+from pdcommon.wire import broker_config
 
 __all__ = ["main"]
 
@@ -85,10 +85,7 @@ def main(
         accepted=SHARED_LEGACY_KEYS | {f"eeagent.{key}" for key in LEGACY_IGNORED_KEYS},
     )
     # The agent's home defaults to <state_dir>/eeagent; the embedded broker lives there too.
-    if (
-        settings.eeagent.launch_type.supd_directory is None
-        or BrokerConfig.from_settings(settings).is_embedded
-    ):
+    if settings.eeagent.launch_type.supd_directory is None or broker_config(settings).is_embedded:
         secure_state_dir(settings)
     configure_logging(settings, log_level)
     stop = threading.Event()

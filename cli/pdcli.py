@@ -14,22 +14,9 @@ import click
 import yaml
 
 from cli.common import CONFIG_HELP, secure_state_dir, settings_from_options
+from dashi.broker import mask_uri
+from dashi.errors import RemoteError, RequestError, TransportError
 from dispatcher.client import ProcessDispatcherClient
-from dispatcher.errors import (
-    DispatcherError,
-    RemoteError,
-    RequestError,
-    TransportError,
-)
-from dispatcher.heartbeat_messages import (
-    MAX_LOG_TAIL,
-    AddEngineRequest,
-    GetProcessLogsRequest,
-    HeartbeatRequest,
-    ListEnginesRequest,
-    LogStream,
-    NodeStateRequest,
-)
 from dispatcher.requests import (
     CreateDefinitionRequest,
     CreateProcessRequest,
@@ -40,7 +27,6 @@ from dispatcher.requests import (
     ListDefinitionsRequest,
     QueueingModeName,
     RemoveDefinitionRequest,
-    Request,
     RestartModeName,
     RestartProcessRequest,
     ScheduleProcessRequest,
@@ -48,8 +34,19 @@ from dispatcher.requests import (
     TerminateProcessRequest,
     UpdateDefinitionRequest,
 )
-from dispatcher.rpc.broker import BrokerConfig, mask_uri
-from dispatcher.states import ProcessState, QueueingMode, RestartMode
+from pdcommon.errors import DispatcherError
+from pdcommon.heartbeat_messages import (
+    MAX_LOG_TAIL,
+    AddEngineRequest,
+    GetProcessLogsRequest,
+    HeartbeatRequest,
+    ListEnginesRequest,
+    LogStream,
+    NodeStateRequest,
+)
+from pdcommon.requests import Request
+from pdcommon.states import ProcessState, QueueingMode, RestartMode
+from pdcommon.wire import broker_config
 
 HELP = """Operate a Process Dispatcher: definitions, processes, nodes and engines.
 
@@ -129,7 +126,7 @@ class Context:
     def client(self) -> Iterator[ProcessDispatcherClient]:
         settings = settings_from_options(self.config_files, {"dashi.sysname": self.sysname})
         self.uri = settings.amqp_uri
-        if BrokerConfig.from_settings(settings).is_embedded:
+        if broker_config(settings).is_embedded:
             secure_state_dir(settings)  # the embedded broker's messages live there
         client = ProcessDispatcherClient.from_settings(
             settings, name="pd-cli", timeout=self.timeout

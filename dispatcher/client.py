@@ -16,12 +16,12 @@ it against a real ``pd-dispatcher``).
 
 Every method is one RPC with the legacy operation and keyword-argument names,
 both taken from the operation's request model (:mod:`dispatcher.requests`,
-:mod:`dispatcher.heartbeat_messages`): a method's parameters are the model's
+:mod:`pdcommon.heartbeat_messages`): a method's parameters are the model's
 fields. The identifying arguments that legacy callers pass by position
 (``upid``, ``definition_id`` ...) may still be; every other argument is
 keyword-only, and the modes are typed (:data:`~dispatcher.requests.RestartModeName`
 ...). Results are plain JSON values (typed below as ``TypedDict``\\ s); errors are the
-types of :mod:`dispatcher.errors`: ``BadRequestError``, ``NotFoundError``,
+types of :mod:`dashi.errors`: ``BadRequestError``, ``NotFoundError``,
 ``WriteConflictError``, ``UnknownOperationError``, ``RemoteError``, and
 ``RpcTimeoutError`` when no reply arrives in time.
 """
@@ -32,14 +32,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any, TypedDict
 
-from dispatcher.heartbeat_messages import (
-    AddEngineRequest,
-    GetProcessLogsRequest,
-    InstanceStateName,
-    ListEnginesRequest,
-    LogStream,
-    NodeStateRequest,
-)
+from dashi.client import DEFAULT_TIMEOUT, RpcClient
 from dispatcher.requests import (
     CreateDefinitionRequest,
     CreateProcessRequest,
@@ -50,7 +43,6 @@ from dispatcher.requests import (
     ListDefinitionsRequest,
     QueueingModeName,
     RemoveDefinitionRequest,
-    Request,
     RestartModeName,
     RestartProcessRequest,
     ScheduleProcessRequest,
@@ -58,9 +50,17 @@ from dispatcher.requests import (
     TerminateProcessRequest,
     UpdateDefinitionRequest,
 )
-from dispatcher.rpc.broker import BrokerConfig
-from dispatcher.rpc.client import DEFAULT_TIMEOUT, RpcClient
-from dispatcher.settings import DEFAULT_SERVICE_NAME, Settings, load_settings
+from pdcommon.heartbeat_messages import (
+    AddEngineRequest,
+    GetProcessLogsRequest,
+    InstanceStateName,
+    ListEnginesRequest,
+    LogStream,
+    NodeStateRequest,
+)
+from pdcommon.requests import Request
+from pdcommon.settings import DEFAULT_SERVICE_NAME, Settings, load_settings
+from pdcommon.wire import broker_config
 
 __all__ = [
     "DefinitionRecord",
@@ -145,7 +145,7 @@ class ProcessDispatcherClient:
         cls, settings: Settings, *, name: str = "pd-client", timeout: float = DEFAULT_TIMEOUT
     ) -> ProcessDispatcherClient:
         """A client for the dispatcher the settings describe."""
-        rpc = RpcClient(BrokerConfig.from_settings(settings), name, timeout=timeout)
+        rpc = RpcClient(broker_config(settings), name, timeout=timeout)
         return cls(rpc, settings.processdispatcher.service_name, timeout=timeout)
 
     @classmethod

@@ -1,7 +1,7 @@
 """The dispatcher core: the definition and process RPCs (docs/rpc.md).
 
 :class:`ProcessDispatcherCore` has one handler per RPC operation, registered with
-``@operation(<request model>)`` (:mod:`dispatcher.rpc.operations`): the model of
+``@operation(<request model>)`` (:mod:`dashi.operations`): the model of
 :mod:`dispatcher.requests` declares the operation's name, arguments and flags, and
 the handler takes the validated model. Called with the legacy arguments instead
 (positional or keyword, as on the wire), a handler validates them first, so a
@@ -11,7 +11,7 @@ rejected request writes nothing. Each returns a JSON-ready value: ``None``, a
 The core is synchronous and stateless apart from the store: it runs on every RPC
 worker thread at once. Concurrent writers are reconciled with the store's
 optimistic versions: each operation re-reads and re-decides on
-:class:`~dispatcher.errors.WriteConflictError`, up to
+:class:`~dashi.errors.WriteConflictError`, up to
 :data:`~dispatcher.store.modify.WRITE_ATTEMPTS` times
 (:func:`~dispatcher.store.modify.retry_conflicts`), then gives up with
 ``BadRequestError("process X could not be updated")`` as legacy did.
@@ -36,14 +36,15 @@ import logging
 from collections.abc import Callable
 from typing import Any, Final, TypeVar
 
-from dispatcher.errors import (
+from dashi.errors import (
     BadRequestError,
     NotFoundError,
     WriteConflictError,
     WriteRetriesExhaustedError,
 )
-from dispatcher.jsontree import tree_copy
-from dispatcher.limits import DEFAULT_LIMITS, RequestLimits
+from dashi.gcpause import collector_paused
+from dashi.jsontree import tree_copy
+from dashi.operations import operation, operations_of
 from dispatcher.messaging import Messenger
 from dispatcher.model import Definition, Process
 from dispatcher.requests import (
@@ -55,19 +56,18 @@ from dispatcher.requests import (
     DumpRequest,
     ListDefinitionsRequest,
     RemoveDefinitionRequest,
-    Request,
     RestartProcessRequest,
     ScheduleProcessRequest,
     SetSystemBootRequest,
     TerminateProcessRequest,
     UpdateDefinitionRequest,
 )
-from dispatcher.rpc.gcpause import collector_paused
-from dispatcher.rpc.operations import operation, operations_of
-from dispatcher.states import ProcessState
 from dispatcher.store.base import Store
 from dispatcher.store.modify import retry_conflicts
 from dispatcher.transitions import ProcessStateMachine
+from pdcommon.limits import DEFAULT_LIMITS, RequestLimits
+from pdcommon.requests import Request
+from pdcommon.states import ProcessState
 
 __all__ = ["RPC_OPERATIONS", "ProcessDispatcherCore"]
 
@@ -82,7 +82,7 @@ _TERMINAL: Final = frozenset(ProcessState.TERMINAL_STATES)
 class ProcessDispatcherCore:
     """Definition and process RPCs over a store.
 
-    Register its operations (:func:`~dispatcher.rpc.operations.operations_of`) as
+    Register its operations (:func:`~dashi.operations.operations_of`) as
     RPC handlers with the service's own annotation checking turned off: every
     handler validates its arguments itself and gives the legacy error messages.
 
@@ -92,7 +92,7 @@ class ProcessDispatcherCore:
         transitions: the dispatcher's process state machine (the one writer of
             process states), over the same store.
         limits: the depth and size limits of every argument (see
-            :mod:`dispatcher.limits`).
+            :mod:`pdcommon.limits`).
     """
 
     def __init__(

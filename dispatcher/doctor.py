@@ -44,9 +44,9 @@ from dispatcher.engines import EngineRegistry
 from dispatcher.evacuation import Evacuation
 from dispatcher.messaging import Messenger
 from dispatcher.monitor import ResourceMonitor
-from dispatcher.states import ProcessDispatcherState, ProcessState
 from dispatcher.store.base import Store
 from dispatcher.transitions import ProcessStateMachine
+from pdcommon.states import ProcessDispatcherState, ProcessState
 
 __all__ = ["Doctor"]
 

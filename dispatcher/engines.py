@@ -1,7 +1,7 @@
 """Execution engines: the kinds of agent a process can run on, and which one it uses.
 
 Engines come from ``processdispatcher.engines`` (legacy keys, see
-:class:`~dispatcher.settings.EngineSettings`) and from the ``add_engine`` RPC, whose
+:class:`~pdcommon.settings.EngineSettings`) and from the ``add_engine`` RPC, whose
 engines are persisted in the store so every dispatcher instance and every restart
 sees them.
 
@@ -24,9 +24,10 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from dispatcher.errors import BadRequestError, ConfigError, WriteConflictError
-from dispatcher.limits import DEFAULT_LIMITS, LimitError, check_arguments
-from dispatcher.settings import EngineSettings, ProcessDispatcherSettings
+from dashi.errors import BadRequestError, WriteConflictError
+from pdcommon.errors import ConfigError
+from pdcommon.limits import DEFAULT_LIMITS, LimitError, check_arguments
+from pdcommon.settings import EngineSettings, ProcessDispatcherSettings
 
 __all__ = ["DOMAIN_PREFIX", "EngineRegistry", "engine_id_from_domain"]
 
@@ -104,7 +105,7 @@ class EngineRegistry:
         Raises:
             BadRequestError: not a dict, no ``engine_id``/``slots``, an unknown key, a
                 bad value (the message names it), or past the request limits (depth
-                and size, :data:`dispatcher.limits.DEFAULT_LIMITS`).
+                and size, :data:`pdcommon.limits.DEFAULT_LIMITS`).
         """
         if not isinstance(definition, dict):
             raise BadRequestError("Definition must be a dict")

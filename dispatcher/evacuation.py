@@ -1,6 +1,6 @@
 """Evacuation: taking processes off eeagents and nodes that are gone.
 
-A node that dies (``node_state`` with a dead :class:`~dispatcher.states.InstanceState`),
+A node that dies (``node_state`` with a dead :class:`~pdcommon.states.InstanceState`),
 a resource the doctor finds MISSING, and the doctor's system boot all end the same
 way: every process placed on the lost agents is moved on according to its restart
 mode, and the agents' slots are released.
@@ -28,12 +28,12 @@ import contextlib
 import logging
 from collections.abc import Iterable
 
-from dispatcher.errors import NotFoundError, WriteRetriesExhaustedError
+from dashi.errors import NotFoundError, WriteRetriesExhaustedError
 from dispatcher.model import Node, Process, Resource
-from dispatcher.states import ExecutionResourceState, ProcessState
 from dispatcher.store.base import Store
 from dispatcher.store.modify import modify, retry_conflicts
 from dispatcher.transitions import ProcessStateMachine, process_should_restart
+from pdcommon.states import ExecutionResourceState, ProcessState
 
 __all__ = ["Evacuation", "release_node_exclusive"]
 
@@ -100,7 +100,7 @@ class Evacuation:
 
         Args:
             resource_id: the eeagent.
-            state: an :class:`~dispatcher.states.ExecutionResourceState`.
+            state: an :class:`~pdcommon.states.ExecutionResourceState`.
 
         Raises:
             WriteRetriesExhaustedError: every write attempt lost its race.

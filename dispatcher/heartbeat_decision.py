@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from typing import Final
 
 from dispatcher.model import Process
-from dispatcher.states import ProcessState
 from dispatcher.transitions import process_should_restart
+from pdcommon.states import ProcessState
 
 __all__ = ["Action", "HeartbeatDecision", "Reason", "decide", "ending"]
 

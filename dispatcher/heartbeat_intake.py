@@ -7,11 +7,11 @@ applied each one in turn, a flood of heartbeats held every worker and a client
 request queued behind it waited until the whole flood was applied.
 
 :class:`HeartbeatIntake` is what the RPC service runs for a *fired* heartbeat
-(:meth:`~dispatcher.rpc.service.RpcService.handle` with ``fire=``), on the
+(:meth:`~dashi.service.RpcService.handle` with ``fire=``), on the
 consuming thread, before the message is acknowledged:
 
-1. the message and sender are validated (:class:`~dispatcher.heartbeat_messages.
-   HeartbeatMessage`, :func:`~dispatcher.heartbeat_messages.resource_id_from_sender`);
+1. the message and sender are validated (:class:`~pdcommon.heartbeat_messages.
+   HeartbeatMessage`, :func:`~pdcommon.heartbeat_messages.resource_id_from_sender`);
    an invalid heartbeat is dropped there, with at most one warning per
    :data:`REJECT_LOG_SECONDS` (which counts the ones not logged);
 2. a valid one is put in a buffer keyed by the agent's resource id: it replaces
@@ -61,8 +61,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-from dispatcher.errors import BadRequestError
-from dispatcher.heartbeat_messages import HeartbeatMessage, resource_id_from_sender
+from dashi.errors import BadRequestError
+from pdcommon.heartbeat_messages import HeartbeatMessage, resource_id_from_sender
 
 __all__ = [
     "DEFAULT_CAPACITY",

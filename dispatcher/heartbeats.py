@@ -4,7 +4,7 @@
 arguments: ``heartbeat(message, sender)``, ``node_state(node_id,
 domain_id, state, properties=None)``, ``add_engine(definition)`` and
 ``get_process_logs(upid, stream="stdout", tail_bytes=65536)`` (new). Every argument
-is validated before anything is read or written (:mod:`dispatcher.heartbeat_messages`).
+is validated before anything is read or written (:mod:`pdcommon.heartbeat_messages`).
 
 **First heartbeat** of an unknown agent: it is registered on its node with
 the slot count of the node's engine, or dropped (with a log line) when the message
@@ -93,17 +93,28 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
 
-from dispatcher.engines import EngineRegistry
-from dispatcher.errors import (
+from dashi.errors import (
     BadRequestError,
     NotFoundError,
     TransportError,
     WriteConflictError,
     WriteRetriesExhaustedError,
 )
+from dashi.operations import operation, operations_of
+from dispatcher.engines import EngineRegistry
 from dispatcher.evacuation import release_node_exclusive
 from dispatcher.heartbeat_decision import Action, Reason, decide, ending
-from dispatcher.heartbeat_messages import (
+from dispatcher.messaging import Messenger
+from dispatcher.model import Process, Resource
+from dispatcher.process_logs import DEFAULT_LOGS_TIMEOUT, AgentCaller, ProcessLogs
+from dispatcher.registration import Registration
+from dispatcher.store.base import Store
+from dispatcher.store.modify import retry_conflicts
+from dispatcher.transitions import (
+    WRITE_CONFLICT_RETRIES,
+    ProcessStateMachine,
+)
+from pdcommon.heartbeat_messages import (
     AddEngineRequest,
     GetProcessLogsRequest,
     HeartbeatMessage,
@@ -113,20 +124,9 @@ from dispatcher.heartbeat_messages import (
     ReportedProcess,
     resource_id_from_sender,
 )
-from dispatcher.limits import DEFAULT_LIMITS
-from dispatcher.messaging import Messenger
-from dispatcher.model import Process, Resource
-from dispatcher.process_logs import DEFAULT_LOGS_TIMEOUT, AgentCaller, ProcessLogs
-from dispatcher.registration import Registration
-from dispatcher.requests import Request
-from dispatcher.rpc.operations import operation, operations_of
-from dispatcher.states import InstanceState, ProcessState
-from dispatcher.store.base import Store
-from dispatcher.store.modify import retry_conflicts
-from dispatcher.transitions import (
-    WRITE_CONFLICT_RETRIES,
-    ProcessStateMachine,
-)
+from pdcommon.limits import DEFAULT_LIMITS
+from pdcommon.requests import Request
+from pdcommon.states import InstanceState, ProcessState
 
 __all__ = ["RPC_OPERATIONS", "HeartbeatHandler"]
 
@@ -152,7 +152,7 @@ class _Beat:
 class HeartbeatHandler:
     """The health RPCs: heartbeats, node states, run-time engines and process logs.
 
-    Register its operations (:func:`~dispatcher.rpc.operations.operations_of`) as
+    Register its operations (:func:`~dashi.operations.operations_of`) as
     RPC handlers with the service's annotation checking off (each validates its own
     arguments), and ``heartbeat`` with ``sender_kwarg="sender"``. Thread-safe: state lives in the
     store, except the recently sent cleanups (under a lock).
@@ -437,7 +437,7 @@ class HeartbeatHandler:
         Args (of ``req``):
             node_id: the node (VM) id.
             domain_id: ``pd_domain_<engine>``: the engine its agents serve.
-            state: an :class:`~dispatcher.states.InstanceState` string.
+            state: an :class:`~pdcommon.states.InstanceState` string.
             properties: node properties placement constraints can match (e.g.
                 ``hostname``).
 

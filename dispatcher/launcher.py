@@ -14,8 +14,8 @@ import heapq
 import logging
 from typing import Any, Final
 
-from dispatcher.errors import TransportError
-from dispatcher.jsontree import tree_copy
+from dashi.errors import TransportError
+from dashi.jsontree import tree_copy
 from dispatcher.messaging import Messenger
 from dispatcher.model import Process
 

@@ -17,7 +17,7 @@ A database belongs to one dispatcher system: the instances that share it must
 share ``dashi.sysname`` and ``processdispatcher.service_name`` (their agents and
 their launches are addressed by those). :func:`claim_database` records the
 first system to start on a database and refuses any other one with
-:class:`~dispatcher.errors.DatabaseOwnerError`. To move a database to another
+:class:`~pdcommon.errors.DatabaseOwnerError`. To move a database to another
 system, stop its dispatchers and delete the ``owner`` row of ``pd_state``.
 
 :class:`LeaderElector` runs a thread that keeps trying to acquire the lock and, as
@@ -43,9 +43,9 @@ import sqlalchemy
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from dispatcher.errors import DatabaseOwnerError
-from dispatcher.rpc.broker import mask_uri
+from dashi.broker import mask_uri
 from dispatcher.store.base import Store
+from pdcommon.errors import DatabaseOwnerError
 
 __all__ = ["LeaderElector", "LeaderLock", "claim_database", "lock_for_database"]
 

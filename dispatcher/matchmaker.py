@@ -60,11 +60,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from dashi.errors import NotFoundError, WriteRetriesExhaustedError
 from dispatcher.engines import EngineRegistry
-from dispatcher.errors import NotFoundError, WriteRetriesExhaustedError
 from dispatcher.evacuation import release_node_exclusive
 from dispatcher.launcher import DispatchRetries, fire_launch
-from dispatcher.limits import DEFAULT_MAX_DEPTH
 from dispatcher.messaging import Messenger
 from dispatcher.model import Node, Process, Resource
 from dispatcher.needs import NeedRegistrar, calculate_needs
@@ -81,12 +80,13 @@ from dispatcher.placement import (
     plan,
 )
 from dispatcher.setaside import INFRASTRUCTURE_ERRORS, SetAside, describe_error, release_slot
-from dispatcher.states import ProcessDispatcherState, ProcessState
 from dispatcher.store.base import Store
 from dispatcher.store.batch import batch_writer
 from dispatcher.store.modify import modify, retry_conflicts
 from dispatcher.terminates import TerminateRetries
 from dispatcher.transitions import Assignment, ProcessStateMachine
+from pdcommon.limits import DEFAULT_MAX_DEPTH
+from pdcommon.states import ProcessDispatcherState, ProcessState
 
 __all__ = ["Matchmaker", "PassResult"]
 

@@ -22,7 +22,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from dispatcher.errors import DispatcherError
+from pdcommon.errors import DispatcherError
 
 __all__ = ["FiredMessage", "Messenger", "RecordingMessenger"]
 

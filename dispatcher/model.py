@@ -15,8 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Final, TypeVar
 
-from dispatcher.jsontree import tree_copy
-from dispatcher.states import ExecutionResourceState, ProcessState
+from dashi.jsontree import tree_copy
+from pdcommon.states import ExecutionResourceState, ProcessState
 
 __all__ = ["VM", "Definition", "EngineRecord", "Node", "Process", "Resource"]
 
@@ -33,7 +33,7 @@ class Definition:
     def to_dict(self) -> dict[str, Any]:
         """The legacy record, a deep copy (``schedule_process`` copies it into each process).
 
-        Built with :func:`~dispatcher.jsontree.tree_copy` rather than
+        Built with :func:`~dashi.jsontree.tree_copy` rather than
         ``deepcopy(asdict(...))``, which costs several times more for the same
         result and recurses once per level of nesting.
         """
@@ -65,7 +65,7 @@ class Process:
     def to_dict(self) -> dict[str, Any]:
         """The full legacy record (``describe_process``, ``dump``), a deep copy.
 
-        Built field by field with :func:`~dispatcher.jsontree.tree_copy` rather
+        Built field by field with :func:`~dashi.jsontree.tree_copy` rather
         than ``deepcopy(asdict(...))``: ``describe_processes`` and ``dump`` convert
         every stored process, and the generic copies cost ~100 us per record (and
         recurse once per level of nesting).

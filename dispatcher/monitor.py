@@ -32,13 +32,13 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
+from dashi.errors import NotFoundError, WriteConflictError
 from dispatcher.engines import EngineRegistry
-from dispatcher.errors import NotFoundError, WriteConflictError
 from dispatcher.evacuation import Evacuation
 from dispatcher.model import Resource
-from dispatcher.settings import EngineSettings
-from dispatcher.states import ExecutionResourceState
 from dispatcher.store.base import Store
+from pdcommon.settings import EngineSettings
+from pdcommon.states import ExecutionResourceState
 
 __all__ = ["ResourceMonitor"]
 

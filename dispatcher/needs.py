@@ -9,7 +9,7 @@ retire, newest unoccupied first (FILO), and disables their agents first so they
 never receive new work.
 
 A scale-down waits for the engine's **grace** (``scale_down_grace`` of its
-provisioner site, :meth:`~dispatcher.settings.ProvisionerSettings.scale_down_grace`):
+provisioner site, :meth:`~pdcommon.settings.ProvisionerSettings.scale_down_grace`):
 the need registered is the highest need computed in the last ``grace`` seconds
 (:func:`held_need`), so a node is retired only once it has been unneeded that
 long, and a need that rises again within the grace keeps it. A burst of short
@@ -39,14 +39,14 @@ from collections.abc import Callable, Iterable, Mapping, MutableMapping, Sequenc
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from dashi.errors import NotFoundError
 from dispatcher.engines import EngineRegistry
-from dispatcher.errors import NotFoundError
 from dispatcher.model import Node, Resource
 from dispatcher.provisioner.base import VMState
-from dispatcher.settings import EngineSettings
-from dispatcher.states import ExecutionResourceState
 from dispatcher.store.base import Store
 from dispatcher.store.modify import retry_conflicts
+from pdcommon.settings import EngineSettings
+from pdcommon.states import ExecutionResourceState
 
 __all__ = [
     "EngineNeed",

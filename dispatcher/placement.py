@@ -34,8 +34,8 @@ from typing import Any, Final
 
 from dispatcher.engines import EngineRegistry
 from dispatcher.model import Node, Process, Resource
-from dispatcher.states import ExecutionResourceState, ProcessState
 from dispatcher.transitions import get_queueing_decision
+from pdcommon.states import ExecutionResourceState, ProcessState
 
 __all__ = [
     "Assign",

@@ -27,15 +27,15 @@ from __future__ import annotations
 
 from typing import Any, Final, Protocol
 
-from dispatcher.errors import (
+from dashi.errors import (
     BadRequestError,
     NotFoundError,
     RpcTimeoutError,
     TransportError,
     UnknownOperationError,
 )
-from dispatcher.heartbeat_messages import GetProcessLogsRequest
 from dispatcher.store.base import Store
+from pdcommon.heartbeat_messages import GetProcessLogsRequest
 
 __all__ = ["DEFAULT_LOGS_TIMEOUT", "AgentCaller", "ProcessLogs"]
 

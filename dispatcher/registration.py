@@ -6,7 +6,7 @@ it appeared. Each eeagent on it is registered by its first heartbeat: the node
 must be known and its domain ``pd_domain_<engine>`` must name a known engine,
 whose ``slots`` give the agent's slot count (the agent's own slot setting is not
 sent). A node announced dead (any
-:data:`~dispatcher.states.InstanceState.DEAD` state: TERMINATING, TERMINATED,
+:data:`~pdcommon.states.InstanceState.DEAD` state: TERMINATING, TERMINATED,
 FAILED, REJECTED; docs/architecture.md, decision 3) is evacuated.
 
 Registration races with evacuation: an agent registering while its node is being
@@ -23,14 +23,14 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+from dashi.errors import NotFoundError, WriteConflictError
 from dispatcher.engines import EngineRegistry, engine_id_from_domain
-from dispatcher.errors import NotFoundError, WriteConflictError
 from dispatcher.evacuation import Evacuation
 from dispatcher.model import Node, Resource
-from dispatcher.settings import EngineSettings
-from dispatcher.states import ExecutionResourceState
 from dispatcher.store.base import Store
 from dispatcher.store.modify import retry_conflicts
+from pdcommon.settings import EngineSettings
+from pdcommon.states import ExecutionResourceState
 
 __all__ = ["Registration"]
 

@@ -7,7 +7,7 @@ operations in :data:`REPLAYED_OPERATIONS` a second application is wrong (a
 ``schedule_process`` of a process terminated meanwhile would start a new round).
 
 :class:`RequestReplay` wraps such an operation's handler (the RPC service calls it
-with the request's id, see :mod:`dispatcher.rpc.service`):
+with the request's id, see :mod:`dashi.service`):
 
 * if the store holds an :class:`~dispatcher.store.applied.AppliedRequest` with this
   id, for the same operation and arguments, its recorded result is the
@@ -38,8 +38,8 @@ from typing import Any, Final
 
 import orjson
 
+from dashi.operations import operations_of
 from dispatcher.core import ProcessDispatcherCore
-from dispatcher.rpc.operations import operations_of
 from dispatcher.store.applied import PendingRequest, pending_request
 from dispatcher.store.base import Store
 

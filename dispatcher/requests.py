@@ -1,7 +1,7 @@
 """Validated arguments of the dispatcher's RPC operations: one pydantic model per operation.
 
 Each model is the one declaration of its operation (see
-:mod:`dispatcher.rpc.operations`): ``operation`` is its name on the wire, the
+:mod:`dashi.operations`): ``operation`` is its name on the wire, the
 fields are its arguments in the legacy order, and the class variables are its
 flags (``large_reply`` for the listings, ``replay`` for the state-changing
 operations whose first result answers a redelivery, see :mod:`dispatcher.replay`).
@@ -11,7 +11,7 @@ the dispatch table, the operation lists and the client's names derive from them.
 The core builds the model for an operation from the keyword arguments it received
 (straight from the wire, or from an in-process caller) before it reads or writes
 anything, so a rejected request writes nothing. :meth:`Request.parse` turns every
-validation failure into a :class:`~dispatcher.errors.BadRequestError` whose
+validation failure into a :class:`~dashi.errors.BadRequestError` whose
 message names the offending field:
 
 * identifiers (``upid``, ``definition_id``) must be non-empty strings of ASCII
@@ -26,7 +26,7 @@ message names the offending field:
   ``1`` is not a string) and gives ``"invalid <field>: <reason>"``.
 
 Before any of that, every argument is checked against the request limits of
-:mod:`dispatcher.limits` (nesting depth, JSON size of each argument and of all
+:mod:`pdcommon.limits` (nesting depth, JSON size of each argument and of all
 together, a definition's ``exec``/``argv`` and ``env``): ``"invalid <field>:
 nested more than 100 levels deep (the limit)"``, ``"invalid <field>: longer than
 the limit of 1048576 bytes (1 MiB) as JSON"``. The checks never recurse, so no
@@ -42,24 +42,20 @@ will hand them back (tuples become lists), so that the idempotency comparisons o
 
 from __future__ import annotations
 
-import json
-import math
-import string
-from typing import Annotated, Any, ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BeforeValidator, ConfigDict, ValidationError
+from pydantic import BeforeValidator, ValidationError
 
-from dispatcher import jsontree
-from dispatcher.errors import BadRequestError
-from dispatcher.limits import (
-    DEFAULT_LIMITS,
-    LimitError,
-    RequestLimits,
-    check_arguments,
-    check_executable,
+from pdcommon.limits import RequestLimits, check_executable
+from pdcommon.requests import (
+    Identifier,
+    JsonObject,
+    JsonValue,
+    ReplayKind,
+    Request,
+    json_value,
 )
-from dispatcher.rpc.operations import OperationRequest
-from dispatcher.states import QueueingMode, RestartMode
+from pdcommon.states import QueueingMode, RestartMode
 
 __all__ = [
     "CreateDefinitionRequest",
@@ -79,45 +75,7 @@ __all__ = [
     "SetSystemBootRequest",
     "TerminateProcessRequest",
     "UpdateDefinitionRequest",
-    "is_valid_identifier",
 ]
-
-_IDENTIFIER_CHARS = frozenset(string.ascii_letters + string.digits + ".-_")
-
-
-def is_valid_identifier(value: object) -> bool:
-    """True if ``value`` is a non-empty string of ASCII letters, digits and ``.-_``.
-
-    This is the legacy ``epu.util.is_valid_identifier`` rule for upids and
-    definition ids.
-    """
-    return isinstance(value, str) and bool(value) and all(c in _IDENTIFIER_CHARS for c in value)
-
-
-def _identifier(value: str) -> str:
-    if not is_valid_identifier(value):
-        raise ValueError("not a valid identifier")
-    return value
-
-
-def _not_a_number(literal: str) -> Any:
-    raise ValueError(f"{literal} is not a JSON number")
-
-
-def _json_value(value: Any) -> Any:
-    """``value`` as it comes back from a JSON column (see :mod:`dispatcher.store._codec`).
-
-    ``NaN`` and the infinities are refused: JSON has no such numbers and
-    PostgreSQL's JSON columns refuse them, so both stores behave alike.
-    """
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError(f"{value} is not a JSON number")
-    if value is None or isinstance(value, str | int | float | bool):
-        return value
-    try:
-        return json.loads(jsontree.dumps(value), parse_constant=_not_a_number)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"not JSON-serializable ({exc})") from None
 
 
 def _one_of(allowed: tuple[str, ...]) -> BeforeValidator:
@@ -153,75 +111,11 @@ def _subscriber_pairs(value: Any) -> Any:
     return pairs
 
 
-Identifier = Annotated[str, AfterValidator(_identifier)]
-JsonValue = Annotated[Any, AfterValidator(_json_value)]
-JsonObject = Annotated[dict[str, Any], AfterValidator(_json_value)]
 Subscribers = Annotated[list[list[str]] | None, BeforeValidator(_subscriber_pairs)]
 #: A ``queueing_mode`` (:attr:`QueueingMode.ALL`).
 QueueingModeName = Literal["NEVER", "ALWAYS", "START_ONLY", "RESTART_ONLY"]
 #: A ``restart_mode`` (:attr:`RestartMode.ALL`).
 RestartModeName = Literal["NEVER", "ALWAYS", "ABNORMAL"]
-#: What a replayed operation's effect writes: a definition or a process record.
-ReplayKind = Literal["definition", "process"]
-
-
-class Request(OperationRequest):
-    """Base of the request models: strict types, no unknown fields, immutable."""
-
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
-
-    #: Fields whose every failure reads ``"invalid <field>"`` (the legacy wording).
-    identifier_fields: ClassVar[frozenset[str]] = frozenset({"upid", "definition_id"})
-    #: A redelivery of this request is answered with its first result, and what its
-    #: effect writes (``None``: applied again; see :mod:`dispatcher.replay`).
-    replay: ClassVar[ReplayKind | None] = None
-    #: :meth:`parse` checks the request limits first (operations whose handler
-    #: checks its arguments itself turn this off).
-    check_limits: ClassVar[bool] = True
-
-    @classmethod
-    def parse(cls, limits: RequestLimits = DEFAULT_LIMITS, /, **args: Any) -> Self:
-        """Validate keyword arguments as received by the operation.
-
-        Args:
-            limits: the depth and size limits every argument must respect.
-            **args: the operation's arguments by name.
-
-        Raises:
-            BadRequestError: an argument is invalid; the message names the first
-                invalid field (in declaration order), or the first argument over a
-                limit.
-
-        Returns:
-            The validated request.
-        """
-        try:
-            if cls.check_limits:
-                check_arguments(args, limits)
-            request = cls.model_validate(args)
-            request._check_limits(limits)
-        except LimitError as exc:
-            raise BadRequestError(f"invalid {exc}") from None
-        except ValidationError as exc:
-            raise BadRequestError(cls._describe(exc)) from None
-        return request
-
-    def _check_limits(self, limits: RequestLimits) -> None:
-        """Limits of a validated request beyond depth and size (none by default).
-
-        Raises:
-            LimitError: the message starts with the field's name.
-        """
-
-    @classmethod
-    def _describe(cls, exc: ValidationError) -> str:
-        error = exc.errors(include_url=False)[0]
-        loc = error["loc"]
-        field = str(loc[0]) if loc else "arguments"
-        if field in cls.identifier_fields:
-            return f"invalid {field}"
-        reason = error["msg"].removeprefix("Value error, ")
-        return f"invalid {field}: {reason}"
 
 
 # -- definitions -----------------------------------------------------------------------
@@ -323,12 +217,12 @@ class ScheduleProcessRequest(Request):
         Returns:
             A dict with exactly the keys of :attr:`UPDATE_FIELDS`.
         """
-        constraints = _json_value(self.constraints) if self.constraints is not None else {}
+        constraints = json_value(self.constraints) if self.constraints is not None else {}
         if self.execution_engine_id:
             constraints["engine"] = self.execution_engine_id
         return {
-            "configuration": _json_value(self.configuration),
-            "subscribers": _json_value(self.subscribers),
+            "configuration": json_value(self.configuration),
+            "subscribers": json_value(self.subscribers),
             "constraints": constraints,
             "queueing_mode": self.queueing_mode,
             "restart_mode": self.restart_mode,

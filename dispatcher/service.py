@@ -28,30 +28,31 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from dashi.client import RpcClient
+from dashi.messenger import RpcMessenger
+from dashi.operations import operations_of
+from dashi.security import CommandGuard, SignatureVerifier
+from dashi.service import RpcService
 from dispatcher.core import ProcessDispatcherCore
 from dispatcher.doctor import Doctor
 from dispatcher.engines import EngineRegistry
-from dispatcher.errors import ConfigError
 from dispatcher.evacuation import Evacuation
 from dispatcher.heartbeat_intake import HeartbeatIntake
-from dispatcher.heartbeat_messages import HeartbeatRequest
 from dispatcher.heartbeats import HeartbeatHandler
 from dispatcher.leadership import LeaderElector, claim_database, lock_for_database
 from dispatcher.matchmaker import Matchmaker
 from dispatcher.messaging import Messenger
 from dispatcher.needs import NeedRegistrar, NeedSink
+from dispatcher.provisioner.base import SupervisordStopper
 from dispatcher.provisioner.manager import Provisioner
 from dispatcher.registration import Registration
 from dispatcher.replay import RequestReplay
-from dispatcher.rpc.broker import BrokerConfig
-from dispatcher.rpc.client import RpcClient
-from dispatcher.rpc.messenger import RpcMessenger
-from dispatcher.rpc.operations import operations_of
-from dispatcher.rpc.security import CommandGuard, MessageSigner, SignatureVerifier
-from dispatcher.rpc.service import RpcService
-from dispatcher.settings import Settings
 from dispatcher.store.base import Store
 from dispatcher.transitions import ProcessStateMachine
+from pdcommon.errors import ConfigError
+from pdcommon.heartbeat_messages import HeartbeatRequest
+from pdcommon.settings import Settings
+from pdcommon.wire import broker_config, message_signer, signature_verifier
 
 __all__ = ["RPC_OPERATIONS", "DispatcherService", "engine_registry"]
 
@@ -89,10 +90,16 @@ def engine_registry(settings: Settings) -> EngineRegistry:
 
 
 def _provisioner(
-    settings: Settings, store: Store, engines: EngineRegistry, registration: Registration
+    settings: Settings,
+    store: Store,
+    engines: EngineRegistry,
+    registration: Registration,
+    stop_supervisord: SupervisordStopper | None = None,
 ) -> Provisioner | None:
     """The provisioner, unless every site is ``static``."""
-    provisioner = Provisioner.from_settings(settings, store, engines, registration)
+    provisioner = Provisioner.from_settings(
+        settings, store, engines, registration, stop_supervisord=stop_supervisord
+    )
     if not any(getattr(site.driver, "provisions", True) for site in provisioner.sites.values()):
         provisioner.close()
         return None
@@ -187,6 +194,7 @@ class DispatcherService:
         *,
         need_sink: NeedSink | None = None,
         launch_messenger: Callable[[Messenger], Messenger] | None = None,
+        stop_supervisord: SupervisordStopper | None = None,
     ) -> DispatcherService:
         """The default object graph: SQL store (migrated), AMQP messenger and service,
         the health handler, and the leader's matchmaker, doctor and provisioner.
@@ -196,13 +204,16 @@ class DispatcherService:
             need_sink: receives the engines' needs instead of the provisioner (tests).
             launch_messenger: wraps the messenger the matchmaker launches through
                 (tests that lose or fail launches).
+            stop_supervisord: how ``local`` sites stop the supervisord an agent
+                left behind (the agent package's ``stop_left_supervisord``; the
+                dispatcher does not import the agent).
         """
         from dispatcher.store.engine import PG_POOL_SIZE
         from dispatcher.store.sql import SqlStore
 
         engines = engine_registry(settings)
         pd = settings.processdispatcher
-        broker = BrokerConfig.from_settings(settings)
+        broker = broker_config(settings)
         # Every RPC worker and every singleton may use the store at once.
         pool_size = max(PG_POOL_SIZE, pd.rpc_workers + _STORE_THREADS_BESIDES_RPC)
         store = SqlStore(settings.database_url, create=True, pool_size=pool_size)
@@ -212,7 +223,7 @@ class DispatcherService:
             engines.merge_stored(store.list_engines())
             # Agents refuse commands from any other sender; with security.hmac_key
             # set, every message this client sends is signed.
-            client = RpcClient(broker, service_name, signer=MessageSigner.from_settings(settings))
+            client = RpcClient(broker, service_name, signer=message_signer(settings))
             messenger = RpcMessenger(client)
             # The one writer of process states, shared by every component below.
             transitions = ProcessStateMachine(store, messenger)
@@ -230,7 +241,7 @@ class DispatcherService:
                 caller=client,
                 cleanup_resend_seconds=pd.dispatch_retry_seconds,
             )
-            provisioner = _provisioner(settings, store, engines, registration)
+            provisioner = _provisioner(settings, store, engines, registration, stop_supervisord)
             sink = need_sink if need_sink is not None else provisioner
 
             def grace(engine_id: str) -> float:
@@ -272,7 +283,7 @@ class DispatcherService:
             doctor=doctor,
             provisioner=provisioner,
             messenger_client=client,
-            verifier=SignatureVerifier.from_settings(settings),
+            verifier=signature_verifier(settings),
         )
         service.elector = LeaderElector(
             lock_for_database(settings.database_url), service._on_elected

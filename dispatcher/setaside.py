@@ -1,7 +1,7 @@
 """Process records the matchmaker cannot place: failed, their slot freed, the reason kept.
 
 One bad record must not stop placement for everyone. A database written before
-requests had depth limits (:mod:`dispatcher.limits`) may hold a process whose
+requests had depth limits (:mod:`pdcommon.limits`) may hold a process whose
 configuration nests hundreds of levels deep, and any record may make planning or
 launching raise. :class:`SetAside` takes such a record out of the way:
 
@@ -23,13 +23,14 @@ import logging
 from collections.abc import Callable
 from typing import Final
 
-from dispatcher import jsontree
-from dispatcher.errors import StoreError, TransportError, WriteRetriesExhaustedError
+from dashi import jsontree
+from dashi.errors import TransportError, WriteRetriesExhaustedError
 from dispatcher.model import Process, Resource
-from dispatcher.states import ProcessState
 from dispatcher.store.base import Store
 from dispatcher.store.modify import modify
 from dispatcher.transitions import ProcessStateMachine
+from pdcommon.errors import StoreError
+from pdcommon.states import ProcessState
 
 __all__ = ["INFRASTRUCTURE_ERRORS", "SetAside", "describe_error", "release_slot"]
 

@@ -26,11 +26,11 @@ from __future__ import annotations
 import logging
 from typing import Final
 
-from dispatcher.errors import TransportError
+from dashi.errors import TransportError
 from dispatcher.launcher import DispatchRetries
 from dispatcher.messaging import Messenger
-from dispatcher.states import ProcessState
 from dispatcher.store.base import Store
+from pdcommon.states import ProcessState
 
 __all__ = ["TERMINATE_OP", "TerminateRetries", "fire_terminate"]
 

@@ -19,14 +19,14 @@ Two kinds of writes:
   :meth:`~ProcessStateMachine.terminate_unassigned`,
   :meth:`~ProcessStateMachine.begin_terminating`,
   :meth:`~ProcessStateMachine.assign`) write the record derived from the one the
-  caller read and raise :class:`~dispatcher.errors.WriteConflictError` when it
+  caller read and raise :class:`~dashi.errors.WriteConflictError` when it
   changed meanwhile: the caller re-reads and re-decides;
 * :meth:`~ProcessStateMachine.assign_many` writes the matchmaker's assignments
   of one pass in one batch.
 
 A process's ``(round, state)`` only moves forward: a state moves backwards only
 together with ``round += 1``. Writers read a record, decide, and write it back with
-the version they read; on :class:`~dispatcher.errors.WriteConflictError` they re-read
+the version they read; on :class:`~dashi.errors.WriteConflictError` they re-read
 and re-check their guard, so a stale or out-of-order event becomes a no-op instead
 of overwriting newer state.
 """
@@ -39,14 +39,14 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Final
 
-from dispatcher.errors import NotFoundError, TransportError, WriteConflictError
-from dispatcher.jsontree import tree_copy
+from dashi.errors import NotFoundError, TransportError, WriteConflictError
+from dashi.jsontree import tree_copy
 from dispatcher.messaging import Messenger
 from dispatcher.model import Process, Resource
-from dispatcher.states import ProcessState, QueueingMode, RestartMode
 from dispatcher.store.base import Store
 from dispatcher.store.batch import batch_writer
 from dispatcher.store.modify import WRITE_ATTEMPTS, modify, retry_conflicts
+from pdcommon.states import ProcessState, QueueingMode, RestartMode
 
 __all__ = [
     "WRITE_CONFLICT_RETRIES",

@@ -53,8 +53,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from dispatcher.errors import BadRequestError, NotFoundError
-from dispatcher.states import ProcessState
+from dashi.errors import BadRequestError, NotFoundError
 from eeagent.control import ProcessControl, ProgramState, ProgramStatus
 from eeagent.errors import (
     BackendFaultError,
@@ -68,6 +67,7 @@ from eeagent.records import ProcessRecord, RetiringProgram
 from eeagent.stopping import Stopper
 from eeagent.table import ProcessTable
 from eeagent.transitions import RESIGNAL_AFTER, observe
+from pdcommon.states import ProcessState
 
 __all__ = ["MAX_LOG_TAIL", "RUN_TYPE", "EEAgent"]
 

@@ -1,7 +1,7 @@
 """Errors raised by the eeagent package.
 
 Every error derives from :class:`EEAgentError`, itself a
-:class:`~dispatcher.errors.DispatcherError`, so one ``except`` at the edge (the CLI)
+:class:`~pdcommon.errors.DispatcherError`, so one ``except`` at the edge (the CLI)
 catches everything the project raises::
 
     DispatcherError
@@ -19,12 +19,12 @@ catches everything the project raises::
 The supervisord adapter translates ``xmlrpc.client.Fault``, ``OSError`` and
 ``http.client`` errors into these types at its boundary; the agent core never sees
 a library exception. Wire errors (``BadRequestError``, ``NotFoundError``) that RPC
-callers see come from :mod:`dispatcher.errors`.
+callers see come from :mod:`dashi.errors`.
 """
 
 from __future__ import annotations
 
-from dispatcher.errors import DispatcherError
+from pdcommon.errors import DispatcherError
 
 __all__ = [
     "AgentLockedError",

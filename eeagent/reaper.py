@@ -48,8 +48,8 @@ import signal
 import time
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 
-from eeagent import procfs
 from eeagent.cgroups import Cgroups
+from pdcommon import procfs
 
 __all__ = ["KILL_ROUNDS", "MARKER", "Reaper"]
 

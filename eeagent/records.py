@@ -11,7 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from dispatcher.states import ProcessState
+from pdcommon.states import ProcessState
 
 __all__ = [
     "LIVE_STATES",

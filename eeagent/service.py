@@ -15,14 +15,14 @@ the full state).
 are accepted only from the dispatcher (the ``sender`` header must be the
 sysname-prefixed ``pd.name``) and, when a key is configured
 (``security.hmac_key``), only with a valid signature; one
-:class:`~dispatcher.rpc.security.CommandGuard`, registered with the four
+:class:`~dashi.security.CommandGuard`, registered with the four
 operations, checks that before any handler runs. A refused command changes
 nothing: a call gets a ``BadRequestError`` starting ``not authorized:``, a fire is
 dropped, and both are logged. ``dump_state`` and ``get_process_logs`` only read,
 and stay open to any sender. With a key, heartbeats are signed too (a dispatcher
 with the key takes no others).
 
-:func:`run_agent` builds the whole agent from :class:`~dispatcher.settings.Settings`.
+:func:`run_agent` builds the whole agent from :class:`~pdcommon.settings.Settings`.
 """
 
 from __future__ import annotations
@@ -36,21 +36,23 @@ from typing import Annotated, Any
 
 from pydantic import BeforeValidator, Field
 
-from dispatcher.errors import AccessRefusedError, DispatcherError
-from dispatcher.rpc.broker import BrokerConfig
-from dispatcher.rpc.client import RpcClient
-from dispatcher.rpc.security import (
+from dashi.broker import BrokerConfig
+from dashi.client import RpcClient
+from dashi.errors import AccessRefusedError
+from dashi.security import (
     COMMAND_OPERATIONS,
     CommandGuard,
     MessageSigner,
     SignatureVerifier,
 )
-from dispatcher.rpc.service import RpcService
-from dispatcher.settings import Settings
+from dashi.service import RpcService
 from eeagent.agent import EEAgent
 from eeagent.persistence import AgentLock, StateStore
 from eeagent.supdconf import STOP_WAIT_SECONDS
 from eeagent.supervisor import SupervisorControl
+from pdcommon.errors import DispatcherError
+from pdcommon.settings import Settings
+from pdcommon.wire import broker_config, message_signer, signature_verifier
 
 __all__ = [
     "POLL_INTERVAL",
@@ -396,12 +398,12 @@ def run_agent(
         )
         service = AgentService(
             agent,
-            broker=BrokerConfig.from_settings(settings),
+            broker=broker_config(settings),
             pd_name=settings.pd.name,
             heartbeat=eea.heartbeat,
             leave_running=eea.leave_running_on_shutdown,
-            verifier=SignatureVerifier.from_settings(settings),
-            signer=MessageSigner.from_settings(settings),
+            verifier=signature_verifier(settings),
+            signer=message_signer(settings),
             # The broker refused the agent: stop, and raise its error below.
             on_refused=lambda _exc: stop.set(),
         )

@@ -65,7 +65,6 @@ from xml.parsers.expat import ExpatError
 
 from supervisor.xmlrpc import SupervisorTransport
 
-from eeagent import procfs
 from eeagent.cgroups import Cgroups
 from eeagent.control import Attachment, LogStream, ProgramSpec, ProgramState, ProgramStatus
 from eeagent.errors import (
@@ -76,8 +75,9 @@ from eeagent.errors import (
 )
 from eeagent.reaper import Reaper
 from eeagent.supdconf import STOP_WAIT_SECONDS, SupervisordFiles, program_options, render_config
+from pdcommon import procfs
 
-__all__ = ["SupervisorControl", "socket_path_for"]
+__all__ = ["SupervisorControl", "socket_path_for", "stop_left_supervisord"]
 
 log = logging.getLogger(__name__)
 
@@ -674,6 +674,23 @@ class SupervisorControl:
             started=started,
             identity=identity,
         )
+
+
+def stop_left_supervisord(home: Path) -> None:
+    """Shut down the supervisord an agent left in ``home`` (its programs with it).
+
+    Nothing happens when ``home`` has no pid file or its process is gone. The
+    ``local`` provisioner driver calls it (injected) for every agent of a node it
+    destroys, after the agents themselves stopped.
+    """
+    try:
+        pid = int((home / "supd.pid").read_text().strip())
+    except (OSError, ValueError):
+        return
+    if not procfs.pid_alive(pid):
+        return
+    log.info("shutting down the supervisord left in %s", home)
+    SupervisorControl(home).close(stop_programs=True)
 
 
 def _spawn_message(exc: BackendFaultError, spawn_error: str) -> str:

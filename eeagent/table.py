@@ -15,10 +15,10 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from dispatcher.states import ProcessState
 from eeagent.errors import PersistenceError
 from eeagent.persistence import AgentSnapshot, StateStore
 from eeagent.records import ProcessRecord, RememberedTerminate, RetiringProgram
+from pdcommon.states import ProcessState
 
 __all__ = ["MAX_REMEMBERED_TERMINATES", "REMEMBER_TERMINATE_SECONDS", "ProcessTable"]
 

@@ -22,9 +22,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dispatcher.states import ProcessState
 from eeagent.control import ProgramState, ProgramStatus
 from eeagent.records import ProcessRecord
+from pdcommon.states import ProcessState
 
 __all__ = ["RESIGNAL_AFTER", "STOP_RACE_WINDOW", "Observation", "observe", "resignal_due"]
 

@@ -174,6 +174,7 @@ fi
 
 log "ruff check ."
 .venv/bin/ruff check .
+log "lint-imports (the layering contracts of pyproject.toml)" && .venv/bin/lint-imports --no-cache
 
 log "mypy"
 .venv/bin/mypy

@@ -13,7 +13,6 @@ import uuid
 
 import pytest
 
-from dispatcher.errors import ConfigError, DatabaseOwnerError
 from dispatcher.leadership import (
     AdvisoryLock,
     AlwaysLeader,
@@ -24,6 +23,7 @@ from dispatcher.leadership import (
 )
 from dispatcher.store.memory import MemoryStore
 from dispatcher.store.sql import SqlStore
+from pdcommon.errors import ConfigError, DatabaseOwnerError
 from tests.support.waiting import wait_for
 
 

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher.errors import ConfigError
-from dispatcher.rpc.broker import BrokerConfig, mask_uri
-from dispatcher.settings import (
+from dashi.broker import mask_uri
+from pdcommon.errors import ConfigError
+from pdcommon.settings import (
     AGENT_SECTIONS,
     DISPATCHER_SECTIONS,
     LEGACY_IGNORED_KEYS,
@@ -16,6 +16,7 @@ from dispatcher.settings import (
     load_settings,
     unknown_keys,
 )
+from pdcommon.wire import broker_config
 
 
 def write(tmp_path, name, text):
@@ -58,18 +59,16 @@ def test_later_files_deep_merge_over_earlier_ones(tmp_path):
     settings = load_settings([first, second], environ={})
     assert settings.amqp_uri == "amqp://a//"
     assert settings.server.amqp.exchange == "ex2"
-    assert BrokerConfig.from_settings(settings).exchange_name == "s.ex2"
+    assert broker_config(settings).exchange_name == "s.ex2"
 
 
 def test_the_message_size_limit_defaults_to_rabbitmqs_and_is_configurable(tmp_path):
     default = load_settings(
         [write(tmp_path, "a.yml", "server: {amqp: {uri: amqp://a//}}\n")], environ={}
     )
-    assert BrokerConfig.from_settings(default).max_message_size == 128 * 1024 * 1024
+    assert broker_config(default).max_message_size == 128 * 1024 * 1024
     path = write(tmp_path, "b.yml", "server: {amqp: {max_message_size: 1000000}}\n")
-    assert BrokerConfig.from_settings(load_settings([path], environ={})).max_message_size == (
-        1_000_000
-    )
+    assert broker_config(load_settings([path], environ={})).max_message_size == (1_000_000)
     with pytest.raises(ConfigError) as info:
         load_settings(
             [write(tmp_path, "c.yml", "server: {amqp: {max_message_size: 0}}\n")], environ={}

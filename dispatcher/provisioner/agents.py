@@ -12,8 +12,8 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from dispatcher.rpc.broker import mask_uri
-from dispatcher.settings import DEFAULT_EXCHANGE, DEFAULT_SERVICE_NAME, Settings
+from dashi.broker import mask_uri
+from pdcommon.settings import DEFAULT_EXCHANGE, DEFAULT_SERVICE_NAME, Settings
 
 __all__ = ["AgentTemplate"]
 

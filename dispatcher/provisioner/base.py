@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Final, Protocol
 
 __all__ = [
@@ -26,6 +28,7 @@ __all__ = [
     "Driver",
     "NodeRequest",
     "ProvidedNode",
+    "SupervisordStopper",
     "VMState",
     "agent_name",
     "new_node_id",
@@ -38,6 +41,11 @@ TAG_OWNER: Final = "pd-dispatcher"
 TAG_ENGINE: Final = "pd-engine"
 TAG_NODE: Final = "pd-node"
 TAG_SITE: Final = "pd-site"
+
+#: Shuts down the supervisord an agent left in its home directory (given that
+#: directory). The agent package provides it (``eeagent.supervisor.stop_left_supervisord``);
+#: the daemon's entry point injects it, the dispatcher never imports the agent.
+SupervisordStopper = Callable[[Path], None]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 #: Engine ids are cut to this length inside node ids (cloud names are limited).

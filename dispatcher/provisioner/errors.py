@@ -21,7 +21,7 @@ code and message only.
 
 from __future__ import annotations
 
-from dispatcher.errors import DispatcherError
+from pdcommon.errors import DispatcherError
 
 __all__ = [
     "CloudAuthError",

@@ -44,7 +44,6 @@ from typing import Any
 
 import yaml
 
-from dispatcher.errors import ConfigError
 from dispatcher.provisioner.agents import AgentTemplate
 from dispatcher.provisioner.base import (
     TAG_ENGINE,
@@ -62,7 +61,8 @@ from dispatcher.provisioner.errors import (
     ThrottledError,
     TransientCloudError,
 )
-from dispatcher.settings import EMBEDDED_URI, LibcloudSiteSettings
+from pdcommon.errors import ConfigError
+from pdcommon.settings import EMBEDDED_URI, LibcloudSiteSettings
 
 __all__ = ["LibcloudDriver", "build_user_data", "translate_error"]
 

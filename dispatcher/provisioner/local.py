@@ -46,16 +46,16 @@ from typing import Any
 
 import yaml
 
+from dashi.broker import BrokerConfig
 from dispatcher.provisioner.agents import AgentTemplate
-from dispatcher.provisioner.base import NodeRequest, ProvidedNode
+from dispatcher.provisioner.base import NodeRequest, ProvidedNode, SupervisordStopper
 from dispatcher.provisioner.errors import (
     CloudRequestError,
     NodeNotFoundError,
     TransientCloudError,
 )
-from dispatcher.rpc.broker import BrokerConfig
-from dispatcher.settings import LocalSiteSettings
-from eeagent import procfs
+from pdcommon import procfs
+from pdcommon.settings import LocalSiteSettings
 
 __all__ = ["LocalDriver"]
 
@@ -91,6 +91,10 @@ class LocalDriver:
         owner: the owner id written on every node (:func:`~.base.owner_id`).
         site_name: the site's name.
         clock: epoch seconds.
+        stop_supervisord: shuts down the supervisord an agent left in its home
+            directory (the agent package's ``stop_left_supervisord``, injected by
+            the daemon's entry point); ``None``: such a supervisord is left running,
+            with a warning.
     """
 
     kind = "local"
@@ -105,8 +109,10 @@ class LocalDriver:
         owner: str,
         site_name: str = "default",
         clock: Callable[[], float] = time.time,
+        stop_supervisord: SupervisordStopper | None = None,
     ) -> None:
         self.site = site
+        self.stop_supervisord = stop_supervisord
         self.template = template
         self.state_dir = Path(state_dir).absolute()
         self.directory = Path(site.directory or self.state_dir / "nodes").absolute()
@@ -350,9 +356,21 @@ class LocalDriver:
         for agent in agents:
             self._reap(int(agent["pid"]))
         for agent in metadata.get("agents", []):
-            _stop_leftover_supervisord(node_dir / str(agent.get("name", "")))
+            self._stop_leftover_supervisord(node_dir / str(agent.get("name", "")))
         self._delete_queues([str(agent.get("name")) for agent in metadata.get("agents", [])])
         shutil.rmtree(node_dir, ignore_errors=True)
+
+    def _stop_leftover_supervisord(self, home: Path) -> None:
+        """Shut down a supervisord an agent left (it runs in a session of its own)."""
+        if not (home / "supd.pid").exists():
+            return
+        if self.stop_supervisord is None:
+            log.warning("a supervisord may be left running in %s (no way to stop it given)", home)
+            return
+        try:
+            self.stop_supervisord(home)
+        except Exception as exc:  # best effort: the node is going away
+            log.warning("could not stop the supervisord left in %s: %s", home, exc)
 
     def _delete_queues(self, names: list[str]) -> None:
         """Delete stopped agents' queues (bindings, unread messages) on the embedded broker.
@@ -454,20 +472,3 @@ def _signal_group(pid: int, sig: int) -> None:
     except PermissionError:
         with contextlib.suppress(OSError):
             os.kill(pid, sig)
-
-
-def _stop_leftover_supervisord(home: Path) -> None:
-    """Shut down a supervisord an agent left (it runs in a session of its own)."""
-    if not (home / "supd.pid").exists():
-        return
-    from eeagent.supervisor import SupervisorControl
-
-    try:
-        pid = int((home / "supd.pid").read_text().strip())
-    except (OSError, ValueError):
-        return
-    if not procfs.pid_alive(pid):
-        return
-    log.info("shutting down the supervisord left in %s", home)
-    with contextlib.suppress(Exception):  # best effort: the node is going away
-        SupervisorControl(home).close(stop_programs=True)

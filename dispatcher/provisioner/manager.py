@@ -67,11 +67,17 @@ from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from functools import partial
 from typing import Any, Protocol
 
+from dashi.errors import NotFoundError, WriteConflictError
 from dispatcher.engines import DOMAIN_PREFIX, EngineRegistry
-from dispatcher.errors import NotFoundError, WriteConflictError
 from dispatcher.model import VM, Node, Resource
 from dispatcher.provisioner import lifecycle as lc
-from dispatcher.provisioner.base import NodeRequest, ProvidedNode, VMState, new_node_id
+from dispatcher.provisioner.base import (
+    NodeRequest,
+    ProvidedNode,
+    SupervisordStopper,
+    VMState,
+    new_node_id,
+)
 from dispatcher.provisioner.errors import (
     NodeNotFoundError,
     ProvisionerError,
@@ -79,10 +85,10 @@ from dispatcher.provisioner.errors import (
     ThrottledError,
 )
 from dispatcher.provisioner.sites import Site, build_sites
-from dispatcher.settings import DEFAULT_SITE, EngineSettings, ProvisionerSettings, Settings
-from dispatcher.states import ExecutionResourceState, InstanceState
 from dispatcher.store.base import Store
 from dispatcher.store.modify import modify, retry_conflicts
+from pdcommon.settings import DEFAULT_SITE, EngineSettings, ProvisionerSettings, Settings
+from pdcommon.states import ExecutionResourceState, InstanceState
 
 __all__ = ["NodeEvents", "Provisioner"]
 
@@ -158,6 +164,7 @@ class Provisioner:
         store: Store,
         engines: EngineRegistry,
         node_events: NodeEvents,
+        stop_supervisord: SupervisordStopper | None = None,
         **kwargs: Any,
     ) -> Provisioner:
         """The provisioner of a dispatcher: its sites are built from ``settings``.
@@ -166,7 +173,7 @@ class Provisioner:
             ConfigError: a site cannot work as configured.
             ValueError: a site's options are invalid.
         """
-        sites = build_sites(settings)
+        sites = build_sites(settings, stop_supervisord=stop_supervisord)
         return cls(store, engines, sites, node_events, settings=settings.provisioner, **kwargs)
 
     def __repr__(self) -> str:

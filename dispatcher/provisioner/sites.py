@@ -2,9 +2,9 @@
 
 ``provisioner.driver`` is the driver of the ``default`` site (used by engines that
 name no ``site``); ``provisioner.sites`` defines named sites, each with its own
-``driver`` and options (:class:`~dispatcher.settings.LocalSiteSettings`,
-:class:`~dispatcher.settings.LibcloudSiteSettings`,
-:class:`~dispatcher.settings.StaticSiteSettings`).
+``driver`` and options (:class:`~pdcommon.settings.LocalSiteSettings`,
+:class:`~pdcommon.settings.LibcloudSiteSettings`,
+:class:`~pdcommon.settings.StaticSiteSettings`).
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from dispatcher.provisioner.agents import AgentTemplate
-from dispatcher.provisioner.base import Driver, owner_id
-from dispatcher.settings import (
+from dispatcher.provisioner.base import Driver, SupervisordStopper, owner_id
+from pdcommon.settings import (
     DEFAULT_SITE,
     LibcloudSiteSettings,
     LocalSiteSettings,
@@ -52,6 +52,7 @@ def make_driver(
     *,
     template: AgentTemplate | None = None,
     connection: Any = None,
+    stop_supervisord: SupervisordStopper | None = None,
 ) -> Site:
     """The site ``name`` with its driver.
 
@@ -61,6 +62,8 @@ def make_driver(
         settings: the dispatcher's settings (state directory, broker, names).
         template: the agents' template (default: from ``settings``).
         connection: a Libcloud ``NodeDriver`` to use (tests).
+        stop_supervisord: what a ``local`` site stops an agent's leftover
+            supervisord with (see :class:`~dispatcher.provisioner.local.LocalDriver`).
 
     Raises:
         ConfigError: the site cannot work as configured.
@@ -71,7 +74,12 @@ def make_driver(
         from dispatcher.provisioner.local import LocalDriver
 
         local = LocalDriver(
-            site, template=template, state_dir=settings.state_dir, owner=owner, site_name=name
+            site,
+            template=template,
+            state_dir=settings.state_dir,
+            owner=owner,
+            site_name=name,
+            stop_supervisord=stop_supervisord,
         )
         return Site(name, local, site.boot_timeout)
     if isinstance(site, LibcloudSiteSettings):
@@ -91,6 +99,7 @@ def build_sites(
     *,
     template: AgentTemplate | None = None,
     connections: Mapping[str, Any] | None = None,
+    stop_supervisord: SupervisordStopper | None = None,
 ) -> dict[str, Site]:
     """Every site of ``settings``: ``default`` plus each ``provisioner.sites`` entry.
 
@@ -115,6 +124,11 @@ def build_sites(
                 continue
             raise
         sites[name] = make_driver(
-            name, typed, settings, template=template, connection=(connections or {}).get(name)
+            name,
+            typed,
+            settings,
+            template=template,
+            connection=(connections or {}).get(name),
+            stop_supervisord=stop_supervisord,
         )
     return sites

@@ -7,7 +7,7 @@ a value that is not JSON-serializable fails against the fake as it would on SQL.
 
 Decoding is the cost of listing many records, so it is batched: the JSON texts
 of every record in a listing are joined into one array and parsed at once (with
-:func:`dispatcher.fastjson.loads`: orjson wherever it is exact). Records are then
+:func:`dashi.fastjson.loads`: orjson wherever it is exact). Records are then
 built without ``__init__`` (every field is supplied), which is several times
 faster for 100,000 processes. Listings sent
 over the wire skip the records: ``wire_dicts_from_*`` build the ``to_dict()``
@@ -20,7 +20,7 @@ time than the decoding itself.
 ``Resource.assigned`` is the one JSON field with a typed shape: it always comes
 back as a list of ``(upid, round)`` tuples.
 
-Encoding and decoding go through :mod:`dispatcher.jsontree`: the fast recursive
+Encoding and decoding go through :mod:`dashi.jsontree`: the fast recursive
 encoder and parsers first, and for a value nested too deep for them (a database
 written before requests had a depth limit) an explicit stack, so no stored value
 can make a record unreadable or unwritable.
@@ -34,9 +34,9 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Final, Generic, TypeVar
 
-from dispatcher import jsontree
+from dashi import jsontree
+from dashi.gcpause import collector_paused
 from dispatcher.model import VM, Definition, Node, Process, Resource
-from dispatcher.rpc.gcpause import collector_paused
 
 __all__ = [
     "DEFINITION",

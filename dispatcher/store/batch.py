@@ -25,7 +25,7 @@ import sys
 from collections.abc import Sequence
 from typing import Protocol
 
-from dispatcher.errors import NotFoundError, WriteConflictError
+from dashi.errors import NotFoundError, WriteConflictError
 from dispatcher.model import Node, Process, Resource
 from dispatcher.store.base import Store
 

@@ -32,8 +32,8 @@ from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import ConnectionPoolEntry, StaticPool
 
-from dispatcher.errors import ConfigError, StoreError
 from dispatcher.store._codec import dumps
+from pdcommon.errors import ConfigError, StoreError
 
 __all__ = [
     "PG_CONNECT_TIMEOUT",

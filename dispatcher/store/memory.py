@@ -18,9 +18,8 @@ from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from typing import Any, Generic, TypeVar
 
-from dispatcher.errors import NotFoundError, WriteConflictError
+from dashi.errors import NotFoundError, WriteConflictError
 from dispatcher.model import VM, Definition, Node, Process, Resource
-from dispatcher.states import ProcessDispatcherState
 from dispatcher.store._codec import (
     DEFINITION,
     NODE,
@@ -33,6 +32,7 @@ from dispatcher.store._codec import (
 )
 from dispatcher.store.applied import AppliedRequest, claim, mark_recorded
 from dispatcher.store.base import ChangeListener
+from pdcommon.states import ProcessDispatcherState
 
 __all__ = ["MemoryStore"]
 

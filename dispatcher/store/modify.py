@@ -9,7 +9,7 @@ case of one record changed in place.
 The loop is bounded by :data:`WRITE_ATTEMPTS`: a conflict means another writer
 changed the record meanwhile, so a record that changes under every attempt is
 contended, and more attempts only add database round trips. When the attempts run
-out, :class:`~dispatcher.errors.WriteRetriesExhaustedError` (a
+out, :class:`~dashi.errors.WriteRetriesExhaustedError` (a
 ``WriteConflictError``) names the record and the count; nothing was written by the
 last attempt, and the caller's next pass, heartbeat or call starts again from a
 fresh read. An attempt that itself fails with ``WriteRetriesExhaustedError`` (an
@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Final, TypeVar
 
-from dispatcher.errors import NotFoundError, WriteConflictError, WriteRetriesExhaustedError
+from dashi.errors import NotFoundError, WriteConflictError, WriteRetriesExhaustedError
 
 __all__ = ["WRITE_ATTEMPTS", "modify", "retry_conflicts"]
 

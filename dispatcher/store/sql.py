@@ -52,10 +52,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql, sqlite
 
-from dispatcher import jsontree
-from dispatcher.errors import NotFoundError, StoreError, WriteConflictError
+from dashi import jsontree
+from dashi.errors import NotFoundError, WriteConflictError
 from dispatcher.model import VM, Definition, Node, Process, Resource
-from dispatcher.states import ProcessDispatcherState
 from dispatcher.store import migrate
 from dispatcher.store._codec import (
     DEFINITION,
@@ -88,6 +87,8 @@ from dispatcher.store.schema import (
     resources,
     vms,
 )
+from pdcommon.errors import StoreError
+from pdcommon.states import ProcessDispatcherState
 
 __all__ = ["SqlStore"]
 

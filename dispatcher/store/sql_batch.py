@@ -25,11 +25,11 @@ from typing import Any, Final, TypeVar
 
 from sqlalchemy import Connection, Select, bindparam, select
 
-from dispatcher.errors import StoreError
 from dispatcher.model import Node, Process, Resource
 from dispatcher.store.batch import VersionedRecord
 from dispatcher.store.engine import WRITE
 from dispatcher.store.sql import _DEQUEUE, _NODES, _PROCESSES, _RESOURCES, SqlStore, _Mapping
+from pdcommon.errors import StoreError
 
 __all__ = ["SqlBatchWriter"]
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import argparse
 
+from dashi.errors import BadRequestError, NotFoundError
 from dispatcher.client import ProcessDispatcherClient
-from dispatcher.errors import BadRequestError, NotFoundError
 
 
 def main() -> None:

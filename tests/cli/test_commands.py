@@ -26,9 +26,9 @@ from click.testing import CliRunner, Result
 
 from cli.pdcli import main as pd_cli
 from dispatcher.client import ProcessDispatcherClient
-from dispatcher.rpc.broker import BrokerConfig
 from dispatcher.service import DispatcherService
-from dispatcher.settings import load_settings
+from pdcommon.settings import load_settings
+from pdcommon.wire import broker_config
 from tests.support.fake_eeagent import FakeEEAgent
 from tests.support.waiting import waiter
 
@@ -78,7 +78,7 @@ class Cluster:
         self.client = ProcessDispatcherClient.from_settings(settings, timeout=20)
         self.client.node_state(NODE, "pd_domain_engine1", "600-RUNNING")
         self.agent = FakeEEAgent(
-            BrokerConfig.from_settings(settings), AGENT, NODE, heartbeat_interval=0.5
+            broker_config(settings), AGENT, NODE, heartbeat_interval=0.5
         ).start()
         wait_for(lambda: AGENT in self.client.dump()["resources"], what="the agent registered")
 

@@ -17,7 +17,7 @@ from click.testing import CliRunner
 from cli.pdcli import main as pd_cli
 from dispatcher.client import ProcessDispatcherClient
 from dispatcher.service import DispatcherService
-from dispatcher.settings import Settings, load_settings
+from pdcommon.settings import Settings, load_settings
 
 
 def _settings(tmp_path: Path, transport: str, request: pytest.FixtureRequest) -> Settings:

@@ -21,11 +21,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from dashi.errors import BadRequestError, NotFoundError
 from dispatcher.core import ProcessDispatcherCore
-from dispatcher.errors import BadRequestError, NotFoundError
 from dispatcher.messaging import RecordingMessenger
-from dispatcher.states import ProcessState as S
 from dispatcher.store.memory import MemoryStore
+from pdcommon.states import ProcessState as S
 from tests.support.wiring import make_core
 
 THREADS = 16

@@ -17,8 +17,8 @@ import pytest
 
 from dispatcher.core import ProcessDispatcherCore
 from dispatcher.messaging import RecordingMessenger
-from dispatcher.states import ProcessState as S
 from dispatcher.store.sql import SqlStore
+from pdcommon.states import ProcessState as S
 from tests.core import test_concurrency as storm_module
 from tests.support.wiring import make_core
 

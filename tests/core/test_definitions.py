@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from dashi.errors import NotFoundError, WriteConflictError
 from dispatcher.core import ProcessDispatcherCore
-from dispatcher.errors import NotFoundError, WriteConflictError
 from dispatcher.messaging import RecordingMessenger
 from dispatcher.store.memory import MemoryStore
 from tests.support.wiring import make_core

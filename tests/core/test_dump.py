@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dispatcher.core import ProcessDispatcherCore
 from dispatcher.model import Node
-from dispatcher.states import ProcessState
 from dispatcher.store.memory import MemoryStore
+from pdcommon.states import ProcessState
 from tests.core.conftest import DEFINITION_ID, put_process
 
 

@@ -18,11 +18,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from dashi.errors import BadRequestError
+from dashi.jsontree import depth
 from dispatcher.core import ProcessDispatcherCore
 from dispatcher.engines import EngineRegistry
-from dispatcher.errors import BadRequestError
-from dispatcher.jsontree import depth
-from dispatcher.limits import (
+from dispatcher.messaging import RecordingMessenger
+from dispatcher.store.memory import MemoryStore
+from pdcommon.limits import (
     DEFAULT_MAX_ARGUMENT_BYTES,
     DEFAULT_MAX_ARGV_BYTES,
     DEFAULT_MAX_DEPTH,
@@ -31,10 +33,8 @@ from dispatcher.limits import (
     RequestLimits,
     check_value,
 )
-from dispatcher.messaging import RecordingMessenger
-from dispatcher.settings import load_settings
-from dispatcher.states import ProcessState
-from dispatcher.store.memory import MemoryStore
+from pdcommon.settings import load_settings
+from pdcommon.states import ProcessState
 from tests.core.conftest import DEFINITION_ID, put_process, snapshot
 from tests.support.wiring import make_core
 

@@ -7,8 +7,8 @@ from typing import Any
 from dispatcher.core import ProcessDispatcherCore
 from dispatcher.messaging import RecordingMessenger
 from dispatcher.model import Process
-from dispatcher.states import ProcessState as S
 from dispatcher.store.memory import MemoryStore
+from pdcommon.states import ProcessState as S
 from tests.core.conftest import DEFINITION_ID
 
 SUBSCRIBERS = [("destination", "process_state"), ("audit", "seen")]

@@ -20,12 +20,12 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from dispatcher.errors import BadRequestError, NotFoundError
+from dashi.errors import BadRequestError, NotFoundError
 from dispatcher.messaging import RecordingMessenger
 from dispatcher.model import Process, Resource
-from dispatcher.states import ProcessState as S
 from dispatcher.store.memory import MemoryStore
 from dispatcher.transitions import get_queueing_decision, process_should_restart
+from pdcommon.states import ProcessState as S
 from tests.support.hypothesis_profiles import examples
 from tests.support.wiring import make_core
 

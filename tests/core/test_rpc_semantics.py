@@ -1,6 +1,6 @@
 """A representative set of the core's RPC semantics, over real RPC.
 
-The core runs behind an :class:`~dispatcher.rpc.service.RpcService` on a real
+The core runs behind an :class:`~dashi.service.RpcService` on a real
 RabbitMQ with a SQL store, and is driven through
 :class:`~dispatcher.client.ProcessDispatcherClient`, so arguments, results and
 errors cross the wire exactly as they do for a legacy dashi caller. The numbers in
@@ -15,15 +15,15 @@ from pathlib import Path
 
 import pytest
 
+from dashi.broker import BrokerConfig
+from dashi.client import RpcClient
+from dashi.errors import BadRequestError, NotFoundError, WriteConflictError
+from dashi.service import RpcService
 from dispatcher.client import ProcessDispatcherClient
 from dispatcher.core import RPC_OPERATIONS
-from dispatcher.errors import BadRequestError, NotFoundError, WriteConflictError
 from dispatcher.messaging import RecordingMessenger
-from dispatcher.rpc.broker import BrokerConfig
-from dispatcher.rpc.client import RpcClient
-from dispatcher.rpc.service import RpcService
-from dispatcher.states import ProcessState
 from dispatcher.store.sql import SqlStore
+from pdcommon.states import ProcessState
 from tests.support.wiring import make_core
 
 pytestmark = pytest.mark.rabbitmq

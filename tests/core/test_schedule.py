@@ -6,12 +6,12 @@ from typing import Any
 
 import pytest
 
+from dashi.errors import BadRequestError, NotFoundError, WriteConflictError
 from dispatcher.core import ProcessDispatcherCore
-from dispatcher.errors import BadRequestError, NotFoundError, WriteConflictError
 from dispatcher.messaging import RecordingMessenger
 from dispatcher.model import Process
-from dispatcher.states import ProcessState
 from dispatcher.store.memory import MemoryStore
+from pdcommon.states import ProcessState
 from tests.core.conftest import DEFINITION_ID, put_process, snapshot
 from tests.support.wiring import make_core
 

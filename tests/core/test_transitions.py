@@ -7,10 +7,9 @@ from typing import Any
 
 import pytest
 
-from dispatcher.errors import TransportError, WriteConflictError
+from dashi.errors import TransportError, WriteConflictError
 from dispatcher.messaging import FiredMessage, RecordingMessenger
 from dispatcher.model import Process
-from dispatcher.states import ProcessState
 from dispatcher.store.memory import MemoryStore
 from dispatcher.transitions import (
     Assignment,
@@ -18,6 +17,7 @@ from dispatcher.transitions import (
     get_queueing_decision,
     process_should_restart,
 )
+from pdcommon.states import ProcessState
 from tests.core.conftest import NOW, FakeClock, put_process
 
 S = ProcessState

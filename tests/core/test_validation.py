@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
+from dashi.errors import BadRequestError
 from dispatcher.core import ProcessDispatcherCore
-from dispatcher.errors import BadRequestError
 from dispatcher.messaging import RecordingMessenger
-from dispatcher.requests import is_valid_identifier
-from dispatcher.states import ProcessState
 from dispatcher.store.memory import MemoryStore
+from pdcommon.requests import is_valid_identifier
+from pdcommon.states import ProcessState
 from tests.core.conftest import DEFINITION_ID, put_process, snapshot
 
 BAD_IDENTIFIERS = ["", "has space", "slash/es", "ünïcode", "semi;colon", 5, None, ["p1"], {"a": 1}]
@@ -273,9 +273,9 @@ def test_set_system_boot_sets_and_clears_the_flag(
 def test_every_rpc_operation_is_declared_once_by_its_request_model() -> None:
     # Given the handlers the core registers, Then each serves the operation its model
     # names, under the same method name, and no two share a model or a name
+    from dashi.operations import operations_of
     from dispatcher.core import RPC_OPERATIONS
-    from dispatcher.requests import Request
-    from dispatcher.rpc.operations import operations_of
+    from pdcommon.requests import Request
 
     operations = operations_of(ProcessDispatcherCore)
     assert tuple(op.name for op in operations) == RPC_OPERATIONS

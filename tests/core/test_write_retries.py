@@ -12,8 +12,8 @@ import logging
 import pytest
 
 from dispatcher.messaging import FiredMessage, RecordingMessenger
-from dispatcher.states import ProcessState
 from dispatcher.store.modify import WRITE_ATTEMPTS
+from pdcommon.states import ProcessState
 from tests.core.conftest import put_process
 from tests.support.conflicts import ALWAYS, ConflictingStore
 from tests.support.wiring import make_core

@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 import yaml
 
+from dashi.broker import BrokerConfig
+from dashi.client import RpcClient
+from dashi.errors import RpcTimeoutError
 from dispatcher.client import ProcessDispatcherClient
-from dispatcher.errors import RpcTimeoutError
-from dispatcher.rpc.broker import BrokerConfig
-from dispatcher.rpc.client import RpcClient
 
 PD_DISPATCHER = str(Path(sys.executable).parent / "pd-dispatcher")
 SERVICE = "process_dispatcher"

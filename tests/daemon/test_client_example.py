@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from dispatcher.states import ProcessState
+from pdcommon.states import ProcessState
 from tests.daemon.conftest import Daemon
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "client_quickstart.py"

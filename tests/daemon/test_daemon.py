@@ -11,8 +11,9 @@ import threading
 
 import pytest
 
-from dispatcher.errors import DispatcherError, NotFoundError
-from dispatcher.states import ProcessState
+from dashi.errors import NotFoundError
+from pdcommon.errors import DispatcherError
+from pdcommon.states import ProcessState
 from tests.daemon.conftest import Daemon
 
 #: States a scheduled process may be in with no agents and a static provisioner.

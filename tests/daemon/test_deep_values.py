@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 import yaml
 
-from dispatcher.errors import BadRequestError
-from dispatcher.jsontree import depth
+from dashi.errors import BadRequestError
+from dashi.jsontree import depth
 from dispatcher.model import Process
-from dispatcher.states import ProcessState
 from dispatcher.store.sql import SqlStore
+from pdcommon.states import ProcessState
 from tests.daemon.conftest import Daemon
 from tests.support.fake_eeagent import FakeEEAgent
 from tests.support.waiting import waiter

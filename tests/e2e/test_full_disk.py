@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher.errors import DiskFullError
+from dashi.errors import DiskFullError
 from eeagent.supdrun import RESERVE_MIN
 from tests.e2e.test_local_pool import Pool, state
 from tests.e2e.test_real_agents import wait_for

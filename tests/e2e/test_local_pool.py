@@ -20,7 +20,8 @@ import pytest
 
 from dispatcher.client import ProcessDispatcherClient
 from dispatcher.service import DispatcherService
-from dispatcher.settings import Settings, load_settings
+from eeagent.supervisor import stop_left_supervisord
+from pdcommon.settings import Settings, load_settings
 from tests.e2e.test_real_agents import wait_for
 
 pytestmark = [pytest.mark.supervisord, pytest.mark.slow]
@@ -61,7 +62,9 @@ class Pool:
         self.client: ProcessDispatcherClient | None = None
 
     def start(self) -> ProcessDispatcherClient:
-        self.service = DispatcherService.build(self.settings)
+        self.service = DispatcherService.build(
+            self.settings, stop_supervisord=stop_left_supervisord
+        )
         self.service.start()
         self.client = ProcessDispatcherClient.from_settings(self.settings, timeout=20)
         return self.client

@@ -21,8 +21,8 @@ import yaml
 
 from dispatcher.client import ProcessDispatcherClient
 from dispatcher.service import DispatcherService
-from dispatcher.settings import load_settings
-from eeagent.supervisor import SupervisorControl
+from eeagent.supervisor import SupervisorControl, stop_left_supervisord
+from pdcommon.settings import load_settings
 from tests.eeagent.conftest import stop_supervisord
 from tests.support.waiting import waiter
 
@@ -97,7 +97,7 @@ class Cluster:
                 "provisioner.driver": "static",
             }
         )
-        self.service = DispatcherService.build(settings)
+        self.service = DispatcherService.build(settings, stop_supervisord=stop_left_supervisord)
         self.service.start()
         self.client = ProcessDispatcherClient.from_settings(settings, timeout=20)
 

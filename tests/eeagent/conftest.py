@@ -24,9 +24,12 @@ from typing import Any
 import pytest
 import yaml
 
-from dispatcher.rpc.broker import BrokerConfig
-from dispatcher.rpc.service import RpcService
-from eeagent import EEAgent, FakeProcessControl, StateStore, SupervisorControl
+from dashi.broker import BrokerConfig
+from dashi.service import RpcService
+from eeagent.agent import EEAgent
+from eeagent.fake import FakeProcessControl
+from eeagent.persistence import StateStore
+from eeagent.supervisor import SupervisorControl
 from tests.support.clock import FakeClock
 from tests.support.waiting import waiter
 

@@ -9,11 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher.errors import BadRequestError, NotFoundError
-from dispatcher.states import ProcessState
-from eeagent import EEAgent, FakeProcessControl, ProgramState, StateStore
+from dashi.errors import BadRequestError, NotFoundError
+from eeagent.agent import EEAgent
+from eeagent.control import ProgramState
+from eeagent.fake import FakeProcessControl
+from eeagent.persistence import StateStore
 from eeagent.table import MAX_REMEMBERED_TERMINATES, REMEMBER_TERMINATE_SECONDS, ProcessTable
 from eeagent.transitions import RESIGNAL_AFTER, STOP_RACE_WINDOW
+from pdcommon.states import ProcessState
 from tests.eeagent.conftest import NOW, Changes, FakeClock, sleeper
 
 RUNNING, EXITED, FAILED = ProcessState.RUNNING, ProcessState.EXITED, ProcessState.FAILED
@@ -767,7 +770,7 @@ def test_a_shutdown_that_leaves_processes_running_changes_nothing(
 def test_the_dispatchers_heartbeat_parser_reads_every_state_the_agent_reports(
     agent: EEAgent, control: FakeProcessControl
 ) -> None:
-    heartbeat_messages = pytest.importorskip("dispatcher.heartbeat_messages")
+    heartbeat_messages = pytest.importorskip("pdcommon.heartbeat_messages")
     # Given one record in each state an agent reports (3 slots)
     for upid in ("exit", "fail", "term"):
         agent.launch_process(upid, 2, "supd", sleeper())

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher.states import ProcessState
-from eeagent import EEAgent, StateStore, SupervisorControl
+from eeagent.agent import EEAgent
+from eeagent.persistence import StateStore
 from eeagent.supdrun import RESERVE_MIN
+from eeagent.supervisor import SupervisorControl
+from pdcommon.states import ProcessState
 from tests.eeagent.conftest import sleeper, stop_supervisord, wait_for, wait_state
 from tests.support.tmpfs import fill, free_bytes, small_tmpfs
 

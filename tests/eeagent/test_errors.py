@@ -13,14 +13,14 @@ from pathlib import Path
 import pytest
 
 import eeagent.errors
-from dispatcher.errors import DispatcherError
-from eeagent import (
+from eeagent.errors import (
     BackendFaultError,
     BackendStartError,
     BackendUnavailableError,
     EEAgentError,
-    SupervisorControl,
 )
+from eeagent.supervisor import SupervisorControl
+from pdcommon.errors import DispatcherError
 
 
 def test_every_error_of_the_package_derives_from_one_base() -> None:

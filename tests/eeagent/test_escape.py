@@ -16,11 +16,12 @@ from typing import Any
 
 import pytest
 
-from dispatcher.states import ProcessState
-from eeagent import EEAgent, SupervisorControl
+from eeagent.agent import EEAgent
 from eeagent.cgroups import _unescape
-from eeagent.procfs import find_marked, identity, read_boot_id, signal_same
 from eeagent.reaper import MARKER, Reaper
+from eeagent.supervisor import SupervisorControl
+from pdcommon.procfs import find_marked, identity, read_boot_id, signal_same
+from pdcommon.states import ProcessState
 from tests.eeagent.conftest import stop_supervisord, wait_for, wait_state
 
 pytestmark = pytest.mark.supervisord

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from eeagent import AgentLock, AgentLockedError, AgentSnapshot, PersistenceError, StateStore
+from eeagent.errors import AgentLockedError, PersistenceError
+from eeagent.persistence import AgentLock, AgentSnapshot, StateStore
 from eeagent.records import ProcessRecord, RememberedTerminate, RetiringProgram
 
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from dispatcher.rpc.broker import BrokerConfig
-from dispatcher.rpc.client import RpcClient
+from dashi.broker import BrokerConfig
+from dashi.client import RpcClient
 from tests.eeagent.conftest import AgentProcess, PdSink, process_state, sleeper, wait_for
 
 pytestmark = [pytest.mark.supervisord, pytest.mark.slow]

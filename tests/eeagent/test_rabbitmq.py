@@ -17,9 +17,11 @@ from typing import Any
 import kombu
 import pytest
 
-from dispatcher.rpc.broker import BrokerConfig
-from dispatcher.rpc.client import RpcClient
-from eeagent import AgentService, EEAgent, SupervisorControl
+from dashi.broker import BrokerConfig
+from dashi.client import RpcClient
+from eeagent.agent import EEAgent
+from eeagent.service import AgentService
+from eeagent.supervisor import SupervisorControl
 from tests.eeagent.conftest import sleeper, stop_supervisord, wait_for
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.supervisord]

@@ -11,10 +11,13 @@ from typing import Any
 
 import pytest
 
-from dispatcher.errors import BadRequestError, NotFoundError, TransportError
-from dispatcher.rpc.broker import BrokerConfig
-from dispatcher.rpc.client import RpcClient
-from eeagent import AgentService, EEAgent, FakeProcessControl, Heartbeater, SupervisorControl
+from dashi.broker import BrokerConfig
+from dashi.client import RpcClient
+from dashi.errors import BadRequestError, NotFoundError, TransportError
+from eeagent.agent import EEAgent
+from eeagent.fake import FakeProcessControl
+from eeagent.service import AgentService, Heartbeater
+from eeagent.supervisor import SupervisorControl
 from tests.eeagent.conftest import PdSink, process_state, sleeper, stop_supervisord
 
 

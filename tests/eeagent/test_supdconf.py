@@ -15,7 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from supervisor.options import ServerOptions
 
-from eeagent import ProgramSpec, program_name
+from eeagent.control import ProgramSpec
+from eeagent.parameters import program_name
 from eeagent.supdconf import (
     ENV_SHIM,
     PROGRAM_DEFAULTS,

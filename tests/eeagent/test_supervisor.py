@@ -13,9 +13,11 @@ from typing import Any
 
 import pytest
 
-from dispatcher.states import ProcessState
-from eeagent import EEAgent, StateStore, SupervisorControl
+from eeagent.agent import EEAgent
 from eeagent.errors import BackendFaultError
+from eeagent.persistence import StateStore
+from eeagent.supervisor import SupervisorControl
+from pdcommon.states import ProcessState
 from tests.eeagent.conftest import sleeper, stop_supervisord, wait_for, wait_state
 
 pytestmark = pytest.mark.supervisord

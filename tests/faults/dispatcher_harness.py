@@ -13,13 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from dashi.broker import BrokerConfig
+from dashi.service import RpcService
 from dispatcher.messaging import RecordingMessenger
-from dispatcher.rpc.broker import BrokerConfig
-from dispatcher.rpc.service import RpcService
 from dispatcher.service import DispatcherService
-from dispatcher.settings import Settings
-from dispatcher.states import ProcessState
 from dispatcher.store.base import Store
+from pdcommon.settings import Settings
+from pdcommon.states import ProcessState
 from tests.health.conftest import DOMAIN1, NOW, FakeClock, beat, make_engines, put_process
 from tests.support.wiring import health_parts, make_core, make_heartbeats
 
@@ -42,7 +42,7 @@ class FakeAgentCaller:
     """Answers ``get_process_logs`` for the seeded agent; other agents hold nothing."""
 
     def call(self, service: str, op: str, timeout: float | None = None, **args: Any) -> Any:
-        from dispatcher.errors import NotFoundError
+        from dashi.errors import NotFoundError
 
         if service != "eeagent_1":
             raise NotFoundError(f"no process {args.get('u_pid')} on {service}")

@@ -29,9 +29,9 @@ from typing import Any
 
 import yaml
 
+from dashi.broker import BrokerConfig
 from dispatcher.client import ProcessDispatcherClient
-from dispatcher.errors import DispatcherError
-from dispatcher.rpc.broker import BrokerConfig
+from pdcommon.errors import DispatcherError
 from tests.daemon.conftest import Daemon
 from tests.support.fake_eeagent import FakeEEAgent
 from tests.support.waiting import waiter

@@ -10,7 +10,7 @@ Arguments are drawn from three families, mixed per field:
   on the wire beyond the standard (``NaN``, ``Infinity``);
 * attack values: nesting around and far past the request depth limit (100 levels,
   up to 5,000) and values past the size limits (1 MiB per argument, 2 MiB per
-  request; see :mod:`dispatcher.limits`).
+  request; see :mod:`pdcommon.limits`).
 
 The reply of every case must be a success or one of the four dashi error types,
 and must survive ``json.dumps`` as the real service publishes it.
@@ -26,8 +26,8 @@ from typing import Any
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from dispatcher.limits import DEFAULT_MAX_ARGUMENT_BYTES, DEFAULT_MAX_DEPTH
-from dispatcher.rpc.protocol import ERROR_PREFIX
+from dashi.protocol import ERROR_PREFIX
+from pdcommon.limits import DEFAULT_MAX_ARGUMENT_BYTES, DEFAULT_MAX_DEPTH
 from tests.support.hypothesis_profiles import examples
 
 #: The error types a reply may carry; anything else means an unhandled exception.

@@ -21,8 +21,8 @@ from typing import Any
 
 import pytest
 
-from dispatcher.rpc.broker import BrokerConfig
-from dispatcher.rpc.client import RpcClient
+from dashi.broker import BrokerConfig
+from dashi.client import RpcClient
 from eeagent.supervisor import SupervisorControl
 from tests.e2e.test_real_agents import Cluster, define
 from tests.faults.faultkit import figure, wait_for

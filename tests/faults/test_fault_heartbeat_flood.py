@@ -23,15 +23,15 @@ from typing import Any
 
 import pytest
 
+from dashi.client import RpcClient
+from dashi.messenger import RpcMessenger
+from dashi.service import RpcService
 from dispatcher.client import ProcessDispatcherClient
 from dispatcher.heartbeats import HeartbeatHandler
-from dispatcher.rpc.broker import BrokerConfig
-from dispatcher.rpc.client import RpcClient
-from dispatcher.rpc.messenger import RpcMessenger
-from dispatcher.rpc.service import RpcService
 from dispatcher.service import DispatcherService, engine_registry
-from dispatcher.states import ProcessState
 from dispatcher.store.sql import SqlStore
+from pdcommon.states import ProcessState
+from pdcommon.wire import broker_config
 from tests.faults.faultkit import wait_for
 from tests.health.conftest import put_process
 from tests.service.conftest import make_settings
@@ -97,7 +97,7 @@ def test_a_describe_process_sent_during_a_heartbeat_flood_is_answered_before_the
     tmp_path: Path, amqp_uri: str
 ) -> None:
     settings = make_settings(tmp_path, amqp_uri, overrides={"processdispatcher.rpc_workers": 2})
-    broker = BrokerConfig.from_settings(settings)
+    broker = broker_config(settings)
     store = SqlStore(settings.database_url, create=True)
     messenger_client = RpcClient(broker, PD)
     messenger = RpcMessenger(messenger_client)

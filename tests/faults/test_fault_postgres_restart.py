@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher.errors import DispatcherError, RemoteError
+from dashi.errors import RemoteError
+from pdcommon.errors import DispatcherError
 from tests.faults.faultkit import (
     DEFINITION,
     EXECUTABLE,

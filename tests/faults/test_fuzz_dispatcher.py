@@ -25,12 +25,12 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from dispatcher.errors import BadRequestError
-from dispatcher.heartbeat_messages import HeartbeatMessage, resource_id_from_sender
+from dashi.errors import BadRequestError
 from dispatcher.service import RPC_OPERATIONS
-from dispatcher.states import InstanceState, ProcessState, QueueingMode, RestartMode
 from dispatcher.store.memory import MemoryStore
 from dispatcher.store.sql import SqlStore
+from pdcommon.heartbeat_messages import HeartbeatMessage, resource_id_from_sender
+from pdcommon.states import InstanceState, ProcessState, QueueingMode, RestartMode
 from tests.faults.dispatcher_harness import (
     DEFINITION_IDS,
     EXECUTABLE,

@@ -19,8 +19,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dispatcher.rpc.broker import BrokerConfig
-from eeagent import EEAgent, FakeProcessControl, StateStore
+from dashi.broker import BrokerConfig
+from eeagent.agent import EEAgent
+from eeagent.fake import FakeProcessControl
+from eeagent.persistence import StateStore
 from eeagent.service import AgentService
 from tests.eeagent.conftest import Changes, FakeClock, sleeper
 from tests.faults.fuzzing import (

@@ -28,11 +28,12 @@ import kombu
 import pytest
 import yaml
 
-from dispatcher.rpc.broker import BrokerConfig
-from dispatcher.rpc.client import RpcClient
+from dashi.broker import BrokerConfig
+from dashi.client import RpcClient
 from dispatcher.service import DispatcherService
-from dispatcher.settings import load_settings
 from eeagent.supervisor import SupervisorControl
+from pdcommon.settings import load_settings
+from pdcommon.wire import broker_config
 from tests.eeagent.conftest import AgentProcess, stop_supervisord, wait_for
 from tests.faults.dispatcher_harness import snapshot
 from tests.infra import RabbitMQServer
@@ -249,7 +250,7 @@ def daemons(
     )
     agent = AgentProcess(config, tmp / "agent.log")
     agent.start()
-    broker = BrokerConfig.from_settings(settings)
+    broker = broker_config(settings)
     client = RpcClient(broker, name="raw-test")
     publisher = RawPublisher(broker)
     try:

@@ -20,9 +20,9 @@ from dispatcher.evacuation import Evacuation
 from dispatcher.heartbeats import HeartbeatHandler
 from dispatcher.messaging import RecordingMessenger
 from dispatcher.model import Node, Process, Resource
-from dispatcher.settings import EngineSettings
 from dispatcher.store.base import Store
 from dispatcher.store.memory import MemoryStore
+from pdcommon.settings import EngineSettings
 from tests.support.clock import FakeClock
 from tests.support.wiring import Health, health_parts, make_heartbeats
 

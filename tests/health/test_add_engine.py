@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
+from dashi.errors import BadRequestError, WriteConflictError
 from dispatcher.engines import EngineRegistry
-from dispatcher.errors import BadRequestError, WriteConflictError
 from dispatcher.heartbeats import HeartbeatHandler
 from dispatcher.messaging import RecordingMessenger
 from dispatcher.store.base import Store

@@ -12,8 +12,8 @@ from dispatcher.doctor import Doctor
 from dispatcher.engines import EngineRegistry
 from dispatcher.heartbeats import HeartbeatHandler
 from dispatcher.messaging import RecordingMessenger
-from dispatcher.states import ProcessDispatcherState, ProcessState
 from dispatcher.store.base import Store
+from pdcommon.states import ProcessDispatcherState, ProcessState
 from tests.health.conftest import (
     BOTH_STORES,
     SUBSCRIBERS,

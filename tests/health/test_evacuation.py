@@ -6,8 +6,8 @@ import pytest
 
 from dispatcher.evacuation import Evacuation, release_node_exclusive
 from dispatcher.messaging import RecordingMessenger
-from dispatcher.states import ExecutionResourceState, ProcessState
 from dispatcher.store.base import Store
+from pdcommon.states import ExecutionResourceState, ProcessState
 from tests.health.conftest import (
     SUBSCRIBERS,
     add_agent,

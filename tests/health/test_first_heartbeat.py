@@ -11,9 +11,9 @@ from dispatcher.engines import EngineRegistry
 from dispatcher.heartbeats import HeartbeatHandler
 from dispatcher.messaging import RecordingMessenger
 from dispatcher.model import Node
-from dispatcher.settings import EngineSettings
 from dispatcher.store.base import Store
 from dispatcher.store.memory import MemoryStore
+from pdcommon.settings import EngineSettings
 from tests.health.conftest import (
     BOTH_STORES,
     DOMAIN1,

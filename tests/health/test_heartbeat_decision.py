@@ -20,7 +20,7 @@ from dispatcher.heartbeat_decision import (
     ending,
 )
 from dispatcher.model import Process
-from dispatcher.states import ProcessState, RestartMode
+from pdcommon.states import ProcessState, RestartMode
 
 S = ProcessState
 HERE = "eeagent_1"

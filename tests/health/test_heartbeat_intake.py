@@ -14,8 +14,8 @@ import pytest
 
 from dispatcher.heartbeat_intake import REJECT_LOG_SECONDS, HeartbeatIntake
 from dispatcher.heartbeats import HeartbeatHandler
-from dispatcher.states import ProcessState
 from dispatcher.store.base import Store
+from pdcommon.states import ProcessState
 from tests.health.conftest import NOW, FakeClock, beat, bring_up, iso, put_process, report
 from tests.support.waiting import waiter
 

@@ -10,13 +10,13 @@ from typing import Any
 
 import pytest
 
-from dispatcher.errors import TransportError
+from dashi.errors import TransportError
 from dispatcher.heartbeats import HeartbeatHandler
 from dispatcher.messaging import RecordingMessenger
 from dispatcher.model import Node, Process, Resource
-from dispatcher.states import ProcessState
 from dispatcher.store.base import Store
 from dispatcher.store.memory import MemoryStore
+from pdcommon.states import ProcessState
 from tests.health.conftest import (
     BOTH_STORES,
     DOMAIN1,

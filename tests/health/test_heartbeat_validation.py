@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
-from dispatcher.errors import BadRequestError
-from dispatcher.heartbeat_messages import HeartbeatMessage, resource_id_from_sender
+from dashi.errors import BadRequestError
 from dispatcher.heartbeats import HeartbeatHandler
 from dispatcher.messaging import RecordingMessenger
-from dispatcher.states import ProcessState
 from dispatcher.store.base import Store
+from pdcommon.heartbeat_messages import HeartbeatMessage, resource_id_from_sender
+from pdcommon.states import ProcessState
 from tests.health.conftest import (
     BOTH_STORES,
     NOW,

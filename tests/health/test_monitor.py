@@ -13,10 +13,10 @@ from dispatcher.engines import EngineRegistry
 from dispatcher.heartbeats import HeartbeatHandler
 from dispatcher.messaging import RecordingMessenger
 from dispatcher.model import Resource
-from dispatcher.settings import EngineSettings
-from dispatcher.states import ExecutionResourceState, ProcessState
 from dispatcher.store.base import Store
 from dispatcher.store.memory import MemoryStore
+from pdcommon.settings import EngineSettings
+from pdcommon.states import ExecutionResourceState, ProcessState
 from tests.health.conftest import (
     BOTH_STORES,
     DOMAIN1,

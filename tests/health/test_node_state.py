@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from dispatcher.errors import BadRequestError
+from dashi.errors import BadRequestError
 from dispatcher.heartbeats import HeartbeatHandler
 from dispatcher.messaging import RecordingMessenger
-from dispatcher.states import InstanceState, ProcessState
 from dispatcher.store.base import Store
+from pdcommon.states import InstanceState, ProcessState
 from tests.health.conftest import (
     BOTH_STORES,
     DOMAIN1,

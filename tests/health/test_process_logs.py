@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from dispatcher.errors import (
+from dashi.errors import (
     BadRequestError,
     NotFoundError,
     RemoteError,
@@ -17,8 +17,8 @@ from dispatcher.errors import (
 )
 from dispatcher.heartbeats import HeartbeatHandler
 from dispatcher.messaging import RecordingMessenger
-from dispatcher.states import ProcessState
 from dispatcher.store.base import Store
+from pdcommon.states import ProcessState
 from tests.health.conftest import make_engines, put_process
 from tests.support.wiring import make_heartbeats
 

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
+from dashi.broker import BrokerConfig
+from dashi.service import RpcService
 from dispatcher.heartbeats import RPC_OPERATIONS, HeartbeatHandler
-from dispatcher.rpc.broker import BrokerConfig
-from dispatcher.rpc.service import RpcService
 from dispatcher.store.base import Store
 from tests.health.conftest import DOMAIN1, beat, report, snapshot
 

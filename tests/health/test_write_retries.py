@@ -11,11 +11,11 @@ import logging
 
 import pytest
 
-from dispatcher.errors import WriteRetriesExhaustedError
+from dashi.errors import WriteRetriesExhaustedError
 from dispatcher.heartbeats import HeartbeatHandler
 from dispatcher.messaging import RecordingMessenger
-from dispatcher.states import ProcessState as S
 from dispatcher.store.modify import WRITE_ATTEMPTS
+from pdcommon.states import ProcessState as S
 from tests.health.conftest import (
     DOMAIN1,
     NOW,

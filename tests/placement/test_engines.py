@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from dashi.errors import BadRequestError, WriteConflictError
 from dispatcher.engines import EngineRegistry, engine_id_from_domain
-from dispatcher.errors import BadRequestError, ConfigError, WriteConflictError
-from dispatcher.settings import EngineSettings
+from pdcommon.errors import ConfigError
+from pdcommon.settings import EngineSettings
 
 MAPPING = {
     "a.b.c.D": "engine1",

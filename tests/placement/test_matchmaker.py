@@ -17,9 +17,9 @@ from dispatcher.matchmaker import Matchmaker
 from dispatcher.messaging import RecordingMessenger
 from dispatcher.model import Node, Process, Resource
 from dispatcher.needs import NeedRegistrar, RecordingNeedSink
-from dispatcher.settings import EngineSettings
-from dispatcher.states import ExecutionResourceState, ProcessState
 from dispatcher.store.memory import MemoryStore
+from pdcommon.settings import EngineSettings
+from pdcommon.states import ExecutionResourceState, ProcessState
 from tests.support.clock import FakeClock
 from tests.support.wiring import make_core, make_matchmaker
 
@@ -624,7 +624,7 @@ def test_the_first_restart_is_immediate(
 def test_launches_are_retried_every_period_while_assigned(
     store: MemoryStore, messenger: RecordingMessenger, clock: FakeClock
 ) -> None:
-    from dispatcher.errors import TransportError
+    from dashi.errors import TransportError
 
     mm = build(store, messenger, clock, dispatch_retry_seconds=0.5)
     mm.initialize()
@@ -708,7 +708,7 @@ def test_terminates_are_retried_every_period_while_terminating(
 def test_a_new_term_retries_the_terminates_of_processes_already_terminating(
     store: MemoryStore, messenger: RecordingMessenger, clock: FakeClock
 ) -> None:
-    from dispatcher.errors import TransportError
+    from dashi.errors import TransportError
 
     # Given processes a previous leader left TERMINATING, and one not assigned
     add_resource(store, "r1", slots=4)

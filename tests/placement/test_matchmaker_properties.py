@@ -25,10 +25,10 @@ from dispatcher.engines import EngineRegistry
 from dispatcher.messaging import RecordingMessenger
 from dispatcher.model import Node, Process, Resource
 from dispatcher.placement import match_constraints
-from dispatcher.settings import EngineSettings
-from dispatcher.states import ExecutionResourceState, ProcessState
 from dispatcher.store.memory import MemoryStore
 from dispatcher.transitions import get_queueing_decision
+from pdcommon.settings import EngineSettings
+from pdcommon.states import ExecutionResourceState, ProcessState
 from tests.support.hypothesis_profiles import examples
 from tests.support.wiring import make_matchmaker
 

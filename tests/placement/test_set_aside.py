@@ -19,17 +19,17 @@ from typing import Any
 
 import pytest
 
+from dashi.jsontree import depth
 from dispatcher.engines import EngineRegistry
-from dispatcher.errors import StoreError
-from dispatcher.jsontree import depth
 from dispatcher.matchmaker import Matchmaker
 from dispatcher.messaging import RecordingMessenger
 from dispatcher.model import Node, Process, Resource
-from dispatcher.settings import EngineSettings
-from dispatcher.states import ProcessState
 from dispatcher.store.base import Store
 from dispatcher.store.memory import MemoryStore
 from dispatcher.store.sql import SqlStore
+from pdcommon.errors import StoreError
+from pdcommon.settings import EngineSettings
+from pdcommon.states import ProcessState
 from tests.support.wiring import make_core, make_matchmaker
 
 NOW = 1_700_000_000.0

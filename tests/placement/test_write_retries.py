@@ -14,11 +14,11 @@ from collections.abc import Callable
 
 import pytest
 
-from dispatcher.errors import WriteRetriesExhaustedError
+from dashi.errors import WriteRetriesExhaustedError
 from dispatcher.matchmaker import Matchmaker
 from dispatcher.messaging import RecordingMessenger
-from dispatcher.states import ProcessState
 from dispatcher.store.modify import WRITE_ATTEMPTS
+from pdcommon.states import ProcessState
 from tests.placement.test_matchmaker import (
     Clock,
     add_resource,

@@ -21,8 +21,8 @@ from dispatcher.provisioner.fake import FakeDriver, InlineExecutor
 from dispatcher.provisioner.manager import Provisioner
 from dispatcher.provisioner.sites import Site
 from dispatcher.registration import Registration
-from dispatcher.settings import EngineSettings, ProvisionerSettings
 from dispatcher.store.memory import MemoryStore
+from pdcommon.settings import EngineSettings, ProvisionerSettings
 from tests.support.clock import FakeClock
 from tests.support.wiring import health_parts
 

@@ -13,7 +13,6 @@ from typing import Any
 import pytest
 import yaml
 
-from dispatcher.errors import ConfigError
 from dispatcher.provisioner.agents import AgentTemplate
 from dispatcher.provisioner.base import (
     TAG_ENGINE,
@@ -35,8 +34,9 @@ from dispatcher.provisioner.libcloud import LibcloudDriver, translate_error
 from dispatcher.provisioner.manager import Provisioner
 from dispatcher.provisioner.sites import Site
 from dispatcher.registration import Registration
-from dispatcher.settings import LibcloudSiteSettings, ProvisionerSettings
 from dispatcher.store.memory import MemoryStore
+from pdcommon.errors import ConfigError
+from pdcommon.settings import LibcloudSiteSettings, ProvisionerSettings
 from tests.provisioner.conftest import FakeClock
 
 AMQP = "amqp://agent:s3cret-broker@broker.example:5672/%2F"

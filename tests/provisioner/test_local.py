@@ -12,14 +12,15 @@ from typing import Any
 
 import pytest
 
+from dashi.broker import BrokerConfig
+from dashi.service import RpcService
 from dispatcher.provisioner.agents import AgentTemplate
 from dispatcher.provisioner.base import NodeRequest, new_node_id
 from dispatcher.provisioner.errors import CloudRequestError, NodeNotFoundError
 from dispatcher.provisioner.local import LocalDriver
-from dispatcher.rpc.broker import BrokerConfig
-from dispatcher.rpc.service import RpcService
-from dispatcher.settings import LocalSiteSettings
-from eeagent import procfs
+from eeagent.supervisor import stop_left_supervisord
+from pdcommon import procfs
+from pdcommon.settings import LocalSiteSettings
 from tests.support.waiting import waiter
 
 pytestmark = [pytest.mark.supervisord, pytest.mark.slow]
@@ -61,7 +62,13 @@ def heartbeats(state_dir: Path, sysname: str) -> Iterator[Heartbeats]:
 def make_driver(state_dir: Path, sysname: str | None = None, **options: Any) -> LocalDriver:
     site = LocalSiteSettings(heartbeat=1, stop_timeout=15, **options)
     template = AgentTemplate(amqp_uri="embedded://", sysname=sysname)
-    return LocalDriver(site, template=template, state_dir=state_dir, owner="pd-test")
+    return LocalDriver(
+        site,
+        template=template,
+        state_dir=state_dir,
+        owner="pd-test",
+        stop_supervisord=stop_left_supervisord,
+    )
 
 
 @pytest.fixture
@@ -145,7 +152,7 @@ from pathlib import Path
 from dispatcher.provisioner.agents import AgentTemplate
 from dispatcher.provisioner.base import NodeRequest
 from dispatcher.provisioner.local import LocalDriver
-from dispatcher.settings import LocalSiteSettings
+from pdcommon.settings import LocalSiteSettings
 
 state_dir, sysname, node_id, crash_at = sys.argv[1:]
 
@@ -247,3 +254,23 @@ def test_destroying_a_node_deletes_its_agents_queues_on_the_embedded_broker(
     assert not agent_queues & set(os.listdir(queues))
     bindings = {p.name for p in (state_dir / "broker" / "bindings").rglob("*") if p.is_file()}
     assert not agent_queues & bindings
+
+
+def test_destroying_a_node_stops_the_supervisord_an_agent_left_with_the_given_stopper(
+    driver: LocalDriver, heartbeats: Heartbeats, state_dir: Path
+) -> None:
+    request = NodeRequest(new_node_id("engine1"), "engine1", slots=1, replicas=1, heartbeat=30)
+    node = driver.create_node(request)
+    wait_for(lambda: {(request.agent_names[0], request.node_id)} <= heartbeats.senders())
+    (agent_pid,) = node.properties["pids"]
+    home = state_dir / "nodes" / request.node_id / request.agent_names[0]
+    wait_for(lambda: (home / "supd.pid").exists())
+    supervisord = int((home / "supd.pid").read_text().strip())
+    # Given an agent killed on its own: its supervisord (a session of its own) lives on
+    os.kill(agent_pid, signal.SIGKILL)
+    wait_for(lambda: not procfs.pid_alive(agent_pid))
+    assert procfs.pid_alive(supervisord)
+    # When its node is destroyed by a driver given the agent's stopper
+    driver.destroy_node(request.node_id, request.node_id)
+    # Then that supervisord was told to shut down, and it goes
+    wait_for(lambda: not procfs.pid_alive(supervisord), timeout=30)

@@ -24,9 +24,9 @@ from dispatcher.provisioner.manager import Provisioner
 from dispatcher.provisioner.sites import Site
 from dispatcher.provisioner.static import StaticDriver
 from dispatcher.registration import Registration
-from dispatcher.settings import ProvisionerSettings
-from dispatcher.states import ExecutionResourceState
 from dispatcher.store.memory import MemoryStore
+from pdcommon.settings import ProvisionerSettings
+from pdcommon.states import ExecutionResourceState
 from tests.provisioner.conftest import BOOT_TIMEOUT, FakeClock, build, register_agents
 
 
@@ -571,7 +571,7 @@ def test_each_engine_uses_the_site_it_names(
     store: MemoryStore, registration: Registration, clock: FakeClock
 ) -> None:
     from dispatcher.provisioner.fake import InlineExecutor
-    from dispatcher.settings import EngineSettings
+    from pdcommon.settings import EngineSettings
 
     engines = EngineRegistry(
         {"a": EngineSettings(slots=1), "b": EngineSettings(slots=1, site="cloud")},

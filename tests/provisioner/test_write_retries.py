@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from dispatcher.errors import WriteRetriesExhaustedError
+from dashi.errors import WriteRetriesExhaustedError
 from dispatcher.provisioner.base import VMState
 from dispatcher.provisioner.fake import FakeDriver
 from dispatcher.provisioner.manager import Provisioner

@@ -6,9 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from dispatcher.rpc.broker import BrokerConfig
-from dispatcher.rpc.client import RpcClient
-from dispatcher.rpc.service import RpcService
+from dashi.broker import BrokerConfig
+from dashi.client import RpcClient
+from dashi.service import RpcService
 
 
 @pytest.fixture(params=["embedded", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)])

@@ -11,10 +11,10 @@ from collections.abc import Iterator
 import amqp.exceptions
 import pytest
 
-from dispatcher.errors import AccessRefusedError, RpcTimeoutError, TransportError
-from dispatcher.rpc.broker import BrokerConfig, describe_failure, refusal
-from dispatcher.rpc.client import RpcClient
-from dispatcher.rpc.service import RpcService
+from dashi.broker import BrokerConfig, describe_failure, refusal
+from dashi.client import RpcClient
+from dashi.errors import AccessRefusedError, RpcTimeoutError, TransportError
+from dashi.service import RpcService
 from tests.infra import RabbitMQServer
 
 URI = "amqp://pd%40ops:s3cret@broker.example:5672/prod"

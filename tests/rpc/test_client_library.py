@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
+from dashi.operations import operations_of
 from dispatcher.client import ProcessDispatcherClient
 from dispatcher.core import ProcessDispatcherCore
-from dispatcher.heartbeat_messages import InstanceStateName
 from dispatcher.heartbeats import HeartbeatHandler
 from dispatcher.requests import QueueingModeName, RestartModeName
-from dispatcher.rpc.operations import operations_of
-from dispatcher.states import InstanceState, QueueingMode, RestartMode
+from pdcommon.heartbeat_messages import InstanceStateName
+from pdcommon.states import InstanceState, QueueingMode, RestartMode
 
 #: Operations no client method calls: eeagents send heartbeats.
 NOT_IN_CLIENT = {"heartbeat"}

@@ -9,7 +9,7 @@ import kombu.serialization
 import pytest
 from kombu.message import Message
 
-from dispatcher.rpc import codec
+from dashi import codec
 
 
 def message(body: bytes | str, content_type: str = "application/json") -> Message:

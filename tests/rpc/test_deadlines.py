@@ -18,12 +18,12 @@ from typing import Any
 import kombu
 import pytest
 
-from dispatcher.errors import RpcTimeoutError
-from dispatcher.rpc import codec
-from dispatcher.rpc.broker import BrokerConfig
-from dispatcher.rpc.client import RpcClient
-from dispatcher.rpc.protocol import HEADER_DEADLINE
-from dispatcher.rpc.service import RpcService
+from dashi import codec
+from dashi.broker import BrokerConfig
+from dashi.client import RpcClient
+from dashi.errors import RpcTimeoutError
+from dashi.protocol import HEADER_DEADLINE
+from dashi.service import RpcService
 
 
 class Recorder:
@@ -154,7 +154,7 @@ def _raw_call(broker: BrokerConfig, headers: dict[str, Any], item: str) -> Any:
 def test_requests_without_a_deadline_are_served_and_expired_ones_dropped(
     broker: BrokerConfig, recorder: Recorder, caplog
 ) -> None:
-    caplog.set_level(logging.INFO, logger="dispatcher.rpc.service")
+    caplog.set_level(logging.INFO, logger="dashi.service")
     service = _service(broker, recorder)
     service.start()
     try:

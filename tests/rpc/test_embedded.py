@@ -11,8 +11,8 @@ import time
 
 import kombu
 
-from dispatcher.rpc.broker import BrokerConfig
-from dispatcher.rpc.client import RpcClient
+from dashi.broker import BrokerConfig
+from dashi.client import RpcClient
 
 
 def test_a_service_in_another_process_answers_calls(tmp_path):
@@ -21,8 +21,8 @@ def test_a_service_in_another_process_answers_calls(tmp_path):
         f"""
         import sys, time
         from pathlib import Path
-        from dispatcher.rpc.broker import BrokerConfig
-        from dispatcher.rpc.service import RpcService
+        from dashi.broker import BrokerConfig
+        from dashi.service import RpcService
         svc = RpcService(BrokerConfig(uri="embedded://", state_dir=Path({str(tmp_path)!r})), "remote")
         svc.handle("mul", lambda a, b: a * b)
         svc.start()
@@ -58,7 +58,7 @@ def test_messages_written_by_another_process_are_never_read_half_written(tmp_pat
         f"""
         from pathlib import Path
         import kombu
-        from dispatcher.rpc.broker import BrokerConfig
+        from dashi.broker import BrokerConfig
         broker = BrokerConfig(uri="embedded://", state_dir=Path({str(tmp_path)!r}))
         with broker.connection() as c, kombu.Producer(c, exchange=broker.kombu_exchange()) as p:
             for i in range({count}):

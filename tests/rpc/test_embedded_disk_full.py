@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher.errors import DiskFullError, TransportError
-from dispatcher.rpc.broker import BrokerConfig
-from dispatcher.rpc.client import RpcClient
-from dispatcher.rpc.service import RpcService
+from dashi.broker import BrokerConfig
+from dashi.client import RpcClient
+from dashi.errors import DiskFullError, TransportError
+from dashi.service import RpcService
 from tests.support.tmpfs import fill, small_tmpfs, temporaries
 
 

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import kombu
 
-from dispatcher.rpc.broker import BrokerConfig
-from dispatcher.rpc.client import RpcClient
-from dispatcher.rpc.service import SERVICE_QUEUE_EXPIRES_MS, RpcService
-from dispatcher.rpc.transport.folder import AUTO_DELETE_GRACE, BrokerFolder
+from dashi.broker import BrokerConfig
+from dashi.client import RpcClient
+from dashi.service import SERVICE_QUEUE_EXPIRES_MS, RpcService
+from dashi.transport.folder import AUTO_DELETE_GRACE, BrokerFolder
 from tests.support.waiting import waiter
 
 LATER = 3600.0  # seconds: longer than any expiry used here
@@ -52,8 +52,8 @@ def binding_entries(state_dir: Path) -> list[str]:
 _CONSUMER = """
 import sys
 from pathlib import Path
-from dispatcher.rpc.broker import BrokerConfig
-from dispatcher.rpc.service import RpcService
+from dashi.broker import BrokerConfig
+from dashi.service import RpcService
 svc = RpcService(BrokerConfig(uri="embedded://", state_dir=Path({state_dir!r})), {name!r})
 svc.handle("ping", lambda value: value)
 svc.start()
@@ -64,8 +64,8 @@ sys.stdin.read()
 _CALLER = """
 import sys
 from pathlib import Path
-from dispatcher.rpc.broker import BrokerConfig
-from dispatcher.rpc.client import RpcClient
+from dashi.broker import BrokerConfig
+from dashi.client import RpcClient
 rpc = RpcClient(BrokerConfig(uri="embedded://", state_dir=Path({state_dir!r})), "caller")
 print("calling", flush=True)
 rpc.call("slow", "wait", timeout=60)
@@ -200,7 +200,7 @@ def test_a_client_that_closes_leaves_no_queue_binding_or_lease(tmp_path):
 _CLAIMER = """
 import os, sys
 from pathlib import Path
-from dispatcher.rpc.broker import BrokerConfig
+from dashi.broker import BrokerConfig
 broker = BrokerConfig(uri="embedded://", state_dir=Path({state_dir!r}))
 connection = broker.connection()
 connection.connect()

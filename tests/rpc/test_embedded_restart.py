@@ -17,15 +17,15 @@ import textwrap
 import threading
 from pathlib import Path
 
-from dispatcher.rpc.broker import BrokerConfig
-from dispatcher.rpc.client import RpcClient
-from dispatcher.rpc.service import RpcService
+from dashi.broker import BrokerConfig
+from dashi.client import RpcClient
+from dashi.service import RpcService
 
 _SERVICE_SCRIPT = """
 import sys
 from pathlib import Path
-from dispatcher.rpc.broker import BrokerConfig
-from dispatcher.rpc.service import RpcService
+from dashi.broker import BrokerConfig
+from dashi.service import RpcService
 svc = RpcService(BrokerConfig(uri="embedded://", state_dir=Path({state_dir!r})), "remote")
 generation = {generation!r}
 svc.handle("ping", lambda value: [generation, value])

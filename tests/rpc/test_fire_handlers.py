@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from dispatcher.errors import BadRequestError
-from dispatcher.rpc.broker import BrokerConfig
-from dispatcher.rpc.client import RpcClient
-from dispatcher.rpc.service import RpcService
+from dashi.broker import BrokerConfig
+from dashi.client import RpcClient
+from dashi.errors import BadRequestError
+from dashi.service import RpcService
 
 
 class Calls:

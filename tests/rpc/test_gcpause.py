@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from dispatcher.rpc import gcpause
-from dispatcher.rpc.gcpause import collector_paused
+from dashi import gcpause
+from dashi.gcpause import collector_paused
 from dispatcher.store._codec import gc_paused
 
 

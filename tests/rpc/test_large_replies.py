@@ -5,9 +5,9 @@ from __future__ import annotations
 import gc
 import threading
 
-from dispatcher.rpc.broker import BrokerConfig
-from dispatcher.rpc.client import RpcClient
-from dispatcher.rpc.service import RpcService
+from dashi.broker import BrokerConfig
+from dashi.client import RpcClient
+from dashi.service import RpcService
 from tests.support.waiting import wait_for
 
 

@@ -10,7 +10,7 @@ from typing import Any, ClassVar, TypeVar
 import pytest
 from pydantic import ConfigDict
 
-from dispatcher.rpc.operations import (
+from dashi.operations import (
     OperationRequest,
     legacy_signature,
     operation,
@@ -132,7 +132,7 @@ def test_a_model_without_an_operation_name_is_refused() -> None:
 
 def test_the_operations_module_imports_nothing_of_the_dispatcher() -> None:
     # The wire-protocol machinery moves to the dashi package, which imports none of ours.
-    from dispatcher.rpc import operations
+    from dashi import operations
 
     tree = ast.parse(Path(operations.__file__).read_text(encoding="utf-8"))
     imported = {

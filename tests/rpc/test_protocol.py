@@ -10,7 +10,9 @@ import uuid
 import kombu
 import pytest
 
-from dispatcher.errors import (
+from dashi.broker import BrokerConfig
+from dashi.client import RpcClient
+from dashi.errors import (
     BadRequestError,
     NotFoundError,
     RemoteError,
@@ -19,9 +21,7 @@ from dispatcher.errors import (
     WriteConflictError,
     WriteRetriesExhaustedError,
 )
-from dispatcher.rpc.broker import BrokerConfig
-from dispatcher.rpc.client import RpcClient
-from dispatcher.rpc.service import RpcService
+from dashi.service import RpcService
 from tests.support.waiting import wait_for
 
 

@@ -9,12 +9,11 @@ from collections.abc import Iterator
 import kombu
 import pytest
 
-from dispatcher.errors import BadRequestError, ReplyTooLargeError
-from dispatcher.rpc.broker import BrokerConfig
-from dispatcher.rpc.client import RpcClient
-from dispatcher.rpc.protocol import error_from_payload, error_payload
-from dispatcher.rpc.service import CONFIRM_FROM_BYTES, RpcService
-from dispatcher.settings import DEFAULT_MAX_MESSAGE_SIZE
+from dashi.broker import BrokerConfig
+from dashi.client import RpcClient
+from dashi.errors import BadRequestError, ReplyTooLargeError
+from dashi.protocol import DEFAULT_MAX_MESSAGE_SIZE, error_from_payload, error_payload
+from dashi.service import CONFIRM_FROM_BYTES, RpcService
 from tests.infra import RabbitMQServer
 
 
@@ -61,7 +60,7 @@ def test_a_reply_over_the_limit_is_answered_with_a_readable_error_and_not_sent_a
     try:
         with (
             RpcClient(limited, "caller", timeout=10) as client,
-            caplog.at_level(logging.WARNING, logger="dispatcher.rpc.service"),
+            caplog.at_level(logging.WARNING, logger="dashi.service"),
         ):
             # When a call's reply would be 200 kB
             with pytest.raises(ReplyTooLargeError) as raised:
@@ -103,7 +102,7 @@ def test_a_reply_the_broker_refuses_is_answered_with_an_error_and_not_redelivere
     try:
         with (
             RpcClient(broker, "caller", timeout=10) as client,
-            caplog.at_level(logging.WARNING, logger="dispatcher.rpc.service"),
+            caplog.at_level(logging.WARNING, logger="dashi.service"),
         ):
             # When a call's reply is 2 MiB: the broker refuses it (406 PRECONDITION_FAILED)
             with pytest.raises(ReplyTooLargeError) as raised:

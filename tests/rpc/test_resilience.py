@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from dispatcher.errors import RpcTimeoutError, TransportError
-from dispatcher.rpc.broker import BrokerConfig
-from dispatcher.rpc.client import RpcClient
-from dispatcher.rpc.service import RpcService
+from dashi.broker import BrokerConfig
+from dashi.client import RpcClient
+from dashi.errors import RpcTimeoutError, TransportError
+from dashi.service import RpcService
 
 
 def _closed_port() -> int:
@@ -113,7 +113,7 @@ def test_an_idle_service_keeps_its_connection_by_servicing_heartbeats(rabbitmq, 
             time.sleep(10)
             # Then the service never had to reconnect, and calls still work
             assert rpc.call("idle", "ping") == "pong"
-        reconnects = [r for r in caplog.records if r.name == "dispatcher.rpc.service"]
+        reconnects = [r for r in caplog.records if r.name == "dashi.service"]
         assert not [r for r in reconnects if "unavailable" in r.getMessage()]
     finally:
         service.stop()

@@ -12,11 +12,13 @@ from typing import Any
 import kombu
 import pytest
 
-from dispatcher.errors import BadRequestError
-from dispatcher.rpc.broker import BrokerConfig
-from dispatcher.rpc.client import RpcClient
-from dispatcher.rpc.security import HEADER_SIGNATURE, MessageSigner, SignatureVerifier
-from eeagent import AgentService, EEAgent, FakeProcessControl
+from dashi.broker import BrokerConfig
+from dashi.client import RpcClient
+from dashi.errors import BadRequestError
+from dashi.security import HEADER_SIGNATURE, MessageSigner, SignatureVerifier
+from eeagent.agent import EEAgent
+from eeagent.fake import FakeProcessControl
+from eeagent.service import AgentService
 from tests.eeagent.conftest import PdSink, sleeper, wait_for
 
 KEY = "agent-commands-test-key-0123456789"

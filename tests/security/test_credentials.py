@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 import yaml
 
+from dashi.broker import BrokerConfig
+from dashi.client import RpcClient
+from dashi.errors import RpcTimeoutError
+from dashi.security import MessageSigner
 from dispatcher.client import ProcessDispatcherClient
-from dispatcher.errors import RpcTimeoutError
-from dispatcher.rpc.broker import BrokerConfig
-from dispatcher.rpc.client import RpcClient
-from dispatcher.rpc.security import MessageSigner
-from dispatcher.settings import load_settings
+from pdcommon.settings import load_settings
 from tests.eeagent.conftest import agent_command, wait_for
 from tests.infra import RabbitMQServer
 

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from eeagent import EEAgent, StateStore, SupervisorControl
+from eeagent.agent import EEAgent
+from eeagent.persistence import StateStore
+from eeagent.supervisor import SupervisorControl
 from tests.eeagent.conftest import stop_supervisord, wait_for, wait_state
 
 pytestmark = [pytest.mark.supervisord]

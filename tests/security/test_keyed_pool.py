@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dashi.client import RpcClient
 from dispatcher.client import ProcessDispatcherClient
-from dispatcher.rpc.broker import BrokerConfig
-from dispatcher.rpc.client import RpcClient
-from dispatcher.settings import load_settings
+from pdcommon.settings import load_settings
+from pdcommon.wire import broker_config
 from tests.e2e.test_local_pool import Pool, state
 from tests.e2e.test_real_agents import wait_for
 
@@ -79,7 +79,7 @@ def test_a_keyed_dispatcher_refuses_unsigned_heartbeats(
     pool: Pool, caplog: pytest.LogCaptureFixture
 ) -> None:
     client = pool.start()
-    broker = BrokerConfig.from_settings(pool.settings)
+    broker = broker_config(pool.settings)
     beat = {"eeagent_id": "forged", "node_id": "forged-node", "processes": []}
     # When someone without the key reports as an agent
     with caplog.at_level(logging.WARNING), RpcClient(broker, "forged") as forger:

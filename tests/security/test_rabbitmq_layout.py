@@ -16,11 +16,13 @@ import amqp
 import kombu
 import pytest
 
-from dispatcher.errors import BadRequestError
-from dispatcher.rpc.broker import BrokerConfig
-from dispatcher.rpc.client import RpcClient
-from dispatcher.rpc.security import SignatureVerifier
-from eeagent import AgentService, EEAgent, FakeProcessControl
+from dashi.broker import BrokerConfig
+from dashi.client import RpcClient
+from dashi.errors import BadRequestError
+from dashi.security import SignatureVerifier
+from eeagent.agent import EEAgent
+from eeagent.fake import FakeProcessControl
+from eeagent.service import AgentService
 from tests.eeagent.conftest import PdSink, sleeper, wait_for
 from tests.infra import RabbitMQServer
 

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from pydantic import SecretStr
 
-from dispatcher.errors import BadRequestError, ConfigError
-from dispatcher.rpc.security import (
+from dashi.errors import BadRequestError
+from dashi.security import (
     HEADER_SIGNATURE,
     CommandGuard,
     MessageSigner,
@@ -20,7 +20,8 @@ from dispatcher.rpc.security import (
     SignatureVerifier,
     canonical_message,
 )
-from dispatcher.settings import load_settings
+from pdcommon.errors import ConfigError
+from pdcommon.settings import load_settings
 from tests.support.clock import FakeClock
 
 KEY = "0123456789abcdef-shared-secret"

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from dispatcher.provisioner.sites import build_sites
-from dispatcher.settings import load_settings
+from pdcommon.settings import load_settings
 
 BIN = Path(sys.executable).parent
 PD_DISPATCHER, PD_CLI = str(BIN / "pd-dispatcher"), str(BIN / "pd-cli")

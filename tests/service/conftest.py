@@ -25,13 +25,13 @@ from typing import Any
 
 import pytest
 
+from dashi.errors import TransportError
 from dispatcher.client import ProcessDispatcherClient
-from dispatcher.errors import TransportError
 from dispatcher.messaging import Messenger
 from dispatcher.needs import RecordingNeedSink
-from dispatcher.rpc.broker import BrokerConfig
 from dispatcher.service import DispatcherService
-from dispatcher.settings import Settings, load_settings
+from pdcommon.settings import Settings, load_settings
+from pdcommon.wire import broker_config
 from tests.support.fake_eeagent import FakeEEAgent
 from tests.support.waiting import waiter
 
@@ -85,7 +85,7 @@ class FlakyLaunches:
     """A messenger that loses launches while :attr:`failing` (launch retries).
 
     While failing, the first ``launch_process`` is silently dropped and every
-    later one raises :class:`~dispatcher.errors.TransportError`, as an unreachable
+    later one raises :class:`~dashi.errors.TransportError`, as an unreachable
     broker would. Other messages, and every launch once :attr:`failing` is
     cleared, go through to ``inner``.
     """
@@ -137,7 +137,7 @@ class Harness:
         self, settings: Settings, service: DispatcherService, *, start: bool = True
     ) -> None:
         self.settings = settings
-        self.broker = BrokerConfig.from_settings(settings)
+        self.broker = broker_config(settings)
         self.service = service
         self.agents: dict[str, FakeEEAgent] = {}
         if start:

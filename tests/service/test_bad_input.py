@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from dispatcher.errors import BadRequestError
-from dispatcher.rpc.client import RpcClient
+from dashi.client import RpcClient
+from dashi.errors import BadRequestError
 from tests.service.conftest import DEFINITION, Harness
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.slow]

@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 
 from dispatcher.client import ProcessDispatcherClient
-from dispatcher.errors import DatabaseOwnerError
 from dispatcher.service import DispatcherService
+from pdcommon.errors import DatabaseOwnerError
 from tests.service.conftest import DEFINITION, Harness, make_settings, wait_for
 from tests.support.fake_eeagent import FakeEEAgent
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from dispatcher.rpc.service import RpcService
+from dashi.service import RpcService
 from tests.service.conftest import DEFINITION, FlakyLaunches, Harness, wait_for
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.slow]

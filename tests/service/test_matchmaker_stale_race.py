@@ -16,9 +16,9 @@ from collections.abc import Callable
 from dispatcher.engines import EngineRegistry
 from dispatcher.messaging import RecordingMessenger
 from dispatcher.model import Node, Process, Resource
-from dispatcher.settings import EngineSettings
-from dispatcher.states import ProcessState
 from dispatcher.store.memory import MemoryStore
+from pdcommon.settings import EngineSettings
+from pdcommon.states import ProcessState
 from tests.support.wiring import make_matchmaker
 
 

@@ -15,9 +15,9 @@ import pytest
 from dispatcher.model import VM, Node, Resource
 from dispatcher.needs import EngineNeed, NeedRegistrar, NeedRegistration, RecordingNeedSink
 from dispatcher.provisioner.base import VMState
-from dispatcher.states import ExecutionResourceState
 from dispatcher.store.memory import MemoryStore
-from eeagent import procfs
+from pdcommon import procfs
+from pdcommon.states import ExecutionResourceState
 from tests.e2e.test_local_pool import Pool, pool_settings
 from tests.e2e.test_real_agents import wait_for
 

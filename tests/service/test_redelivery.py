@@ -17,16 +17,16 @@ from typing import Any
 import kombu
 import pytest
 
+from dashi.broker import BrokerConfig
+from dashi.client import RpcClient
+from dashi.service import RpcService
 from dispatcher.core import ProcessDispatcherCore
 from dispatcher.messaging import RecordingMessenger
 from dispatcher.model import Definition
 from dispatcher.replay import RequestReplay
-from dispatcher.rpc.broker import BrokerConfig
-from dispatcher.rpc.client import RpcClient
-from dispatcher.rpc.service import RpcService
 from dispatcher.service import DispatcherService
-from dispatcher.settings import DEFAULT_SERVICE_NAME
 from dispatcher.store.sql import SqlStore
+from pdcommon.settings import DEFAULT_SERVICE_NAME
 from tests.service.conftest import DEFINITION, Harness, build_service, make_settings, wait_for
 from tests.support.wiring import make_core
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import pytest
 
-from dispatcher.errors import ConfigError
 from dispatcher.model import VM, Node, Resource
 from dispatcher.needs import EngineNeed, NeedRegistrar, RecordingNeedSink, held_need
 from dispatcher.provisioner.base import VMState
-from dispatcher.settings import load_settings
-from dispatcher.states import ExecutionResourceState
 from dispatcher.store.memory import MemoryStore
+from pdcommon.errors import ConfigError
+from pdcommon.settings import load_settings
+from pdcommon.states import ExecutionResourceState
 from tests.placement.test_matchmaker import (
     NOW,
     RUN_TYPE,

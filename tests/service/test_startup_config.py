@@ -17,9 +17,9 @@ import yaml
 from click.testing import CliRunner
 
 from cli.dispatcher import main as pd_dispatcher
-from dispatcher.errors import ConfigError
 from dispatcher.service import DispatcherService, engine_registry
-from dispatcher.settings import Settings, load_settings
+from pdcommon.errors import ConfigError
+from pdcommon.settings import Settings, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 TWO_ENGINES = {"engine1": {"slots": 4}, "engine2": {"slots": 2}}

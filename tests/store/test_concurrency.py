@@ -6,7 +6,7 @@ import contextlib
 import threading
 from collections.abc import Callable
 
-from dispatcher.errors import WriteConflictError
+from dashi.errors import WriteConflictError
 from dispatcher.model import Process
 from dispatcher.store.base import Store
 from tests.store.conftest import StoreFactory

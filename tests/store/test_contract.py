@@ -8,13 +8,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from dispatcher.errors import NotFoundError, WriteConflictError
+from dashi.errors import NotFoundError, WriteConflictError
 from dispatcher.model import Definition, Node, Process, Resource
-from dispatcher.states import ProcessState
 from dispatcher.store.applied import AppliedRequest, PendingRequest, pending_request
 from dispatcher.store.base import Store
 from dispatcher.store.memory import MemoryStore
 from dispatcher.store.sql import SqlStore
+from pdcommon.states import ProcessState
 from tests.store.conftest import StoreFactory
 
 

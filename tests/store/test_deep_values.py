@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from dispatcher.jsontree import depth
+from dashi.jsontree import depth
 from dispatcher.model import Definition, Process
-from dispatcher.states import ProcessState
 from dispatcher.store.base import Store
+from pdcommon.states import ProcessState
 
 LEVELS = [500, 3000]
 

@@ -9,10 +9,10 @@ import pytest
 import sqlalchemy.exc as sa_exc
 from sqlalchemy.engine import make_url
 
-from dispatcher.errors import ConfigError, StoreError
 from dispatcher.model import Process
 from dispatcher.store import engine as engine_module
 from dispatcher.store.sql import SqlStore
+from pdcommon.errors import ConfigError, StoreError
 from tests.infra import PostgresServer, free_port
 
 PASSWORD = "s3cr3t-Pa55"

@@ -1,4 +1,4 @@
-"""dispatcher.fastjson.loads: the standard library's results, faster where orjson is exact."""
+"""dashi.fastjson.loads: the standard library's results, faster where orjson is exact."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dispatcher import fastjson
+from dashi import fastjson
 
 json_values = st.recursive(
     st.none()

@@ -1,4 +1,4 @@
-"""dispatcher.jsontree: the standard library's results at any depth, without recursion.
+"""dashi.jsontree: the standard library's results at any depth, without recursion.
 
 The fallbacks (an explicit stack) must agree exactly with ``json`` and
 ``copy.deepcopy`` where those work, and keep working where those run out of
@@ -16,8 +16,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from dispatcher import jsontree
-from dispatcher.rpc import codec
+from dashi import codec, jsontree
 
 scalars = (
     st.none()

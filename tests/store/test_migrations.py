@@ -9,12 +9,12 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect
 
-from dispatcher.errors import StoreError
 from dispatcher.model import Process
 from dispatcher.store import migrate
 from dispatcher.store.engine import make_engine
 from dispatcher.store.schema import metadata
 from dispatcher.store.sql import SqlStore
+from pdcommon.errors import StoreError
 from tests.store.conftest import SQL_BACKENDS
 
 

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from dispatcher.errors import (
-    NotFoundError,
-    StoreError,
-    WriteConflictError,
-    WriteRetriesExhaustedError,
-)
+from dashi.errors import NotFoundError, WriteConflictError, WriteRetriesExhaustedError
 from dispatcher.model import Node
 from dispatcher.store.memory import MemoryStore
 from dispatcher.store.modify import WRITE_ATTEMPTS, modify, retry_conflicts
+from pdcommon.errors import StoreError
 from tests.support.conflicts import ALWAYS, ConflictingStore
 
 

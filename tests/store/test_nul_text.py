@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
+from dashi.broker import BrokerConfig
+from dashi.service import RpcService
 from dispatcher.core import RPC_OPERATIONS
 from dispatcher.messaging import RecordingMessenger
-from dispatcher.rpc.broker import BrokerConfig
-from dispatcher.rpc.service import RpcService
 from dispatcher.store.sql import SqlStore
 from tests.support.wiring import make_core
 

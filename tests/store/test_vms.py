@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from dispatcher.errors import NotFoundError, WriteConflictError
+from dashi.errors import NotFoundError, WriteConflictError
 from dispatcher.model import VM
 from dispatcher.store.base import Store
 from tests.store.conftest import StoreFactory

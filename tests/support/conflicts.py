@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from dispatcher.errors import WriteConflictError
+from dashi.errors import WriteConflictError
 from dispatcher.model import VM, Node, Process, Resource
 from dispatcher.store.memory import MemoryStore
 

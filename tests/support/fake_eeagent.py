@@ -16,9 +16,9 @@ import datetime as dt
 import threading
 from typing import Any
 
-from dispatcher.rpc.broker import BrokerConfig
-from dispatcher.rpc.client import RpcClient
-from dispatcher.rpc.service import RpcService
+from dashi.broker import BrokerConfig
+from dashi.client import RpcClient
+from dashi.service import RpcService
 
 
 class FakeEEAgent:

@@ -1,10 +1,10 @@
-"""Errors raised by the dispatcher package.
+"""The errors of the dashi wire protocol.
 
-Every error the project raises derives from :class:`DispatcherError`::
+Every error derives from :class:`DashiError`, which is also the root of every
+error the rest of the project raises (``pdcommon.errors.DispatcherError`` is this
+class)::
 
-    DispatcherError
-     ├── ConfigError                 bad configuration file, key or value (fatal at start-up)
-     │    └── DatabaseOwnerError     the database belongs to another dispatcher system
+    DashiError
      ├── RequestError                an error a remote caller is told about by type
      │    ├── BadRequestError        arguments missing, unexpected, ill-typed or invalid
      │    │    └── ReplyTooLargeError  the reply is larger than the broker accepts
@@ -13,10 +13,10 @@ Every error the project raises derives from :class:`DispatcherError`::
      │    └── WriteConflictError     an optimistic write lost a race, or a duplicate create
      │         └── WriteRetriesExhaustedError  every attempt of a read-change-write lost its race
      ├── RemoteError                 any other error raised by a remote handler (by type name)
-     ├── TransportError              the broker could not be reached (recoverable)
-     │    ├── RpcTimeoutError        no reply arrived before the call's timeout
-     │    └── AccessRefusedError     the broker refused the login, the vhost or a permission
-     └── StoreError                  the database failed (recoverable: retried by callers)
+     └── TransportError              the broker could not be reached (recoverable)
+          ├── RpcTimeoutError        no reply arrived before the call's timeout
+          ├── AccessRefusedError     the broker refused the login, the vhost or a permission
+          └── DiskFullError          the embedded broker's disk is full
 
 The four :class:`RequestError` types travel on the wire as
 ``dashi.exceptions.<Name>`` and are rebuilt as the same types by the client, so
@@ -36,19 +36,17 @@ later one works once space has been freed.
 from __future__ import annotations
 
 __all__ = [
+    "KNOWN_REQUEST_ERRORS",
     "REQUEST_ERROR_SUBTYPES",
     "AccessRefusedError",
     "BadRequestError",
-    "ConfigError",
-    "DatabaseOwnerError",
+    "DashiError",
     "DiskFullError",
-    "DispatcherError",
     "NotFoundError",
     "RemoteError",
     "ReplyTooLargeError",
     "RequestError",
     "RpcTimeoutError",
-    "StoreError",
     "TransportError",
     "UnknownOperationError",
     "WriteConflictError",
@@ -56,23 +54,11 @@ __all__ = [
 ]
 
 
-class DispatcherError(Exception):
-    """Base class of every error raised by this project."""
+class DashiError(Exception):
+    """Base class of every error raised by this package (and by the project)."""
 
 
-class ConfigError(DispatcherError):
-    """A configuration file, key or value is invalid.
-
-    The message is one line that names the offending key.
-    """
-
-
-class DatabaseOwnerError(ConfigError):
-    """The database belongs to another dispatcher system (``dashi.sysname`` and
-    ``processdispatcher.service_name``); the message names both."""
-
-
-class RequestError(DispatcherError):
+class RequestError(DashiError):
     """An error that crosses the wire under its own type name.
 
     Attributes:
@@ -147,7 +133,7 @@ class WriteRetriesExhaustedError(WriteConflictError):
         self.attempts = attempts
 
 
-class RemoteError(DispatcherError):
+class RemoteError(DashiError):
     """A remote handler failed with an error that has no wire type of its own.
 
     Attributes:
@@ -163,7 +149,7 @@ class RemoteError(DispatcherError):
         self.traceback = traceback
 
 
-class TransportError(DispatcherError):
+class TransportError(DashiError):
     """The message broker could not be reached or dropped the connection."""
 
 
@@ -186,10 +172,6 @@ class DiskFullError(TransportError):
     (old process output, logs) and the next call works. Not recoverable by retrying
     at once: a call fails on it without waiting for its timeout.
     """
-
-
-class StoreError(DispatcherError):
-    """The database failed in a way a retry may fix (connection lost, serialization)."""
 
 
 #: Wire name (without prefix) -> class, for the types rebuilt on the client.

@@ -3,7 +3,7 @@
 An agent must take ``launch_process``, ``terminate_process``, ``restart_process``
 and ``cleanup`` only from its dispatcher. Two checks, both made by a
 :class:`CommandGuard` that the service runs before the handler (see
-:meth:`dispatcher.rpc.service.RpcService.handle`):
+:meth:`dashi.service.RpcService.handle`):
 
 * **sender**: the ``sender`` header must be the dispatcher's sysname-prefixed
   name (``pd.name``), as every dashi peer sends it. This stops mistakes and
@@ -32,7 +32,7 @@ ASCII only, kombu's JSON encoder)::
 the routing key, so a command signed for one agent is refused by every other.
 
 The verifier raises :class:`NotAuthorizedError`; the guard logs the refusal and
-raises it on as a plain :class:`~dispatcher.errors.BadRequestError` (on the wire
+raises it on as a plain :class:`~dashi.errors.BadRequestError` (on the wire
 ``dashi.exceptions.BadRequestError``, a type every dashi client knows, with a
 message starting ``not authorized:``), so a call is answered with it and a fire
 is dropped.
@@ -54,9 +54,8 @@ from typing import Any
 from kombu.utils import json as kombu_json
 from pydantic import SecretStr
 
-from dispatcher.errors import BadRequestError
-from dispatcher.rpc.protocol import HEADER_SENDER
-from dispatcher.settings import Settings
+from dashi.errors import BadRequestError
+from dashi.protocol import HEADER_SENDER
 
 __all__ = [
     "COMMAND_OPERATIONS",
@@ -140,12 +139,6 @@ class MessageSigner:
     def __repr__(self) -> str:
         return "MessageSigner(key='***')"
 
-    @classmethod
-    def from_settings(cls, settings: Settings) -> MessageSigner | None:
-        """The signer of ``security.hmac_key``, or ``None`` when no key is configured."""
-        key = settings.security.hmac_key
-        return None if key is None else cls(key)
-
     def sign(self, *, op: str, args: Any, sender: str, to: str) -> str:
         """The ``signature`` header value for one message."""
         timestamp = f"{self._clock():.6f}"
@@ -183,14 +176,6 @@ class SignatureVerifier:
 
     def __repr__(self) -> str:
         return f"SignatureVerifier(key='***', max_age={self.max_age!r})"
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> SignatureVerifier | None:
-        """The verifier of ``security``, or ``None`` when no key is configured."""
-        security = settings.security
-        if security.hmac_key is None:
-            return None
-        return cls(security.hmac_key, max_age=security.signature_max_age)
 
     def verify(self, header: Any, *, op: str, args: Any, sender: str, to: str) -> None:
         """Accept a message or say why not.
@@ -240,7 +225,7 @@ class CommandGuard:
     """Admits a message only from ``expected_sender``, signed when a verifier is set.
 
     A service runs it before the handler of every operation registered with it
-    (:meth:`dispatcher.rpc.service.RpcService.handle`); it changes nothing itself.
+    (:meth:`dashi.service.RpcService.handle`); it changes nothing itself.
     Agents guard their four commands with the dispatcher as ``expected_sender``;
     a dispatcher with a key guards ``heartbeat`` with no expected sender (any
     agent), so that only holders of the key can report as an agent.

@@ -2,7 +2,7 @@
 
 Subscriber notifications and eeagent instructions are fire-and-forget, as in the
 legacy system. A message that cannot be sent within the timeout raises
-:class:`~dispatcher.errors.TransportError`; the core decides whether that matters
+:class:`~dashi.errors.TransportError`; the core decides whether that matters
 (an agent instruction) or not (a notification of an already stored state).
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dispatcher.rpc.client import RpcClient
+from dashi.client import RpcClient
 
 __all__ = ["RpcMessenger"]
 

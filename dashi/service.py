@@ -10,11 +10,11 @@ Errors:
 
 * unknown op → ``UnknownOperationError``;
 * a request the operation's guard refuses (e.g. a
-  :class:`~dispatcher.rpc.security.CommandGuard`: wrong sender, bad signature) →
+  :class:`~dashi.security.CommandGuard`: wrong sender, bad signature) →
   the guard's error, before anything else is looked at;
 * missing, unexpected or ill-typed arguments → ``BadRequestError`` naming the
   argument (handlers may declare pydantic-checked annotations);
-* a :class:`~dispatcher.errors.RequestError` raised by a handler keeps its type
+* a :class:`~dashi.errors.RequestError` raised by a handler keeps its type
   and is logged without a traceback;
 * anything else becomes a generic error carrying the exception's type name and is
   logged with its traceback; the traceback goes to the caller only when
@@ -23,7 +23,7 @@ Errors:
 Replies are published on channels of their own (the request is acknowledged on
 the consuming channel), so a reply the broker refuses closes a reply channel, never
 the one holding the request's delivery. A reply larger than ``max_message_size``
-is not even tried: the caller gets a :class:`~dispatcher.errors.ReplyTooLargeError`
+is not even tried: the caller gets a :class:`~dashi.errors.ReplyTooLargeError`
 instead, and the request is acknowledged, so it is never delivered again. Replies
 of :data:`CONFIRM_FROM_BYTES` and more go out with publisher confirms (AMQP), so a
 broker whose limit is lower refuses them in the publishing call (406
@@ -32,7 +32,7 @@ refusal a generic error; neither reconnects. (Smaller replies are not confirmed,
 which would cost a round trip per call: a broker limit under 1 MiB is not
 supported.)
 
-A request whose ``x-deadline`` header (see :mod:`dispatcher.rpc.protocol`) has
+A request whose ``x-deadline`` header (see :mod:`dashi.protocol`) has
 passed is acknowledged and dropped before it is decoded: its caller gave up, so it
 is never applied nor answered (logged at INFO, at most once per
 :data:`EXPIRED_LOG_SECONDS` with a count). On RabbitMQ the broker drops such
@@ -60,7 +60,9 @@ import kombu
 from kombu.message import Message
 from pydantic import ConfigDict, ValidationError, validate_call
 
-from dispatcher.errors import (
+from dashi import codec
+from dashi.broker import BrokerConfig, describe_failure, refusal
+from dashi.errors import (
     AccessRefusedError,
     BadRequestError,
     ReplyTooLargeError,
@@ -68,10 +70,8 @@ from dispatcher.errors import (
     TransportError,
     UnknownOperationError,
 )
-from dispatcher.rpc import codec
-from dispatcher.rpc.broker import BrokerConfig, describe_failure, refusal
-from dispatcher.rpc.gcpause import collector_paused
-from dispatcher.rpc.protocol import (
+from dashi.gcpause import collector_paused
+from dashi.protocol import (
     HEADER_REPLY_TO,
     HEADER_SENDER,
     decode_request,
@@ -98,7 +98,7 @@ _BACKOFF_START, _BACKOFF_FACTOR, _BACKOFF_MAX = 0.2, 2.0, 5.0
 
 Handler = Callable[..., Any]
 #: Called as ``guard(op, args, headers)`` before a handler; raises a
-#: :class:`~dispatcher.errors.RequestError` to refuse the request.
+#: :class:`~dashi.errors.RequestError` to refuse the request.
 Guard = Callable[[str, Any, Mapping[str, Any]], None]
 #: Called as ``replay(request_id, op, args, call)`` instead of the handler for a
 #: request that has an id: returns ``call()``, or the result of the request's first
@@ -167,7 +167,7 @@ class RpcService:
                 pydantic (lax mode) before calling it.
             guard: called with ``(op, args, headers)`` (``args`` exactly as they
                 arrived) before anything else; it refuses the request by raising a
-                :class:`~dispatcher.errors.RequestError`, and must not change state.
+                :class:`~dashi.errors.RequestError`, and must not change state.
             large_reply: ``func`` may return a large tree of new objects without
                 reference cycles (a listing of 100,000 records): the cyclic garbage
                 collector is paused from the call until the reply is published and

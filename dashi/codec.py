@@ -11,9 +11,9 @@ compact). Values orjson does not encode exactly as kombu would (integers beyond
 so the bytes on the wire mean the same as before. One deviation: a non-finite
 float (NaN, infinity) is sent as ``null``; kombu sent the non-standard ``NaN``
 literal, which strict JSON decoders reject. A body nested deeper than kombu's
-(recursive) encoder can go is encoded by :func:`dispatcher.jsontree.dumps`.
+(recursive) encoder can go is encoded by :func:`dashi.jsontree.dumps`.
 
-Decoding uses :func:`dispatcher.fastjson.loads` (orjson where it gives exactly
+Decoding uses :func:`dashi.fastjson.loads` (orjson where it gives exactly
 what the standard library gives, the standard library otherwise) without kombu's
 per-object hook (kombu's tagged ``__type__`` values are never part of this
 protocol); bodies in any other content type go through kombu.
@@ -27,7 +27,7 @@ import orjson
 from kombu.message import Message
 from kombu.utils import json as kombu_json
 
-from dispatcher import fastjson, jsontree
+from dashi import fastjson, jsontree
 
 __all__ = ["CONTENT_ENCODING", "CONTENT_TYPE", "decode", "encode"]
 

@@ -6,7 +6,7 @@ The earlier layout kept every message in one folder, ``messages/``, named
 ``control/<exchange>.exchange`` (a JSON list of ``[routing_key, pattern, queue]``).
 :func:`migrate` runs once, under a lock, when a folder of that layout is first
 opened: bound queues become queues that expire after
-:data:`~dispatcher.rpc.transport.folder.LEGACY_QUEUE_EXPIRES` unless a consumer
+:data:`~dashi.transport.folder.LEGACY_QUEUE_EXPIRES` unless a consumer
 declares them again, their messages move in, the rest is dropped.
 """
 
@@ -18,7 +18,7 @@ import logging
 import os
 import shutil
 
-from dispatcher.rpc.transport.folder import (
+from dashi.transport.folder import (
     _FILE_MODE,
     _MSG,
     LEGACY_QUEUE_EXPIRES,

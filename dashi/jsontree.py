@@ -16,10 +16,10 @@ recursion, so any depth works at a cost paid only by the deep values:
 * :func:`depth` - how many container levels a value nests, and :func:`deeper_than`;
 * :func:`tree_copy` - a deep copy of a JSON-like tree (containers keep their type);
 * :func:`dumps` - compact JSON text, exactly as ``json.JSONEncoder(separators=(",", ":"))``;
-* :func:`loads` - :func:`dispatcher.fastjson.loads`, and for texts nested too deep
+* :func:`loads` - :func:`dashi.fastjson.loads`, and for texts nested too deep
   for it a parser with the standard library's results.
 
-Of the project, this module imports only :mod:`dispatcher.fastjson`.
+Of the project, this module imports only :mod:`dashi.fastjson`.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from json.decoder import scanstring  # type: ignore[attr-defined]
 from json.encoder import encode_basestring_ascii
 from typing import Any, Final
 
-from dispatcher import fastjson
+from dashi import fastjson
 
 __all__ = ["MAX_DEPTH", "deeper_than", "depth", "dumps", "loads", "tree_copy"]
 

@@ -15,8 +15,8 @@ request is acknowledged and dropped, never applied. Fires carry neither.
 
 Reply body: ``{"result": ..., "error": null | {"exc_type", "value", "traceback"}}``.
 Known error types travel as ``dashi.exceptions.<Name>``; anything else carries the
-bare exception class name and is rebuilt as :class:`~dispatcher.errors.RemoteError`.
-A registered subtype of a known type (:data:`~dispatcher.errors.REQUEST_ERROR_SUBTYPES`)
+bare exception class name and is rebuilt as :class:`~dashi.errors.RemoteError`.
+A registered subtype of a known type (:data:`~dashi.errors.REQUEST_ERROR_SUBTYPES`)
 travels as its known base with one more member, ``"subtype": "<Name>"``: legacy
 dashi clients raise the base type (they pass unknown members on as keyword
 arguments, which ``DashiError`` accepts), our client raises the subtype.
@@ -30,7 +30,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from dispatcher.errors import (
+from dashi.errors import (
     KNOWN_REQUEST_ERRORS,
     REQUEST_ERROR_SUBTYPES,
     BadRequestError,
@@ -39,6 +39,7 @@ from dispatcher.errors import (
 )
 
 __all__ = [
+    "DEFAULT_MAX_MESSAGE_SIZE",
     "ERROR_PREFIX",
     "HEADER_DEADLINE",
     "HEADER_REPLY_TO",
@@ -57,6 +58,9 @@ HEADER_REPLY_TO = "reply-to"
 HEADER_SENDER = "sender"
 #: The epoch time (seconds) after which the caller no longer waits for the reply.
 HEADER_DEADLINE = "x-deadline"
+#: Largest message body a service publishes (bytes): RabbitMQ's default
+#: ``max_message_size`` (128 MiB). A larger reply is answered with an error instead.
+DEFAULT_MAX_MESSAGE_SIZE = 128 * 1024 * 1024
 
 
 class ErrorPayload(BaseModel):

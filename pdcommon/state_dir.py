@@ -12,7 +12,7 @@ at start by every command that uses it:
   private: directories 0700, files 0600;
 * it creates the directory (0700) when missing;
 * it refuses a directory that is not ours or that the group or others can write
-  (a :class:`~dispatcher.errors.ConfigError` naming the fix);
+  (a :class:`~pdcommon.errors.ConfigError` naming the fix);
 * a directory others can only read (made by an earlier version under umask 022)
   is made private, with everything under it.
 """
@@ -24,7 +24,7 @@ import os
 import stat
 from pathlib import Path
 
-from dispatcher.errors import ConfigError
+from pdcommon.errors import ConfigError
 
 __all__ = ["PRIVATE_UMASK", "secure_state_dir"]
 

@@ -12,7 +12,7 @@ progress (calls on one client are serialized, so there is exactly one). With
 ``legacy_reply_queues=True`` the client instead declares a fresh reply queue for
 every call, exactly as dashi did.
 
-A call's request carries its deadline (see :mod:`dispatcher.rpc.protocol`): the
+A call's request carries its deadline (see :mod:`dashi.protocol`): the
 AMQP ``expiration`` property on RabbitMQ, the ``x-deadline`` header on the embedded
 transport, so a request whose caller gave up is never applied, even by a service
 that starts later. A request no queue is bound for (the service has not declared
@@ -21,16 +21,16 @@ passes, on both transports. The timeout's message says whether the request ever
 reached the service's queue.
 
 Remote errors are rebuilt as the same exception types
-(:mod:`dispatcher.errors`); a call that gets no reply in time raises
-:class:`~dispatcher.errors.RpcTimeoutError`, also when the broker is unreachable
+(:mod:`dashi.errors`); a call that gets no reply in time raises
+:class:`~dashi.errors.RpcTimeoutError`, also when the broker is unreachable
 for the whole timeout. The client reconnects by itself after the broker restarts.
 A broker that refuses the login, the virtual host or a permission raises
-:class:`~dispatcher.errors.AccessRefusedError` at once: retrying cannot help; so
-does an embedded broker whose disk is full (:class:`~dispatcher.errors.DiskFullError`,
+:class:`~dashi.errors.AccessRefusedError` at once: retrying cannot help; so
+does an embedded broker whose disk is full (:class:`~dashi.errors.DiskFullError`,
 naming its folder).
 
 Every message carries the ``sender`` header, fires included (as dashi sent it).
-A client given a :class:`~dispatcher.rpc.security.MessageSigner` also signs every
+A client given a :class:`~dashi.security.MessageSigner` also signs every
 message it publishes (the ``signature`` header): this is the one place messages
 are signed.
 
@@ -50,18 +50,18 @@ from typing import Any
 import kombu
 from kombu.message import Message
 
-from dispatcher.errors import RpcTimeoutError, TransportError
-from dispatcher.rpc import codec
-from dispatcher.rpc.broker import BrokerConfig, describe_failure, disk_full, refusal
-from dispatcher.rpc.gcpause import collector_paused
-from dispatcher.rpc.protocol import (
+from dashi import codec
+from dashi.broker import BrokerConfig, describe_failure, disk_full, refusal
+from dashi.errors import RpcTimeoutError, TransportError
+from dashi.gcpause import collector_paused
+from dashi.protocol import (
     HEADER_DEADLINE,
     HEADER_REPLY_TO,
     HEADER_SENDER,
     error_from_payload,
 )
-from dispatcher.rpc.security import HEADER_SIGNATURE, MessageSigner
-from dispatcher.rpc.transport.unroutable import UnroutableError
+from dashi.security import HEADER_SIGNATURE, MessageSigner
+from dashi.transport.unroutable import UnroutableError
 
 __all__ = ["DEFAULT_TIMEOUT", "RpcClient"]
 

@@ -11,7 +11,7 @@ The heartbeat is fired by every eeagent (see docs/rpc.md)::
 
 :meth:`HeartbeatMessage.parse` accepts exactly that shape (unknown keys are ignored,
 for agents newer than this dispatcher) and turns every other input into a
-:class:`~dispatcher.errors.BadRequestError` naming the offending field. A reported
+:class:`~dashi.errors.BadRequestError` naming the offending field. A reported
 ``state`` is normalised to the ``"NNN-NAME"`` string the state machine compares.
 
 The sender header ``"<sysname>.<agent name>"`` gives the resource id: the text after
@@ -33,8 +33,8 @@ from pydantic import (
     ValidationError,
 )
 
-from dispatcher.errors import BadRequestError
-from dispatcher.requests import Identifier, JsonObject, Request
+from dashi.errors import BadRequestError
+from pdcommon.requests import Identifier, JsonObject, Request
 
 __all__ = [
     "MAX_LOG_TAIL",
@@ -57,7 +57,7 @@ _MAX_RESOURCE_ID = 255
 _STATE = re.compile(r"^[0-9]{3}-[A-Z_]+$")
 
 NonEmptyStr = Annotated[str, StringConstraints(min_length=1)]
-#: A node state ``node_state`` acts on (:class:`~dispatcher.states.InstanceState`);
+#: A node state ``node_state`` acts on (:class:`~pdcommon.states.InstanceState`);
 #: any other string is accepted and ignored.
 InstanceStateName = Literal[
     "200-REQUESTED",

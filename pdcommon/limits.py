@@ -3,7 +3,7 @@
 Every argument of a dispatcher RPC ends up stored (a process's ``configuration``,
 ``constraints`` and ``subscribers``, a definition's ``executable``...) and is then
 copied, encoded, decoded and sent to agents for as long as the record lives. A
-request is therefore refused with :class:`~dispatcher.errors.BadRequestError`,
+request is therefore refused with :class:`~dashi.errors.BadRequestError`,
 before anything is read or written, when one of its arguments:
 
 * nests more than :attr:`RequestLimits.max_depth` levels of arrays and objects
@@ -35,7 +35,7 @@ from typing import Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from dispatcher import jsontree
+from dashi import jsontree
 
 __all__ = [
     "DEFAULT_LIMITS",

@@ -8,7 +8,7 @@ connections and name broker objects the dashi way:
 * a service's queue and routing key are ``<sysname>.<service>``;
 * URLs are kombu URLs: ``amqp://user:pass@host:5672/vhost`` for RabbitMQ, or
   ``embedded://`` for the broker-less transport whose messages live under
-  ``<state_dir>/broker`` (see :mod:`dispatcher.rpc.transport.embedded`).
+  ``<state_dir>/broker`` (see :mod:`dashi.transport.embedded`).
 
 Credentials are never logged: use :func:`mask_uri` whenever a URL is shown.
 
@@ -33,9 +33,9 @@ from typing import Any
 import amqp.exceptions
 import kombu
 
-from dispatcher.errors import AccessRefusedError, DiskFullError
-from dispatcher.rpc.transport import embedded
-from dispatcher.settings import DEFAULT_MAX_MESSAGE_SIZE, Settings
+from dashi.errors import AccessRefusedError, DiskFullError
+from dashi.protocol import DEFAULT_MAX_MESSAGE_SIZE
+from dashi.transport import embedded
 
 __all__ = ["BrokerConfig", "describe_failure", "disk_full", "mask_uri", "refusal"]
 
@@ -126,7 +126,7 @@ class BrokerConfig:
         send_tracebacks: whether services include tracebacks in error replies.
         ssl: use TLS to the broker.
         max_message_size: largest reply body (bytes) a service publishes; a larger
-            reply is answered with :class:`~dispatcher.errors.ReplyTooLargeError`.
+            reply is answered with :class:`~dashi.errors.ReplyTooLargeError`.
     """
 
     uri: str = "embedded://"
@@ -138,20 +138,6 @@ class BrokerConfig:
     ssl: bool = False
     transport_options: dict[str, Any] = field(default_factory=dict)
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> BrokerConfig:
-        amqp = settings.server.amqp
-        return cls(
-            uri=settings.amqp_uri,
-            exchange=amqp.exchange,
-            sysname=settings.dashi.sysname,
-            heartbeat=amqp.heartbeat,
-            state_dir=settings.state_dir,
-            send_tracebacks=settings.dashi.send_tracebacks,
-            ssl=amqp.ssl,
-            max_message_size=amqp.max_message_size,
-        )
 
     @property
     def is_embedded(self) -> bool:

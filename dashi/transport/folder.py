@@ -47,7 +47,7 @@ still the one it locked.
 
 **Upgrade.** The earlier flat layout (``messages/``, ``claimed/``, ``control/``)
 is migrated when the folder is first opened
-(:mod:`dispatcher.rpc.transport.flat_layout`): bound queues become queues that
+(:mod:`dashi.transport.flat_layout`): bound queues become queues that
 expire after :data:`LEGACY_QUEUE_EXPIRES` unless a consumer declares them again,
 their messages move in, the rest is dropped. Processes still running the earlier
 version do not see the new layout.
@@ -197,7 +197,7 @@ class BrokerFolder:
             for name in ("queues", "bindings", "leases", "tmp", "trash"):
                 _mkdir(self.root / name)
         if (self.root / "control").exists() or (self.root / "messages").exists():
-            from dispatcher.rpc.transport.flat_layout import migrate
+            from dashi.transport.flat_layout import migrate
 
             migrate(self)
 

@@ -41,8 +41,9 @@ from pydantic import (
     model_validator,
 )
 
-from dispatcher.errors import ConfigError
-from dispatcher.limits import RequestLimits
+from dashi.protocol import DEFAULT_MAX_MESSAGE_SIZE
+from pdcommon.errors import ConfigError
+from pdcommon.limits import RequestLimits
 
 __all__ = [
     "DEFAULT_EXCHANGE",
@@ -73,9 +74,6 @@ DEFAULT_SERVICE_NAME = "process_dispatcher"
 EMBEDDED_URI = "embedded://"
 #: AMQP heartbeat in seconds (dashi's value).
 DEFAULT_AMQP_HEARTBEAT = 30
-#: Largest message body a service publishes (bytes): RabbitMQ's default
-#: ``max_message_size`` (128 MiB). A larger reply is answered with an error instead.
-DEFAULT_MAX_MESSAGE_SIZE = 128 * 1024 * 1024
 #: Engine heartbeat defaults: monitoring is on by default
 #: (docs/architecture.md, decision 3).
 DEFAULT_HEARTBEAT_PERIOD = 30.0
@@ -271,7 +269,7 @@ class ProcessDispatcherSettings(BaseModel):
     #: Number of threads that serve RPCs concurrently.
     rpc_workers: int = Field(8, ge=1, le=256)
     monitor_resource_heartbeats: bool = True
-    #: Depth and size limits of request arguments (see :mod:`dispatcher.limits`).
+    #: Depth and size limits of request arguments (see :mod:`pdcommon.limits`).
     limits: RequestLimits = RequestLimits()
 
     @model_validator(mode="after")
@@ -482,7 +480,7 @@ class SecuritySettings(BaseModel):
 
     With ``hmac_key`` set, the dispatcher signs every message it sends and an agent
     refuses ``launch_process``, ``terminate_process``, ``restart_process`` and
-    ``cleanup`` without a valid signature (see :mod:`dispatcher.rpc.security`).
+    ``cleanup`` without a valid signature (see :mod:`dashi.security`).
     The key is a :class:`~pydantic.SecretStr`: it shows in no repr or log.
     """
 

@@ -4,7 +4,7 @@ URL: ``embedded://``. Transport options:
 
 * ``data_folder`` (required): the directory shared by every process that should
   reach each other (``<state_dir>/broker``); its layout is described in
-  :mod:`dispatcher.rpc.transport.folder`.
+  :mod:`dashi.transport.folder`.
 * ``polling_interval``: the longest wait between two looks at a queue when
   nothing wakes the consumer (seconds).
 
@@ -20,13 +20,13 @@ processes needs:
 * queue expiry as RabbitMQ's: ``x-expires`` is honoured (a queue nobody consumed
   or declared for that long goes, with its bindings and messages), and an
   ``auto_delete`` queue goes when its last consumer cancels, or
-  :data:`~dispatcher.rpc.transport.folder.AUTO_DELETE_GRACE` seconds after its
+  :data:`~dashi.transport.folder.AUTO_DELETE_GRACE` seconds after its
   consumer died; every connection holds a lease (a flock the kernel releases
   when the process dies) that keeps the queues it consumes alive;
 * periodic sweeps of what dead processes left (expired queues, messages claimed
   and never read, dead leases, dangling bindings), in a background thread when a
   connection opens and every
-  :data:`~dispatcher.rpc.transport.folder.SWEEP_INTERVAL` seconds while it waits.
+  :data:`~dashi.transport.folder.SWEEP_INTERVAL` seconds while it waits.
 
 On Linux a consumer sleeps on inotify watches of the queues it consumes and wakes
 as soon as a message lands in one of them, so idle consumers cost next to no CPU
@@ -37,7 +37,7 @@ Capabilities: direct, topic and fanout exchanges; queue expiry and auto-delete;
 at-most-once delivery of messages held unacknowledged by a consumer that
 crashes. No message TTL (a call's ``x-deadline`` header is checked by the service
 instead), no AMQP heartbeats; a ``mandatory`` publish that reaches no queue raises
-:class:`~dispatcher.rpc.transport.unroutable.UnroutableError` from the publishing
+:class:`~dashi.transport.unroutable.UnroutableError` from the publishing
 call, where RabbitMQ would return the message.
 """
 
@@ -58,14 +58,14 @@ from kombu.exceptions import ChannelError
 from kombu.transport import TRANSPORT_ALIASES, virtual
 from kombu.utils.json import dumps, loads
 
-from dispatcher.rpc.transport.folder import (
+from dashi.transport.folder import (
     SWEEP_INTERVAL,
     BrokerFolder,
     Lease,
     QueueGoneError,
     encode,
 )
-from dispatcher.rpc.transport.unroutable import UnroutableError
+from dashi.transport.unroutable import UnroutableError
 
 __all__ = ["SCHEME", "Channel", "Transport", "register"]
 
@@ -119,7 +119,7 @@ class _Inotify:
 
 
 class Channel(virtual.Channel):
-    """A channel on a :class:`~dispatcher.rpc.transport.folder.BrokerFolder`."""
+    """A channel on a :class:`~dashi.transport.folder.BrokerFolder`."""
 
     supports_fanout = True
 
