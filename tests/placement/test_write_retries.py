@@ -20,7 +20,6 @@ from dispatcher.messaging import RecordingMessenger
 from dispatcher.store.modify import WRITE_ATTEMPTS
 from pdcommon.states import ProcessState
 from tests.placement.test_matchmaker import (
-    Clock,
     add_resource,
     build,
     launches,
@@ -28,6 +27,7 @@ from tests.placement.test_matchmaker import (
     queue,
     res,
 )
+from tests.support.clock import FakeClock
 from tests.support.conflicts import ALWAYS, ConflictingStore
 
 
@@ -37,8 +37,8 @@ def store() -> ConflictingStore:
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
+def clock() -> FakeClock:
+    return FakeClock()
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def messenger() -> RecordingMessenger:
 
 
 @pytest.fixture
-def matchmaker(store: ConflictingStore, messenger: RecordingMessenger, clock: Clock) -> Matchmaker:
+def matchmaker(store: ConflictingStore, messenger: RecordingMessenger, clock: FakeClock) -> Matchmaker:
     mm = build(store, messenger, clock)
     mm.initialize()
     return mm
@@ -95,7 +95,7 @@ def test_a_waiting_mark_that_keeps_conflicting_fails_the_pass_not_the_process(
 
 
 def test_the_matchmaker_loop_retries_a_pass_that_gave_up_on_a_contended_process(
-    store: ConflictingStore, messenger: RecordingMessenger, clock: Clock
+    store: ConflictingStore, messenger: RecordingMessenger, clock: FakeClock
 ) -> None:
     # Given a running matchmaker loop, and a queued p1 whose record changes under the
     # writes of one whole pass (WRITE_ATTEMPTS of them)
