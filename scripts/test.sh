@@ -8,7 +8,8 @@
 #    services - the tests start their own private servers on 127.0.0.1.
 # 2. Creates .venv (Python >= 3.11) and installs the project with its test extras
 #    (again only when setup.cfg / pyproject.toml changed since the last install).
-# 3. Runs `ruff check .`, then mypy (strict; the packages it checks are listed in
+# 3. Runs `ruff check .`, then `lint-imports` (the layering contracts of
+#    pyproject.toml), then mypy (strict; the packages it checks are listed in
 #    pyproject.toml), then pytest with the given arguments; exits with pytest's
 #    status (5, "no tests collected", is a failure too).
 #
