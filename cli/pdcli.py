@@ -656,17 +656,19 @@ def process_logs(
     import time
 
     with ctx.client() as pd:
-        text = str(pd.get_process_logs(upid, stream=stream, tail_bytes=tail_bytes) or "")
-        click.echo(text, nl=False)
         try:
+            text = str(pd.get_process_logs(upid, stream=stream, tail_bytes=tail_bytes) or "")
+            click.echo(text, nl=False)
             while follow:
                 time.sleep(interval)
                 latest = str(pd.get_process_logs(upid, stream=stream, tail_bytes=tail_bytes) or "")
                 click.echo(_new_output(text, latest), nl=False)
                 text = latest
         except KeyboardInterrupt:
-            # Ctrl-C is how --follow ends: a normal exit, not an error.
-            pass
+            # Ctrl-C is how --follow ends, whether it comes during a fetch or
+            # between two: a normal exit, not an error.
+            if not follow:
+                raise
 
 
 def _new_output(previous: str, latest: str) -> str:

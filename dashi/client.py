@@ -103,6 +103,18 @@ class _Channel:
         except Exception:
             log.debug("error while releasing a client connection", exc_info=True)
 
+    def abandon(self) -> None:
+        """Close the socket at once, with no closing handshake.
+
+        For a connection whose read or write was interrupted part-way through a
+        frame: its framing is then unknown, and a handshake could wait for a
+        reply that never comes.
+        """
+        try:
+            self.connection.collect()
+        except Exception:
+            log.debug("error while abandoning a client connection", exc_info=True)
+
 
 class RpcClient:
     """Call and fire dashi operations.
@@ -208,6 +220,9 @@ class RpcClient:
                         self._fire_channel = _Channel(self.broker)
                     self._publish(self._fire_channel, service, body, headers={})
                     return
+                except (KeyboardInterrupt, SystemExit):
+                    self._abandon("_fire_channel")
+                    raise
                 except self._recoverable() as exc:
                     self._drop("_fire_channel")
                     self._raise_if_refused(exc)
@@ -250,6 +265,12 @@ class RpcClient:
         setattr(self, attribute, None)
         if channel is not None:
             channel.close()
+
+    def _abandon(self, attribute: str) -> None:
+        channel = getattr(self, attribute)
+        setattr(self, attribute, None)
+        if channel is not None:
+            channel.abandon()
 
     def _publish(
         self,
@@ -400,6 +421,10 @@ class RpcClient:
                 published = False
                 time.sleep(min(delay, max(0.0, deadline - time.monotonic())))
                 delay = min(delay * _BACKOFF_FACTOR, _BACKOFF_MAX)
+            except (KeyboardInterrupt, SystemExit):
+                # Interrupted (Ctrl-C) perhaps in the middle of a frame.
+                self._abandon("_call_channel")
+                raise
             except self._recoverable() as exc:
                 # The request may or may not have reached the broker; a request
                 # published on a connection that then failed is sent again.

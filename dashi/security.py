@@ -114,9 +114,7 @@ def canonical_message(
         "to": to,
         "v": 1,
     }
-    text: str = kombu_json.dumps(
-        document, sort_keys=True, separators=(",", ":"), ensure_ascii=True
-    )
+    text: str = kombu_json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     return text.encode("ascii")
 
 

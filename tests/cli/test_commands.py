@@ -484,6 +484,45 @@ def test_process_logs_follow_prints_new_output_until_interrupted(cluster: Cluste
             proc.wait()
 
 
+@pytest.mark.parametrize("fetch", ["first", "later"])
+def test_process_logs_follow_interrupted_during_a_call_exits_normally(
+    cluster: Cluster, fetch: str
+) -> None:
+    # Given pd-cli following a process's output, waiting for the reply to a fetch
+    upid = running(cluster)
+    cluster.agent.logs[(upid, "stdout")] = "first\n"
+    if fetch == "first":
+        cluster.agent.logs_gate.clear()
+    asked = len(cluster.agent.received)
+    command = [sys.executable, "-m", "cli.pdcli", "--sysname", cluster.sysname]
+    command += ["process", "logs", upid, "--follow", "--interval", "0.1"]
+    proc = subprocess.Popen(
+        command,
+        cwd=REPO,
+        env={**os.environ, **cluster.env()},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        if fetch == "later":
+            assert proc.stdout.readline() == "first\n"
+            cluster.agent.logs_gate.clear()
+            asked = len(cluster.agent.received)
+        wait_for(lambda: len(cluster.agent.received) > asked, what="a fetch")
+        # When Ctrl-C comes then
+        proc.send_signal(signal.SIGINT)
+        # Then pd-cli ends normally, without a traceback
+        assert proc.wait(WAIT) == 0
+        assert proc.stderr is not None and "Traceback" not in proc.stderr.read()
+    finally:
+        cluster.agent.logs_gate.set()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 # --------------------------------------------------------------------------- nodes, engines
 
 

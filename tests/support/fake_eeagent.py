@@ -43,6 +43,9 @@ class FakeEEAgent:
         self.received: list[tuple[str, dict[str, Any]]] = []
         #: ``(upid, stream)`` → the output ``get_process_logs`` returns (tests set it).
         self.logs: dict[tuple[str, str], str] = {}
+        #: ``get_process_logs`` replies only while this is set (tests clear it to hold a call).
+        self.logs_gate = threading.Event()
+        self.logs_gate.set()
         self.lock = threading.Lock()
         self.service = RpcService(broker, name)
         for op in ("launch_process", "terminate_process", "restart_process", "cleanup"):
@@ -110,6 +113,7 @@ class FakeEEAgent:
         with self.lock:
             self.received.append(("get_process_logs", {"u_pid": u_pid, "round": round}))
             text = self.logs.get((u_pid, stream))
+        self.logs_gate.wait()
         if text is not None:
             return text[-tail_bytes:] if tail_bytes else ""
         return f"{stream} of {u_pid} round {round}\n"
