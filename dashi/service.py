@@ -132,6 +132,9 @@ class RpcService:
         self._handlers: dict[str, _Registration] = {}
         self._large_replies: set[str] = set()
         self._stop = threading.Event()
+        #: The workers' broker connections, so that stop() can wake idle ones.
+        self._connections: set[kombu.Connection] = set()
+        self._connections_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._ready = threading.Semaphore(0)
         #: Why the workers could not start: the broker's refusal (fatal), or the
@@ -304,6 +307,15 @@ class RpcService:
     def stop(self, timeout: float = 10.0) -> None:
         """Stop consuming; in-flight handlers finish and are acknowledged."""
         self._stop.set()
+        with self._connections_lock:
+            connections = list(self._connections)
+        for connection in connections:
+            # A transport that can (the embedded one) ends an idle worker's wait
+            # for messages at once; elsewhere the worker sees the stop within
+            # _DRAIN_SECONDS.
+            wake = getattr(connection.transport, "wake", None)
+            if wake is not None:
+                wake()
         for thread in self._threads:
             thread.join(timeout)
         self._threads = []
@@ -330,6 +342,8 @@ class RpcService:
 
         while not self._stop.is_set():
             connection = self.broker.connection()
+            with self._connections_lock:
+                self._connections.add(connection)
             try:
                 connection.connect()
                 self._consume(connection, consuming)
@@ -361,6 +375,8 @@ class RpcService:
                 self._stop.wait(delay)
                 delay = min(delay * _BACKOFF_FACTOR, _BACKOFF_MAX)
             finally:
+                with self._connections_lock:
+                    self._connections.discard(connection)
                 try:
                     connection.release()
                 except Exception:  # closing a dead connection may fail in many ways

@@ -109,13 +109,55 @@ class _Inotify:
         except BlockingIOError:
             pass
 
-    def wait(self, timeout: float) -> None:
-        with contextlib.suppress(InterruptedError):
-            select.select([self.fd], [], [], timeout)
-
     def close(self) -> None:
         with contextlib.suppress(OSError):
             os.close(self.fd)
+
+
+class _Waker:
+    """Lets another thread end a blocking ``drain_events`` at once (a service stopping).
+
+    A self-pipe, made on first use and closed with the connection, that the
+    waiting consumer selects on beside its inotify watch.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._fds: tuple[int, int] | None = None
+        self._woken = False
+
+    def fileno(self) -> int:
+        with self._lock:
+            if self._fds is None:
+                read, write = os.pipe()
+                os.set_blocking(read, False)
+                os.set_blocking(write, False)
+                self._fds = (read, write)
+            return self._fds[0]
+
+    def wake(self) -> None:
+        with self._lock:
+            self._woken = True
+            if self._fds is not None:
+                with contextlib.suppress(OSError):  # a full pipe is already awake
+                    os.write(self._fds[1], b"\0")
+
+    def take(self) -> bool:
+        """Whether a wake came since the last call (and forget it)."""
+        with self._lock:
+            woken, self._woken = self._woken, False
+            if woken and self._fds is not None:
+                with contextlib.suppress(OSError):
+                    while os.read(self._fds[0], 4096):
+                        pass
+            return woken
+
+    def close(self) -> None:
+        with self._lock:
+            fds, self._fds = self._fds, None
+        for fd in fds or ():
+            with contextlib.suppress(OSError):
+                os.close(fd)
 
 
 class Channel(virtual.Channel):
@@ -282,6 +324,7 @@ class Transport(virtual.Transport):
         self._watch_failed = False
         self._next_sweep = 0.0
         self._sweeper: threading.Thread | None = None
+        self._waker = _Waker()
 
     def driver_version(self) -> str:
         return "2"
@@ -329,10 +372,19 @@ class Transport(virtual.Transport):
                     self._watch.watch(str(self.folder.queue_dir(queue)))
         return self._watch
 
+    def wake(self) -> None:
+        """End a ``drain_events`` blocked in another thread now, with ``TimeoutError``
+        (as if its timeout had passed), so that a stopping consumer need not wait it out."""
+        self._waker.wake()
+
     def drain_events(self, connection: Any, timeout: float | None = None) -> None:
         start = time.monotonic()
         watch = self._watcher()
+        waiting_on = [self._waker.fileno()] + ([watch.fd] if watch is not None else [])
+        idle_wait = _MAX_IDLE_WAIT if watch is not None else (self.polling_interval or 0.01)
         while True:
+            if self._waker.take():
+                raise TimeoutError()
             if watch is not None:
                 watch.clear()
             try:
@@ -345,13 +397,12 @@ class Transport(virtual.Transport):
                 raise TimeoutError()
             self._maybe_sweep()
             remaining = _MAX_IDLE_WAIT if timeout is None else timeout - elapsed
-            if watch is not None:
-                watch.wait(min(remaining, _MAX_IDLE_WAIT))
-            else:
-                time.sleep(min(remaining, self.polling_interval or 0.01))
+            with contextlib.suppress(InterruptedError):
+                select.select(waiting_on, [], [], min(remaining, idle_wait))
 
     def close_connection(self, connection: Any) -> None:
         super().close_connection(connection)
+        self._waker.close()
         if self._watch is not None:
             self._watch.close()
             self._watch = None

@@ -119,3 +119,29 @@ def test_two_consumers_of_one_queue_never_receive_the_same_message(tmp_path):
     for thread in threads:
         thread.join(60)
     assert sorted(seen) == list(range(400))
+
+
+def test_a_wait_for_messages_ends_at_once_when_another_thread_wakes_it(tmp_path):
+    # Given a consumer blocked in drain_events with a long timeout
+    broker = BrokerConfig(uri="embedded://", state_dir=tmp_path, sysname="wake")
+    with broker.connection() as connection:
+        connection.connect()
+        channel = connection.channel()
+        queue = kombu.Queue("idle", broker.kombu_exchange(), routing_key="idle")
+        outcome: list[BaseException] = []
+
+        def drain() -> None:
+            try:
+                connection.drain_events(timeout=60)
+            except BaseException as exc:
+                outcome.append(exc)
+
+        with kombu.Consumer(channel, queues=[queue], callbacks=[lambda body, msg: None]):
+            waiter = threading.Thread(target=drain, daemon=True)
+            waiter.start()
+            # When another thread wakes it (as RpcService.stop does)
+            connection.transport.wake()
+            waiter.join(30)
+        # Then it ends long before its timeout, as a timeout
+        assert not waiter.is_alive()
+        assert len(outcome) == 1 and isinstance(outcome[0], TimeoutError)
