@@ -453,13 +453,11 @@ def test_process_logs_prints_stdout_or_stderr_from_the_agent(cluster: Cluster) -
     assert "NotFoundError" in unknown.output
 
 
-def test_process_logs_follow_prints_new_output_until_interrupted(cluster: Cluster) -> None:
-    # Given a running process whose agent has some output
-    upid = running(cluster)
-    cluster.agent.logs[(upid, "stdout")] = "first\n"
+def follow_logs(cluster: Cluster, upid: str) -> subprocess.Popen[str]:
+    """``pd-cli process logs UPID --follow`` in a process of its own (to send it Ctrl-C)."""
     command = [sys.executable, "-m", "cli.pdcli", "--sysname", cluster.sysname]
     command += ["process", "logs", upid, "--follow", "--interval", "0.1"]
-    proc = subprocess.Popen(
+    return subprocess.Popen(
         command,
         cwd=REPO,
         env={**os.environ, **cluster.env()},
@@ -467,6 +465,13 @@ def test_process_logs_follow_prints_new_output_until_interrupted(cluster: Cluste
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def test_process_logs_follow_prints_new_output_until_interrupted(cluster: Cluster) -> None:
+    # Given a running process whose agent has some output
+    upid = running(cluster)
+    cluster.agent.logs[(upid, "stdout")] = "first\n"
+    proc = follow_logs(cluster, upid)
     try:
         assert proc.stdout is not None
         # When pd-cli follows it, it prints what is there ...
@@ -494,16 +499,7 @@ def test_process_logs_follow_interrupted_during_a_call_exits_normally(
     if fetch == "first":
         cluster.agent.logs_gate.clear()
     asked = len(cluster.agent.received)
-    command = [sys.executable, "-m", "cli.pdcli", "--sysname", cluster.sysname]
-    command += ["process", "logs", upid, "--follow", "--interval", "0.1"]
-    proc = subprocess.Popen(
-        command,
-        cwd=REPO,
-        env={**os.environ, **cluster.env()},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = follow_logs(cluster, upid)
     try:
         assert proc.stdout is not None
         if fetch == "later":
