@@ -47,8 +47,10 @@ before the service first consumes makes :meth:`RpcService.start` fail at once.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
+import socket
 import threading
 import time
 import traceback
@@ -132,8 +134,10 @@ class RpcService:
         self._handlers: dict[str, _Registration] = {}
         self._large_replies: set[str] = set()
         self._stop = threading.Event()
-        #: The workers' broker connections, so that stop() can wake idle ones.
+        #: The workers' broker connections, so that stop() can wake idle ones,
+        #: and those whose worker is handling a message.
         self._connections: set[kombu.Connection] = set()
+        self._handling: set[kombu.Connection] = set()
         self._connections_lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._ready = threading.Semaphore(0)
@@ -305,20 +309,32 @@ class RpcService:
                 )
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop consuming; in-flight handlers finish and are acknowledged."""
-        self._stop.set()
+        """Stop consuming; in-flight handlers finish and are acknowledged.
+
+        Idle workers are woken at once instead of waiting out their
+        ``_DRAIN_SECONDS``; a message that arrives once the stop has begun is
+        put back in the queue unhandled.
+        """
         with self._connections_lock:
-            connections = list(self._connections)
-        for connection in connections:
-            # A transport that can (the embedded one) ends an idle worker's wait
-            # for messages at once; elsewhere the worker sees the stop within
-            # _DRAIN_SECONDS.
-            wake = getattr(connection.transport, "wake", None)
-            if wake is not None:
-                wake()
+            self._stop.set()
+            idle = [c for c in self._connections if c not in self._handling]
+        for connection in idle:
+            _interrupt_wait(connection)
         for thread in self._threads:
             thread.join(timeout)
         self._threads = []
+
+    def _begin_handling(self, connection: kombu.Connection) -> bool:
+        """Mark ``connection``'s worker busy with a message; False once stopping."""
+        with self._connections_lock:
+            if self._stop.is_set():
+                return False
+            self._handling.add(connection)
+            return True
+
+    def _end_handling(self, connection: kombu.Connection) -> None:
+        with self._connections_lock:
+            self._handling.discard(connection)
 
     @property
     def running(self) -> bool:
@@ -388,12 +404,24 @@ class RpcService:
         queue = self.queue()
 
         def on_message(message: Message) -> None:
-            self._on_message(message, producer)
+            if not self._begin_handling(connection):
+                message.requeue()  # stopping: another consumer (or the next start) takes it
+                return
+            try:
+                self._on_message(message, producer)
+            finally:
+                self._end_handling(connection)
 
         def on_decode_error(message: Message, exc: Exception) -> None:
             # kombu found the message broken before on_message (a bad compression
             # header): answer and ack it, or it would kill the worker and come back.
-            self._on_message(message, producer, decode_error=exc)
+            if not self._begin_handling(connection):
+                message.requeue()
+                return
+            try:
+                self._on_message(message, producer, decode_error=exc)
+            finally:
+                self._end_handling(connection)
 
         with kombu.Consumer(
             channel,
@@ -609,3 +637,22 @@ def _describe_validation(exc: ValidationError) -> str:
     first = exc.errors()[0]
     where = ".".join(str(part) for part in first["loc"]) or "arguments"
     return f"invalid argument {where}: {first['msg']}"
+
+
+def _interrupt_wait(connection: kombu.Connection) -> None:
+    """End a worker's wait for messages on ``connection`` now (called from another thread).
+
+    The embedded transport has a wake-up for it. On AMQP the read side of the
+    socket is shut: the wait ends with a connection error, which the stopping
+    worker takes as its end, while writes (acknowledgements) still work.
+    """
+    wake = getattr(connection.transport, "wake", None)
+    if wake is not None:
+        wake()
+        return
+    if not connection.connected:
+        return  # still connecting: the worker sees the stop within _DRAIN_SECONDS
+    sock = getattr(getattr(connection.connection, "transport", None), "sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RD)
