@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -53,6 +54,8 @@ from pdcommon.wire import broker_config
 if TYPE_CHECKING:
     from click.shell_completion import CompletionItem
     from rich.console import Console
+    from rich.live import Live
+    from rich.spinner import Spinner
     from rich.table import Table
 
 HELP = """Operate a Process Dispatcher: definitions, processes, nodes and engines.
@@ -712,7 +715,61 @@ def process_list(
 _FINAL_STATES = ("700-TERMINATED", "800-EXITED", "850-FAILED", "900-REJECTED")
 
 
-@_calls(DescribeProcessRequest, local=("states", "max_wait", "poll"))
+class _Status:
+    """Where ``process wait`` shows the state it sees (see :func:`_spinner`)."""
+
+    def __init__(self, spinner: Spinner | None = None, live: Live | None = None) -> None:
+        self._spinner, self._live = spinner, live
+
+    def update(self, text: str) -> None:
+        if self._spinner is not None and self._live is not None:
+            self._spinner.update(text=text)
+            self._live.refresh()
+
+
+@contextmanager
+def _spinner(console: Console, text: str, *, enabled: bool = True) -> Iterator[_Status]:
+    """A spinner on ``console`` showing ``text``, while log lines print above it.
+
+    Only on an interactive terminal (not a pipe, a file, ``TERM=dumb`` or
+    ``TTY_INTERACTIVE=0``) and when ``enabled``. While it spins, log handlers of
+    this process that write to the terminal write through ``console``, which
+    prints each line above the spinner rather than over it.
+    """
+    if not (enabled and console.is_terminal and console.is_interactive):
+        yield _Status()
+        return
+    from rich.file_proxy import FileProxy
+    from rich.live import Live
+    from rich.spinner import Spinner
+
+    terminal = {id(stream) for stream in (sys.stderr, sys.__stderr__, sys.stdout, sys.__stdout__)}
+    handlers = [
+        handler
+        for logger in (logging.getLogger(), *_named_loggers())
+        for handler in logger.handlers
+        if isinstance(handler, logging.StreamHandler) and id(handler.stream) in terminal
+    ]
+    spinner = Spinner("dots", text)
+    with Live(spinner, console=console, refresh_per_second=12.5, transient=True) as live:
+        previous = [(h, h.setStream(FileProxy(console, h.stream))) for h in handlers]
+        try:
+            yield _Status(spinner, live)
+        finally:
+            for handler, stream in previous:
+                handler.flush()
+                handler.setStream(stream)
+
+
+def _named_loggers() -> list[logging.Logger]:
+    return [
+        logger
+        for logger in logging.Logger.manager.loggerDict.values()
+        if isinstance(logger, logging.Logger)
+    ]
+
+
+@_calls(DescribeProcessRequest, local=("states", "max_wait", "poll", "spinner"))
 @process.command("wait", help="Wait until a process reaches a state (default 500-RUNNING).")
 @click.argument("upid")
 @click.option(
@@ -740,9 +797,17 @@ _FINAL_STATES = ("700-TERMINATED", "800-EXITED", "850-FAILED", "900-REJECTED")
     type=click.FloatRange(min=0, min_open=True),
     help="Seconds between checks.",
 )
+@click.option(
+    "--spinner/--no-spinner",
+    default=True,
+    show_default=True,
+    help="Show a spinner with the state seen, on an interactive terminal only. "
+    "--no-spinner when another program (a pd-dispatcher started with &) writes to the "
+    "same terminal.",
+)
 @pass_ctx
 def process_wait(
-    ctx: Context, upid: str, states: tuple[str, ...], max_wait: float, poll: float
+    ctx: Context, upid: str, states: tuple[str, ...], max_wait: float, poll: float, spinner: bool
 ) -> None:
     import time
 
@@ -751,7 +816,10 @@ def process_wait(
     deadline = time.monotonic() + max_wait
     console = Console(stderr=True)
     state = None
-    with ctx.client() as pd, console.status(f"waiting for {upid}") as status:
+    with (
+        ctx.client() as pd,
+        _spinner(console, f"waiting for {upid}", enabled=spinner) as status,
+    ):
         while True:
             record = pd.describe_process(upid)
             if record is None:

@@ -4,11 +4,16 @@ a line for an empty list."""
 from __future__ import annotations
 
 import io
+import logging
+import re
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from rich.console import Console
 
-from cli.pdcli import Context, _render_dump, _render_table
+from cli.pdcli import Context, _render_dump, _render_table, _spinner
 
 ENGINE_ID = "default-engine-with-a-rather-long-name"
 UPID = "process-with-a-very-long-identifier-0123456789"
@@ -83,3 +88,62 @@ def test_an_empty_list_says_so_in_a_table_and_stays_empty_otherwise(
     Context((), None, 1.0, fmt).render([], empty="no nodes")
     out = capsys.readouterr().out
     assert out == {"table": "no nodes\n", "json": "[]\n", "yaml": "[]\n"}[fmt]
+
+
+# --------------------------------------------------------------------------- the spinner
+
+
+@contextmanager
+def terminal_stderr(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Console, io.StringIO]]:
+    """An interactive terminal on stderr, with a log handler writing to it.
+
+    (Entered in the test itself: pytest's own capture of stderr is put back
+    between a fixture's set-up and the test.)
+    """
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", out)
+    console = Console(
+        file=out, width=80, force_terminal=True, force_interactive=True, color_system=None
+    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield console, out
+    finally:
+        root.removeHandler(handler)
+
+
+def _lines(output: str) -> list[str]:
+    """The lines of terminal output, without control sequences."""
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", output)
+    return [line for line in re.split(r"[\r\n]", text) if line]
+
+
+def test_log_lines_print_above_the_spinner_never_on_its_line(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with (
+        terminal_stderr(monkeypatch) as (console, out),
+        _spinner(console, "waiting for p1") as status,
+    ):
+        status.update("p1: 300-WAITING, waiting for 500-RUNNING")
+        logging.getLogger("dispatcher.test").warning("a log line of this process")
+    lines = _lines(out.getvalue())
+    logged = [line for line in lines if "a log line of this process" in line]
+    assert logged == ["WARNING dispatcher.test: a log line of this process"]
+    assert any("waiting for" in line for line in lines)  # (the spinner did show)
+
+
+@pytest.mark.parametrize("where", ["not a terminal", "--no-spinner"])
+def test_no_spinner_off_an_interactive_terminal_or_when_disabled(
+    where: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with terminal_stderr(monkeypatch) as (console, out):
+        if where == "not a terminal":
+            console = Console(file=out, width=80)
+        with _spinner(console, "waiting for p1", enabled=where != "--no-spinner") as status:
+            status.update("p1: 300-WAITING")
+            logging.getLogger("dispatcher.test").warning("logged")
+    assert out.getvalue() == "WARNING dispatcher.test: logged\n"
