@@ -591,7 +591,7 @@ def process_describe(ctx: Context, upid: str) -> None:
     ctx.render(result)
 
 
-class _StateType(click.ParamType):
+class _StateType(click.ParamType[str, Any]):
     """A process state: ``500-RUNNING``, ``RUNNING``, ``running`` or ``500`` all mean
     ``500-RUNNING``."""
 
