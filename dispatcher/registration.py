@@ -27,7 +27,6 @@ from dashi.errors import NotFoundError, WriteConflictError
 from dispatcher.engines import EngineRegistry, engine_id_from_domain
 from dispatcher.evacuation import Evacuation
 from dispatcher.model import Node, Resource
-from dispatcher.provisioner.base import VMState
 from dispatcher.store.base import Store
 from dispatcher.store.modify import retry_conflicts
 from pdcommon.settings import EngineSettings
@@ -37,9 +36,10 @@ __all__ = ["Registration"]
 
 log = logging.getLogger(__name__)
 
-#: Provisioner states of a node being retired or retired: its agents' last
-#: heartbeats are expected, not a problem.
-_RETIRED = (VMState.TERMINATING, VMState.TERMINATED)
+#: Provisioner states of a node being retired or retired (``VMState.TERMINATING``,
+#: ``VMState.TERMINATED``): its agents' last heartbeats are expected, not a problem.
+#: (Named here: importing the provisioner package would load the broker library.)
+_RETIRED = ("terminating", "terminated")
 
 
 class Registration:

@@ -127,6 +127,14 @@ def test_a_heartbeat_from_a_retired_node_is_info_and_from_an_unknown_one_a_warni
     assert store.list_resources() == []
 
 
+
+def test_the_retired_states_are_the_provisioners() -> None:
+    from dispatcher.provisioner.base import VMState
+    from dispatcher.registration import _RETIRED
+
+    assert set(_RETIRED) == {VMState.TERMINATING, VMState.TERMINATED}
+
+
 def test_an_engine_added_by_another_instance_is_found_in_the_store(
     store: Store, messenger: RecordingMessenger, clock: FakeClock
 ) -> None:
