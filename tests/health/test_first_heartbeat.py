@@ -127,7 +127,6 @@ def test_a_heartbeat_from_a_retired_node_is_info_and_from_an_unknown_one_a_warni
     assert store.list_resources() == []
 
 
-
 def test_the_retired_states_are_the_provisioners() -> None:
     from dispatcher.provisioner.base import VMState
     from dispatcher.registration import _RETIRED
