@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import json
+import logging
+import os
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import click
 import yaml
 
 from cli.common import CONFIG_HELP, secure_state_dir, settings_from_options
-from dashi.broker import mask_uri
-from dashi.errors import RemoteError, RequestError, TransportError
+from dashi.errors import RemoteError, RequestError, RpcTimeoutError, TransportError
 from dispatcher.client import ProcessDispatcherClient
 from dispatcher.requests import (
     CreateDefinitionRequest,
@@ -45,8 +46,17 @@ from pdcommon.heartbeat_messages import (
     NodeStateRequest,
 )
 from pdcommon.requests import Request
+from pdcommon.settings import Settings
+from pdcommon.state_dir import PRIVATE_UMASK
 from pdcommon.states import ProcessState, QueueingMode, RestartMode
 from pdcommon.wire import broker_config
+
+if TYPE_CHECKING:
+    from click.shell_completion import CompletionItem
+    from rich.console import Console
+    from rich.live import Live
+    from rich.spinner import Spinner
+    from rich.table import Table
 
 HELP = """Operate a Process Dispatcher: definitions, processes, nodes and engines.
 
@@ -113,6 +123,25 @@ def _calls(
     return record
 
 
+def _command_name() -> str:
+    """The running command as typed, e.g. ``pd-cli process list``."""
+    path = click.get_current_context().command_path.split(" ", 1)
+    return " ".join(["pd-cli", *path[1:]])
+
+
+def _use_state_dir(settings: Settings) -> None:
+    """Check and secure the state directory if it exists; never create it.
+
+    Files this process creates there (its reply queue) are private either way.
+    """
+    path = settings.state_dir.expanduser()
+    ancestor = next((p for p in (path, *path.parents) if os.path.lexists(p)), None)
+    if path.exists() or (ancestor is not None and not ancestor.is_dir()):
+        secure_state_dir(settings)  # (also reports a path that cannot be a directory)
+    else:
+        os.umask(PRIVATE_UMASK)
+
+
 class Context:
     def __init__(
         self, config_files: tuple[str, ...], sysname: str | None, timeout: float, fmt: str
@@ -124,10 +153,19 @@ class Context:
 
     @contextmanager
     def client(self) -> Iterator[ProcessDispatcherClient]:
+        """A client of the dispatcher; errors become one line and an exit status.
+
+        With the embedded broker, a state directory that does not exist is not
+        created (no dispatcher ever ran there, and the call says so).
+        """
         settings = settings_from_options(self.config_files, {"dashi.sysname": self.sysname})
-        self.uri = settings.amqp_uri
-        if broker_config(settings).is_embedded:
-            secure_state_dir(settings)  # the embedded broker's messages live there
+        broker = broker_config(settings)
+        if broker.is_embedded:
+            # The embedded broker's messages live there: make them private.
+            _use_state_dir(settings)
+            where = f"state directory {settings.state_dir}"
+        else:
+            where = f"broker {broker.masked_uri}"
         client = ProcessDispatcherClient.from_settings(
             settings, name="pd-cli", timeout=self.timeout
         )
@@ -135,9 +173,9 @@ class Context:
             yield client
         except TransportError as exc:
             # Includes AccessRefusedError: the broker refused the login or the vhost.
-            broker = mask_uri(self.uri)
-            where = "" if broker in str(exc) else f" (broker {broker})"
-            click.echo(f"Error: {exc}{where}", err=True)
+            reason = exc.reason if isinstance(exc, RpcTimeoutError) else str(exc)
+            hint = "" if where.split(" ")[-1] in reason else f" ({where})"
+            click.echo(f"Error: {_command_name()}: {reason}{hint}", err=True)
             raise SystemExit(EXIT_UNREACHABLE) from None
         except RequestError as exc:
             click.echo(f"Error: {type(exc).__name__}: {exc.value}", err=True)
@@ -152,36 +190,108 @@ class Context:
         finally:
             client.close()
 
-    def render(self, result: Any) -> None:
+    def render(self, result: Any, *, empty: str = "") -> None:
+        """Print ``result`` in the chosen format; as a table, an empty list is the
+        line ``empty`` (e.g. "no nodes") rather than nothing."""
         if self.format == "yaml":
             click.echo(yaml.safe_dump(result, default_flow_style=False, sort_keys=True), nl=False)
         elif self.format == "json" or not isinstance(result, dict | list):
             click.echo(json.dumps(result, indent=2, sort_keys=True))
         else:
-            _render_table(result)
+            _render_table(result, empty=empty)
 
 
-def _render_table(result: dict[str, Any] | list[Any]) -> None:
+#: Columns that hold identifiers: never wrapped or cut, however narrow the terminal.
+_ID_COLUMNS: Final = frozenset({"upid", "assigned", "node", "engine", "field"})
+
+
+def _is_id_column(name: str) -> bool:
+    return name in _ID_COLUMNS or name.endswith("_id")
+
+
+def _console(*, stderr: bool = False) -> Console:
+    """The console tables are printed on.
+
+    On a terminal, tables fit its width (``COLUMNS`` overrides it); anywhere else
+    (a pipe, a file) lines are as long as their content: nothing is cut.
+    """
     from rich.console import Console
+
+    console = Console(stderr=stderr)
+    if not console.is_terminal:
+        console = Console(stderr=stderr, width=_UNLIMITED_WIDTH)
+    return console
+
+
+#: The width of output that is not a terminal: wide enough for any row.
+_UNLIMITED_WIDTH: Final = 1 << 16
+
+
+#: The narrowest a column that is not an id is folded to before the table grows
+#: wider than the terminal.
+_FOLDED_MIN_WIDTH: Final = 4
+
+
+def _print_table(console: Console, table: Table) -> None:
+    """Print ``table``, wider than the terminal rather than cut an id column."""
+    # Each column has one space either side and a border to its left; one more border.
+    needed = 1 + sum(3 + (column.min_width or _FOLDED_MIN_WIDTH) for column in table.columns)
+    width = console.width
+    console.width = max(width, needed)  # (print's own width cannot exceed the console's)
+    try:
+        console.print(table)
+    finally:
+        console.width = width
+
+
+def _id_column_widths(rows: list[dict[str, Any]], columns: list[str]) -> dict[str, int]:
+    """The width each id column needs to show its longest value (and name) whole."""
+    return {
+        column: max([len(column), *(len(_cell(row.get(column))) for row in rows)])
+        for column in columns
+        if _is_id_column(column)
+    }
+
+
+def _table(columns: list[str], rows: list[dict[str, Any]], **options: Any) -> Table:
+    """A table whose id columns never wrap or shorten."""
     from rich.table import Table
 
-    console = Console()
+    table = Table(**options)
+    widths = _id_column_widths(rows, columns)
+    for column in columns:
+        if column in widths:
+            table.add_column(column, no_wrap=True, min_width=widths[column], overflow="ignore")
+        else:
+            table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(_cell(row.get(column)) for column in columns))
+    return table
+
+
+def _render_table(
+    result: dict[str, Any] | list[Any], console: Console | None = None, empty: str = ""
+) -> None:
+    """Print ``result`` as a table: a mapping as field/value rows, a list of
+    mappings as one row each (``empty`` when there is none)."""
+    console = console or _console()
     if isinstance(result, dict):
-        table = Table("field", "value", show_header=False)
-        for key, value in result.items():
-            table.add_row(key, _cell(value))
-        console.print(table)
+        pairs = [{"field": key, "value": value} for key, value in result.items()]
+        table = _table(["field", "value"], pairs, show_header=False)
+        # The value column shows each id whole (the longest, at least).
+        ids = [len(_cell(value)) for key, value in result.items() if _is_id_column(key)]
+        table.columns[1].min_width = max(ids, default=None)
+        _print_table(console, table)
         return
     rows = result
-    if rows and all(isinstance(row, dict) for row in rows):
+    if not rows and empty:
+        console.print(empty, highlight=False)
+    elif rows and all(isinstance(row, dict) for row in rows):
         columns = list(dict.fromkeys(key for row in rows for key in row))
-        table = Table(*columns)
-        for row in rows:
-            table.add_row(*(_cell(row.get(column)) for column in columns))
-        console.print(table)
+        _print_table(console, _table(columns, rows))
     else:
         for row in rows:
-            console.print(_cell(row))
+            console.print(_cell(row), highlight=False, soft_wrap=True)
 
 
 def _cell(value: Any) -> str:
@@ -364,7 +474,7 @@ def definition_remove(ctx: Context, definition_id: str) -> None:
 @pass_ctx
 def definition_list(ctx: Context) -> None:
     with ctx.client() as pd:
-        ctx.render(sorted(pd.list_definitions()))
+        ctx.render(sorted(pd.list_definitions()), empty="no definitions")
 
 
 # -- processes ---------------------------------------------------------------------
@@ -481,6 +591,41 @@ def process_describe(ctx: Context, upid: str) -> None:
     ctx.render(result)
 
 
+class _StateType(click.ParamType[str, Any]):
+    """A process state: ``500-RUNNING``, ``RUNNING``, ``running`` or ``500`` all mean
+    ``500-RUNNING``."""
+
+    name = "state"
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str:
+        return "STATE"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value).strip().upper().replace(" ", "_")
+        for state in ProcessState.ALL:
+            number, _, name = state.partition("-")
+            if text in (state, number, name):
+                return state
+        self.fail(f"{value!r} is not a process state: {_STATE_NAMES}", param, ctx)
+
+    def shell_complete(
+        self, ctx: click.Context, param: click.Parameter, incomplete: str
+    ) -> list[CompletionItem]:
+        from click.shell_completion import CompletionItem
+
+        names = [state.partition("-")[2] for state in ProcessState.ALL]
+        return [CompletionItem(n) for n in names if n.startswith(incomplete.upper())]
+
+
+#: The states, for help and errors.
+_STATE_NAMES: Final = ", ".join(state.partition("-")[2] for state in ProcessState.ALL)
+#: What a STATE option accepts, for its help.
+_STATE_HELP: Final = (
+    f"STATE is a state's name, with or without its number, in any case "
+    f"(RUNNING, running or 500-RUNNING): {_STATE_NAMES}."
+)
+
+
 #: Columns ``process list`` can sort by.
 _SORT_KEYS = ("upid", "name", "state", "round", "engine", "node", "assigned")
 
@@ -527,8 +672,8 @@ def _sort_value(row: dict[str, Any], key: str) -> tuple[bool, Any, str]:
     "--state",
     "states",
     multiple=True,
-    type=click.Choice(ProcessState.ALL),
-    help="Only processes in this state; repeat to accept several.",
+    type=_StateType(),
+    help=f"Only processes in this state; repeat to accept several. {_STATE_HELP}",
 )
 @click.option("--engine", "engines", multiple=True, help="Only processes of this engine.")
 @click.option("--node", "nodes", multiple=True, help="Only processes placed on this node.")
@@ -562,14 +707,69 @@ def process_list(
     rows.sort(key=lambda row: _sort_value(row, sort_key))
     if reverse:
         rows.reverse()
-    ctx.render(rows)
+    filtered = bool(states or engines or nodes)
+    ctx.render(rows, empty="no processes match" if filtered else "no processes")
 
 
 #: States from which a process does not move without a request.
 _FINAL_STATES = ("700-TERMINATED", "800-EXITED", "850-FAILED", "900-REJECTED")
 
 
-@_calls(DescribeProcessRequest, local=("states", "max_wait", "poll"))
+class _Status:
+    """Where ``process wait`` shows the state it sees (see :func:`_spinner`)."""
+
+    def __init__(self, spinner: Spinner | None = None, live: Live | None = None) -> None:
+        self._spinner, self._live = spinner, live
+
+    def update(self, text: str) -> None:
+        if self._spinner is not None and self._live is not None:
+            self._spinner.update(text=text)
+            self._live.refresh()
+
+
+@contextmanager
+def _spinner(console: Console, text: str, *, enabled: bool = True) -> Iterator[_Status]:
+    """A spinner on ``console`` showing ``text``, while log lines print above it.
+
+    Only on an interactive terminal (not a pipe, a file, ``TERM=dumb`` or
+    ``TTY_INTERACTIVE=0``) and when ``enabled``. While it spins, log handlers of
+    this process that write to the terminal write through ``console``, which
+    prints each line above the spinner rather than over it.
+    """
+    if not (enabled and console.is_terminal and console.is_interactive):
+        yield _Status()
+        return
+    from rich.file_proxy import FileProxy
+    from rich.live import Live
+    from rich.spinner import Spinner
+
+    terminal = {id(stream) for stream in (sys.stderr, sys.__stderr__, sys.stdout, sys.__stdout__)}
+    handlers = [
+        handler
+        for logger in (logging.getLogger(), *_named_loggers())
+        for handler in logger.handlers
+        if isinstance(handler, logging.StreamHandler) and id(handler.stream) in terminal
+    ]
+    spinner = Spinner("dots", text)
+    with Live(spinner, console=console, refresh_per_second=12.5, transient=True) as live:
+        previous = [(h, h.setStream(FileProxy(console, h.stream))) for h in handlers]
+        try:
+            yield _Status(spinner, live)
+        finally:
+            for handler, stream in previous:
+                handler.flush()
+                handler.setStream(stream)
+
+
+def _named_loggers() -> list[logging.Logger]:
+    return [
+        logger
+        for logger in logging.Logger.manager.loggerDict.values()
+        if isinstance(logger, logging.Logger)
+    ]
+
+
+@_calls(DescribeProcessRequest, local=("states", "max_wait", "poll", "spinner"))
 @process.command("wait", help="Wait until a process reaches a state (default 500-RUNNING).")
 @click.argument("upid")
 @click.option(
@@ -578,8 +778,8 @@ _FINAL_STATES = ("700-TERMINATED", "800-EXITED", "850-FAILED", "900-REJECTED")
     multiple=True,
     default=("500-RUNNING",),
     show_default=True,
-    type=click.Choice(ProcessState.ALL),
-    help="Target state; repeat to accept several.",
+    type=_StateType(),
+    help=f"Target state; repeat to accept several. {_STATE_HELP}",
 )
 @click.option(
     "--timeout",
@@ -597,9 +797,17 @@ _FINAL_STATES = ("700-TERMINATED", "800-EXITED", "850-FAILED", "900-REJECTED")
     type=click.FloatRange(min=0, min_open=True),
     help="Seconds between checks.",
 )
+@click.option(
+    "--spinner/--no-spinner",
+    default=True,
+    show_default=True,
+    help="Show a spinner with the state seen, on an interactive terminal only. "
+    "--no-spinner when another program (a pd-dispatcher started with &) writes to the "
+    "same terminal.",
+)
 @pass_ctx
 def process_wait(
-    ctx: Context, upid: str, states: tuple[str, ...], max_wait: float, poll: float
+    ctx: Context, upid: str, states: tuple[str, ...], max_wait: float, poll: float, spinner: bool
 ) -> None:
     import time
 
@@ -608,7 +816,10 @@ def process_wait(
     deadline = time.monotonic() + max_wait
     console = Console(stderr=True)
     state = None
-    with ctx.client() as pd, console.status(f"waiting for {upid}") as status:
+    with (
+        ctx.client() as pd,
+        _spinner(console, f"waiting for {upid}", enabled=spinner) as status,
+    ):
         while True:
             record = pd.describe_process(upid)
             if record is None:
@@ -628,6 +839,29 @@ def process_wait(
     ctx.render({"upid": upid, "state": state})
 
 
+#: The most --tail may ask for, in MiB.
+_MIB_TAIL: Final = MAX_LOG_TAIL // (1024 * 1024)
+
+
+class _TailBytes(click.IntRange):
+    """``--tail``'s byte count: its error names the limit in bytes and MiB."""
+
+    def _describe_range(self) -> str:
+        return f"1<=x<={MAX_LOG_TAIL}"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        number = click.INT.convert(value, param, ctx)
+        if number < 1:
+            self.fail(f"{number} is not a byte count: give at least 1", param, ctx)
+        if number > MAX_LOG_TAIL:
+            self.fail(
+                f"{number} bytes is more than the limit of {MAX_LOG_TAIL} bytes ({_MIB_TAIL} MiB)",
+                param,
+                ctx,
+            )
+        return number
+
+
 @_calls(GetProcessLogsRequest, local=("follow", "interval"))
 @process.command("logs", help="Print the tail of a process's stdout or stderr.")
 @click.argument("upid")
@@ -638,8 +872,8 @@ def process_wait(
     "tail_bytes",
     default=65536,
     show_default=True,
-    type=click.IntRange(1, MAX_LOG_TAIL),
-    help="Bytes from the end of the output.",
+    type=_TailBytes(1, MAX_LOG_TAIL),
+    help=f"Bytes from the end of the output, at most {MAX_LOG_TAIL} ({_MIB_TAIL} MiB).",
 )
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new output (Ctrl-C stops).")
 @click.option(
@@ -728,7 +962,7 @@ def node_list(ctx: Context) -> None:
                 "node_exclusive": ", ".join(record.get("node_exclusive") or []),
             }
         )
-    ctx.render(rows)
+    ctx.render(rows, empty="no nodes")
 
 
 @main.group(help="Execution engines.")
@@ -742,7 +976,9 @@ def engine() -> None:
 def engine_list(ctx: Context) -> None:
     with ctx.client() as pd:
         engines = pd.list_engines()
-    ctx.render([{"engine_id": key, **value} for key, value in sorted(engines.items())])
+    ctx.render(
+        [{"engine_id": key, **value} for key, value in sorted(engines.items())], empty="no engines"
+    )
 
 
 @_calls(
@@ -808,13 +1044,11 @@ def dump(ctx: Context) -> None:
     _render_dump(result)
 
 
-def _render_dump(result: dict[str, Any]) -> None:
+def _render_dump(result: dict[str, Any], console: Console | None = None) -> None:
     """Nodes as a tree (node → agents → processes), then a table of every process."""
-    from rich.console import Console
-    from rich.table import Table
     from rich.tree import Tree
 
-    console = Console()
+    console = console or _console()
     resources, processes = result.get("resources", {}), result.get("processes", {})
     nodes = result.get("nodes", {})
     tree = Tree(f"nodes ({len(nodes)})")
@@ -841,17 +1075,14 @@ def _render_dump(result: dict[str, Any]) -> None:
                 state = processes.get(upid, {}).get("state", "?")
                 leaf.add(f"{upid} round {round_}: {state}")
     console.print(tree)
-    table = Table("upid", "name", "state", "round", "assigned", title="processes")
-    for row in sorted(_process_rows(result), key=lambda row: row["upid"]):
-        table.add_row(*(_cell(row[c]) for c in ("upid", "name", "state", "round", "assigned")))
-    console.print(table)
+    rows = sorted(_process_rows(result), key=lambda row: row["upid"])
+    columns = ["upid", "name", "state", "round", "assigned"]
+    _print_table(console, _table(columns, rows, title="processes"))
     vms = result.get("vms") or {}
     if vms:
-        columns = ("node_id", "engine_id", "site", "state", "provider_id", "reason", "last_error")
-        vm_table = Table(*columns, title="VMs (provisioner)")
-        for _node_id, vm in sorted(vms.items()):
-            vm_table.add_row(*(_cell(vm.get(c)) for c in columns))
-        console.print(vm_table)
+        columns = ["node_id", "engine_id", "site", "state", "provider_id", "reason", "last_error"]
+        vm_rows = [vm for _node_id, vm in sorted(vms.items())]
+        _print_table(console, _table(columns, vm_rows, title="VMs (provisioner)"))
 
 
 @_calls(SetSystemBootRequest, builds={"mode": "system_boot"})

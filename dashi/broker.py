@@ -36,6 +36,7 @@ import kombu
 from dashi.errors import AccessRefusedError, DiskFullError
 from dashi.protocol import DEFAULT_MAX_MESSAGE_SIZE
 from dashi.transport import embedded
+from dashi.transport.folder import BrokerFolderMissingError
 
 __all__ = ["BrokerConfig", "describe_failure", "disk_full", "mask_uri", "refusal"]
 
@@ -63,6 +64,8 @@ def describe_failure(exc: BaseException) -> str:
     """
     if isinstance(exc, amqp.exceptions.AMQPError):
         return str(exc.reply_text or exc).strip().splitlines()[0]
+    if isinstance(exc, BrokerFolderMissingError):
+        return f"no embedded broker folder {exc.filename}"
     if isinstance(exc, socket.gaierror):
         return f"unknown host: {exc.strerror}"
     if isinstance(exc, ConnectionRefusedError):
@@ -158,13 +161,26 @@ class BrokerConfig:
     def kombu_exchange(self) -> kombu.Exchange:
         return kombu.Exchange(self.exchange_name, type="direct", durable=False, auto_delete=False)
 
-    def connection(self) -> kombu.Connection:
-        """A new, unconnected kombu connection."""
+    @property
+    def embedded_folder(self) -> Path:
+        """The embedded transport's folder (``<state_dir>/broker``)."""
+        folder = self.transport_options.get("data_folder")
+        if folder:
+            return Path(folder)
+        return (self.state_dir or Path.cwd() / ".pd-state") / "broker"
+
+    def connection(self, *, create: bool = True) -> kombu.Connection:
+        """A new, unconnected kombu connection.
+
+        Args:
+            create: whether connecting may create the embedded transport's folder
+                (services: yes; clients: no, see :mod:`dashi.transport.embedded`).
+        """
         options = dict(self.transport_options)
         if self.is_embedded:
             embedded.register()
-            state_dir = self.state_dir or Path.cwd() / ".pd-state"
-            options.setdefault("data_folder", str(state_dir / "broker"))
+            options.setdefault("data_folder", str(self.embedded_folder))
+            options.setdefault("create_folder", create)
             options.setdefault("polling_interval", EMBEDDED_POLLING_INTERVAL)
             heartbeat = 0
         else:

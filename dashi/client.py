@@ -24,6 +24,16 @@ Remote errors are rebuilt as the same exception types
 (:mod:`dashi.errors`); a call that gets no reply in time raises
 :class:`~dashi.errors.RpcTimeoutError`, also when the broker is unreachable
 for the whole timeout. The client reconnects by itself after the broker restarts.
+A client that has never reached the broker and has its connection refused (or
+whose broker host name does not resolve) raises
+:class:`~dashi.errors.BrokerUnreachableError` after a few quick attempts
+(:data:`FIRST_CONNECT_ATTEMPTS`) instead of waiting for the timeout: nothing
+listens there.
+
+A client never creates the embedded broker's folder (services do): with no folder
+a call waits for one to appear (a service starting) until its timeout, and its
+:class:`~dashi.errors.RpcTimeoutError` names the folder; a fire is dropped, as
+it is when no queue is bound for it.
 A broker that refuses the login, the virtual host or a permission raises
 :class:`~dashi.errors.AccessRefusedError` at once: retrying cannot help; so
 does an embedded broker whose disk is full (:class:`~dashi.errors.DiskFullError`,
@@ -41,6 +51,7 @@ thread for parallel calls.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 import uuid
@@ -52,7 +63,7 @@ from kombu.message import Message
 
 from dashi import codec
 from dashi.broker import BrokerConfig, describe_failure, disk_full, refusal
-from dashi.errors import RpcTimeoutError, TransportError
+from dashi.errors import BrokerUnreachableError, RpcTimeoutError, TransportError
 from dashi.gcpause import collector_paused
 from dashi.protocol import (
     HEADER_DEADLINE,
@@ -61,9 +72,10 @@ from dashi.protocol import (
     error_from_payload,
 )
 from dashi.security import HEADER_SIGNATURE, MessageSigner
+from dashi.transport.folder import BrokerFolderMissingError
 from dashi.transport.unroutable import UnroutableError
 
-__all__ = ["DEFAULT_TIMEOUT", "RpcClient"]
+__all__ = ["DEFAULT_TIMEOUT", "FIRST_CONNECT_ATTEMPTS", "RpcClient"]
 
 log = logging.getLogger(__name__)
 
@@ -74,14 +86,20 @@ DEFAULT_FIRE_TIMEOUT = 10.0
 _BACKOFF_START, _BACKOFF_FACTOR, _BACKOFF_MAX = 0.1, 2.0, 2.0
 #: The daemon serving a service, named when its queue does not exist.
 _DAEMONS = {"process_dispatcher": "pd-dispatcher"}
+#: Connection attempts (about 0.3 s apart in all) a client that has never reached
+#: the broker makes before it reports a refused connection or an unknown host.
+FIRST_CONNECT_ATTEMPTS = 3
+#: What a first connection gets from a broker that is not there: not worth a timeout.
+_NOT_THERE = (ConnectionRefusedError, socket.gaierror)
 
 
 class _Channel:
     """One connection with a producer and, for calls, a reply consumer."""
 
     def __init__(self, broker: BrokerConfig, on_return: Callable[..., None] | None = None) -> None:
-        self.connection = broker.connection()
-        self.connection.connect()
+        self.connection = broker.connection(create=False)
+        # One attempt: kombu's connect() tries twice, 2 s apart; the caller retries.
+        self.connection.ensure_connection(max_retries=0, reraise_as_library_errors=False)
         self.channel = self.connection.channel()
         self.exchange = broker.kombu_exchange()
         self.exchange(self.channel).declare()
@@ -149,6 +167,10 @@ class RpcClient:
         self._waiting_for: str | None = None
         self._reply: dict[str, Any] | None = None
         self._returned = False
+        #: Whether a connection of this client ever opened.
+        self._reached = False
+        #: Refused first connections in a row (see FIRST_CONNECT_ATTEMPTS).
+        self._refusals = 0
 
     @property
     def sender(self) -> str:
@@ -181,6 +203,9 @@ class RpcClient:
                 service's queue existed. The request then expires unapplied.
             AccessRefusedError: the broker refused the login, the vhost or a
                 permission (at once, without waiting for the timeout).
+            BrokerUnreachableError: this client never reached the broker, and its
+                connection was refused (or the host name did not resolve)
+                FIRST_CONNECT_ATTEMPTS times in a row (without waiting for the timeout).
             DiskFullError: the embedded broker's disk is full (at once).
         """
         body = {"op": op, "args": _merge_args(args, kwargs)}
@@ -206,6 +231,7 @@ class RpcClient:
 
         Raises:
             TransportError: the broker stayed unreachable for ``timeout`` seconds.
+            BrokerUnreachableError: as for :meth:`call` (at once).
             AccessRefusedError: the broker refused the login, the vhost or a
                 permission (at once).
             DiskFullError: the embedded broker's disk is full (at once).
@@ -217,15 +243,20 @@ class RpcClient:
             while True:
                 try:
                     if self._fire_channel is None:
-                        self._fire_channel = _Channel(self.broker)
+                        self._fire_channel = self._open()
                     self._publish(self._fire_channel, service, body, headers={})
                     return
                 except (KeyboardInterrupt, SystemExit):
                     self._abandon("_fire_channel")
                     raise
+                except BrokerFolderMissingError:
+                    # No service ever ran there: no queue is bound for the message.
+                    log.debug("%s to %s dropped: no embedded broker folder", op, service)
+                    return
                 except self._recoverable() as exc:
                     self._drop("_fire_channel")
                     self._raise_if_refused(exc)
+                    self._raise_if_not_there(exc)
                     if time.monotonic() + delay > deadline:
                         raise TransportError(
                             f"could not send {op} to {service}: broker "
@@ -252,6 +283,24 @@ class RpcClient:
     def _recoverable(self) -> tuple[type[BaseException], ...]:
         connection = (self._call_channel or self._fire_channel or _Probe(self.broker)).connection
         return (*connection.connection_errors, *connection.channel_errors, OSError)
+
+    def _open(self, on_return: Callable[..., None] | None = None) -> _Channel:
+        channel = _Channel(self.broker, on_return=on_return)
+        self._reached, self._refusals = True, 0
+        return channel
+
+    def _raise_if_not_there(self, exc: BaseException) -> None:
+        """Raise :class:`BrokerUnreachableError` when a client that never reached the
+        broker had its connection refused (or its host name not resolved)
+        :data:`FIRST_CONNECT_ATTEMPTS` times in a row."""
+        if self._reached or not isinstance(exc, _NOT_THERE):
+            return
+        self._refusals += 1
+        if self._refusals >= FIRST_CONNECT_ATTEMPTS:
+            self._refusals = 0
+            raise BrokerUnreachableError(
+                f"broker {self.broker.masked_uri} unreachable ({describe_failure(exc)})"
+            ) from exc
 
     def _raise_if_refused(self, exc: BaseException) -> None:
         """Raise what retrying cannot help at once: :class:`AccessRefusedError` if the
@@ -386,8 +435,7 @@ class RpcClient:
                 break
             try:
                 if self._call_channel is None:
-                    self._call_channel = _Channel(
-                        self.broker,
+                    self._call_channel = self._open(
                         # the embedded transport raises UnroutableError instead of
                         # returning (basic.return), and has no restarts
                         on_return=None if self.broker.is_embedded else self._on_return,
@@ -432,25 +480,35 @@ class RpcClient:
                 published = False
                 self._drop("_call_channel")
                 self._raise_if_refused(exc)
+                self._raise_if_not_there(exc)
                 sleep = min(delay, max(0.0, deadline - time.monotonic()))
                 time.sleep(sleep)
                 delay = min(delay * _BACKOFF_FACTOR, _BACKOFF_MAX)
             finally:
                 self._waiting_for = None
-        if last_error is not None and not published:
-            raise RpcTimeoutError(
-                f"{op} on {service}: broker {self.broker.masked_uri} unreachable "
+        daemon = _DAEMONS.get(service, "the service")
+        if isinstance(last_error, BrokerFolderMissingError) and not published:
+            reason = (
+                f"no reply within {timeout:g}s: the embedded broker's folder "
+                f"{last_error.filename} does not exist (is {daemon} running?)"
+            )
+        elif last_error is not None and not published:
+            reason = (
+                f"broker {self.broker.masked_uri} unreachable "
                 f"for {timeout:g}s ({describe_failure(last_error)})"
             )
-        if unroutable:
-            daemon = _DAEMONS.get(service, "the service")
-            raise RpcTimeoutError(
-                f"{op} on {service}: no reply within {timeout:g}s: the service's queue "
+        elif unroutable:
+            reason = (
+                f"no reply within {timeout:g}s: the service's queue "
                 f"{self.broker.prefixed(service)!r} does not exist (is {daemon} running?)"
             )
+        else:
+            reason = (
+                f"no reply within {timeout:g}s: the request was delivered to the "
+                "service's queue but no reply came (it expires there unapplied)"
+            )
         raise RpcTimeoutError(
-            f"{op} on {service}: no reply within {timeout:g}s: the request was delivered "
-            "to the service's queue but no reply came (it expires there unapplied)"
+            f"{op} on {service}: {reason}", operation=op, service=service, reason=reason
         )
 
     def _wait(self, channel: _Channel, deadline: float) -> dict[str, Any] | None:

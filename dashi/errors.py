@@ -15,6 +15,7 @@ class)::
      ├── RemoteError                 any other error raised by a remote handler (by type name)
      └── TransportError              the broker could not be reached (recoverable)
           ├── RpcTimeoutError        no reply arrived before the call's timeout
+          ├── BrokerUnreachableError the broker refused a client's first connection
           ├── AccessRefusedError     the broker refused the login, the vhost or a permission
           └── DiskFullError          the embedded broker's disk is full
 
@@ -40,6 +41,7 @@ __all__ = [
     "REQUEST_ERROR_SUBTYPES",
     "AccessRefusedError",
     "BadRequestError",
+    "BrokerUnreachableError",
     "DashiError",
     "DiskFullError",
     "NotFoundError",
@@ -154,7 +156,38 @@ class TransportError(DashiError):
 
 
 class RpcTimeoutError(TransportError, TimeoutError):
-    """No reply arrived before the call's timeout expired."""
+    """No reply arrived before the call's timeout expired.
+
+    The message is ``<operation> on <service>: <reason>``; a command line tool
+    can name its own command instead, before :attr:`reason`.
+
+    Attributes:
+        operation: the operation called (``None`` if not given).
+        service: the service it was called on.
+        reason: the message without the operation and service.
+    """
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        operation: str | None = None,
+        service: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.operation = operation
+        self.service = service
+        self.reason = message if reason is None else reason
+
+
+class BrokerUnreachableError(TransportError):
+    """A client that never reached the broker had its connection refused, or the
+    broker's host name does not resolve: raised after a few quick retries, without
+    waiting for the call's timeout. (A client that was connected retries until its
+    timeout: the broker may be restarting.) The message names the broker with
+    its password masked.
+    """
 
 
 class AccessRefusedError(TransportError):

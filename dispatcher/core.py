@@ -488,6 +488,7 @@ class ProcessDispatcherCore:
             BadRequestError: ``system_boot`` is not a boolean.
         """
         self.store.set_system_boot(req.system_boot)
+        log.info("system-boot mode %s", "on" if req.system_boot else "off")
 
     @operation(DumpRequest)
     def dump(self, req: DumpRequest) -> dict[str, dict[str, dict[str, Any]]]:

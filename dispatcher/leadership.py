@@ -264,17 +264,25 @@ class LeaderElector:
             self._thread = None
 
     def _run(self) -> None:
+        standing_by = False  # (said once until this dispatcher leads)
         try:
             while not self._stop.is_set():
                 if self._term is None:
                     if self.lock.try_acquire():
                         log.info("leadership acquired")
+                        standing_by = False
                         self._term = threading.Event()
                         try:
                             self.on_elected(self._term)
                         except Exception:
                             log.exception("starting the leader's singletons failed")
                             self._end_term()
+                    elif not standing_by:
+                        standing_by = True
+                        log.info(
+                            "leadership held by another dispatcher: standing by "
+                            "(taking over if it stops)"
+                        )
                 elif not self.lock.still_held():
                     log.warning("leadership lost")
                     self._end_term()

@@ -36,6 +36,11 @@ __all__ = ["Registration"]
 
 log = logging.getLogger(__name__)
 
+#: Provisioner states of a node being retired or retired (``VMState.TERMINATING``,
+#: ``VMState.TERMINATED``): its agents' last heartbeats are expected, not a problem.
+#: (Named here: importing the provisioner package would load the broker library.)
+_RETIRED = ("terminating", "terminated")
+
 
 class Registration:
     """Records nodes and agents as they appear, and evacuates dead nodes.
@@ -117,7 +122,7 @@ class Registration:
             return
         node = self.store.get_node(node_id)
         if node is None:
-            log.warning("heartbeat of %s from unknown node %s: dropped", resource_id, node_id)
+            self._log_unknown_node(resource_id, node_id)
             return
         engine_id = engine_id_from_domain(node.domain_id)
         engine = self.engine(engine_id)
@@ -160,6 +165,22 @@ class Registration:
             engine_id,
             engine.slots,
         )
+
+    def _log_unknown_node(self, resource_id: str, node_id: str) -> None:
+        """Log a heartbeat from a node with no record: expected (INFO) from a node
+        the provisioner is retiring or retired, whose agents heartbeat until they
+        stop; a WARNING from any other node."""
+        vm = self.store.get_vm(node_id)
+        if vm is not None and vm.state in _RETIRED:
+            log.info(
+                "heartbeat of %s from node %s, which is %s (%s): dropped",
+                resource_id,
+                node_id,
+                vm.state,
+                vm.reason or "retired",
+            )
+            return
+        log.warning("heartbeat of %s from unknown node %s: dropped", resource_id, node_id)
 
     def _add_to_node(self, node: Node, resource_id: str) -> Node | None:
         """Add ``resource_id`` to ``node.resources`` (conflict-retry); None if it went.

@@ -65,7 +65,8 @@ if [ "$example" = 1 ]; then
                 >/dev/null
         "${cli[@]}" process schedule example-1 --definition example >/dev/null
         log "scheduled example-1; waiting for a local agent to run it"
-        if "${cli[@]}" process wait example-1 --state 500-RUNNING --timeout 120; then
+        # (no spinner: the dispatcher's log shares this terminal)
+        if "${cli[@]}" process wait example-1 --state RUNNING --timeout 120 --no-spinner; then
             sleep 1
             "${cli[@]}" process describe example-1
             log "its output (pd-cli process logs example-1 --follow):"

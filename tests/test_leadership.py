@@ -7,6 +7,7 @@ dispatcher system that starts on it.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -120,6 +121,30 @@ def _check_handover(electors, terms):
 def test_two_electors_on_one_sqlite_file_hand_over(tmp_path):
     electors, terms = _electors(lambda: FileLock(tmp_path / "db.leader"))
     _check_handover(electors, terms)
+
+
+def test_a_standby_says_so_once_at_info(tmp_path, caplog):
+    # Given a leader holding the lock
+    leader = FileLock(tmp_path / "db.leader")
+    assert leader.try_acquire()
+    elected = threading.Event()
+    standby = LeaderElector(
+        FileLock(tmp_path / "db.leader"), lambda term: elected.set(), poll_interval=0.05
+    )
+    # When a second dispatcher's elector polls several times
+    with caplog.at_level(logging.INFO, logger="dispatcher.leadership"):
+        standby.start()
+        try:
+            assert wait_for(lambda: any("standing by" in r.getMessage() for r in caplog.records))
+            time.sleep(0.3)  # several more polls, to check it is said once
+            # Then it said once, at INFO, that it stands by
+            said = [r for r in caplog.records if "standing by" in r.getMessage()]
+            assert len(said) == 1 and said[0].levelno == logging.INFO
+            # And it takes over when the leader goes
+            leader.release()
+            assert wait_for(elected.is_set)
+        finally:
+            standby.stop()
 
 
 @pytest.mark.postgres

@@ -7,6 +7,10 @@ URL: ``embedded://``. Transport options:
   :mod:`dashi.transport.folder`.
 * ``polling_interval``: the longest wait between two looks at a queue when
   nothing wakes the consumer (seconds).
+* ``create_folder`` (default true): create ``data_folder`` when it does not exist.
+  When false, connecting to a folder that does not exist raises
+  :class:`~dashi.transport.folder.BrokerFolderMissingError` (an ``OSError``)
+  and creates nothing: RPC clients connect so, services create the folder.
 
 Built on kombu's virtual transport, with what a broker shared by several
 processes needs:
@@ -61,6 +65,7 @@ from kombu.utils.json import dumps, loads
 from dashi.transport.folder import (
     SWEEP_INTERVAL,
     BrokerFolder,
+    BrokerFolderMissingError,
     Lease,
     QueueGoneError,
     encode,
@@ -317,6 +322,7 @@ class Transport(virtual.Transport):
         if not folder:
             raise ValueError("the embedded transport needs the 'data_folder' transport option")
         self.folder = BrokerFolder(folder)
+        self.create_folder = bool(client.transport_options.get("create_folder", True))
         super().__init__(client, **kwargs)
         self.state = self.global_state
         self._lease: Lease | None = None
@@ -330,6 +336,8 @@ class Transport(virtual.Transport):
         return "2"
 
     def establish_connection(self) -> Any:
+        if not self.create_folder and not self.folder.exists():
+            raise BrokerFolderMissingError(self.folder.root)
         self.folder.ensure()
         self._maybe_sweep()
         return super().establish_connection()

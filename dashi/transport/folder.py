@@ -106,6 +106,15 @@ class QueueGoneError(OSError):
     """The queue does not exist (any more)."""
 
 
+class BrokerFolderMissingError(FileNotFoundError):
+    """The broker's folder does not exist, and the connection may not create it
+    (a client's: only services create the folder, so a client finding none
+    knows no service has run there)."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(errno.ENOENT, "no embedded broker folder", str(root))
+
+
 def encode(name: str) -> str:
     """A file name for a queue, exchange or routing key (reversible unless very long)."""
     text = quote(name, safe="")
@@ -188,6 +197,10 @@ class BrokerFolder:
         self.bindings_dir = self.root / "bindings"
 
     # -- set-up ---------------------------------------------------------------------
+
+    def exists(self) -> bool:
+        """Whether the folder exists (in either layout)."""
+        return self.root.is_dir()
 
     def ensure(self) -> None:
         """Create the layout (private) and migrate the earlier one if present."""

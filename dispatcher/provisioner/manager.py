@@ -156,6 +156,8 @@ class Provisioner:
         self._fatal_streak: dict[str, int] = {}
         self._last_sync: float | None = None
         self._warned: set[str] = set()
+        #: Sites reconciled once by this process (nodes kept from before are logged then).
+        self._reconciled: set[str] = set()
 
     @classmethod
     def from_settings(
@@ -288,6 +290,21 @@ class Provisioner:
         records = {vm.node_id: vm for vm in before}
         seen = {node.node_id for node in listed}
         with_agents = {resource.node_id for resource in self.store.list_resources()}
+        if site.name not in self._reconciled:
+            self._reconciled.add(site.name)
+            kept = sorted(
+                node.node_id
+                for node in listed
+                if node.node_id in records and records[node.node_id].state in VMState.ACTIVE
+            )
+            if kept:
+                log.info(
+                    "site %s: %d node(s) from before this start still run, kept with their "
+                    "agents: %s",
+                    site.name,
+                    len(kept),
+                    ", ".join(kept),
+                )
         for node in listed:
             vm = records.get(node.node_id)
             if vm is None:

@@ -39,6 +39,8 @@ COMMANDS = {
 }
 #: Exit status of each command when the broker refuses it (documented in --help).
 REFUSED_STATUS = {"pd-dispatcher": 1, "pd-eeagent": 1, "pd-cli": 3}
+#: What starts each command's error line after "Error: " (pd-cli names the command run).
+ERROR_PREFIX = {"pd-dispatcher": "", "pd-eeagent": "", "pd-cli": "pd-cli process list: "}
 
 
 def run(
@@ -306,7 +308,7 @@ def test_a_wrong_broker_password_fails_at_once_naming_access_refused(
     status, output = run(command, config, tmp_path)
     # Then it fails without retrying, on one line naming the refusal, password hidden
     assert error_line(output) == (
-        f"Error: broker {broker_user.masked()} refused the login of user "
+        f"Error: {ERROR_PREFIX[command]}broker {broker_user.masked()} refused the login of user "
         f"'{broker_user.user}' (ACCESS_REFUSED: wrong user name or password)"
     )
     assert status == REFUSED_STATUS[command]
@@ -328,7 +330,7 @@ def test_an_unknown_vhost_fails_at_once_naming_it(command, broker_user, tmp_path
     # When the command starts / Then the broker's reason is the line
     status, output = run(command, config, tmp_path)
     assert error_line(output) == (
-        f"Error: broker {broker_user.masked(vhost=vhost)} refused access: "
+        f"Error: {ERROR_PREFIX[command]}broker {broker_user.masked(vhost=vhost)} refused access: "
         f"NOT_ALLOWED - vhost {vhost} not found"
     )
     assert status == REFUSED_STATUS[command]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -68,25 +69,94 @@ def test_a_bad_configuration_file_is_a_one_line_usage_error(tmp_path):
     assert "Traceback" not in result.output
 
 
-def test_an_unreachable_broker_exits_3_and_names_it_without_the_password():
+def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+        return int(sock.getsockname()[1])
+
+
+def test_an_unreachable_broker_exits_3_and_names_it_once_without_the_password():
+    port = _free_port()
     uri = f"amqp://operator:hunter2@127.0.0.1:{port}//"
-    result = CliRunner().invoke(pd_cli, ["--timeout", "1", "dump"], env={"PD_AMQP_URI": uri})
+    result = CliRunner().invoke(pd_cli, ["--timeout", "600", "dump"], env={"PD_AMQP_URI": uri})
     assert result.exit_code == 3
-    # (the cause, and the broker named once)
-    assert result.output.strip().endswith("unreachable for 1s (connection refused)")
-    assert result.output.count(f"amqp://operator:***@127.0.0.1:{port}//") == 1
+    # One line: the command, the broker (named once) and the cause; a refused
+    # connection is reported at once, not as a reply timeout.
+    assert result.output == (
+        f"Error: pd-cli dump: broker amqp://operator:***@127.0.0.1:{port}// "
+        "unreachable (connection refused)\n"
+    )
     assert "hunter2" not in result.output
 
 
-def test_no_dispatcher_on_the_embedded_transport_is_a_timeout_with_status_3(tmp_path):
+def test_no_dispatcher_on_the_embedded_transport_names_the_command_and_the_folder(tmp_path):
+    state = tmp_path / "state"
     result = CliRunner().invoke(
-        pd_cli, ["--timeout", "0.5", "process", "list"], env={"PD_STATE_DIR": str(tmp_path)}
+        pd_cli, ["--timeout", "0.5", "process", "list"], env={"PD_STATE_DIR": str(state)}
     )
     assert result.exit_code == 3
-    assert "no reply within" in result.output
+    assert result.output == (
+        "Error: pd-cli process list: no reply within 0.5s: the embedded broker's folder "
+        f"{state}/broker does not exist (is pd-dispatcher running?)\n"
+    )
+    # Nothing was created: neither the state directory nor its broker folder.
+    assert not state.exists()
+
+
+def test_no_dispatcher_on_an_existing_state_directory_names_it(tmp_path):
+    from dashi.transport.folder import BrokerFolder
+
+    BrokerFolder(tmp_path / "broker").ensure()  # a dispatcher ran there once
+    tmp_path.chmod(0o700)
+    result = CliRunner().invoke(
+        pd_cli, ["--timeout", "0.5", "node", "list"], env={"PD_STATE_DIR": str(tmp_path)}
+    )
+    assert result.exit_code == 3
+    assert result.output == (
+        "Error: pd-cli node list: no reply within 0.5s: the service's queue "
+        "'process_dispatcher' does not exist (is pd-dispatcher running?) "
+        f"(state directory {tmp_path})\n"
+    )
+
+
+def test_a_state_directory_under_a_file_is_still_a_usage_error(tmp_path):
+    (tmp_path / "file").write_text("")
+    result = CliRunner().invoke(
+        pd_cli, ["process", "list"], env={"PD_STATE_DIR": str(tmp_path / "file" / "state")}
+    )
+    assert result.exit_code == 2
+    assert "is not a directory" in result.output
+
+
+@pytest.mark.parametrize("value", ["RUNNING", "running", "500", "500-RUNNING", "Running"])
+def test_a_state_option_takes_the_name_with_or_without_its_number_in_any_case(value):
+    from cli.pdcli import process_list, process_wait
+
+    for command in (process_list, process_wait):
+        (option,) = [p for p in command.params if p.name == "states"]
+        assert option.type_cast_value(click.Context(command), [value]) == ("500-RUNNING",)
+
+
+def test_an_unknown_state_is_a_usage_error_listing_the_states(tmp_path):
+    result = CliRunner().invoke(
+        pd_cli, ["process", "list", "--state", "RUNING"], env={"PD_STATE_DIR": str(tmp_path)}
+    )
+    assert result.exit_code == 2
+    assert "'RUNING' is not a process state: UNSCHEDULED, " in result.output
+
+
+def test_tail_beyond_the_limit_names_the_option_and_the_limit(tmp_path):
+    result = CliRunner().invoke(
+        pd_cli, ["process", "logs", "p1", "--tail", "10000000"], env={"PD_STATE_DIR": str(tmp_path)}
+    )
+    assert result.exit_code == 2
+    assert (
+        "Invalid value for '--tail': 10000000 bytes is more than the limit of 4194304 bytes "
+        "(4 MiB)" in result.output
+    )
+    assert "tail_bytes" not in result.output
+    help_text = CliRunner().invoke(pd_cli, ["process", "logs", "--help"]).output
+    assert "at most 4194304 (4 MiB)" in " ".join(help_text.split())
 
 
 def test_the_cli_reference_in_docs_is_current():

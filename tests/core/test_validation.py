@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -260,14 +261,22 @@ def test_set_system_boot_accepts_only_true_or_false(
 
 
 def test_set_system_boot_sets_and_clears_the_flag(
-    core: ProcessDispatcherCore, store: MemoryStore
+    core: ProcessDispatcherCore, store: MemoryStore, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Given the flag clear, When set True then False, Then the store follows (idempotently)
-    assert core.set_system_boot(True) is None  # type: ignore[func-returns-value]
-    core.set_system_boot(True)
-    assert store.is_system_boot()
-    core.set_system_boot(False)
+    with caplog.at_level(logging.INFO, logger="dispatcher.core"):
+        assert core.set_system_boot(True) is None  # type: ignore[func-returns-value]
+        core.set_system_boot(True)
+        assert store.is_system_boot()
+        core.set_system_boot(False)
     assert not store.is_system_boot()
+    # And each change is logged at INFO
+    said = [(r.levelno, r.getMessage()) for r in caplog.records if "system-boot" in r.getMessage()]
+    assert said == [
+        (logging.INFO, "system-boot mode on"),
+        (logging.INFO, "system-boot mode on"),
+        (logging.INFO, "system-boot mode off"),
+    ]
 
 
 def test_every_rpc_operation_is_declared_once_by_its_request_model() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 from dispatcher.engines import EngineRegistry
 from dispatcher.heartbeats import HeartbeatHandler
 from dispatcher.messaging import RecordingMessenger
-from dispatcher.model import Node
+from dispatcher.model import VM, Node
 from dispatcher.store.base import Store
 from dispatcher.store.memory import MemoryStore
 from pdcommon.settings import EngineSettings
@@ -96,6 +97,41 @@ def test_a_first_heartbeat_that_cannot_be_placed_is_dropped(
     handler.heartbeat(message, sender="eeagent_1")
     # Then nothing is recorded (the agent keeps heartbeating)
     assert snapshot(store) == before
+
+
+@pytest.mark.parametrize(
+    ("vm_state", "level"),
+    [
+        (None, logging.WARNING),  # no provisioner record: genuinely unknown
+        ("running", logging.WARNING),  # its record is gone although the VM runs
+        ("terminating", logging.INFO),  # being retired: its agents still heartbeat
+        ("terminated", logging.INFO),  # just retired
+    ],
+)
+def test_a_heartbeat_from_a_retired_node_is_info_and_from_an_unknown_one_a_warning(
+    handler: HeartbeatHandler,
+    store: Store,
+    caplog: pytest.LogCaptureFixture,
+    vm_state: str | None,
+    level: int,
+) -> None:
+    # Given node9 has no node record, and the provisioner's record in vm_state
+    if vm_state is not None:
+        store.add_vm(VM("node9", "engine1", "default", state=vm_state, reason="scale-down"))
+    # When an agent of node9 heartbeats
+    with caplog.at_level(logging.DEBUG, logger="dispatcher.registration"):
+        handler.heartbeat(beat(node_id="node9"), sender="eeagent_1")
+    # Then the heartbeat is dropped, logged at the level its cause deserves
+    (record,) = [r for r in caplog.records if "node9" in r.getMessage()]
+    assert record.levelno == level
+    assert store.list_resources() == []
+
+
+def test_the_retired_states_are_the_provisioners() -> None:
+    from dispatcher.provisioner.base import VMState
+    from dispatcher.registration import _RETIRED
+
+    assert set(_RETIRED) == {VMState.TERMINATING, VMState.TERMINATED}
 
 
 def test_an_engine_added_by_another_instance_is_found_in_the_store(

@@ -47,7 +47,9 @@ def messenger() -> RecordingMessenger:
 
 
 @pytest.fixture
-def matchmaker(store: ConflictingStore, messenger: RecordingMessenger, clock: FakeClock) -> Matchmaker:
+def matchmaker(
+    store: ConflictingStore, messenger: RecordingMessenger, clock: FakeClock
+) -> Matchmaker:
     mm = build(store, messenger, clock)
     mm.initialize()
     return mm

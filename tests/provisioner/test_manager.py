@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -484,6 +485,35 @@ def test_a_new_provisioner_adopts_running_nodes_and_forgets_vanished_ones(
     second.register_need("engine1", 3, [])
     second.step()
     assert driver.count("create") == 3
+
+
+def test_nodes_kept_from_before_a_restart_are_logged_once(
+    store: MemoryStore,
+    engines: EngineRegistry,
+    driver: FakeDriver,
+    registration: Registration,
+    clock: FakeClock,
+    settings: ProvisionerSettings,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Given nodes running with their agents under a first provisioner
+    first = build(store, engines, driver, registration, clock, settings)
+    first.register_need("engine1", 2, [])
+    first.step()
+    nodes = sorted(driver.node_ids)
+    for node_id in nodes:
+        register_agents(registration, node_id)
+    first.step()
+    # When a new provisioner (a restarted dispatcher) reconciles, twice
+    second = build(store, engines, driver, registration, clock, settings)
+    with caplog.at_level(logging.INFO, logger="dispatcher.provisioner.manager"):
+        second.step()
+        clock.advance(settings.sync_interval + 1)
+        second.step()
+    # Then it says once, at INFO, which nodes it kept
+    kept = [r for r in caplog.records if "from before this start" in r.getMessage()]
+    assert len(kept) == 1 and kept[0].levelno == logging.INFO
+    assert ", ".join(nodes) in kept[0].getMessage()
 
 
 def test_an_adopted_node_with_a_registered_agent_is_running(

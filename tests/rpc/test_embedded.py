@@ -10,9 +10,12 @@ import threading
 import time
 
 import kombu
+import pytest
 
 from dashi.broker import BrokerConfig
 from dashi.client import RpcClient
+from dashi.errors import RpcTimeoutError
+from dashi.service import RpcService
 
 
 def test_a_service_in_another_process_answers_calls(tmp_path):
@@ -145,3 +148,46 @@ def test_a_wait_for_messages_ends_at_once_when_another_thread_wakes_it(tmp_path)
         # Then it ends long before its timeout, as a timeout
         assert not waiter.is_alive()
         assert len(outcome) == 1 and isinstance(outcome[0], TimeoutError)
+
+
+def test_a_client_creates_no_broker_folder_and_a_call_names_the_missing_one(tmp_path):
+    # Given a state directory where no service ever ran
+    state = tmp_path / "state"
+    broker = BrokerConfig(uri="embedded://", state_dir=state)
+    with RpcClient(broker, "c") as rpc:
+        # When a client fires and calls / Then the fire is dropped (no queue could
+        # take it) and the call's timeout names the folder and the daemon to start
+        rpc.fire("process_dispatcher", "op")
+        with pytest.raises(RpcTimeoutError) as info:
+            rpc.call("process_dispatcher", "dump", timeout=0.3)
+    assert info.value.reason == (
+        f"no reply within 0.3s: the embedded broker's folder {state}/broker does not "
+        "exist (is pd-dispatcher running?)"
+    )
+    # And nothing was created
+    assert not state.exists()
+
+
+def test_a_call_made_before_the_broker_folder_exists_is_answered_once_a_service_starts(
+    tmp_path,
+):
+    # Given a call waiting on a state directory where nothing ran yet
+    broker = BrokerConfig(uri="embedded://", state_dir=tmp_path)
+    answer: dict[str, object] = {}
+
+    def call() -> None:
+        with RpcClient(broker, "c") as rpc:
+            answer["value"] = rpc.call("late", "ping", timeout=60)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    # When the service starts (creating the folder)
+    service = RpcService(broker, "late")
+    service.handle("ping", lambda: "pong")
+    service.start()
+    try:
+        caller.join(60)
+    finally:
+        service.stop()
+    # Then the call is answered
+    assert answer == {"value": "pong"}
