@@ -198,13 +198,16 @@ def _node_states(
     node_ids.update(
         node_id for node_id, (vm_engine, _) in vm_states.items() if vm_engine == engine_id
     )
+    agent_states: dict[str, list[str]] = {}
+    for resource in resources:
+        agent_states.setdefault(resource.node_id, []).append(resource.state)
     states = {}
     for node_id in node_ids:
         vm = vm_states.get(node_id)
         if vm is not None:
             states[node_id] = vm[1]
             continue
-        agents = [r.state for r in resources if r.node_id == node_id]
+        agents = agent_states.get(node_id, [])
         retiring = bool(agents) and all(s == ExecutionResourceState.DISABLED for s in agents)
         states[node_id] = "retiring" if retiring else "announced"
     return states
