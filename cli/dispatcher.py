@@ -126,3 +126,64 @@ def current(ctx: click.Context) -> None:
         if settings.processdispatcher.database_url is None:
             check_state_dir(settings)
         click.echo(get_current(settings.database_url) or "(empty database)")
+
+
+SYSTEM_BOOT_HELP = """Whole-system restart, with no dispatcher running (docs/operations.md).
+
+`begin` sets the system-boot flag in the database and marks a boot-mode
+initialisation for the next start: the first dispatcher to lead then holds
+restartable processes back (150-UNSCHEDULED_PENDING), ends the others
+(700-TERMINATED), forgets every node and agent, and stays SYSTEM_BOOTING until
+`pd-cli system-boot end`. `begin` and `end` refuse (exit 1) while a dispatcher is
+running on the database; `status` works either way.
+"""
+
+
+@main.group("system-boot", help=SYSTEM_BOOT_HELP)
+def system_boot() -> None:
+    pass
+
+
+def _offline_boot(ctx: click.Context, action: str) -> None:
+    from dispatcher import system_boot as boot
+
+    settings = _settings(ctx)
+    if settings.processdispatcher.database_url is None:
+        secure_state_dir(settings)
+    configure_logging(settings, ctx.obj["log_level"])
+    run = {
+        "begin": boot.begin_system_boot,
+        "end": boot.end_system_boot,
+        "status": boot.system_boot_status,
+    }[action]
+    with reported_errors():
+        status = run(settings.database_url)
+    click.echo(_boot_status_text(status))
+
+
+def _boot_status_text(status: dict[str, object]) -> str:
+    pending = " (boot initialisation pending: runs at the next start)"
+    return (
+        f"state: {status['state']}"
+        + (pending if status["boot_init_pending"] else "")
+        + f"\nsystem boot: {'on' if status['system_boot'] else 'off'}"
+        + f"\nheld back: {status['held_back']} process(es) in 150-UNSCHEDULED_PENDING"
+    )
+
+
+@system_boot.command("begin", help="Set the boot flag and mark a boot initialisation.")
+@click.pass_context
+def system_boot_begin(ctx: click.Context) -> None:
+    _offline_boot(ctx, "begin")
+
+
+@system_boot.command("end", help="Clear the boot flag (the next start releases processes).")
+@click.pass_context
+def system_boot_end(ctx: click.Context) -> None:
+    _offline_boot(ctx, "end")
+
+
+@system_boot.command("status", help="Show the dispatcher state and held-back processes.")
+@click.pass_context
+def system_boot_status(ctx: click.Context) -> None:
+    _offline_boot(ctx, "status")

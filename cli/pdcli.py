@@ -976,9 +976,74 @@ def engine() -> None:
 def engine_list(ctx: Context) -> None:
     with ctx.client() as pd:
         engines = pd.list_engines()
+    if ctx.format != "table":
+        ctx.render(
+            [{"engine_id": key, **value} for key, value in sorted(engines.items())],
+            empty="no engines",
+        )
+        return
     ctx.render(
-        [{"engine_id": key, **value} for key, value in sorted(engines.items())], empty="no engines"
+        [_engine_row(key, value) for key, value in sorted(engines.items())], empty="no engines"
     )
+
+
+def _engine_row(engine_id: str, engine: Mapping[str, Any]) -> dict[str, Any]:
+    """One table row: the engine's main settings, its need and what it counts."""
+    status = engine.get("status") or {}
+    why = status.get("why") or {}
+    need = status.get("need")
+    if need is not None and status.get("provisioned") is False:
+        need = f"{need} (informational)"
+    return {
+        "engine_id": engine_id,
+        "slots": engine.get("slots"),
+        "replicas": engine.get("replicas"),
+        "base_need": engine.get("base_need"),
+        "maximum_vms": engine.get("maximum_vms"),
+        "need": need,
+        "queued": why.get("queued"),
+        "running": why.get("running"),
+        "held_back": why.get("held_back"),
+        "nodes": len(status.get("nodes") or {}),
+        "driver": status.get("driver"),
+    }
+
+
+@_calls(ListEnginesRequest, local=("engine_id",))
+@engine.command("describe", help="Show one engine: settings, need and why, nodes.")
+@click.argument("engine_id")
+@pass_ctx
+def engine_describe(ctx: Context, engine_id: str) -> None:
+    with ctx.client() as pd:
+        engines = pd.list_engines()
+    if engine_id not in engines:
+        raise click.ClickException(
+            f"{_command_name()}: no engine {engine_id!r}; known engines: "
+            + ", ".join(sorted(engines))
+        )
+    engine = dict(engines[engine_id])
+    if ctx.format != "table":
+        ctx.render({"engine_id": engine_id, **engine})
+        return
+    status = engine.pop("status", None) or {}
+    click.echo(f"engine {engine_id}")
+    click.echo("settings: " + ", ".join(f"{k}={v}" for k, v in sorted(engine.items())))
+    if status:
+        informational = "" if status.get("provisioned", True) else " (informational: static site)"
+        click.echo(f"driver: {status.get('driver')}")
+        click.echo(f"need: {status.get('need')} node(s){informational}")
+        why = status.get("why") or {}
+        click.echo("why: " + ", ".join(f"{k}={v}" for k, v in why.items()))
+        by_state = status.get("nodes_by_state") or {}
+        click.echo(
+            "nodes: "
+            + (
+                "; ".join(f"{state}: {', '.join(ids)}" for state, ids in sorted(by_state.items()))
+                or "none"
+            )
+        )
+        click.echo("idle nodes: " + (", ".join(status.get("idle_nodes") or []) or "none"))
+        click.echo("retire first: " + (", ".join(status.get("retire_first") or []) or "none"))
 
 
 @_calls(
@@ -1085,13 +1150,34 @@ def _render_dump(result: dict[str, Any], console: Console | None = None) -> None
         _print_table(console, _table(columns, vm_rows, title="VMs (provisioner)"))
 
 
+SYSTEM_BOOT_HELP = """Turn system-boot mode on or off, or show it.
+
+`off` (or `end`) ends a system boot: the processes held back in
+150-UNSCHEDULED_PENDING are scheduled and the dispatcher state becomes OK.
+`on` (or `begin`) only sets the flag: it takes effect at the next boot
+initialisation (a whole-system restart begins offline with `pd-dispatcher
+system-boot begin`, docs/operations.md). `status` shows the dispatcher state,
+the flag and how many processes are held back.
+"""
+
+
 @_calls(SetSystemBootRequest, builds={"mode": "system_boot"})
-@main.command("system-boot", help="Turn system-boot mode on or off.")
-@click.argument("mode", type=click.Choice(["on", "off"]))
+@main.command("system-boot", help=SYSTEM_BOOT_HELP)
+@click.argument("mode", type=click.Choice(["on", "off", "begin", "end", "status"]))
 @pass_ctx
 def system_boot(ctx: Context, mode: str) -> None:
     with ctx.client() as pd:
-        pd.set_system_boot(system_boot=mode == "on")
+        if mode == "status":
+            system: dict[str, Any] = dict(pd.dump().get("system") or {})
+        else:
+            pd.set_system_boot(system_boot=mode in ("on", "begin"))
+            return
+    if ctx.format != "table":
+        ctx.render(system)
+        return
+    click.echo(f"state: {system.get('state')}")
+    click.echo(f"system boot: {'on' if system.get('system_boot') else 'off'}")
+    click.echo(f"held back: {system.get('held_back')} process(es) in 150-UNSCHEDULED_PENDING")
 
 
 _COMPLETION_SHELLS = ("bash", "zsh", "fish")

@@ -111,13 +111,17 @@ class DefinitionRecord(TypedDict):
 class DumpResult(TypedDict, total=False):
     """``dump()``: the legacy three maps, plus ``vms`` (the provisioner's nodes) and,
     once the matchmaker has set a process aside, ``set_aside`` (upid → ``round``,
-    ``reason``, ``time``)."""
+    ``reason``, ``time``); ``system`` (dispatcher state, boot flag, pending boot
+    initialisation, held-back count) and ``engines`` (engine id → status, need
+    and why: :mod:`dispatcher.engine_status`)."""
 
     resources: dict[str, dict[str, Any]]
     processes: dict[str, ProcessRecord]
     nodes: dict[str, dict[str, Any]]
     vms: dict[str, dict[str, Any]]
     set_aside: dict[str, dict[str, Any]]
+    system: dict[str, Any]
+    engines: dict[str, dict[str, Any]]
 
 
 class ProcessDispatcherClient:

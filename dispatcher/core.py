@@ -33,7 +33,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any, Final, TypeVar
 
 from dashi.errors import (
@@ -45,6 +47,8 @@ from dashi.errors import (
 from dashi.gcpause import collector_paused
 from dashi.jsontree import tree_copy
 from dashi.operations import operation, operations_of
+from dispatcher.engine_status import DriverOf, engine_statuses, system_status
+from dispatcher.engines import EngineRegistry
 from dispatcher.messaging import Messenger
 from dispatcher.model import Definition, Process
 from dispatcher.requests import (
@@ -77,6 +81,11 @@ _R = TypeVar("_R", bound=Request)
 _T = TypeVar("_T")
 
 _TERMINAL: Final = frozenset(ProcessState.TERMINAL_STATES)
+#: Seconds ``schedule_process`` waits for a pending system-boot initialisation
+#: (the doctor's, at the first start after ``pd-dispatcher system-boot begin``).
+DEFAULT_BOOT_WAIT: Final = 5.0
+#: Seconds between looks at the pending initialisation while waiting for it.
+_BOOT_POLL: Final = 0.1
 
 
 class ProcessDispatcherCore:
@@ -93,6 +102,11 @@ class ProcessDispatcherCore:
             process states), over the same store.
         limits: the depth and size limits of every argument (see
             :mod:`pdcommon.limits`).
+        engines: the engines; with them ``schedule_process`` refuses a process
+            whose engine is unknown, and ``dump`` shows each engine's status
+            (``None``: neither, for unit tests of other behaviour).
+        driver_of: the provisioner driver of an engine's site (shown in ``dump``).
+        boot_wait: see :data:`DEFAULT_BOOT_WAIT`.
     """
 
     def __init__(
@@ -102,11 +116,20 @@ class ProcessDispatcherCore:
         *,
         transitions: ProcessStateMachine,
         limits: RequestLimits = DEFAULT_LIMITS,
+        engines: EngineRegistry | None = None,
+        driver_of: DriverOf | None = None,
+        boot_wait: float = DEFAULT_BOOT_WAIT,
     ) -> None:
         self.store = store
         self.messenger = messenger
         self.limits = limits
         self.transitions = transitions
+        self.engines = engines
+        self.driver_of = driver_of
+        self.boot_wait = boot_wait
+        # Once seen done, a boot initialisation cannot become pending again while
+        # this dispatcher runs (``system-boot begin`` refuses while one leads).
+        self._initialised = False
 
     def parse_request(self, model: type[_R], args: dict[str, Any]) -> _R:
         """Validate an operation's raw arguments within :attr:`limits`.
@@ -261,13 +284,17 @@ class ProcessDispatcherCore:
         Raises:
             BadRequestError: an argument is invalid; a parameter differs from an
                 in-play process's; ``definition_id`` differs from an unscheduled
-                process's; or the write kept conflicting.
+                process's; the effective engine (explicit, mapped or default)
+                is not configured or added (the message names the known
+                engines); a system-boot initialisation did not end within
+                ``boot_wait`` seconds; or the write kept conflicting.
             NotFoundError: the process is unknown and no ``definition_id`` is given,
                 or the definition is unknown.
 
         Returns:
             The process dict.
         """
+        self._wait_initialisation()
         created = self._try_create(req)
         if created is not None:
             return created.summary()
@@ -301,11 +328,61 @@ class ProcessDispatcherCore:
         if definition is None:
             return None  # an existing process needs no definition; else NotFound there
         process = self._requested(req, definition)
+        self._check_engine(process)
         try:
             self.store.add_process_queued(process)
         except WriteConflictError:
             return None
         return process
+
+    def _wait_initialisation(self) -> None:
+        """Wait up to ``boot_wait`` seconds for a pending boot initialisation.
+
+        Raises:
+            BadRequestError: it is still pending.
+        """
+        if self._initialised:
+            return
+        deadline = time.monotonic() + self.boot_wait
+        while self.store.is_boot_init_pending():
+            if time.monotonic() >= deadline:
+                raise BadRequestError(
+                    "the dispatcher is initialising a system boot; try again shortly"
+                )
+            time.sleep(_BOOT_POLL)
+        self._initialised = True
+
+    def _check_engine(self, process: Process) -> None:
+        """Refuse a process whose effective engine is unknown.
+
+        Raises:
+            BadRequestError: names the engine and the known ones.
+        """
+        if self.engines is None:
+            return
+        wanted = self._engines_of(process)
+        if all(engine_id in self.engines for engine_id in wanted):
+            return
+        # maybe added on another dispatcher instance since this one last looked
+        self.engines.merge_stored(self.store.list_engines())
+        unknown = [engine_id for engine_id in wanted if engine_id not in self.engines]
+        if unknown:
+            raise BadRequestError(
+                f"unknown execution engine {unknown[0]!r}; known engines: "
+                + ", ".join(sorted(self.engines))
+            )
+
+    def _engines_of(self, process: Process) -> list[str]:
+        """The engines a process may run on: explicit (one or a one-of list), mapped
+        or default."""
+        assert self.engines is not None
+        explicit = (process.constraints or {}).get("engine")
+        if explicit is None:
+            chosen = self.engines.engine_for_process(None, process.definition)
+            return [] if chosen is None else [chosen]
+        if isinstance(explicit, list):
+            return [str(engine_id) for engine_id in explicit]
+        return [str(explicit)]
 
     def _try_schedule(self, req: ScheduleProcessRequest) -> tuple[Process, bool]:
         """One optimistic attempt of :meth:`schedule_process`.
@@ -322,6 +399,7 @@ class ProcessDispatcherCore:
             if req.definition_id is None:
                 raise NotFoundError(f"process {req.upid} does not exist")
             process = self._requested(req, self._get_definition(req.definition_id))
+            self._check_engine(process)
             self.store.add_process_queued(process)
             return process, True
 
@@ -332,6 +410,7 @@ class ProcessDispatcherCore:
                     raise BadRequestError(
                         f"process {req.upid} exists with different definition_id '{stored_id}'"
                     )
+            self._check_engine(replace(process, constraints=updates["constraints"]))
             process = self.transitions.reschedule(process, updates)
             return process, False
 
@@ -491,7 +570,7 @@ class ProcessDispatcherCore:
         log.info("system-boot mode %s", "on" if req.system_boot else "off")
 
     @operation(DumpRequest)
-    def dump(self, req: DumpRequest) -> dict[str, dict[str, dict[str, Any]]]:
+    def dump(self, req: DumpRequest) -> dict[str, Any]:
         """Return every resource, process and node record.
 
         Returns:
@@ -499,15 +578,20 @@ class ProcessDispatcherCore:
             "nodes": {node_id: record}, "vms": {node_id: record}}``: the legacy
             three, and the provisioner's node lifecycle records (state, provider id,
             last error, attempts). When the matchmaker has set processes aside,
-            ``"set_aside": {upid: {"round", "reason", "time"}}`` too. The queue,
-            definitions and dispatcher state are not included.
+            ``"set_aside": {upid: {"round", "reason", "time"}}`` too.
+            ``"system"``: the dispatcher state, the boot flag, a pending boot
+            initialisation and the held-back process count
+            (:func:`~dispatcher.engine_status.system_status`); with engines,
+            ``"engines"``: each engine's status, need and why
+            (:mod:`dispatcher.engine_status`). The queue and definitions are not
+            included.
         """
         resources, processes = self.store.list_resources(), self.store.list_process_dicts()
         nodes, vms = self.store.list_nodes(), self.store.list_vms()
         set_aside = self.store.list_set_aside()
         # One dict tree per stored process (100,000 and more), without cycles.
         with collector_paused():
-            dumped: dict[str, dict[str, dict[str, Any]]] = {
+            dumped: dict[str, Any] = {
                 "resources": {r.resource_id: r.to_dict() for r in resources},
                 "processes": {p["upid"]: p for p in processes},
                 "nodes": {n.node_id: n.to_dict() for n in nodes},
@@ -515,6 +599,10 @@ class ProcessDispatcherCore:
             }
         if set_aside:
             dumped["set_aside"] = set_aside
+        dumped["system"] = system_status(self.store)
+        if self.engines is not None:
+            self.engines.merge_stored(self.store.list_engines())
+            dumped["engines"] = engine_statuses(self.store, self.engines, self.driver_of)
         return dumped
 
     # -- helpers ----------------------------------------------------------------------

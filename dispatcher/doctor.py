@@ -24,8 +24,19 @@ The legacy "initialised" mark was an ephemeral ZooKeeper node, gone once every
 dispatcher had stopped; ours is stored, so it survives restarts. A restarted
 dispatcher (or a new leader) therefore treats a stored ``OK`` as ``OK`` and a stored
 ``SYSTEM_BOOTING`` as "keep watching the flag": processes and agents are never
-evacuated because a dispatcher restarted, and the system-boot evacuation happens
-only on a database that was never initialised.
+evacuated because a dispatcher restarted. The system-boot evacuation runs on a
+database that was never initialised, or after a **whole-system restart** was
+begun offline: ``pd-dispatcher system-boot begin`` (refused while a dispatcher
+leads) sets the boot flag and marks the dispatcher uninitialised with a boot
+initialisation pending (:meth:`~dispatcher.store.base.Store.begin_system_boot`),
+the legacy launch plan's "write the boot flag before any dispatcher starts".
+
+The initialisation runs once: only the leader's doctor runs it (leadership is
+one database lock), and its last write stores the new state, the "initialised"
+mark and the cleared pending mark together
+(:meth:`~dispatcher.store.base.Store.finish_initialization`); a later leader
+finds the dispatcher initialised. While the pending mark is set the matchmaker
+places nothing and ``schedule_process`` waits (briefly) for the initialisation.
 
 **Heartbeat monitor** (:mod:`dispatcher.monitor`): on by default
 (``monitor_resource_heartbeats``).
@@ -138,9 +149,8 @@ class Doctor:
                     self._system_boot()
                 else:
                     count = self.schedule_pending_processes()
-                    self.store.set_pd_state(ProcessDispatcherState.OK)
+                    self.store.finish_initialization(ProcessDispatcherState.OK)
                     log.info("dispatcher initialised: OK (%d held-back processes scheduled)", count)
-                self.store.set_initialized()
             else:
                 log.info("dispatcher already initialised: %s", state)
             self.check_system_boot()
@@ -170,8 +180,9 @@ class Doctor:
                 rescheduled_process_state=ProcessState.UNSCHEDULED_PENDING,
             )
         self.store.clear_queue()
-        self.store.set_pd_state(ProcessDispatcherState.SYSTEM_BOOTING)
-        log.info("dispatcher initialised: SYSTEM_BOOTING (processes held back)")
+        self.store.finish_initialization(ProcessDispatcherState.SYSTEM_BOOTING)
+        held = len(self.store.list_processes([ProcessState.UNSCHEDULED_PENDING]))
+        log.info("dispatcher initialised: SYSTEM_BOOTING (%d processes held back)", held)
 
     def check_system_boot(self) -> bool:
         """End system boot if the boot flag was cleared.

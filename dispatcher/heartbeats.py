@@ -101,6 +101,7 @@ from dashi.errors import (
     WriteRetriesExhaustedError,
 )
 from dashi.operations import operation, operations_of
+from dispatcher.engine_status import DriverOf, engine_statuses
 from dispatcher.engines import EngineRegistry
 from dispatcher.evacuation import release_node_exclusive
 from dispatcher.heartbeat_decision import Action, Reason, decide, ending
@@ -172,6 +173,7 @@ class HeartbeatHandler:
             heartbeats still report the ended process) is sent again only this
             long after the last one (``dispatch_retry_seconds``); ``None``: on
             every heartbeat, as legacy did.
+        driver_of: the provisioner driver of an engine's site (``list_engines``).
 
     Attributes:
         process_logs: serves ``get_process_logs``.
@@ -189,7 +191,9 @@ class HeartbeatHandler:
         logs_timeout: float = DEFAULT_LOGS_TIMEOUT,
         clock: Callable[[], float] = time.time,
         cleanup_resend_seconds: float | None = None,
+        driver_of: DriverOf | None = None,
     ) -> None:
+        self.driver_of = driver_of
         self.store = store
         self.cleanup_resend_seconds = cleanup_resend_seconds
         self._cleanups_sent: dict[tuple[str, str, int], float] = {}
@@ -480,11 +484,15 @@ class HeartbeatHandler:
         """Every engine this dispatcher knows: configured ones and those added at run time.
 
         Returns:
-            Engine id → its settings (the legacy engine keys, JSON-ready).
+            Engine id → its settings (the legacy engine keys, JSON-ready), plus
+            ``"status"``: its need, why, and its nodes
+            (:mod:`dispatcher.engine_status`).
         """
         self.engines.merge_stored(self.store.list_engines())
+        statuses = engine_statuses(self.store, self.engines, self.driver_of)
         return {
-            engine_id: engine.model_dump(mode="json") for engine_id, engine in self.engines.items()
+            engine_id: {**engine.model_dump(mode="json"), "status": statuses[engine_id]}
+            for engine_id, engine in self.engines.items()
         }
 
     # -- get_process_logs ---------------------------------------------------------------

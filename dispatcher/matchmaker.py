@@ -106,6 +106,8 @@ DEFAULT_ERROR_RETRY: Final = 2.0
 #: Up to this many fresh entries, a pass reads their processes one by one.
 _FEW_ENTRIES: Final = 32
 #: Store event kinds that wake the matchmaker.
+#: Seconds between looks at a pending boot initialisation before the first pass.
+_INIT_POLL: Final = 0.25
 _WAKING_KINDS: Final = frozenset({"queue", "resource", "engine", "state", "node"})
 
 
@@ -642,9 +644,17 @@ class Matchmaker:
         """
         self.initialize()
         last_look = -float("inf")
+        initialising = True
         while not stop_event.is_set():
             self._wake.clear()
             try:
+                if initialising:
+                    # A system boot begun offline: the doctor takes every process
+                    # back first (dispatcher.doctor); placing now would be undone.
+                    initialising = self.store.is_boot_init_pending()
+                    if initialising:
+                        _wait_either(self._wake, stop_event, _INIT_POLL)
+                        continue
                 look = time.monotonic() - last_look >= self.poll_interval
                 if look:
                     last_look = time.monotonic()

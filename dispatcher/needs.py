@@ -42,7 +42,6 @@ from typing import Protocol
 from dashi.errors import NotFoundError
 from dispatcher.engines import EngineRegistry
 from dispatcher.model import Node, Resource
-from dispatcher.provisioner.base import VMState
 from dispatcher.store.base import Store
 from dispatcher.store.modify import retry_conflicts
 from pdcommon.settings import EngineSettings
@@ -422,6 +421,10 @@ class NeedRegistrar:
 
     def _running_vms(self) -> dict[str, set[str]]:
         """Engine → the node ids of its ``running`` VM records."""
+        # Imported here: the provisioner package loads its drivers (and kombu),
+        # which the pure modules importing this one (engine status) must not.
+        from dispatcher.provisioner.base import VMState
+
         running: dict[str, set[str]] = {}
         for vm in self._store.list_vms():
             if vm.state == VMState.RUNNING:

@@ -229,8 +229,22 @@ class DispatcherService:
             transitions = ProcessStateMachine(store, messenger)
             evacuation = Evacuation(store, transitions)
             registration = Registration(store, engines, evacuation)
+
+            def driver_of(engine_id: str) -> str | None:
+                """The driver of the engine's provisioner site."""
+                engine = engines.get(engine_id)
+                try:
+                    return settings.provisioner.site(engine.site if engine else None).driver
+                except (KeyError, ValueError):
+                    return None
+
             core = ProcessDispatcherCore(
-                store, messenger, transitions=transitions, limits=pd.limits
+                store,
+                messenger,
+                transitions=transitions,
+                limits=pd.limits,
+                engines=engines,
+                driver_of=driver_of,
             )
             heartbeats = HeartbeatHandler(
                 store,
@@ -240,6 +254,7 @@ class DispatcherService:
                 registration=registration,
                 caller=client,
                 cleanup_resend_seconds=pd.dispatch_retry_seconds,
+                driver_of=driver_of,
             )
             provisioner = _provisioner(settings, store, engines, registration, stop_supervisord)
             sink = need_sink if need_sink is not None else provisioner

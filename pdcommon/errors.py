@@ -8,6 +8,7 @@ Every error the project raises derives from :data:`DispatcherError`, which is
      ├── ConfigError                 bad configuration file, key or value (fatal at start-up)
      │    └── DatabaseOwnerError     the database belongs to another dispatcher system
      ├── StoreError                  the database failed (recoverable: retried by callers)
+     ├── DispatcherRunningError      an offline command found a dispatcher leading
      ├── RequestError, RemoteError,  the wire errors: see :mod:`dashi.errors`
      │   TransportError ...
      ├── EEAgentError ...            the agent's errors: see :mod:`eeagent.errors`
@@ -22,6 +23,7 @@ __all__ = [
     "ConfigError",
     "DatabaseOwnerError",
     "DispatcherError",
+    "DispatcherRunningError",
     "StoreError",
 ]
 
@@ -43,3 +45,8 @@ class DatabaseOwnerError(ConfigError):
 
 class StoreError(DispatcherError):
     """The database failed in a way a retry may fix (connection lost, serialization)."""
+
+
+class DispatcherRunningError(DispatcherError):
+    """An offline command (``pd-dispatcher system-boot begin``) found a dispatcher
+    holding the database's leadership lock; stop every dispatcher first."""

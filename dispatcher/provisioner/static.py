@@ -3,8 +3,9 @@
 Capabilities: none. Engines on a static site get their nodes the legacy way: some
 other system announces them with the ``node_state`` RPC (``600-RUNNING`` to add
 one, ``800-TERMINATED`` to remove it), and agents started by hand heartbeat with
-that node id. The provisioner records the engine's need (shown in ``dump``) and
-leaves the engine alone.
+that node id. Nothing acts on the engine's need; it is still computed and shown,
+marked informational (``provisioned: false``), by ``list_engines``, ``dump``
+(``engines``) and ``pd-cli engine list``/``describe`` (:mod:`dispatcher.engine_status`).
 
 Configuration: ``provisioner: {driver: static}``, or a site ``{driver: static}``.
 """

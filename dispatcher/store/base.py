@@ -139,6 +139,22 @@ class Store(Protocol):
     def set_system_boot(self, system_boot: bool) -> None: ...
     def is_initialized(self) -> bool: ...
     def set_initialized(self) -> None: ...
+    def is_boot_init_pending(self) -> bool:
+        """True from :meth:`begin_system_boot` until :meth:`finish_initialization`."""
+
+    def begin_system_boot(self) -> None:
+        """Set the system-boot flag and mark the dispatcher for a new initialisation.
+
+        In one write: the flag is set, the dispatcher counts as ``UNINITIALIZED``,
+        and :meth:`is_boot_init_pending` is True, so the next doctor runs the
+        system-boot initialisation (:mod:`dispatcher.doctor`). Called with no
+        dispatcher running (``pd-dispatcher system-boot begin``).
+        """
+
+    def finish_initialization(self, state: str) -> None:
+        """Store ``state``, mark the dispatcher initialised and clear the pending
+        boot initialisation, in one write (the doctor's last step)."""
+
     def claim_owner(self, owner: str) -> str:
         """Record ``owner`` as the system the database belongs to, unless one is
         recorded already (atomically: of two claims, one wins).

@@ -117,6 +117,7 @@ class MemoryStore:
         self._pd_state: str = ProcessDispatcherState.UNINITIALIZED
         self._system_boot = False
         self._initialized = False
+        self._boot_init_pending = False
         self._owner: str | None = None
         self._applied: dict[str, AppliedRequest] = {}
         self._set_aside: dict[str, dict[str, Any]] = {}
@@ -370,6 +371,22 @@ class MemoryStore:
     def set_initialized(self) -> None:
         with self._writing("state"):
             self._initialized = True
+
+    def is_boot_init_pending(self) -> bool:
+        with self._lock:
+            return self._boot_init_pending
+
+    def begin_system_boot(self) -> None:
+        with self._writing("state"):
+            self._system_boot = True
+            self._initialized = False
+            self._boot_init_pending = True
+
+    def finish_initialization(self, state: str) -> None:
+        with self._writing("state"):
+            self._pd_state = state
+            self._initialized = True
+            self._boot_init_pending = False
 
     def claim_owner(self, owner: str) -> str:
         with self._lock:

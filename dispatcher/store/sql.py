@@ -109,6 +109,9 @@ PG_TRANSACTION_POOL_SIZE: Final = 2
 _PD_STATE_KEY: Final = "pd_state"
 _SYSTEM_BOOT_KEY: Final = "system_boot"
 _INITIALIZED_KEY: Final = "initialized"
+#: Set by ``pd-dispatcher system-boot begin``: the next doctor initialises the
+#: dispatcher again (in system-boot mode); removed when it has.
+_BOOT_PENDING_KEY: Final = "boot_init_pending"
 _OWNER_KEY: Final = "owner"
 #: ``pd_state`` keys of the matchmaker's set-aside records: this prefix and the upid.
 _SET_ASIDE_PREFIX: Final = "set_aside:"
@@ -187,7 +190,9 @@ _CLEAR_QUEUE: Final = delete(queue)
 _ADD_ENGINE: Final = insert(engines)
 _LIST_ENGINES: Final = select(engines.c.engine_id, engines.c.spec).order_by(engines.c.engine_id)
 _STATE_VALUES: Final = select(pd_state.c.key, pd_state.c.value).where(
-    pd_state.c.key.in_([_PD_STATE_KEY, _SYSTEM_BOOT_KEY, _INITIALIZED_KEY, _OWNER_KEY])
+    pd_state.c.key.in_(
+        [_PD_STATE_KEY, _SYSTEM_BOOT_KEY, _INITIALIZED_KEY, _OWNER_KEY, _BOOT_PENDING_KEY]
+    )
 )
 _SET_ASIDE_VALUES: Final = (
     select(pd_state.c.key, pd_state.c.value)
@@ -741,6 +746,35 @@ class SqlStore:
 
     def set_initialized(self) -> None:
         self._set_state_value("set_initialized", _INITIALIZED_KEY, "true")
+
+    def is_boot_init_pending(self) -> bool:
+        return self._state_values("is_boot_init_pending").get(_BOOT_PENDING_KEY) == "true"
+
+    def begin_system_boot(self) -> None:
+        rows = [
+            {"key": _SYSTEM_BOOT_KEY, "value": "true"},
+            {"key": _INITIALIZED_KEY, "value": "false"},
+            {"key": _BOOT_PENDING_KEY, "value": "true"},
+        ]
+        self._write("state", "begin_system_boot", lambda conn: self._state_rows(conn, rows))
+
+    def finish_initialization(self, state: str) -> None:
+        rows = [
+            {"key": _PD_STATE_KEY, "value": state},
+            {"key": _INITIALIZED_KEY, "value": "true"},
+            {"key": _BOOT_PENDING_KEY, "value": "false"},
+        ]
+        self._write("state", "finish_initialization", lambda conn: self._state_rows(conn, rows))
+
+    def _state_rows(self, conn: Connection, rows: list[dict[str, str]]) -> None:
+        """Write several ``pd_state`` values in one transaction."""
+        if conn.dialect.name == "postgresql":
+            conn = conn.execution_options(isolation_level="READ COMMITTED")
+        else:
+            conn.execution_options(**{WRITE: True})  # BEGIN IMMEDIATE
+        with conn.begin():
+            for row in rows:
+                conn.execute(self._set_state, row)
 
     def claim_owner(self, owner: str) -> str:
         params = {"key": _OWNER_KEY, "value": owner}

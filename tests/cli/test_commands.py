@@ -363,8 +363,10 @@ def test_process_list_filters_by_state_engine_and_node_and_sorts(cluster: Cluste
     )
     cluster.wait_state(waiting, "300-WAITING")
     other_engine = f"c-list-{tag}"
+    engine_x = f"engine-x{tag}"  # an engine with no nodes: its process waits
+    cluster.ok("engine", "add", engine_x, "--slots", "1")
     cluster.ok(
-        "process", "schedule", other_engine, "--definition", definition_id, "--engine", "engine-x"
+        "process", "schedule", other_engine, "--definition", definition_id, "--engine", engine_x
     )
 
     cluster.wait_state(other_engine, "300-WAITING")
@@ -379,7 +381,7 @@ def test_process_list_filters_by_state_engine_and_node_and_sorts(cluster: Cluste
     assert by_upid[on_node]["node"] == NODE
     assert by_upid[on_node]["assigned"] == AGENT
     assert by_upid[waiting]["node"] is None
-    assert by_upid[other_engine]["engine"] == "engine-x"
+    assert by_upid[other_engine]["engine"] == engine_x
     # Sorted by upid by default
     assert [r["upid"] for r in rows] == sorted(by_upid)
 
@@ -393,7 +395,7 @@ def test_process_list_filters_by_state_engine_and_node_and_sorts(cluster: Cluste
         other_engine,
     ]
     assert listed("--node", NODE) == [on_node]
-    assert listed("--engine", "engine-x") == [other_engine]
+    assert listed("--engine", engine_x) == [other_engine]
     assert listed("--engine", ENGINE) == [on_node]
     assert listed("--sort", "state") == sorted(by_upid, key=lambda u: (by_upid[u]["state"], u))
     assert listed("--sort", "upid", "--reverse") == sorted(by_upid, reverse=True)

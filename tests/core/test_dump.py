@@ -11,7 +11,19 @@ from tests.core.conftest import DEFINITION_ID, put_process
 
 def test_dump_of_an_empty_dispatcher_has_three_empty_maps(core: ProcessDispatcherCore) -> None:
     # Given a dispatcher with only a definition, Then dump has empty maps only
-    assert core.dump() == {"resources": {}, "processes": {}, "nodes": {}, "vms": {}}
+    # (and the dispatcher-wide state, which a core without engines shows alone)
+    assert core.dump() == {
+        "resources": {},
+        "processes": {},
+        "nodes": {},
+        "vms": {},
+        "system": {
+            "state": "UNINITIALIZED",
+            "system_boot": False,
+            "boot_init_pending": False,
+            "held_back": 0,
+        },
+    }
 
 
 def test_dump_returns_resources_processes_and_nodes_keyed_by_id(
@@ -24,7 +36,7 @@ def test_dump_returns_resources_processes_and_nodes_keyed_by_id(
     # When the dispatcher is dumped
     dump = core.dump()
     # Then every record appears under its id, as plain dicts without versions
-    assert set(dump) == {"resources", "processes", "nodes", "vms"}
+    assert set(dump) == {"resources", "processes", "nodes", "vms", "system"}
     assert set(dump["processes"]) == {"running", "queued"}
     assert dump["processes"]["queued"] == core.describe_process("queued")
     assert dump["processes"]["running"]["owner"] is None

@@ -146,6 +146,8 @@ def test_runnable_examples_succeed_against_a_real_dispatcher(
     write_example_files(tmp_path)
     monkeypatch.chdir(tmp_path)
     cluster = Cluster(tmp_path, amqp_uri)
+    # the examples use the embedded dispatcher's engine, `default`
+    cluster.client.add_engine({"engine_id": "default", "slots": 4})
     ran = 0
     try:
         for runnable, block in shell_blocks(path):

@@ -297,3 +297,61 @@ def test_a_doctor_without_monitoring_never_judges_agents(
     thread.join(2)
     # Then the agent is still OK
     assert store.get_resource("eeagent_1").state == "OK"  # type: ignore[union-attr]
+
+
+# -- a system boot begun offline on an initialised database ------------------------------
+
+
+@BOTH_STORES
+def test_a_boot_begun_offline_reinitialises_once_in_system_boot(
+    handler: HeartbeatHandler, store: Store, doctor: Doctor, messenger: RecordingMessenger
+) -> None:
+    # Given an initialised dispatcher in OK with processes on eeagent_1 and queued
+    store.set_pd_state(PD.OK)
+    store.set_initialized()
+    bring_up(handler)
+    on = {"assigned": "eeagent_1"}
+    put_process(store, "p1", S.RUNNING, subscribers=SUBSCRIBERS, **on)
+    put_process(store, "p3", S.RUNNING, restart_mode="NEVER", subscribers=SUBSCRIBERS, **on)
+    put_process(store, "p5", S.WAITING)
+    store.enqueue("p5", 0)
+    # When a system boot is begun offline and the doctor initialises
+    store.begin_system_boot()
+    doctor.initialize()
+    # Then the system-boot initialisation ran: held back, ended, nothing pending
+    assert store.get_pd_state() == PD.SYSTEM_BOOTING
+    assert not store.is_boot_init_pending()
+    assert states(store, "p1", "p5") == dict.fromkeys(("p1", "p5"), S.UNSCHEDULED_PENDING)
+    assert states(store, "p3") == {"p3": S.TERMINATED}
+    assert store.list_nodes() == [] and store.list_queued() == []
+    assert sorted(notified(messenger)) == [
+        ("p1", S.UNSCHEDULED_PENDING, 1),
+        ("p3", S.TERMINATED, 0),
+    ]
+    # When a process is placed meanwhile and a new leader's doctor initialises
+    bring_up(handler)
+    put_process(store, "p7", S.RUNNING, **on)
+    doctor.initialize()
+    # Then nothing is taken back again
+    assert states(store, "p7") == {"p7": S.RUNNING}
+    assert len(notified(messenger)) == 2
+
+
+@BOTH_STORES
+def test_a_boot_begun_and_ended_offline_starts_without_a_system_boot(
+    handler: HeartbeatHandler, store: Store, doctor: Doctor
+) -> None:
+    # Given a running process on an initialised dispatcher
+    store.set_pd_state(PD.OK)
+    store.set_initialized()
+    bring_up(handler)
+    put_process(store, "p1", S.RUNNING, assigned="eeagent_1")
+    # When a boot is begun, then ended, before the next start
+    store.begin_system_boot()
+    store.set_system_boot(False)
+    doctor.initialize()
+    # Then the start is an ordinary one: OK, the process and its agent kept
+    assert store.get_pd_state() == PD.OK
+    assert not store.is_boot_init_pending()
+    assert states(store, "p1") == {"p1": S.RUNNING}
+    assert [r.resource_id for r in store.list_resources()] == ["eeagent_1"]

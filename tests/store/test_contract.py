@@ -651,3 +651,25 @@ def test_applied_requests_are_pruned_by_age_and_count(store: Store) -> None:
     # And a later pruning by age alone leaves the newer ones
     assert store.prune_applied_requests(before=4.0, keep=100) == 1
     assert store.get_applied_request("req-4") is not None
+
+
+def test_begin_system_boot_marks_a_boot_initialisation_until_it_is_finished(
+    store: Store,
+) -> None:
+    # Given an initialised dispatcher in OK
+    store.set_pd_state("OK")
+    store.set_initialized()
+    assert not store.is_boot_init_pending()
+    # When a system boot is begun (offline)
+    store.begin_system_boot()
+    # Then the flag is set, the dispatcher counts as uninitialised, a boot init is pending
+    assert store.is_system_boot()
+    assert store.get_pd_state() == "UNINITIALIZED"
+    assert store.is_boot_init_pending()
+    # When the doctor finishes the initialisation
+    store.finish_initialization("SYSTEM_BOOTING")
+    # Then the state shows, and nothing is pending any more
+    assert store.get_pd_state() == "SYSTEM_BOOTING"
+    assert store.is_initialized()
+    assert not store.is_boot_init_pending()
+    assert store.is_system_boot()
