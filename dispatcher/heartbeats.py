@@ -207,7 +207,9 @@ class HeartbeatHandler:
         self.messenger = messenger
         self.engines = engines
         self.clock = clock
-        self.process_logs = ProcessLogs(store, caller, timeout=logs_timeout)
+        self.process_logs = ProcessLogs(
+            store, caller, timeout=logs_timeout, events=transitions.events
+        )
         self.transitions = transitions
         self.registration = registration
 
