@@ -391,6 +391,9 @@ class HeartbeatHandler:
                     process, written = self.transitions.process_next_round(
                         process,
                         note={**note, "reason": why},
+                        ended=reported,
+                        restart_reason=f"restarting by restart mode "
+                        f"{process.restart_mode or 'ABNORMAL'} in {decision.delay:.3g} s",
                         reason=why,
                         restarts=process.restarts + 1,
                         failure_times=decision.failure_times,

@@ -334,6 +334,8 @@ class ProcessStateMachine:
         enqueue: bool = True,
         *,
         note: dict[str, Any] | None = None,
+        ended: str | None = None,
+        restart_reason: str | None = None,
         **updates: Any,
     ) -> tuple[Process, bool]:
         """Send a dead process round again: ``round += 1``, unassigned, re-queued.
@@ -350,6 +352,9 @@ class ProcessStateMachine:
                 system boot.
             enqueue: whether to queue the new round for the matchmaker.
             note: the event's other keys (see :meth:`record`).
+            ended: the state the old round ended in: recorded as its own event
+                (with ``note``) before the new round's (with ``restart_reason``).
+            restart_reason: the new round's event reason when ``ended`` is given.
             **updates: other fields to set in the same write (``restarts``,
                 ``next_restart_at`` ...).
 
@@ -388,6 +393,12 @@ class ProcessStateMachine:
                 self.store.enqueue(candidate.upid, candidate.round)
             details = dict(note or {})
             details.setdefault("agent", current.assigned)
+            if ended is not None:
+                # the end of the old round, then the new round (without the output)
+                gone = current.copy()
+                gone.state = ended
+                self.record(gone, **details)
+                details = {"reason": restart_reason}
             self.record(candidate, **details)
             self.notify_process(candidate)
             return candidate, True
