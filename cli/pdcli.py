@@ -614,13 +614,14 @@ def process_describe(ctx: Context, upid: str, limit: int) -> None:
     if result is None:
         click.echo(f"Error: no process {upid!r}", err=True)
         raise SystemExit(EXIT_REMOTE)
-    if ctx.format == "table":
-        result = _local_times(result)
-        if events:
-            result["events"] = [_event_line(dict(event)) for event in events]
-    elif limit:
-        result = {**result, "events": events}
-    ctx.render(result)
+    if ctx.format != "table":
+        ctx.render({**result, "events": events} if limit else result)
+        return
+    ctx.render(_local_times(result))
+    if events:
+        click.echo(f"last events (pd-cli process events {upid}):")
+        for event in events:
+            click.echo(f"  {_event_line(dict(event))}")
 
 
 #: Record keys holding epoch seconds (shown as local ISO times in tables).
