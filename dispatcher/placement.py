@@ -443,10 +443,15 @@ def plan(
             continue
         until = throttle_end_time(process, throttle)
         backoff = process.next_restart_at
-        if backoff is not None and (until is None or backoff > until):
+        backing_off = backoff is not None and backoff > now
+        if backing_off and (until is None or backoff > until):
             until = backoff  # the restart policy's backoff (dispatcher.restart_policy)
         if until is not None and until > now:
-            result.decisions.append(Wait(upid, round_, _unplaced_state(process), until))
+            # A backoff is no lack of room: the process waits whatever its queueing mode.
+            state = _unplaced_state(process)
+            if backing_off and state == ProcessState.REJECTED:
+                state = ProcessState.WAITING
+            result.decisions.append(Wait(upid, round_, state, until))
             if result.throttle_expiry is None or until < result.throttle_expiry:
                 result.throttle_expiry = until
             continue

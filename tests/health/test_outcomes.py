@@ -224,3 +224,23 @@ def test_the_global_max_process_age_applies_to_every_process(
     culler = Culler(store, messenger, parts.transitions, clock=clock, max_process_age=50)
     assert culler.run(NOW + 60) == 2
     assert process(store, "p2").reason == "max runtime exceeded: ran 60 s (limit 50 s)"
+
+
+def test_a_backoff_waits_even_with_queueing_mode_never(
+    store: Store, policy_handler: HeartbeatHandler, clock: FakeClock
+) -> None:
+    from dispatcher.placement import Wait, plan
+    from tests.health.conftest import make_engines
+
+    put_process(store, "p1", S.RUNNING, assigned="eeagent_1", queueing_mode="NEVER", starts=1)
+    send(policy_handler, ended("p1", 0, "850-FAILED", "exited with code 1"), at=clock.now)
+    record = process(store, "p1")
+    decided = plan(
+        [("p1", 1)],
+        {"p1": record},
+        store.list_resources(),
+        {n.node_id: n for n in store.list_nodes()},
+        make_engines(),
+        now=clock.now,
+    )
+    assert decided.decisions[0] == Wait("p1", 1, S.WAITING, clock.now + 1)
