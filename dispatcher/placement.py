@@ -444,7 +444,7 @@ def plan(
         until = throttle_end_time(process, throttle)
         backoff = process.next_restart_at
         backing_off = backoff is not None and backoff > now
-        if backing_off and (until is None or backoff > until):
+        if backoff is not None and backing_off and (until is None or backoff > until):
             until = backoff  # the restart policy's backoff (dispatcher.restart_policy)
         if until is not None and until > now:
             # A backoff is no lack of room: the process waits whatever its queueing mode.
