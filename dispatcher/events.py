@@ -10,7 +10,7 @@ Recording must not slow the paths it watches (``schedule_process``, heartbeats,
 matchmaking): once :meth:`EventLog.run` is running (the daemon runs it), an event
 is only appended to a buffer, written in batches every ``flush_interval`` seconds
 (one insert for many events), and pruned every ``prune_interval`` seconds. A read
-(:meth:`EventLog.list`) flushes first. The price: events of the last fraction of
+(:meth:`EventLog.list`) flushes first. The price: events of the last second or so
 a second are lost if the dispatcher dies. Without :meth:`run` (unit tests,
 tools), every event is written at once.
 """
@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 #: Bytes of each stream kept with the event of an ended round (the agent's tail).
 OUTPUT_TAIL: Final = 4096
 #: Seconds between batch writes once running.
-FLUSH_INTERVAL: Final = 0.2
+FLUSH_INTERVAL: Final = 1.0
 #: Seconds between prunes.
 PRUNE_INTERVAL: Final = 60.0
 #: Buffered events beyond which the oldest are dropped while the store fails.
