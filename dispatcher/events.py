@@ -11,7 +11,7 @@ matchmaking): once :meth:`EventLog.run` is running (the daemon runs it), an even
 is only appended to a buffer, written in batches every ``flush_interval`` seconds
 (one insert for many events), and pruned every ``prune_interval`` seconds. A read
 (:meth:`EventLog.list`) flushes first. The price: events of the last second or so
-a second are lost if the dispatcher dies. Without :meth:`run` (unit tests,
+are lost if the dispatcher dies. Without :meth:`run` (unit tests,
 tools), every event is written at once.
 """
 
