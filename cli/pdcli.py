@@ -23,6 +23,7 @@ from dispatcher.requests import (
     CreateProcessRequest,
     DescribeDefinitionRequest,
     DescribeProcessesRequest,
+    DescribeProcessEventsRequest,
     DescribeProcessRequest,
     DumpRequest,
     ListDefinitionsRequest,
@@ -507,9 +508,21 @@ def _mapping_option(value: str | None, name: str) -> dict[str, Any] | None:
         "configuration": "configuration",
         "subscribers": "subscribers",
         "constraints": "constraints",
+        "restart_policy": "restart_policy",
     },
 )
 @process.command("schedule", help="Schedule a process (every schedule_process parameter).")
+@click.option(
+    "--restart-policy",
+    help="Restart policy as JSON/YAML: any of initial_delay, max_delay, failure_limit, "
+    "interval, jitter (docs/configuration.md).",
+)
+@click.option(
+    "--max-runtime",
+    "max_runtime_seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    help="Seconds a round may run before it is terminated (not restarted).",
+)
 @click.argument("upid")
 @click.option("--definition", "definition_id", help="Definition id (required for a new process).")
 @click.option("--configuration", help="Configuration as JSON/YAML.")
@@ -537,6 +550,8 @@ def process_schedule(
     execution_engine_id: str | None,
     node_exclusive: str | None,
     name: str | None,
+    restart_policy: str | None,
+    max_runtime_seconds: float | None,
 ) -> None:
     subs = []
     for item in subscribers:
@@ -563,6 +578,8 @@ def process_schedule(
                 execution_engine_id=execution_engine_id,
                 node_exclusive=node_exclusive,
                 name=name,
+                restart_policy=_mapping_option(restart_policy, "--restart-policy"),
+                max_runtime_seconds=max_runtime_seconds,
             )
         )
 
@@ -578,17 +595,111 @@ def process_create(ctx: Context, upid: str, definition_id: str, name: str | None
         ctx.render(pd.create_process(upid, definition_id, name=name))
 
 
-@_calls(DescribeProcessRequest)
+@_calls(DescribeProcessRequest, local=("limit",))
 @process.command("describe", help="Show a process's full record.")
 @click.argument("upid")
 @pass_ctx
-def process_describe(ctx: Context, upid: str) -> None:
+@click.option(
+    "--events",
+    "limit",
+    default=5,
+    show_default=True,
+    type=click.IntRange(0, 1000),
+    help="How many of its last events to show (0: none).",
+)
+def process_describe(ctx: Context, upid: str, limit: int) -> None:
     with ctx.client() as pd:
-        result = pd.describe_process(upid)
+        result: dict[str, Any] | None = pd.describe_process(upid)  # type: ignore[assignment]
+        events = pd.describe_process_events(upid, limit=limit) if result and limit else []
     if result is None:
         click.echo(f"Error: no process {upid!r}", err=True)
         raise SystemExit(EXIT_REMOTE)
-    ctx.render(result)
+    if ctx.format != "table":
+        ctx.render({**result, "events": events} if limit else result)
+        return
+    ctx.render(_local_times(result))
+    if events:
+        click.echo(f"last events (pd-cli process events {upid}):")
+        for event in events:
+            click.echo(f"  {_event_line(dict(event))}")
+
+
+#: Record keys holding epoch seconds (shown as local ISO times in tables).
+_TIME_KEYS: Final = ("started_at", "ended_at", "next_restart_at", "time")
+_TIME_LIST_KEYS: Final = ("start_times", "dispatch_times", "failure_times")
+
+
+def _local_time(epoch: Any) -> Any:
+    """Epoch seconds as a local ISO 8601 time with its offset (other values unchanged)."""
+    from datetime import datetime
+
+    if isinstance(epoch, int | float) and not isinstance(epoch, bool):
+        return datetime.fromtimestamp(epoch).astimezone().isoformat(timespec="milliseconds")
+    return epoch
+
+
+def _local_times(record: dict[str, Any]) -> dict[str, Any]:
+    shown = dict(record)
+    for key in _TIME_KEYS:
+        if key in shown:
+            shown[key] = _local_time(shown[key])
+    for key in _TIME_LIST_KEYS:
+        if isinstance(shown.get(key), list):
+            shown[key] = [_local_time(value) for value in shown[key]]
+    return shown
+
+
+def _event_line(event: dict[str, Any]) -> str:
+    """One event as a line: time, round, state, and why."""
+    parts = [str(_local_time(event.get("time"))), f"round {event.get('round')}", event["state"]]
+    if event.get("exit_code") is not None:
+        parts.append(f"exit code {event['exit_code']}")
+    if event.get("reason"):
+        parts.append(str(event["reason"]))
+    if event.get("agent"):
+        parts.append(f"on {event['agent']}" + (f"@{event['node']}" if event.get("node") else ""))
+    return "  ".join(parts)
+
+
+@_calls(DescribeProcessEventsRequest, local=("show_output",))
+@process.command("events", help="Show a process's event history (state changes and why).")
+@click.argument("upid")
+@click.option(
+    "--limit",
+    default=20,
+    show_default=True,
+    type=click.IntRange(1, 1000),
+    help="How many of the last events.",
+)
+@click.option(
+    "--output", "show_output", is_flag=True, help="Also print the output kept with ended rounds."
+)
+@pass_ctx
+def process_events(ctx: Context, upid: str, limit: int, show_output: bool) -> None:
+    with ctx.client() as pd:
+        events: list[dict[str, Any]] = pd.describe_process_events(upid, limit=limit)  # type: ignore[assignment]
+    if ctx.format != "table":
+        ctx.render(events)
+        return
+    rows = [
+        {
+            "time": _local_time(e["time"]),
+            "round": e["round"],
+            "state": e["state"],
+            "exit_code": e.get("exit_code"),
+            "reason": e.get("reason"),
+            "assigned": e.get("agent"),
+            "node": e.get("node"),
+        }
+        for e in events
+    ]
+    ctx.render(rows, empty=f"no events of {upid}")
+    if show_output:
+        for e in events:
+            for stream, text in (e.get("output") or {}).items():
+                if text:
+                    click.echo(f"--- round {e['round']} {stream} ---")
+                    click.echo(text, nl=not text.endswith("\n"))
 
 
 class _StateType(click.ParamType[str, Any]):
@@ -830,13 +941,37 @@ def process_wait(
             if state in states:
                 break
             if state in _FINAL_STATES:
-                click.echo(f"Error: process {upid} is {state}", err=True)
+                _explain_end(pd, dict(record))
                 raise SystemExit(EXIT_REMOTE)
             if time.monotonic() >= deadline:
                 click.echo(f"Error: timed out waiting for {upid} (it is {state})", err=True)
                 raise SystemExit(EXIT_UNREACHABLE)
             time.sleep(poll)
     ctx.render({"upid": upid, "state": state})
+
+
+#: Lines of kept stderr ``process wait`` prints when a process ended.
+_WAIT_STDERR_LINES: Final = 10
+
+
+def _explain_end(pd: Any, record: dict[str, Any]) -> None:
+    """Say why a process ended: its state, reason, exit code and last stderr lines."""
+    upid, state = record["upid"], record["state"]
+    message = f"Error: process {upid} is {state}"
+    if record.get("reason"):
+        message += f": {record['reason']}"
+    if record.get("exit_code") is not None:
+        message += f" (exit code {record['exit_code']})"
+    click.echo(message, err=True)
+    try:
+        stderr = str(pd.get_process_logs(upid, stream="stderr", tail_bytes=4096) or "")
+    except (RequestError, RemoteError, RpcTimeoutError, TransportError):
+        return  # nothing kept, or the agent is gone: the reason says enough
+    lines = stderr.rstrip("\n").splitlines()[-_WAIT_STDERR_LINES:]
+    if lines:
+        click.echo(f"last lines of its stderr (pd-cli process logs {upid} --stderr):", err=True)
+        for line in lines:
+            click.echo(f"  {line}", err=True)
 
 
 #: The most --tail may ask for, in MiB.

@@ -38,6 +38,7 @@ from dispatcher.requests import (
     CreateProcessRequest,
     DescribeDefinitionRequest,
     DescribeProcessesRequest,
+    DescribeProcessEventsRequest,
     DescribeProcessRequest,
     DumpRequest,
     ListDefinitionsRequest,
@@ -66,6 +67,7 @@ __all__ = [
     "DefinitionRecord",
     "DumpResult",
     "ProcessDispatcherClient",
+    "ProcessEvent",
     "ProcessRecord",
     "ProcessSummary",
 ]
@@ -97,6 +99,34 @@ class ProcessRecord(ProcessSummary, total=False):
     start_times: list[float]
     dispatches: int
     dispatch_times: list[float]
+    # new, additive keys
+    exit_code: int | None
+    signal: int | None
+    reason: str | None
+    started_at: float | None
+    ended_at: float | None
+    restarts: int
+    next_restart_at: float | None
+    max_runtime_seconds: float | None
+    restart_policy: dict[str, Any] | None
+    failure_times: list[float]
+    effective_restart_mode: str
+
+
+class ProcessEvent(TypedDict):
+    """One entry of ``describe_process_events``."""
+
+    id: int
+    upid: str
+    round: int
+    time: float
+    state: str
+    reason: str | None
+    agent: str | None
+    node: str | None
+    exit_code: int | None
+    signal: int | None
+    output: dict[str, str] | None
 
 
 class DefinitionRecord(TypedDict):
@@ -247,13 +277,28 @@ class ProcessDispatcherClient:
         execution_engine_id: str | None = None,
         node_exclusive: str | None = None,
         name: str | None = None,
+        restart_policy: Mapping[str, Any] | None = None,
+        max_runtime_seconds: float | None = None,
     ) -> ProcessSummary:
-        """Schedule (or reschedule) a process; idempotent while it is in play."""
-        result: ProcessSummary = self._send(ScheduleProcessRequest, locals())
+        """Schedule (or reschedule) a process; idempotent while it is in play.
+
+        ``restart_policy`` and ``max_runtime_seconds`` are new: sent only when given,
+        so a legacy dispatcher still takes the call without them.
+        """
+        result: ProcessSummary = self._send(
+            ScheduleProcessRequest,
+            locals(),
+            omit_none=("restart_policy", "max_runtime_seconds"),
+        )
         return result
 
     def describe_process(self, upid: str) -> ProcessRecord | None:
         result: ProcessRecord | None = self._send(DescribeProcessRequest, locals())
+        return result
+
+    def describe_process_events(self, upid: str, *, limit: int = 20) -> list[ProcessEvent]:
+        """The last ``limit`` events of a process, oldest first."""
+        result: list[ProcessEvent] = self._send(DescribeProcessEventsRequest, locals())
         return result
 
     def describe_processes(self) -> list[ProcessRecord]:

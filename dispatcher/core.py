@@ -56,6 +56,7 @@ from dispatcher.requests import (
     CreateProcessRequest,
     DescribeDefinitionRequest,
     DescribeProcessesRequest,
+    DescribeProcessEventsRequest,
     DescribeProcessRequest,
     DumpRequest,
     ListDefinitionsRequest,
@@ -239,6 +240,7 @@ class ProcessDispatcherCore:
         process = self.transitions.new_process(req.upid, definition.to_dict(), name=req.name)
         try:
             self.store.add_process(process)
+            self.transitions.record(process, reason="created")
             return process.summary()
         except WriteConflictError:
             existing = self.store.get_process(req.upid)
@@ -260,10 +262,12 @@ class ProcessDispatcherCore:
           round 0;
         * ``100-UNSCHEDULED``: ``definition_id``, if given, must match; REQUESTED,
           same round;
-        * any other terminal state: REQUESTED, ``round + 1`` (``definition_id``
-          ignored);
+        * any other terminal state: REQUESTED, ``round + 1``; a ``definition_id``
+          other than the stored one replaces the process's definition (the new
+          round runs it; its event says so);
         * in play (REQUESTED ... TERMINATING): nothing is written, but every field
-          except ``name`` must equal the stored value.
+          except ``name`` must equal the stored value, and so must
+          ``definition_id`` when given.
 
         In every successful case ``(upid, round)`` is appended to the queue (a
         harmless nudge for an in-play process). Subscribers are not notified of
@@ -333,6 +337,7 @@ class ProcessDispatcherCore:
             self.store.add_process_queued(process)
         except WriteConflictError:
             return None
+        self.transitions.record(process, reason="scheduled")
         return process
 
     def _wait_initialisation(self) -> None:
@@ -401,20 +406,36 @@ class ProcessDispatcherCore:
             process = self._requested(req, self._get_definition(req.definition_id))
             self._check_engine(process)
             self.store.add_process_queued(process)
+            self.transitions.record(process, reason="scheduled")
             return process, True
 
+        stored_id = process.definition.get("definition_id")
+        changed = req.definition_id is not None and req.definition_id != stored_id
         if process.state in _TERMINAL:
-            if process.state == ProcessState.UNSCHEDULED:
-                stored_id = process.definition.get("definition_id")
-                if req.definition_id is not None and req.definition_id != stored_id:
-                    raise BadRequestError(
-                        f"process {req.upid} exists with different definition_id '{stored_id}'"
-                    )
-            self._check_engine(replace(process, constraints=updates["constraints"]))
-            process = self.transitions.reschedule(process, updates)
+            reason = None
+            if changed and process.state == ProcessState.UNSCHEDULED:
+                raise BadRequestError(
+                    f"process {req.upid} exists with different definition_id '{stored_id}'"
+                )
+            if changed and req.definition_id is not None:
+                updates["definition"] = self._get_definition(req.definition_id).to_dict()
+                reason = f"definition changed from {stored_id} to {req.definition_id}"
+            self._check_engine(
+                replace(
+                    process,
+                    constraints=updates["constraints"],
+                    definition=updates.get("definition", process.definition),
+                )
+            )
+            process = self.transitions.reschedule(process, updates, reason=reason)
             return process, False
 
         # In play: an idempotent repeat of the request that put it there.
+        if changed:
+            raise BadRequestError(
+                f"process {req.upid} is {process.state} but definition_id parameter value "
+                f"doesn't match request (it runs '{stored_id}')"
+            )
         for key in ScheduleProcessRequest.UPDATE_FIELDS:
             if key != "name" and getattr(process, key) != updates[key]:
                 raise BadRequestError(
@@ -451,6 +472,26 @@ class ProcessDispatcherCore:
         """
         process = self.store.get_process(req.upid)
         return None if process is None else process.to_dict()
+
+    @operation(DescribeProcessEventsRequest)
+    def describe_process_events(self, req: DescribeProcessEventsRequest) -> list[dict[str, Any]]:
+        """The last events of a process, oldest first (new operation).
+
+        Each event: ``{id, upid, round, time, state, reason, agent, node, exit_code,
+        signal, output}``; ``time`` in epoch seconds; ``output`` is ``{"stdout",
+        "stderr"}`` (their last few KiB) on the event of a round that ended on an
+        agent that sent them, else None.
+
+        Args (of ``req``):
+            upid: the process's id.
+            limit: how many events at most (1 to 1000, default 20).
+
+        Raises:
+            BadRequestError: an argument is invalid.
+            NotFoundError: there is no such process.
+        """
+        self._get_process(req.upid)
+        return self.transitions.events.list(req.upid, req.limit)
 
     @operation(DescribeProcessesRequest)
     def describe_processes(self, req: DescribeProcessesRequest) -> list[dict[str, Any]]:

@@ -186,17 +186,26 @@ class Evacuation:
             dead_process_state: exit state, and the state when not restarted.
             rescheduled_process_state: the state when restarted.
         """
+        reason = "system restart" if is_system_restart else "node lost"
+        ended_at = self.transitions.clock()
         if process.state == ProcessState.TERMINATING:
-            self.transitions.process_change_state(process, ProcessState.TERMINATED, assigned=None)
+            self.transitions.process_change_state(
+                process, ProcessState.TERMINATED, assigned=None, reason=reason, ended_at=ended_at
+            )
         elif process.state < ProcessState.TERMINATING:
             if process_should_restart(process, dead_process_state, is_system_restart):
                 self.transitions.process_next_round(
                     process,
                     newstate=rescheduled_process_state,
                     enqueue=rescheduled_process_state != ProcessState.UNSCHEDULED_PENDING,
+                    note={"reason": reason},
+                    reason=reason,
+                    ended_at=ended_at,
                 )
             else:
-                self.transitions.process_change_state(process, dead_process_state, assigned=None)
+                self.transitions.process_change_state(
+                    process, dead_process_state, assigned=None, reason=reason, ended_at=ended_at
+                )
 
     def _release_slots(self, resource_id: str, keys: list[tuple[str, int]]) -> None:
         if not keys:

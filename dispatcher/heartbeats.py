@@ -85,6 +85,7 @@ stays held under the new round. Any other older-round report is answered as lega
 from __future__ import annotations
 
 import logging
+import random
 import reprlib
 import threading
 import time
@@ -107,8 +108,10 @@ from dispatcher.evacuation import release_node_exclusive
 from dispatcher.heartbeat_decision import Action, Reason, decide, ending
 from dispatcher.messaging import Messenger
 from dispatcher.model import Process, Resource
+from dispatcher.placement import effective_constraints, effective_engine
 from dispatcher.process_logs import DEFAULT_LOGS_TIMEOUT, AgentCaller, ProcessLogs
 from dispatcher.registration import Registration
+from dispatcher.restart_policy import RestartDecision, decide_restart, effective_policy
 from dispatcher.store.base import Store
 from dispatcher.store.modify import retry_conflicts
 from dispatcher.transitions import (
@@ -127,6 +130,7 @@ from pdcommon.heartbeat_messages import (
 )
 from pdcommon.limits import DEFAULT_LIMITS
 from pdcommon.requests import Request
+from pdcommon.settings import RestartPolicySettings
 from pdcommon.states import InstanceState, ProcessState
 
 __all__ = ["RPC_OPERATIONS", "HeartbeatHandler"]
@@ -148,6 +152,8 @@ class _Beat:
     tags: list[str] = field(default_factory=list)
     #: ``(op, upid, round)`` to fire to the agent.
     orders: list[tuple[str, str, int]] = field(default_factory=list)
+    #: The node of the agent that sent the heartbeat.
+    node: str | None = None
 
 
 class HeartbeatHandler:
@@ -174,6 +180,8 @@ class HeartbeatHandler:
             long after the last one (``dispatch_retry_seconds``); ``None``: on
             every heartbeat, as legacy did.
         driver_of: the provisioner driver of an engine's site (``list_engines``).
+        restart_policy: the default restart policy (an engine's own, then a
+            process's own, override it; :mod:`dispatcher.restart_policy`).
 
     Attributes:
         process_logs: serves ``get_process_logs``.
@@ -192,16 +200,20 @@ class HeartbeatHandler:
         clock: Callable[[], float] = time.time,
         cleanup_resend_seconds: float | None = None,
         driver_of: DriverOf | None = None,
+        restart_policy: RestartPolicySettings | None = None,
     ) -> None:
         self.driver_of = driver_of
         self.store = store
+        self.restart_policy = restart_policy or RestartPolicySettings()
         self.cleanup_resend_seconds = cleanup_resend_seconds
         self._cleanups_sent: dict[tuple[str, str, int], float] = {}
         self._cleanups_lock = threading.Lock()
         self.messenger = messenger
         self.engines = engines
         self.clock = clock
-        self.process_logs = ProcessLogs(store, caller, timeout=logs_timeout)
+        self.process_logs = ProcessLogs(
+            store, caller, timeout=logs_timeout, events=transitions.events
+        )
         self.transitions = transitions
         self.registration = registration
 
@@ -244,7 +256,7 @@ class HeartbeatHandler:
 
     def _report(self, resource: Resource, beat: HeartbeatMessage, stamp: datetime) -> None:
         """A heartbeat of a known agent."""
-        result = _Beat()
+        result = _Beat(node=resource.node_id)
         for reported in beat.processes:
             try:
                 self._apply(resource.resource_id, reported, result)
@@ -329,7 +341,7 @@ class HeartbeatHandler:
             return
         result.processes[upid] = process
         if decision.reason is Reason.END:
-            self._end(process, state, result)
+            self._end(process, reported, result)
         elif decision.action is Action.ADVANCE:
             process, _ = self.transitions.process_change_state(process, state)
             result.processes[upid] = process
@@ -343,23 +355,68 @@ class HeartbeatHandler:
         ):
             result.placed.append((upid, round_))
 
-    def _end(self, process: Process, reported: str, result: _Beat) -> None:
-        """The agent says the process's current round ended: record how."""
+    def _end(self, process: Process, report: ReportedProcess, result: _Beat) -> None:
+        """The agent says the process's current round ended: record how (and why)."""
         round_ = process.round
+        reported = report.state
+        now = self.clock()
+        note = {
+            "node": result.node,
+            "exit_code": report.exit_code,
+            "signal": report.signal,
+            "output": report.output,
+        }
+        outcome: dict[str, Any] = {
+            "exit_code": report.exit_code,
+            "signal": report.signal,
+            "ended_at": now,
+            "next_restart_at": None,
+        }
         for _ in range(WRITE_CONFLICT_RETRIES):
             before = process.state
             action = ending(process, reported)
+            why = report.why
+            if action is Action.TERMINATED:
+                why = process.reason or why
+            if action is Action.NEXT_ROUND:
+                decision = self._restart_decision(process, now)
+                if decision.give_up:
+                    log.warning(
+                        "process %s round %d %s (%s): %s: not restarted",
+                        process.upid,
+                        round_,
+                        reported,
+                        why or "no reason given",
+                        decision.reason,
+                    )
+                    why = decision.reason
+                    action, reported = Action.ENDED, ProcessState.FAILED
+                else:
+                    process, written = self.transitions.process_next_round(
+                        process,
+                        note={**note, "reason": why},
+                        ended=reported,
+                        restart_reason=f"restarting by restart mode "
+                        f"{process.restart_mode or 'ABNORMAL'} in {decision.delay:.3g} s",
+                        reason=why,
+                        restarts=process.restarts + 1,
+                        failure_times=decision.failure_times,
+                        **{**outcome, "next_restart_at": now + decision.delay},
+                    )
             if action is Action.TERMINATED:
                 process, written = self.transitions.process_change_state(
-                    process, ProcessState.TERMINATED, assigned=None
+                    process,
+                    ProcessState.TERMINATED,
+                    note=note,
+                    assigned=None,
+                    reason=why,
+                    **outcome,
                 )
-            elif action is Action.NEXT_ROUND:
-                process, written = self.transitions.process_next_round(process)
             elif action is Action.ENDED:
                 process, written = self.transitions.process_change_state(
-                    process, reported, assigned=None
+                    process, reported, note=note, assigned=None, reason=why, **outcome
                 )
-            else:
+            elif action is not Action.NEXT_ROUND:
                 return  # already ended (or never started): nothing to record
             result.processes[process.upid] = process
             if written:
@@ -368,6 +425,20 @@ class HeartbeatHandler:
                 return
             if process.round != round_ or process.state == before:
                 return  # moved on meanwhile (restarted, evacuated ...)
+
+    def _restart_decision(self, process: Process, now: float) -> RestartDecision:
+        """The restart policy's answer for a restartable end of ``process`` at ``now``."""
+        engine_id = effective_engine(effective_constraints(self.engines, process))
+        engine = self.engines.get(engine_id) if engine_id is not None else None
+        policy = effective_policy(
+            self.restart_policy,
+            engine.restart_policy if engine is not None else None,
+            process.restart_policy,
+        )
+        # The jitter is drawn from the process and round: processes failing together
+        # spread out, and the same report always gives the same record.
+        draw = random.Random(f"{process.upid}:{process.round}").random
+        return decide_restart(policy, process.failure_times, now, draw)
 
     def _write_resource(self, resource: Resource, stamp: datetime, result: _Beat) -> None:
         """Move ``last_heartbeat`` forward and free the slots of ended processes."""

@@ -61,6 +61,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from dashi.errors import NotFoundError, WriteRetriesExhaustedError
+from dispatcher.culler import Culler
 from dispatcher.engines import EngineRegistry
 from dispatcher.evacuation import release_node_exclusive
 from dispatcher.launcher import DispatchRetries, fire_launch
@@ -155,6 +156,8 @@ class Matchmaker:
         error_retry: seconds before retrying after an unexpected error.
         max_depth: a waiting process whose stored JSON nests deeper is set aside
             (the request limit, ``processdispatcher.limits.max_depth``).
+        max_process_age: seconds any round may run (``processdispatcher.max_process_age``;
+            :mod:`dispatcher.culler`), or ``None``.
     """
 
     def __init__(
@@ -172,6 +175,7 @@ class Matchmaker:
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         error_retry: float = DEFAULT_ERROR_RETRY,
         max_depth: int = DEFAULT_MAX_DEPTH,
+        max_process_age: float | None = None,
     ) -> None:
         self.store = store
         self.messenger = messenger
@@ -180,6 +184,9 @@ class Matchmaker:
         self.throttle = (restart_throttling_config or {}).get(THROTTLE_KEY)
         self.retries = DispatchRetries(dispatch_retry_seconds)
         self.terminates = TerminateRetries(store, messenger, dispatch_retry_seconds)
+        self.culler = Culler(
+            store, messenger, transitions, max_process_age=max_process_age, clock=clock
+        )
         self.registrar = registrar
         self.clock = clock
         self.poll_interval = poll_interval
@@ -219,6 +226,7 @@ class Matchmaker:
             self.set_aside.clear()
             self.retries.clear()
             self.terminates.clear()
+            self.culler.clear()
             if self.registrar is not None:
                 self.registrar.reset()
 
@@ -598,6 +606,7 @@ class Matchmaker:
             self._throttle_expiry,
             self.retries.next_due(),
             self.terminates.next_due(),
+            self.culler.next_due(),
             held,
         ):
             if due is not None:
@@ -634,6 +643,7 @@ class Matchmaker:
             self._fingerprint = self._expected if result.complete else None
         self.retry_launches()
         self.terminates.run(self.clock())
+        self.culler.run(self.clock())
         return result
 
     def run(self, stop_event: threading.Event) -> None:

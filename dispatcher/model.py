@@ -18,7 +18,24 @@ from typing import Any, Final, TypeVar
 from dashi.jsontree import tree_copy
 from pdcommon.states import ExecutionResourceState, ProcessState
 
-__all__ = ["VM", "Definition", "EngineRecord", "Node", "Process", "Resource"]
+__all__ = [
+    "VM",
+    "Definition",
+    "EngineRecord",
+    "Node",
+    "Process",
+    "Resource",
+    "add_derived_process_keys",
+]
+
+#: The restart mode of a process scheduled without one (legacy: ``ABNORMAL``).
+DEFAULT_RESTART_MODE: Final = "ABNORMAL"
+
+
+def add_derived_process_keys(data: dict[str, Any]) -> None:
+    """Add the keys a process's wire record derives from its fields (new, additive):
+    ``effective_restart_mode``, the restart mode that applies (never blank)."""
+    data["effective_restart_mode"] = data["restart_mode"] or DEFAULT_RESTART_MODE
 
 
 @dataclass
@@ -60,6 +77,28 @@ class Process:
     start_times: list[float] = field(default_factory=list)
     dispatches: int = 0
     dispatch_times: list[float] = field(default_factory=list)
+    # -- outcome of the latest round (additive keys; docs/rpc.md "Process records") --
+    #: The exit code of the last round that ended by itself (None: none, or killed).
+    exit_code: int | None = None
+    #: The signal that killed the last round, when the agent knows it.
+    signal: int | None = None
+    #: Why the last round ended, or why the process is ending (the agent's words,
+    #: or the dispatcher's: "restart limit reached ...", "max runtime exceeded ...").
+    reason: str | None = None
+    #: Epoch seconds the current (or last) round entered ``500-RUNNING``.
+    started_at: float | None = None
+    #: Epoch seconds the last round ended.
+    ended_at: float | None = None
+    #: Rounds started by the restart policy (after a failure or an exit).
+    restarts: int = 0
+    #: While backing off between restarts: the earliest epoch seconds of the next start.
+    next_restart_at: float | None = None
+    #: Seconds a round may run before the dispatcher terminates it (None: no limit).
+    max_runtime_seconds: float | None = None
+    #: The process's own restart policy (``schedule_process(restart_policy=...)``).
+    restart_policy: dict[str, Any] | None = None
+    #: Epoch seconds of the recent failures the restart limit counts.
+    failure_times: list[float] = field(default_factory=list)
     version: int = 0
 
     def to_dict(self) -> dict[str, Any]:
@@ -73,6 +112,7 @@ class Process:
         values = self.__dict__
         data = {name: tree_copy(values[name]) for name in _PROCESS_WIRE_FIELDS}
         data["owner"] = None
+        add_derived_process_keys(data)
         return data
 
     def copy(self) -> Process:

@@ -393,7 +393,8 @@ def plan(
     1. no such process, another round, a state below ``200-REQUESTED`` or at
        least ``400-PENDING``: :class:`Drop`;
     2. ``350-ASSIGNED``: :class:`Hold` (awaiting the agent);
-    3. a throttled restart: :class:`Wait` with ``throttled_until``;
+    3. a throttled restart, or one backing off (``next_restart_at``): :class:`Wait`
+       with ``throttled_until``;
     4. a resource already lists the entry (a half-finished assignment):
        :class:`Assign` with ``recovered``;
     5. a matching free slot: :class:`Assign`;
@@ -441,8 +442,16 @@ def plan(
             result.decisions.append(Hold(upid, round_))
             continue
         until = throttle_end_time(process, throttle)
+        backoff = process.next_restart_at
+        backing_off = backoff is not None and backoff > now
+        if backoff is not None and backing_off and (until is None or backoff > until):
+            until = backoff  # the restart policy's backoff (dispatcher.restart_policy)
         if until is not None and until > now:
-            result.decisions.append(Wait(upid, round_, _unplaced_state(process), until))
+            # A backoff is no lack of room: the process waits whatever its queueing mode.
+            state = _unplaced_state(process)
+            if backing_off and state == ProcessState.REJECTED:
+                state = ProcessState.WAITING
+            result.decisions.append(Wait(upid, round_, state, until))
             if result.throttle_expiry is None or until < result.throttle_expiry:
                 result.throttle_expiry = until
             continue

@@ -1,6 +1,11 @@
 """Process output on demand: ``get_process_logs`` asks the agent that runs the process.
 
-The dispatcher keeps no output itself. It looks up which eeagent holds the
+For a process on no agent (its round ended, it waits for a restart, or its agent
+forgot the round), the output kept with its events is served instead: the last
+few KiB of each stream an agent sent when a round ended (:mod:`dispatcher.events`),
+so the output of an ended process stays readable after its agent or VM is gone.
+
+Otherwise it looks up which eeagent holds the
 process's current round and calls that agent's ``get_process_logs(u_pid, round,
 stream, tail_bytes)`` with a short timeout, through an injected
 :class:`AgentCaller` (an RPC client at the edge; a fake in tests), so this module
@@ -8,10 +13,11 @@ stays free of broker code.
 
 Errors, chosen so that the caller can tell what happened without new wire types:
 
-* unknown process: ``NotFoundError``; process not placed on an agent:
-  ``BadRequestError("process X is not assigned to an agent (it is <state>)")``;
-* the agent raised ``NotFoundError`` (it no longer holds that round) or
-  ``BadRequestError``: passed on as is;
+* unknown process: ``NotFoundError``; process not placed on an agent and no kept
+  output: ``BadRequestError("process X is not assigned to an agent (it is <state>)
+  and no output of an ended round is kept")``;
+* the agent raised ``NotFoundError`` (it no longer holds that round) and no output
+  is kept, or ``BadRequestError``: passed on as is;
 * the agent does not know the operation (a legacy agent): ``BadRequestError``
   saying so (an ``UnknownOperationError`` would wrongly suggest that the
   *dispatcher* lacks the operation);
@@ -34,11 +40,14 @@ from dashi.errors import (
     TransportError,
     UnknownOperationError,
 )
+from dispatcher.events import EventLog
 from dispatcher.store.base import Store
 from pdcommon.heartbeat_messages import GetProcessLogsRequest
 
 __all__ = ["DEFAULT_LOGS_TIMEOUT", "AgentCaller", "ProcessLogs"]
 
+#: Events searched (newest first) for kept output.
+_EVENTS_SEARCHED: Final = 20
 #: Seconds ``get_process_logs`` waits for the agent's answer.
 DEFAULT_LOGS_TIMEOUT: Final = 5.0
 
@@ -65,14 +74,33 @@ class ProcessLogs:
         caller: calls eeagents; ``None`` makes every request fail with
             ``TransportError`` (a dispatcher wired without one).
         timeout: seconds to wait for the agent.
+        events: the event history, whose kept output is served for a process on
+            no agent (``None``: none is).
     """
 
     def __init__(
-        self, store: Store, caller: AgentCaller | None, *, timeout: float = DEFAULT_LOGS_TIMEOUT
+        self,
+        store: Store,
+        caller: AgentCaller | None,
+        *,
+        timeout: float = DEFAULT_LOGS_TIMEOUT,
+        events: EventLog | None = None,
     ) -> None:
         self.store = store
         self.caller = caller
         self.timeout = timeout
+        self.events = events
+
+    def kept_output(self, upid: str, stream: str, tail_bytes: int) -> str | None:
+        """The ``stream`` output kept with ``upid``'s latest ended round, or None."""
+        if self.events is None:
+            return None
+        for event in reversed(self.events.list(upid, _EVENTS_SEARCHED)):
+            output = event.get("output")
+            if isinstance(output, dict) and isinstance(output.get(stream), str):
+                text: str = output[stream]
+                return text.encode("utf-8")[-tail_bytes:].decode("utf-8", "ignore")
+        return None
 
     def get_process_logs(self, upid: str, stream: str = "stdout", tail_bytes: int = 65536) -> str:
         """The last ``tail_bytes`` bytes a process wrote to ``stream``, as text.
@@ -99,8 +127,12 @@ class ProcessLogs:
             raise NotFoundError(f"process {req.upid} does not exist")
         agent = process.assigned
         if agent is None:
+            kept = self.kept_output(req.upid, req.stream, req.tail_bytes)
+            if kept is not None:
+                return kept
             raise BadRequestError(
-                f"process {req.upid} is not assigned to an agent (it is {process.state})"
+                f"process {req.upid} is not assigned to an agent (it is {process.state}) "
+                "and no output of an ended round is kept"
             )
         if self.caller is None:
             raise TransportError("this dispatcher is not set up to call eeagents")
@@ -114,6 +146,11 @@ class ProcessLogs:
                 stream=req.stream,
                 tail_bytes=req.tail_bytes,
             )
+        except NotFoundError:
+            kept = self.kept_output(req.upid, req.stream, req.tail_bytes)
+            if kept is None:
+                raise
+            return kept
         except UnknownOperationError:
             raise BadRequestError(
                 f"eeagent {agent} cannot serve logs (it has no get_process_logs operation)"

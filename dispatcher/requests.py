@@ -44,7 +44,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BeforeValidator, ValidationError
+from pydantic import BeforeValidator, Field, ValidationError
 
 from pdcommon.limits import RequestLimits, check_executable
 from pdcommon.requests import (
@@ -55,12 +55,14 @@ from pdcommon.requests import (
     Request,
     json_value,
 )
+from pdcommon.settings import RestartPolicySettings
 from pdcommon.states import QueueingMode, RestartMode
 
 __all__ = [
     "CreateDefinitionRequest",
     "CreateProcessRequest",
     "DescribeDefinitionRequest",
+    "DescribeProcessEventsRequest",
     "DescribeProcessRequest",
     "DescribeProcessesRequest",
     "DumpRequest",
@@ -177,6 +179,32 @@ class CreateProcessRequest(Request):
     name: str | None = None
 
 
+def _restart_policy(value: Any) -> Any:
+    """A restart policy: an object with any of the keys of
+    :class:`~pdcommon.settings.RestartPolicySettings`; kept as given (only its keys)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError("must be an object with keys among " + ", ".join(_POLICY_KEYS))
+    unknown = sorted(set(value) - set(_POLICY_KEYS))
+    if unknown:
+        raise ValueError(
+            f"unknown key(s) {', '.join(map(str, unknown))}; known: {', '.join(_POLICY_KEYS)}"
+        )
+    try:
+        RestartPolicySettings.model_validate(value)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in error["loc"])
+        raise ValueError(f"{where}: {error['msg']}") from None
+    return dict(value)
+
+
+_POLICY_KEYS = tuple(RestartPolicySettings.model_fields)
+#: Longest ``max_runtime_seconds`` accepted (a year).
+MAX_RUNTIME_LIMIT = 366 * 86400.0
+
+
 class ScheduleProcessRequest(Request):
     """``schedule_process(upid, definition_id=None, ..., name=None)``."""
 
@@ -193,6 +221,11 @@ class ScheduleProcessRequest(Request):
     execution_engine_id: str | None = None
     node_exclusive: str | None = None
     name: str | None = None
+    #: New (optional): the process's own restart policy (see
+    #: :mod:`dispatcher.restart_policy`); any subset of its keys.
+    restart_policy: Annotated[dict[str, Any] | None, BeforeValidator(_restart_policy)] = None
+    #: New (optional): seconds a round may run before it is terminated.
+    max_runtime_seconds: float | None = Field(None, gt=0, le=MAX_RUNTIME_LIMIT)
 
     #: The record fields a schedule writes ("updates"), in the order they are checked
     #: by the idempotency comparison of an in-play process.
@@ -203,6 +236,8 @@ class ScheduleProcessRequest(Request):
         "queueing_mode",
         "restart_mode",
         "node_exclusive",
+        "restart_policy",
+        "max_runtime_seconds",
         "name",
     )
 
@@ -227,6 +262,8 @@ class ScheduleProcessRequest(Request):
             "queueing_mode": self.queueing_mode,
             "restart_mode": self.restart_mode,
             "node_exclusive": self.node_exclusive,
+            "restart_policy": json_value(self.restart_policy),
+            "max_runtime_seconds": self.max_runtime_seconds,
             "name": self.name,
         }
 
@@ -240,6 +277,14 @@ class DescribeProcessRequest(Request):
 
     operation: ClassVar[str] = "describe_process"
     upid: str
+
+
+class DescribeProcessEventsRequest(Request):
+    """``describe_process_events(upid, limit=20)`` (new): the last events of a process."""
+
+    operation: ClassVar[str] = "describe_process_events"
+    upid: Identifier
+    limit: int = Field(20, ge=1, le=1000)
 
 
 class DescribeProcessesRequest(Request):

@@ -37,6 +37,7 @@ from dispatcher.core import ProcessDispatcherCore
 from dispatcher.doctor import Doctor
 from dispatcher.engines import EngineRegistry
 from dispatcher.evacuation import Evacuation
+from dispatcher.events import EventLog
 from dispatcher.heartbeat_intake import HeartbeatIntake
 from dispatcher.heartbeats import HeartbeatHandler
 from dispatcher.leadership import LeaderElector, claim_database, lock_for_database
@@ -125,6 +126,8 @@ class DispatcherService:
             key are taken (``None``: heartbeats are not checked).
         intake: takes fired heartbeats off the RPC workers (``None``: one applying
             through ``heartbeats`` is made); called heartbeats are applied directly.
+        events: the state machine's event log, written in batches by a thread of
+            its own while the service runs (``None``: it writes each event at once).
     """
 
     def __init__(
@@ -142,8 +145,12 @@ class DispatcherService:
         messenger_client: RpcClient | None = None,
         verifier: SignatureVerifier | None = None,
         intake: HeartbeatIntake | None = None,
+        events: EventLog | None = None,
     ) -> None:
         self.settings = settings
+        self.events = events
+        self._events_stop = threading.Event()
+        self._events_thread: threading.Thread | None = None
         self.store = store
         self.core = core
         self.heartbeats = heartbeats
@@ -225,8 +232,10 @@ class DispatcherService:
             # set, every message this client sends is signed.
             client = RpcClient(broker, service_name, signer=message_signer(settings))
             messenger = RpcMessenger(client)
-            # The one writer of process states, shared by every component below.
-            transitions = ProcessStateMachine(store, messenger)
+            # The one writer of process states, shared by every component below;
+            # its event history is written in batches by the service's events thread.
+            events = EventLog(store, per_process=pd.process_events_kept, total=pd.events_kept_total)
+            transitions = ProcessStateMachine(store, messenger, events=events)
             evacuation = Evacuation(store, transitions)
             registration = Registration(store, engines, evacuation)
 
@@ -255,6 +264,7 @@ class DispatcherService:
                 caller=client,
                 cleanup_resend_seconds=pd.dispatch_retry_seconds,
                 driver_of=driver_of,
+                restart_policy=pd.restart_policy,
             )
             provisioner = _provisioner(settings, store, engines, registration, stop_supervisord)
             sink = need_sink if need_sink is not None else provisioner
@@ -275,6 +285,7 @@ class DispatcherService:
                 dispatch_retry_seconds=pd.dispatch_retry_seconds,
                 registrar=None if sink is None else NeedRegistrar(store, sink, grace=grace),
                 max_depth=pd.limits.max_depth,
+                max_process_age=pd.max_process_age,
             )
             doctor = Doctor(
                 store,
@@ -290,6 +301,7 @@ class DispatcherService:
             raise
         service = cls(
             settings,
+            events=events,
             store=store,
             core=core,
             heartbeats=heartbeats,
@@ -338,6 +350,12 @@ class DispatcherService:
         """Start serving; returns once every worker consumes the service queue."""
         if self.intake is not None:
             self.intake.start()
+        if self.events is not None:
+            thread = threading.Thread(
+                target=self.events.run, args=(self._events_stop,), name="pd-events", daemon=True
+            )
+            thread.start()
+            self._events_thread = thread
         self.rpc.start()
         if self.elector is not None:
             self.elector.start()
@@ -364,6 +382,9 @@ class DispatcherService:
         self.rpc.stop()
         if self.intake is not None:
             self.intake.stop()
+        self._events_stop.set()
+        if self._events_thread is not None:
+            self._events_thread.join(_JOIN_TIMEOUT)
         if self.messenger_client is not None:
             self.messenger_client.close()
         self.store.close()

@@ -134,7 +134,9 @@ class SetAside:
         into.append(key)
         record = {"round": process.round, "reason": reason, "time": self.clock()}
         steps: list[Callable[[], object]] = [
-            lambda: self.transitions.process_change_state(process, ProcessState.FAILED),
+            lambda: self.transitions.process_change_state(
+                process, ProcessState.FAILED, reason=f"set aside by the matchmaker: {reason}"
+            ),
             lambda: self.store.record_set_aside(process.upid, record),
         ]
         if process.assigned:

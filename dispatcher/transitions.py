@@ -41,6 +41,7 @@ from typing import Any, Final
 
 from dashi.errors import NotFoundError, TransportError, WriteConflictError
 from dashi.jsontree import tree_copy
+from dispatcher.events import EventLog
 from dispatcher.messaging import Messenger
 from dispatcher.model import Process, Resource
 from dispatcher.store.base import Store
@@ -163,6 +164,8 @@ class ProcessStateMachine:
         store: where processes and the queue live.
         messenger: sends subscriber notifications.
         clock: returns the current time in epoch seconds (for ``start_times``).
+        events: where every written state change is recorded (default: an
+            unbuffered :class:`~dispatcher.events.EventLog` over ``store``).
     """
 
     def __init__(
@@ -171,11 +174,23 @@ class ProcessStateMachine:
         messenger: Messenger,
         *,
         clock: Callable[[], float] = time.time,
+        events: EventLog | None = None,
     ) -> None:
         self.store = store
         self.messenger = messenger
         self.clock = clock
+        self.events = events if events is not None else EventLog(store, clock=clock)
         self._writer = batch_writer(store)
+
+    def record(self, process: Process, **note: Any) -> None:
+        """Record ``process``'s state (just written) in its event history.
+
+        Args:
+            process: the record as written.
+            **note: the event's other keys (``reason``, ``agent``, ``node``,
+                ``exit_code``, ``signal``, ``output``).
+        """
+        self.events.record(process, **note)
 
     # -- new records ------------------------------------------------------------------
 
@@ -245,7 +260,12 @@ class ProcessStateMachine:
     # -- guarded transitions ----------------------------------------------------------
 
     def process_change_state(
-        self, process: Process, new_state: str, **updates: Any
+        self,
+        process: Process,
+        new_state: str,
+        *,
+        note: dict[str, Any] | None = None,
+        **updates: Any,
     ) -> tuple[Process, bool]:
         """Move a process forward to ``new_state`` unless it has moved on meanwhile.
 
@@ -258,6 +278,8 @@ class ProcessStateMachine:
         Args:
             process: the record as last read (not modified).
             new_state: the target state.
+            note: the event's other keys (see :meth:`record`); its ``reason``
+                defaults to the ``reason`` in ``updates``.
             **updates: other fields to set in the same write (e.g. ``assigned=None``).
 
         Raises:
@@ -283,8 +305,11 @@ class ProcessStateMachine:
             for key, value in updates.items():
                 setattr(candidate, key, tree_copy(value))
             if new_state == ProcessState.RUNNING:
+                now = self.clock()
                 candidate.starts += 1
-                candidate.start_times.append(self.clock())
+                candidate.start_times.append(now)
+                candidate.started_at = now
+                candidate.next_restart_at = None
             try:
                 self.store.update_process(candidate)
             except WriteConflictError:
@@ -293,6 +318,10 @@ class ProcessStateMachine:
                     return current, False
                 current = fresh
                 raise  # the next attempt re-checks the guard on the fresh record
+            details = dict(note or {})
+            details.setdefault("reason", updates.get("reason"))
+            details.setdefault("agent", current.assigned)
+            self.record(candidate, **details)
             self.notify_process(candidate)
             return candidate, True
 
@@ -303,6 +332,11 @@ class ProcessStateMachine:
         process: Process,
         newstate: str = ProcessState.DIED_REQUESTED,
         enqueue: bool = True,
+        *,
+        note: dict[str, Any] | None = None,
+        ended: str | None = None,
+        restart_reason: str | None = None,
+        **updates: Any,
     ) -> tuple[Process, bool]:
         """Send a dead process round again: ``round += 1``, unassigned, re-queued.
 
@@ -317,8 +351,15 @@ class ProcessStateMachine:
             newstate: ``250-DIED_REQUESTED``, or ``150-UNSCHEDULED_PENDING`` at
                 system boot.
             enqueue: whether to queue the new round for the matchmaker.
+            note: the event's other keys (see :meth:`record`).
+            ended: the state the old round ended in: recorded as its own event
+                (with ``note``) before the new round's (with ``restart_reason``).
+            restart_reason: the new round's event reason when ``ended`` is given.
+            **updates: other fields to set in the same write (``restarts``,
+                ``next_restart_at`` ...).
 
         Raises:
+            TypeError: ``updates`` names an unknown or protected field.
             NotFoundError: the process record disappeared during the write.
             WriteRetriesExhaustedError: every write attempt lost its race (nothing
                 written; the caller's next pass or heartbeat decides again).
@@ -326,6 +367,7 @@ class ProcessStateMachine:
         Returns:
             ``(record, written)`` as for :meth:`process_change_state`.
         """
+        _check_update_fields(updates)
         expected_round = process.round
         current = process.copy()
 
@@ -337,6 +379,8 @@ class ProcessStateMachine:
             candidate.state = newstate
             candidate.assigned = None
             candidate.round = expected_round + 1
+            for key, value in updates.items():
+                setattr(candidate, key, tree_copy(value))
             try:
                 self.store.update_process(candidate)
             except WriteConflictError:
@@ -347,6 +391,15 @@ class ProcessStateMachine:
                 raise  # the next attempt re-checks the guard on the fresh record
             if enqueue:
                 self.store.enqueue(candidate.upid, candidate.round)
+            details = dict(note or {})
+            details.setdefault("agent", current.assigned)
+            if ended is not None:
+                # the end of the old round, then the new round (without the output)
+                gone = current.copy()
+                gone.state = ended
+                self.record(gone, **details)
+                details = {"reason": restart_reason}
+            self.record(candidate, **details)
             self.notify_process(candidate)
             return candidate, True
 
@@ -354,7 +407,9 @@ class ProcessStateMachine:
 
     # -- single attempts (the caller re-reads and re-decides on a conflict) -------------
 
-    def reschedule(self, process: Process, updates: dict[str, Any]) -> Process:
+    def reschedule(
+        self, process: Process, updates: dict[str, Any], *, reason: str | None = None
+    ) -> Process:
         """Request an ended process again (``schedule_process``): ``200-REQUESTED``.
 
         ``100-UNSCHEDULED`` keeps its round; any other terminal state goes to
@@ -364,6 +419,7 @@ class ProcessStateMachine:
             process: the record as last read, in a terminal state (not modified).
             updates: the request's fields (``configuration``, ``subscribers`` ...),
                 set as given.
+            reason: recorded with the event (e.g. a changed definition).
 
         Raises:
             TypeError: ``updates`` names an unknown or protected field.
@@ -378,9 +434,12 @@ class ProcessStateMachine:
         if candidate.state != ProcessState.UNSCHEDULED:
             candidate.round += 1
         candidate.state = ProcessState.REQUESTED
+        candidate.next_restart_at = None
+        candidate.failure_times = []
         for key, value in updates.items():
             setattr(candidate, key, value)
         self.store.update_process(candidate)
+        self.record(candidate, reason=reason)
         return candidate
 
     def restart_in_place(self, process: Process) -> Process:
@@ -403,9 +462,12 @@ class ProcessStateMachine:
         candidate.state = ProcessState.PENDING
         candidate.round += 1
         self.store.update_process(candidate)
+        self.record(candidate, reason="restarted by restart_process")
         return candidate
 
-    def terminate_unassigned(self, process: Process) -> Process:
+    def terminate_unassigned(
+        self, process: Process, reason: str = "terminated by terminate_process"
+    ) -> Process:
         """``terminate_process`` of a process on no agent: ``700-TERMINATED`` at once.
 
         Subscribers are notified after the write.
@@ -423,11 +485,17 @@ class ProcessStateMachine:
         """
         candidate = process.copy()
         candidate.state = ProcessState.TERMINATED
+        candidate.reason = reason
+        candidate.ended_at = self.clock()
+        candidate.next_restart_at = None
         self.store.update_process(candidate)
+        self.record(candidate, reason=reason)
         self.notify_process(candidate)
         return candidate
 
-    def begin_terminating(self, process: Process) -> Process:
+    def begin_terminating(
+        self, process: Process, reason: str = "stopped by the dispatcher (terminate_process)"
+    ) -> Process:
         """``terminate_process`` of an assigned process: ``600-TERMINATING``.
 
         Subscribers are notified after the write; the agent's heartbeat brings the
@@ -446,7 +514,9 @@ class ProcessStateMachine:
         """
         candidate = process.copy()
         candidate.state = ProcessState.TERMINATING
+        candidate.reason = reason
         self.store.update_process(candidate)
+        self.record(candidate, reason=reason)
         self.notify_process(candidate)
         return candidate
 
@@ -464,6 +534,7 @@ class ProcessStateMachine:
         """
         candidate = _assigned(assignment)
         self.store.update_process(candidate)
+        self.record(candidate)
         return candidate
 
     def assign_many(self, assignments: Sequence[Assignment]) -> list[tuple[Process, bool]]:
@@ -486,6 +557,9 @@ class ProcessStateMachine:
             return []
         candidates = [_assigned(assignment) for assignment in assignments]
         written = self._writer.update_many(candidates)
+        for candidate, done in zip(candidates, written, strict=True):
+            if done:
+                self.record(candidate)
         return list(zip(candidates, written, strict=True))
 
     # -- resources ------------------------------------------------------------------

@@ -63,7 +63,7 @@ from eeagent.errors import (
 )
 from eeagent.parameters import ParameterError, parse_parameters, program_name
 from eeagent.persistence import StateStore
-from eeagent.records import ProcessRecord, RetiringProgram
+from eeagent.records import OUTPUT_TAIL, ProcessRecord, RetiringProgram
 from eeagent.stopping import Stopper
 from eeagent.table import ProcessTable
 from eeagent.transitions import RESIGNAL_AFTER, observe
@@ -462,6 +462,25 @@ class EEAgent:
             table.set_state(record, seen.state, msg)
         if not record.live:
             record.pid = 0
+            if record.output is None:
+                record.output = self._output_tail(record)
+
+    def _output_tail(self, record: ProcessRecord) -> dict[str, str] | None:
+        """The end of an ended round's output (:data:`~eeagent.records.OUTPUT_TAIL`
+        bytes of each stream), or None when there is none or it cannot be read."""
+        if record.program is None:
+            return None
+        output: dict[str, str] = {}
+        for stream in ("stdout", "stderr"):
+            try:
+                data = self.control.read_log(record.program, stream, OUTPUT_TAIL)
+            except (BackendFaultError, BackendUnavailableError, OSError) as exc:
+                log.debug("cannot read the %s of %s: %s", stream, record.program, exc)
+                continue
+            if len(data) >= OUTPUT_TAIL:
+                data = data.lstrip(_CONTINUATION_BYTES)
+            output[stream] = data.decode("utf-8", "replace")
+        return output if any(output.values()) else None
 
     def _supervisor_note(self, record: ProcessRecord) -> str:
         """supervisord's own complaint: it writes ``supervisor: ...`` to the child's stderr."""

@@ -15,6 +15,7 @@ from pdcommon.states import ProcessState
 
 __all__ = [
     "LIVE_STATES",
+    "OUTPUT_TAIL",
     "TERMINAL_STATES",
     "ProcessRecord",
     "RememberedTerminate",
@@ -31,6 +32,10 @@ TERMINAL_STATES = (
     ProcessState.FAILED,
     ProcessState.REJECTED,
 )
+
+
+#: Bytes of each output stream an ended round reports.
+OUTPUT_TAIL = 4096
 
 
 def wire_state(state: str) -> list[int | str]:
@@ -59,6 +64,9 @@ class ProcessRecord(BaseModel):
         resignaled: the stop signal was sent a second time (see ``EEAgent``).
         pid: the process id last seen (0 when none).
         identity: the backend's pid-reuse-proof identity of ``pid``.
+        output: once the round ended, the last :data:`OUTPUT_TAIL` bytes of its
+            ``stdout`` and ``stderr`` (as text), sent with the heartbeat so that the
+            dispatcher keeps them after this agent forgets the round.
     """
 
     model_config = ConfigDict(extra="ignore", validate_assignment=False)
@@ -79,6 +87,7 @@ class ProcessRecord(BaseModel):
     resignaled: bool = False
     pid: int = 0
     identity: str | None = None
+    output: dict[str, str] | None = None
 
     @property
     def live(self) -> bool:
@@ -86,13 +95,20 @@ class ProcessRecord(BaseModel):
         return self.state in LIVE_STATES
 
     def report(self) -> dict[str, Any]:
-        """The heartbeat entry, exactly as the legacy agent sent it."""
-        return {
+        """The heartbeat entry: the legacy fields (``msg`` says why a round ended),
+        and for an ended round the additive ``exit_code`` and ``output`` (when known)."""
+        entry: dict[str, Any] = {
             "upid": self.upid,
             "round": str(self.round),
             "state": wire_state(self.state),
             "msg": str(self.msg),
         }
+        if self.state in TERMINAL_STATES:
+            if self.exit_code is not None and self.exit_code >= 0:
+                entry["exit_code"] = self.exit_code
+            if self.output:
+                entry["output"] = self.output
+        return entry
 
 
 class RetiringProgram(BaseModel):

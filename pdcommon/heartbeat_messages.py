@@ -52,6 +52,10 @@ __all__ = [
 
 #: Largest ``tail_bytes`` ``get_process_logs`` accepts (the eeagent's own limit).
 MAX_LOG_TAIL: Final = 4 * 1024 * 1024
+#: Characters of each output stream kept from a heartbeat (the agent sends 4 KiB).
+MAX_REPORTED_OUTPUT: Final = 8192
+#: Characters of a reported reason kept.
+MAX_REPORTED_REASON: Final = 1000
 #: Longest resource (eeagent) id accepted from a sender header.
 _MAX_RESOURCE_ID = 255
 _STATE = re.compile(r"^[0-9]{3}-[A-Z_]+$")
@@ -113,8 +117,39 @@ def _timestamp(value: Any) -> Any:
     return parsed
 
 
+def _lenient(kind: type) -> Any:
+    """An optional additive field: a value of the wrong type counts as absent."""
+
+    def check(value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, kind):
+            return None
+        return value
+
+    return BeforeValidator(check)
+
+
+def _output(value: Any) -> Any:
+    """``{"stdout": str, "stderr": str}`` cut to :data:`MAX_REPORTED_OUTPUT` each; else None."""
+    if not isinstance(value, dict):
+        return None
+    kept = {
+        stream: text[-MAX_REPORTED_OUTPUT:]
+        for stream, text in value.items()
+        if stream in ("stdout", "stderr") and isinstance(text, str)
+    }
+    return kept or None
+
+
 class ReportedProcess(BaseModel):
-    """One entry of a heartbeat's ``processes``: what the agent holds."""
+    """One entry of a heartbeat's ``processes``: what the agent holds.
+
+    ``upid``, ``round`` and ``state`` are the legacy fields (``msg`` is legacy too,
+    the string ``"None"`` when empty). The others are additive, sent by this
+    project's agents for an ended round: ``exit_code``, ``signal``, ``reason``
+    (the agent's words: "exited with code 3", "cannot start: ...") and ``output``
+    (``{"stdout", "stderr"}``: the last few KiB of each). A value of the wrong
+    type counts as absent.
+    """
 
     model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
 
@@ -122,6 +157,20 @@ class ReportedProcess(BaseModel):
     round: Annotated[int, BeforeValidator(_round)]
     #: Normalised to ``"NNN-NAME"``.
     state: Annotated[str, BeforeValidator(_state)]
+    msg: Annotated[str | None, _lenient(str)] = None
+    exit_code: Annotated[int | None, _lenient(int)] = None
+    signal: Annotated[int | None, _lenient(int)] = None
+    reason: Annotated[str | None, _lenient(str)] = None
+    output: Annotated[dict[str, str] | None, BeforeValidator(_output)] = None
+
+    @property
+    def why(self) -> str | None:
+        """The reason the agent gives: ``reason``, else a legacy ``msg`` other than "None"."""
+        if self.reason:
+            return self.reason[:MAX_REPORTED_REASON]
+        if self.msg and self.msg != "None":
+            return self.msg[:MAX_REPORTED_REASON]
+        return None
 
 
 class HeartbeatMessage(BaseModel):

@@ -56,6 +56,7 @@ __all__ = [
     "LocalSiteSettings",
     "ProcessDispatcherSettings",
     "ProvisionerSettings",
+    "RestartPolicySettings",
     "SecuritySettings",
     "Settings",
     "SiteSettings",
@@ -114,6 +115,18 @@ DEFAULT_CLOUD_SCALE_DOWN_GRACE = 600.0
 #: (the embedded default): an agent and its supervisord take ~65 MB whatever
 #: their slot count, so a few wide agents serve hundreds of local processes.
 DEFAULT_LOCAL_ENGINE_SLOTS = 64
+#: Events kept per process (``processdispatcher.process_events_kept``).
+DEFAULT_PROCESS_EVENTS_KEPT = 100
+#: Events kept in the whole store (``processdispatcher.events_kept_total``): about
+#: 300 bytes each without kept output, so ~60 MB at most.
+DEFAULT_EVENTS_KEPT_TOTAL = 200_000
+#: Restart policy defaults: a crash loop backs off 1 s, 2 s, 4 s ... up to 60 s and
+#: ends ``850-FAILED`` at the 10th failure within 10 minutes (about 4 minutes).
+DEFAULT_RESTART_INITIAL_DELAY = 1.0
+DEFAULT_RESTART_MAX_DELAY = 60.0
+DEFAULT_RESTART_FAILURE_LIMIT = 10
+DEFAULT_RESTART_INTERVAL = 600.0
+DEFAULT_RESTART_JITTER = 0.2
 #: Seconds a signed agent command stays valid after (and before) its timestamp:
 #: room for clock skew between hosts and for a command waiting in the agent's
 #: queue while the agent restarts (an unused queue expires after 60 s).
@@ -214,6 +227,26 @@ class DashiSettings(BaseModel):
         return value
 
 
+class RestartPolicySettings(BaseModel):
+    """A restart policy (docs/configuration.md "Restart policy"): backoff and a limit.
+
+    On top of the restart mode (which ends are restarted) and throttling: the n-th
+    restart within ``interval`` waits ``initial_delay * 2**(n-1)`` seconds (at most
+    ``max_delay``, give or take ``jitter`` of it), and the ``failure_limit``-th
+    restartable end within ``interval`` seconds ends the process ``850-FAILED``
+    instead ("restart limit reached"). ``failure_limit: 0`` restarts for ever and
+    ``initial_delay: 0`` restarts at once: both together are the legacy behaviour.
+    """
+
+    model_config = _Strict
+
+    initial_delay: float = Field(DEFAULT_RESTART_INITIAL_DELAY, ge=0, le=86400)
+    max_delay: float = Field(DEFAULT_RESTART_MAX_DELAY, ge=0, le=86400)
+    failure_limit: int = Field(DEFAULT_RESTART_FAILURE_LIMIT, ge=0, le=10000)
+    interval: float = Field(DEFAULT_RESTART_INTERVAL, gt=0, le=30 * 86400)
+    jitter: float = Field(DEFAULT_RESTART_JITTER, ge=0, le=1)
+
+
 class EngineSettings(BaseModel):
     """One entry of ``processdispatcher.engines`` (legacy keys)."""
 
@@ -232,6 +265,8 @@ class EngineSettings(BaseModel):
     deployable_type: str | None = None
     #: Name of the provisioner site (under ``provisioner.sites``) this engine uses.
     site: str | None = None
+    #: The restart policy of this engine's processes (default: the dispatcher's).
+    restart_policy: RestartPolicySettings | None = None
 
     @model_validator(mode="after")
     def _heartbeats(self) -> EngineSettings:
@@ -271,6 +306,14 @@ class ProcessDispatcherSettings(BaseModel):
     monitor_resource_heartbeats: bool = True
     #: Depth and size limits of request arguments (see :mod:`pdcommon.limits`).
     limits: RequestLimits = RequestLimits()
+    #: The restart policy of processes whose engine sets none.
+    restart_policy: RestartPolicySettings = RestartPolicySettings()
+    #: Events kept per process (the oldest go first).
+    process_events_kept: int = Field(DEFAULT_PROCESS_EVENTS_KEPT, ge=1, le=100_000)
+    #: Events kept in the whole store (the oldest go first).
+    events_kept_total: int = Field(DEFAULT_EVENTS_KEPT_TOTAL, ge=1)
+    #: Seconds any round may run before it is terminated (None: no limit).
+    max_process_age: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _engine_references(self) -> ProcessDispatcherSettings:

@@ -36,7 +36,7 @@ from typing import Any, Final, Generic, TypeVar
 
 from dashi import jsontree
 from dashi.gcpause import collector_paused
-from dispatcher.model import VM, Definition, Node, Process, Resource
+from dispatcher.model import VM, Definition, Node, Process, Resource, add_derived_process_keys
 
 __all__ = [
     "DEFINITION",
@@ -93,6 +93,7 @@ class Layout(Generic[_R]):
         wire_fields: the fields of ``to_dict()``, in its order (for the ``wire_dicts_*``
             methods, which build those dicts straight from stored values).
         wire_extra: constant members ``to_dict()`` adds after ``wire_fields``.
+        wire_derived: adds the members ``to_dict()`` derives from the others.
     """
 
     def __init__(
@@ -103,6 +104,7 @@ class Layout(Generic[_R]):
         *,
         wire_fields: Sequence[str] | None = None,
         wire_extra: dict[str, Any] | None = None,
+        wire_derived: Callable[[dict[str, Any]], None] | None = None,
     ) -> None:
         self.cls: type[_R] = cls
         self.key = key
@@ -113,6 +115,7 @@ class Layout(Generic[_R]):
         self._assigned = cls is Resource
         self._wire: tuple[tuple[str, ...], Callable[[Sequence[Any]], Any], dict[str, Any]] | None
         self._wire = None
+        self._derived = wire_derived
         if wire_fields is not None:
             index = {name: i for i, name in enumerate(self.fields)}
             self._wire = (
@@ -199,10 +202,13 @@ class Layout(Generic[_R]):
         if self._wire is None:
             raise TypeError(f"{self.cls.__name__} has no wire layout")
         names, pick, extra = self._wire
+        derived = self._derived
         result = []
         for values in records:
             data = dict(zip(names, pick(values), strict=True))
             data.update(extra)
+            if derived is not None:
+                derived(data)
             result.append(data)
         return result
 
@@ -216,10 +222,20 @@ DEFINITION: Final = Layout(Definition, "definition_id", ("executable", "version"
 PROCESS: Final = Layout(
     Process,
     "upid",
-    ("definition", "configuration", "constraints", "subscribers", "start_times", "dispatch_times"),
+    (
+        "definition",
+        "configuration",
+        "constraints",
+        "subscribers",
+        "start_times",
+        "dispatch_times",
+        "restart_policy",
+        "failure_times",
+    ),
     # Process.to_dict(): every field but the row version, then the legacy owner.
     wire_fields=tuple(f.name for f in dataclasses.fields(Process) if f.name != "version"),
     wire_extra={"owner": None},
+    wire_derived=add_derived_process_keys,
 )
 RESOURCE: Final = Layout(Resource, "resource_id", ("properties", "assigned"))
 NODE: Final = Layout(Node, "node_id", ("properties", "resources", "node_exclusive"))

@@ -33,13 +33,27 @@ Rules every implementation follows:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
-from typing import Any, Protocol
+from collections.abc import Callable, Collection, Sequence
+from typing import Any, Final, Protocol
 
 from dispatcher.model import VM, Definition, Node, Process, Resource
 from dispatcher.store.applied import AppliedRequest
 
-__all__ = ["ChangeListener", "Store"]
+__all__ = ["EVENT_KEYS", "ChangeListener", "Store"]
+
+#: The keys of a stored process event, besides the ``id`` the store gives it.
+EVENT_KEYS: Final = (
+    "upid",
+    "round",
+    "time",
+    "state",
+    "reason",
+    "agent",
+    "node",
+    "exit_code",
+    "signal",
+    "output",
+)
 
 ChangeListener = Callable[[str], None]
 
@@ -128,6 +142,21 @@ class Store(Protocol):
 
         Returns:
             How many records were removed.
+        """
+
+    # -- process events (see dispatcher.events) ---------------------------------------
+    def add_process_events(self, events: Sequence[dict[str, Any]]) -> None:
+        """Append events (dicts with the keys of :data:`EVENT_KEYS`), in order."""
+
+    def list_process_events(self, upid: str, limit: int) -> list[dict[str, Any]]:
+        """The last ``limit`` events of ``upid``, oldest first, each with its ``id``."""
+
+    def prune_process_events(self, per_process: int, total: int) -> int:
+        """Keep the newest ``per_process`` events of each process and the newest
+        ``total`` overall.
+
+        Returns:
+            How many events were removed.
         """
 
     # -- dispatcher-wide state ------------------------------------------------------

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import threading
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Generic, TypeVar
 
@@ -31,7 +31,7 @@ from dispatcher.store._codec import (
     json_copy,
 )
 from dispatcher.store.applied import AppliedRequest, claim, mark_recorded
-from dispatcher.store.base import ChangeListener
+from dispatcher.store.base import EVENT_KEYS, ChangeListener
 from pdcommon.states import ProcessDispatcherState
 
 __all__ = ["MemoryStore"]
@@ -121,6 +121,8 @@ class MemoryStore:
         self._owner: str | None = None
         self._applied: dict[str, AppliedRequest] = {}
         self._set_aside: dict[str, dict[str, Any]] = {}
+        self._events: list[dict[str, Any]] = []
+        self._event_ids = 0
 
     # -- lifecycle -------------------------------------------------------------------
     def add_listener(self, listener: ChangeListener) -> None:
@@ -343,6 +345,32 @@ class MemoryStore:
             for request_id in gone:
                 del self._applied[request_id]
             return len(gone)
+
+    # -- process events -------------------------------------------------------------
+    def add_process_events(self, events: Sequence[dict[str, Any]]) -> None:
+        rows = [{key: json_copy(event.get(key)) for key in EVENT_KEYS} for event in events]
+        with self._lock:
+            for row in rows:
+                self._event_ids += 1
+                self._events.append({"id": self._event_ids, **row})
+
+    def list_process_events(self, upid: str, limit: int) -> list[dict[str, Any]]:
+        with self._lock:
+            mine = [event for event in self._events if event["upid"] == upid]
+            return [json_copy(event) for event in mine[-limit:]] if limit > 0 else []
+
+    def prune_process_events(self, per_process: int, total: int) -> int:
+        with self._lock:
+            seen: dict[str, int] = {}
+            kept: list[dict[str, Any]] = []
+            for event in reversed(self._events):
+                count = seen.get(event["upid"], 0)
+                if count < per_process and len(kept) < total:
+                    kept.append(event)
+                seen[event["upid"]] = count + 1
+            removed = len(self._events) - len(kept)
+            self._events = kept[::-1]
+            return removed
 
     # -- dispatcher-wide state ------------------------------------------------------
     def get_pd_state(self) -> str:

@@ -9,6 +9,8 @@ Tables:
 ``definitions``  one row per definition (JSON: ``executable``, legacy ``version``).
 ``processes``    one row per process; ``id`` gives creation order, ``upid`` is unique,
                  ``version`` is the optimistic-concurrency counter.
+``process_events``  the bounded event history of each process (state changes with
+                 their time, round, agent, node, reason, exit code and kept output).
 ``queue``        ``(upid, round)`` entries; ``id`` gives FIFO order; duplicates allowed.
 ``resources``    eeagents, versioned.
 ``nodes``        VMs, versioned.
@@ -40,6 +42,7 @@ __all__ = [
     "metadata",
     "nodes",
     "pd_state",
+    "process_events",
     "processes",
     "queue",
     "resources",
@@ -90,8 +93,35 @@ processes = Table(
     Column("start_times", JSON),
     Column("dispatches", Integer, nullable=False),
     Column("dispatch_times", JSON),
+    Column("exit_code", Integer),
+    Column("signal", Integer),
+    Column("reason", Text),
+    Column("started_at", Float),
+    Column("ended_at", Float),
+    Column("restarts", Integer, nullable=False, server_default="0"),
+    Column("next_restart_at", Float),
+    Column("max_runtime_seconds", Float),
+    Column("restart_policy", JSON),
+    Column("failure_times", JSON),
     Column("version", Integer, nullable=False),
     Index(None, "state"),
+)
+
+process_events = Table(
+    "process_events",
+    metadata,
+    Column("id", _BigId, primary_key=True, autoincrement=True),
+    Column("upid", Text, nullable=False),
+    Column("round", Integer, nullable=False),
+    Column("time", Float, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("reason", Text),
+    Column("agent", Text),
+    Column("node", Text),
+    Column("exit_code", Integer),
+    Column("signal", Integer),
+    Column("output", JSON),
+    Index(None, "upid", "id"),
 )
 
 queue = Table(

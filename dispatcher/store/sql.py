@@ -29,7 +29,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Final, Generic, TypeVar
 
@@ -67,7 +67,7 @@ from dispatcher.store._codec import (
     gc_paused,
 )
 from dispatcher.store.applied import AppliedRequest, claim, mark_recorded
-from dispatcher.store.base import ChangeListener
+from dispatcher.store.base import EVENT_KEYS, ChangeListener
 from dispatcher.store.engine import (
     PG_POOL_SIZE,
     WRITE,
@@ -82,6 +82,7 @@ from dispatcher.store.schema import (
     engines,
     nodes,
     pd_state,
+    process_events,
     processes,
     queue,
     resources,
@@ -219,6 +220,35 @@ _PRUNE_APPLIED: Final = delete(applied_requests).where(
     (applied_requests.c.applied_at < bindparam("before"))
     | (applied_requests.c.applied_at <= _KEPT_FROM)
 )
+_ADD_EVENTS: Final = insert(process_events)
+_LIST_EVENTS: Final = (
+    select(process_events.c.id, *(process_events.c[key] for key in EVENT_KEYS))
+    .where(process_events.c.upid == bindparam("upid"))
+    .order_by(process_events.c.id.desc())
+    .limit(bindparam("limit"))
+)
+#: Events beyond the newest ``per_process`` of their process (a window function:
+#: SQLite 3.25+, PostgreSQL).
+_EVENT_RANKS: Final = select(
+    process_events.c.id,
+    func.row_number()
+    .over(partition_by=process_events.c.upid, order_by=process_events.c.id.desc())
+    .label("rank"),
+).subquery()
+_PRUNE_EVENTS_PER_PROCESS: Final = delete(process_events).where(
+    process_events.c.id.in_(
+        select(_EVENT_RANKS.c.id).where(_EVENT_RANKS.c.rank > bindparam("per_process"))
+    )
+)
+#: The id of the newest event beyond the ``total`` newest (NULL if none).
+_EVENTS_KEPT_FROM: Final = (
+    select(process_events.c.id)
+    .order_by(process_events.c.id.desc())
+    .limit(1)
+    .offset(bindparam("total"))
+    .scalar_subquery()
+)
+_PRUNE_EVENTS_TOTAL: Final = delete(process_events).where(process_events.c.id <= _EVENTS_KEPT_FROM)
 
 
 def _add_process_queued_pg(record_applied: bool = False) -> Insert:
@@ -713,6 +743,29 @@ class SqlStore:
             lambda conn: conn.execute(_PRUNE_APPLIED, params).rowcount,
         )
         return removed
+
+    # -- process events -------------------------------------------------------------
+    def add_process_events(self, events: Sequence[dict[str, Any]]) -> None:
+        if not events:
+            return
+        rows = [{key: event.get(key) for key in EVENT_KEYS} for event in events]
+        self._write("events", "add_process_events", lambda conn: conn.execute(_ADD_EVENTS, rows))
+
+    def list_process_events(self, upid: str, limit: int) -> list[dict[str, Any]]:
+        params = {"upid": upid, "limit": limit}
+        rows = self._read(
+            "list_process_events", lambda conn: conn.execute(_LIST_EVENTS, params).all()
+        )
+        return [dict(row._mapping) for row in reversed(rows)]
+
+    def prune_process_events(self, per_process: int, total: int) -> int:
+        def run(conn: Connection) -> int:
+            removed = conn.execute(_PRUNE_EVENTS_PER_PROCESS, {"per_process": per_process})
+            count = int(removed.rowcount)
+            return count + int(conn.execute(_PRUNE_EVENTS_TOTAL, {"total": total}).rowcount)
+
+        pruned: int = self._write("events", "prune_process_events", run)
+        return pruned
 
     # -- dispatcher-wide state ------------------------------------------------------
     def _state_values(self, operation: str) -> dict[str, str]:

@@ -191,8 +191,8 @@ def test_a_repeated_schedule_of_an_in_play_process_writes_nothing_but_nudges_the
     assigned = "hats" if state >= ProcessState.ASSIGNED else None
     put_process(store, "proc1", state, round_=3, assigned=assigned, configuration=None)
     version = store.get_process("proc1").version  # type: ignore[union-attr]
-    # When the identical schedule is repeated (definition_id is not checked)
-    result = core.schedule_process("proc1", "someotherdefinition")
+    # When the identical schedule is repeated (with the same definition)
+    result = core.schedule_process("proc1", DEFINITION_ID)
     # Then the current state comes back, the record is untouched, and (proc1, 3) is queued
     assert result == {"upid": "proc1", "state": state, "round": 3, "assigned": assigned}
     assert store.get_process("proc1").version == version  # type: ignore[union-attr]
@@ -279,8 +279,8 @@ def test_rescheduling_a_terminal_process_requests_it_in_the_next_round(
         node_exclusive="tag",
         starts=3,
     )
-    # When it is scheduled again with no arguments (a definition_id is ignored)
-    result = core.schedule_process("proc1", "ignored-definition")
+    # When it is scheduled again with no arguments but its own definition_id
+    result = core.schedule_process("proc1", DEFINITION_ID)
     # Then REQUESTED in round 3, queued under round 3
     assert result == {
         "upid": "proc1",
@@ -392,6 +392,10 @@ def test_describe_process_and_describe_processes_return_full_records(
         "owner", "upid", "name", "state", "round", "definition", "configuration",
         "constraints", "subscribers", "queueing_mode", "restart_mode", "node_exclusive",
         "assigned", "hostname", "starts", "start_times", "dispatches", "dispatch_times",
+        # new, additive keys (docs/rpc.md "Process records")
+        "exit_code", "signal", "reason", "started_at", "ended_at", "restarts",
+        "next_restart_at", "max_runtime_seconds", "restart_policy", "failure_times",
+        "effective_restart_mode",
     }  # fmt: skip
     # When proc2 is scheduled too, Then there are two (any order)
     core.schedule_process("proc2", DEFINITION_ID)

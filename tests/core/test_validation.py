@@ -310,8 +310,11 @@ def test_rpc_operations_are_methods_with_the_legacy_keyword_names(
         "schedule_process": [
             "upid", "definition_id", "configuration", "subscribers", "constraints",
             "queueing_mode", "restart_mode", "execution_engine_id", "node_exclusive", "name",
+            # new, optional (after the legacy ones)
+            "restart_policy", "max_runtime_seconds",
         ],
         "describe_process": ["upid"],
+        "describe_process_events": ["upid", "limit"],
         "describe_processes": [],
         "restart_process": ["upid"],
         "terminate_process": ["upid"],

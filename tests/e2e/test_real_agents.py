@@ -72,7 +72,13 @@ class Agent:
 class Cluster:
     """A dispatcher, its client, and agents started on demand."""
 
-    def __init__(self, tmp_path: Path, amqp_uri: str, slots: int = 4) -> None:
+    def __init__(
+        self,
+        tmp_path: Path,
+        amqp_uri: str,
+        slots: int = 4,
+        overrides: dict[str, Any] | None = None,
+    ) -> None:
         self.tmp_path = tmp_path
         self.amqp_uri = amqp_uri
         self.slots = slots
@@ -95,6 +101,7 @@ class Cluster:
                 },
                 "processdispatcher.default_engine": "engine1",
                 "provisioner.driver": "static",
+                **(overrides or {}),
             }
         )
         self.service = DispatcherService.build(settings, stop_supervisord=stop_left_supervisord)

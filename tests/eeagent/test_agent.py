@@ -532,21 +532,36 @@ def test_cleanup_of_a_rejected_process_forgets_it(agent: EEAgent) -> None:
 # -- heartbeats -------------------------------------------------------------------
 
 
-def test_the_heartbeat_has_exactly_the_legacy_fields(
+def test_the_heartbeat_has_the_legacy_fields_and_an_ended_rounds_additive_ones(
     agent: EEAgent, control: FakeProcessControl
 ) -> None:
     agent.launch_process("p1", 7, "supd", sleeper())
     agent.launch_process("p2", 1, "supd", sleeper())
+    control.programs["p2-1"].logs["stderr"] = b"x" * 5000 + b"\nboom\n"
     control.exit("p2-1", 2)
     agent.poll()
     beat = agent.heartbeat()
     assert list(beat) == ["eeagent_id", "node_id", "timestamp", "processes"]
     assert beat["eeagent_id"] == "agent1" and beat["node_id"] == "node1"
     assert datetime.fromisoformat(beat["timestamp"]).utcoffset() is not None
-    assert beat["processes"] == [
-        {"upid": "p1", "round": "7", "state": [500, "RUNNING"], "msg": "None"},
-        {"upid": "p2", "round": "1", "state": [850, "FAILED"], "msg": "exited with code 2"},
-    ]
+    # A running process: exactly the legacy fields
+    assert beat["processes"][0] == {
+        "upid": "p1",
+        "round": "7",
+        "state": [500, "RUNNING"],
+        "msg": "None",
+    }
+    # An ended one: the legacy fields, then its exit code and the end of its output
+    ended = beat["processes"][1]
+    assert {k: ended[k] for k in ("upid", "round", "state", "msg")} == {
+        "upid": "p2",
+        "round": "1",
+        "state": [850, "FAILED"],
+        "msg": "exited with code 2",
+    }
+    assert ended["exit_code"] == 2
+    assert ended["output"]["stderr"].endswith("\nboom\n")
+    assert len(ended["output"]["stderr"]) == 4096
 
 
 def test_the_heartbeat_leaves_out_node_id_when_none_is_configured(tmp_path: Path) -> None:

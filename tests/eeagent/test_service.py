@@ -98,7 +98,13 @@ def test_a_state_change_seen_by_the_monitor_is_reported_at_once(
     # Then the very next heartbeat reports it, and it is the only one
     beat = pd.next()[0]
     assert beat["processes"] == [
-        {"upid": "p1", "round": "1", "state": [850, "FAILED"], "msg": "exited with code 3"}
+        {
+            "upid": "p1",
+            "round": "1",
+            "state": [850, "FAILED"],
+            "msg": "exited with code 3",
+            "exit_code": 3,
+        }
     ]
     heartbeater = fake_service[0].heartbeater
     heartbeater.stop(final=False)  # joined: its count is final

@@ -41,6 +41,7 @@ LEGACY_POSITIONAL = {
     "node_state": ["node_id", "domain_id", "state"],
     "add_engine": ["definition"],
     "get_process_logs": ["upid"],
+    "describe_process_events": ["upid"],
 }
 
 
