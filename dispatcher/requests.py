@@ -46,6 +46,7 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BeforeValidator, ValidationError
 
+from pdcommon.auth import OperationRole
 from pdcommon.limits import RequestLimits, check_executable
 from pdcommon.requests import (
     Identifier,
@@ -125,6 +126,7 @@ class CreateDefinitionRequest(Request):
     """``create_definition(definition_id, definition_type, executable, name, description)``."""
 
     operation: ClassVar[str] = "create_definition"
+    role: ClassVar[OperationRole] = OperationRole.OPERATOR
     replay: ClassVar[ReplayKind | None] = "definition"
 
     definition_id: Identifier
@@ -141,12 +143,14 @@ class UpdateDefinitionRequest(CreateDefinitionRequest):
     """``update_definition``: the same arguments as ``create_definition``."""
 
     operation: ClassVar[str] = "update_definition"
+    role: ClassVar[OperationRole] = OperationRole.OPERATOR
 
 
 class DescribeDefinitionRequest(Request):
     """``describe_definition(definition_id)``."""
 
     operation: ClassVar[str] = "describe_definition"
+    role: ClassVar[OperationRole] = OperationRole.READER
     definition_id: Identifier
 
 
@@ -154,6 +158,7 @@ class RemoveDefinitionRequest(DescribeDefinitionRequest):
     """``remove_definition(definition_id)``."""
 
     operation: ClassVar[str] = "remove_definition"
+    role: ClassVar[OperationRole] = OperationRole.OPERATOR
     replay: ClassVar[ReplayKind | None] = "definition"
 
 
@@ -161,6 +166,7 @@ class ListDefinitionsRequest(Request):
     """``list_definitions()``: no arguments."""
 
     operation: ClassVar[str] = "list_definitions"
+    role: ClassVar[OperationRole] = OperationRole.READER
 
 
 # -- processes -------------------------------------------------------------------------
@@ -170,6 +176,7 @@ class CreateProcessRequest(Request):
     """``create_process(upid, definition_id, name=None)``."""
 
     operation: ClassVar[str] = "create_process"
+    role: ClassVar[OperationRole] = OperationRole.OPERATOR
     replay: ClassVar[ReplayKind | None] = "process"
 
     upid: Identifier
@@ -181,6 +188,7 @@ class ScheduleProcessRequest(Request):
     """``schedule_process(upid, definition_id=None, ..., name=None)``."""
 
     operation: ClassVar[str] = "schedule_process"
+    role: ClassVar[OperationRole] = OperationRole.OPERATOR
     replay: ClassVar[ReplayKind | None] = "process"
 
     upid: Identifier
@@ -239,6 +247,7 @@ class DescribeProcessRequest(Request):
     """
 
     operation: ClassVar[str] = "describe_process"
+    role: ClassVar[OperationRole] = OperationRole.READER
     upid: str
 
 
@@ -246,6 +255,7 @@ class DescribeProcessesRequest(Request):
     """``describe_processes()``: no arguments; the reply lists every process."""
 
     operation: ClassVar[str] = "describe_processes"
+    role: ClassVar[OperationRole] = OperationRole.READER
     large_reply: ClassVar[bool] = True
 
 
@@ -253,6 +263,7 @@ class RestartProcessRequest(Request):
     """``restart_process(upid)``."""
 
     operation: ClassVar[str] = "restart_process"
+    role: ClassVar[OperationRole] = OperationRole.OPERATOR
     replay: ClassVar[ReplayKind | None] = "process"
     upid: Identifier
 
@@ -261,6 +272,7 @@ class TerminateProcessRequest(Request):
     """``terminate_process(upid)``."""
 
     operation: ClassVar[str] = "terminate_process"
+    role: ClassVar[OperationRole] = OperationRole.OPERATOR
     replay: ClassVar[ReplayKind | None] = "process"
     upid: Identifier
 
@@ -272,6 +284,7 @@ class SetSystemBootRequest(Request):
     """``set_system_boot(system_boot)``: exactly ``True`` or ``False``."""
 
     operation: ClassVar[str] = "set_system_boot"
+    role: ClassVar[OperationRole] = OperationRole.ADMIN
     system_boot: bool
 
     @classmethod
@@ -283,4 +296,5 @@ class DumpRequest(Request):
     """``dump()``: no arguments; the reply holds every process, resource and node."""
 
     operation: ClassVar[str] = "dump"
+    role: ClassVar[OperationRole] = OperationRole.READER
     large_reply: ClassVar[bool] = True
