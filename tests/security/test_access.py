@@ -186,9 +186,8 @@ def test_each_role_can_do_exactly_its_operations(
 
 
 def test_a_refusal_names_the_operation_and_the_principal(secured: Harness) -> None:
-    with caller(secured, "rita", SECRETS["rita"]) as rpc:
-        with pytest.raises(BadRequestError) as info:
-            rpc.call("process_dispatcher", "terminate_process", upid="scheduled")
+    with caller(secured, "rita", SECRETS["rita"]) as rpc, pytest.raises(BadRequestError) as info:
+        rpc.call("process_dispatcher", "terminate_process", upid="scheduled")
     assert info.value.value == (
         "not authorized: terminate_process by rita (role reader; terminate_process needs operator)"
     )
