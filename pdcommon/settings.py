@@ -43,6 +43,7 @@ from pydantic import (
     model_validator,
 )
 
+from dashi.broker import mask_uri as _mask_uri
 from dashi.protocol import DEFAULT_MAX_MESSAGE_SIZE
 from pdcommon.errors import ConfigError
 from pdcommon.limits import RequestLimits
@@ -178,9 +179,23 @@ class AmqpSettings(BaseModel):
     exchange: str = DEFAULT_EXCHANGE
     heartbeat: int = Field(DEFAULT_AMQP_HEARTBEAT, ge=0)
     ssl: bool = False
+    #: TLS to the broker (``amqps://`` URLs): the CA file the broker's certificate
+    #: must chain to, and this program's client certificate and key (mutual TLS).
+    ssl_ca: str | None = None
+    ssl_cert: str | None = None
+    ssl_key: str | None = None
     #: Largest reply body (bytes) a service publishes; set it to the broker's
     #: ``max_message_size`` when that is lowered.
     max_message_size: int = Field(DEFAULT_MAX_MESSAGE_SIZE, gt=0)
+
+    def __repr_args__(self) -> Any:
+        # The URL and the legacy password hold the broker's credentials: masked.
+        for name, value in super().__repr_args__():
+            if name == "uri" and isinstance(value, str):
+                value = _mask_uri(value)
+            elif name == "password" and value is not None:
+                value = "***"
+            yield name, value
 
     def resolved_uri(self) -> str:
         """The kombu URL: ``uri`` if set, else one built from the legacy keys, else embedded."""

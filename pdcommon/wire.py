@@ -49,6 +49,9 @@ def broker_config(settings: Settings) -> BrokerConfig:
         state_dir=settings.state_dir,
         send_tracebacks=settings.dashi.send_tracebacks,
         ssl=amqp.ssl,
+        ssl_ca=amqp.ssl_ca,
+        ssl_cert=amqp.ssl_cert,
+        ssl_key=amqp.ssl_key,
         max_message_size=amqp.max_message_size,
     )
 

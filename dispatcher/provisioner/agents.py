@@ -31,6 +31,7 @@ class AgentTemplate:
         sysname: ``dashi.sysname``.
         pd_name: the dispatcher's service name (``pd.name`` of the agents).
         ssl: TLS to the broker.
+        ssl_ca: ``server.amqp.ssl_ca`` (and ``ssl_cert``, ``ssl_key``), passed on.
         hmac_key: the master the agents' keys derive from
             (``security.hmac_key``; ``None``: agents get no key).
         next_hmac_key: the next master during a rotation (``next_agent_key``).
@@ -42,6 +43,9 @@ class AgentTemplate:
     sysname: str | None = None
     pd_name: str = DEFAULT_SERVICE_NAME
     ssl: bool = False
+    ssl_ca: str | None = None
+    ssl_cert: str | None = None
+    ssl_key: str | None = None
     hmac_key: SecretStr | None = field(default=None, repr=False)
     next_hmac_key: SecretStr | None = field(default=None, repr=False)
     signature_max_age: float | None = None
@@ -56,6 +60,9 @@ class AgentTemplate:
             sysname=settings.dashi.sysname,
             pd_name=settings.processdispatcher.service_name,
             ssl=amqp.ssl,
+            ssl_ca=amqp.ssl_ca,
+            ssl_cert=amqp.ssl_cert,
+            ssl_key=amqp.ssl_key,
             hmac_key=settings.security.hmac_key,
             next_hmac_key=settings.security.next_hmac_key,
             signature_max_age=settings.security.signature_max_age,
@@ -83,6 +90,10 @@ class AgentTemplate:
         amqp: dict[str, Any] = {"uri": self.amqp_uri, "exchange": self.exchange}
         if self.ssl:
             amqp["ssl"] = True
+        # The same files, at the same paths (a cloud image must provide them there).
+        for option in ("ssl_ca", "ssl_cert", "ssl_key"):
+            if getattr(self, option) is not None:
+                amqp[option] = getattr(self, option)
         config: dict[str, Any] = {
             "state_dir": state_dir,
             "server": {"amqp": amqp},
