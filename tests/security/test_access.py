@@ -198,3 +198,16 @@ def test_the_client_library_signs_as_its_configured_principal(secured: Harness) 
     # The harness's client is configured as ada (security.client)
     secured.client.schedule_process("p-lib", "D")
     assert secured.client.describe_process("p-lib") is not None
+
+
+def test_a_dispatcher_on_a_real_broker_without_principals_warns_once_and_serves_everyone(
+    harness_factory: Callable[..., Harness], caplog: pytest.LogCaptureFixture
+) -> None:
+    # Given no principals, on RabbitMQ
+    with caplog.at_level(logging.WARNING, logger="dispatcher.service"):
+        harness = harness_factory()
+    warnings = [r.getMessage() for r in caplog.records if "no principals" in r.getMessage()]
+    assert len(warnings) == 1 and "guest:***@" in warnings[0]
+    # Then an unauthenticated client may do everything, as with the legacy system
+    with caller(harness, None, None) as rpc:
+        assert not any(refused(rpc, op) for op in RPC_OPERATIONS if op != "heartbeat")
