@@ -211,3 +211,60 @@ def test_a_dispatcher_on_a_real_broker_without_principals_warns_once_and_serves_
     # Then an unauthenticated client may do everything, as with the legacy system
     with caller(harness, None, None) as rpc:
         assert not any(refused(rpc, op) for op in RPC_OPERATIONS if op != "heartbeat")
+
+
+def _pd_cli(secured: Harness, env: dict[str, str], *args: str) -> Any:
+    from click.testing import CliRunner
+
+    from cli.pdcli import main as pd_cli
+
+    sysname = secured.settings.dashi.sysname
+    assert sysname is not None
+    base = {
+        "PD_AMQP_URI": secured.settings.amqp_uri,
+        "PD_STATE_DIR": str(secured.settings.state_dir),
+    }
+    return CliRunner().invoke(
+        pd_cli, ["--sysname", sysname, "--timeout", "20", *args], env={**base, **env}
+    )
+
+
+def test_pd_cli_authenticates_with_pd_principal_and_pd_secret(secured: Harness) -> None:
+    # As the operator: a schedule is carried out
+    otto = {"PD_PRINCIPAL": "otto", "PD_SECRET": SECRETS["otto"]}
+    result = _pd_cli(secured, otto, "process", "schedule", "cli-p1", "--definition", "D")
+    assert result.exit_code == 0, result.output
+    assert secured.client.describe_process("cli-p1") is not None
+    # As the reader: refused, naming the operation and the principal, not the secret
+    rita = {"PD_PRINCIPAL": "rita", "PD_SECRET": SECRETS["rita"]}
+    result = _pd_cli(secured, rita, "process", "terminate", "cli-p1")
+    assert result.exit_code != 0
+    assert "not authorized: terminate_process by rita" in result.output
+    assert SECRETS["rita"] not in result.output
+    # Without credentials: refused (require_auth)
+    result = _pd_cli(secured, {}, "definition", "list")
+    assert result.exit_code != 0 and "unauthenticated" in result.output
+
+
+def test_pd_dispatcher_prints_a_principals_secret_hash_and_an_agents_key(
+    tmp_path: Any,
+) -> None:
+    from click.testing import CliRunner
+
+    from cli.dispatcher import main as pd_dispatcher
+    from dashi.security import derive_key
+
+    runner = CliRunner()
+    result = runner.invoke(pd_dispatcher, ["principal-hash"], input=SECRETS["ada"] + "\n")
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == principal_key(SECRETS["ada"]).hex()
+    config = tmp_path / "pd.yml"
+    config.write_text(
+        f"dashi: {{sysname: s1}}\nsecurity: {{hmac_key: {MASTER}}}\nstate_dir: {tmp_path}\n"
+    )
+    result = runner.invoke(pd_dispatcher, ["--config", str(config), "agent-key", "web-0"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == derive_key(MASTER, "s1.web-0").hex()
+    # Without a next master, --next is a usage error naming the key
+    result = runner.invoke(pd_dispatcher, ["--config", str(config), "agent-key", "--next", "web-0"])
+    assert result.exit_code == 2 and "next_hmac_key" in result.output
