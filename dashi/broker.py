@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import socket
 import ssl
 import urllib.parse
@@ -35,6 +34,7 @@ import amqp.exceptions
 import kombu
 
 from dashi.errors import AccessRefusedError, DiskFullError
+from dashi.masking import mask_uri
 from dashi.protocol import DEFAULT_MAX_MESSAGE_SIZE
 from dashi.transport import embedded
 from dashi.transport.folder import BrokerFolderMissingError
@@ -48,13 +48,6 @@ CONNECT_TIMEOUT = 5.0
 
 #: What writing a file raises when the disk (or the user's quota) is full.
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
-
-_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)(?P<user>[^:@/]*)(?::[^@/]*)?@")
-
-
-def mask_uri(uri: str) -> str:
-    """Return ``uri`` with any password replaced by ``***``."""
-    return _CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:***@", uri)
 
 
 def describe_failure(exc: BaseException) -> str:

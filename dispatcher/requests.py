@@ -46,7 +46,6 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BeforeValidator, ValidationError
 
-from pdcommon.auth import OperationRole
 from pdcommon.limits import RequestLimits, check_executable
 from pdcommon.requests import (
     Identifier,
@@ -56,6 +55,7 @@ from pdcommon.requests import (
     Request,
     json_value,
 )
+from pdcommon.roles import OperationRole
 from pdcommon.states import QueueingMode, RestartMode
 
 __all__ = [

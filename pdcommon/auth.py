@@ -28,7 +28,6 @@ the password. :class:`AccessGuard` runs before every handler and:
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import logging
 import reprlib
@@ -47,6 +46,7 @@ from dashi.security import (
     NotAuthorizedError,
     SignatureVerifier,
 )
+from pdcommon.roles import OperationRole
 
 __all__ = [
     "AccessGuard",
@@ -60,24 +60,6 @@ log = logging.getLogger(__name__)
 
 #: The prefix hashed with a principal's secret into its signing key.
 _PRINCIPAL_KEY_PREFIX = b"process-dispatcher principal v1\x00"
-
-
-class OperationRole(enum.Enum):
-    """The least role an operation needs (``AGENT``: agents only)."""
-
-    READER = "reader"
-    OPERATOR = "operator"
-    ADMIN = "admin"
-    AGENT = "agent"
-
-    def allows(self, needed: OperationRole) -> bool:
-        """Whether a principal of this role may call an operation needing ``needed``."""
-        if needed is OperationRole.AGENT or self is OperationRole.AGENT:
-            return self is needed
-        return _RANK[self] >= _RANK[needed]
-
-
-_RANK = {OperationRole.READER: 0, OperationRole.OPERATOR: 1, OperationRole.ADMIN: 2}
 
 
 def principal_key(secret: str | SecretStr) -> bytes:

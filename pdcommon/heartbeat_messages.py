@@ -34,8 +34,8 @@ from pydantic import (
 )
 
 from dashi.errors import BadRequestError
-from pdcommon.auth import OperationRole
 from pdcommon.requests import Identifier, JsonObject, Request
+from pdcommon.roles import OperationRole
 
 __all__ = [
     "MAX_LOG_TAIL",

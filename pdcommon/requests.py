@@ -20,8 +20,8 @@ from pydantic import AfterValidator, ConfigDict, ValidationError
 from dashi import jsontree
 from dashi.errors import BadRequestError
 from dashi.operations import OperationRequest
-from pdcommon.auth import OperationRole
 from pdcommon.limits import DEFAULT_LIMITS, LimitError, RequestLimits, check_arguments
+from pdcommon.roles import OperationRole
 
 __all__ = [
     "Identifier",

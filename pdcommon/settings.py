@@ -43,7 +43,7 @@ from pydantic import (
     model_validator,
 )
 
-from dashi.broker import mask_uri as _mask_uri
+from dashi.masking import mask_uri as _mask_uri
 from dashi.protocol import DEFAULT_MAX_MESSAGE_SIZE
 from pdcommon.errors import ConfigError
 from pdcommon.limits import RequestLimits
