@@ -13,6 +13,12 @@ in this process, one per client thread. Measured per store:
 Targets: >= 500 ``schedule_process``/s with 8 clients on PostgreSQL;
 ``describe_processes`` over 100,000 processes in under 2 s.
 
+With ``--auth``, the daemon has a principal (``security.principals``) and only
+``schedule_process`` is measured, in ``--rounds`` alternating rounds (the order
+flips each round): unsigned clients, and clients signing every request as the principal (HMAC over the request,
+timestamp and nonce, checked before the handler), at 1 and 8 clients. Target: the
+authenticated rate within 10 % of the unsigned one.
+
 Usage::
 
     .venv/bin/python bench/rpc_ops.py                  # private RabbitMQ + PostgreSQL, SQLite
@@ -20,6 +26,7 @@ Usage::
         --postgres postgresql+psycopg://user@127.0.0.1/empty_db
     .venv/bin/python bench/rpc_ops.py --transport embedded --backends sqlite
     .venv/bin/python bench/rpc_ops.py --calls 500 --sizes 10000   # a quicker run
+    .venv/bin/python bench/rpc_ops.py --auth --backends postgres --rounds 3
 """
 
 from __future__ import annotations
@@ -45,10 +52,12 @@ sys.path.insert(0, str(ROOT))
 
 from dashi.broker import BrokerConfig  # noqa: E402
 from dashi.client import RpcClient  # noqa: E402
+from dashi.security import MessageSigner  # noqa: E402
 from dispatcher.client import ProcessDispatcherClient  # noqa: E402
 from dispatcher.model import Process  # noqa: E402
 from dispatcher.store.schema import processes  # noqa: E402
 from dispatcher.store.sql import SqlStore  # noqa: E402
+from pdcommon.auth import principal_key  # noqa: E402
 
 SERVICE = "process_dispatcher"
 DEFINITION_ID = "bench-def"
@@ -56,6 +65,8 @@ EXECUTABLE = {"exec": "/bin/sleep", "argv": ["1000"]}
 #: Seconds a listing call may take before the bench gives up on it.
 LISTING_TIMEOUT = 300.0
 BULK_CHUNK = 5000
+#: The principal of ``--auth`` runs, and its secret.
+PRINCIPAL, SECRET = "bench-operator", "bench-operator-secret-0123456789"
 
 
 # --------------------------------------------------------------------------- the daemon
@@ -64,16 +75,22 @@ BULK_CHUNK = 5000
 class Daemon:
     """A ``pd-dispatcher`` subprocess on the given broker and database."""
 
-    def __init__(self, state_dir: Path, amqp_uri: str, database_url: str, sysname: str) -> None:
+    def __init__(
+        self, state_dir: Path, amqp_uri: str, database_url: str, sysname: str, auth: bool = False
+    ) -> None:
         self.state_dir = state_dir
         self.sysname = sysname
         self.amqp_uri = amqp_uri
-        config = {
+        #: Whether new clients sign their requests as the principal.
+        self.signing = False
+        config: dict[str, Any] = {
             "server": {"amqp": {"uri": amqp_uri}},
             "dashi": {"sysname": sysname},
             "processdispatcher": {"database_url": database_url},
             "provisioner": {"driver": "static"},
         }
+        if auth:
+            config["security"] = {"principals": {PRINCIPAL: {"role": "operator", "secret": SECRET}}}
         self.config_path = state_dir / "dispatcher.yml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.log_path = state_dir / "dispatcher.log"
@@ -93,7 +110,10 @@ class Daemon:
         return BrokerConfig(uri=self.amqp_uri, sysname=self.sysname, state_dir=self.state_dir)
 
     def client(self, name: str, timeout: float = 30.0) -> ProcessDispatcherClient:
-        rpc = RpcClient(self.broker(), name, timeout=timeout)
+        signer = None
+        if self.signing:
+            signer = MessageSigner(principal_key(SECRET), principal=PRINCIPAL)
+        rpc = RpcClient(self.broker(), name, timeout=timeout, signer=signer)
         return ProcessDispatcherClient(rpc, SERVICE, timeout=timeout)
 
     def wait_ready(self, timeout: float = 60.0) -> None:
@@ -208,14 +228,9 @@ def bulk_insert(database_url: str, start: int, count: int) -> None:
         store.close()
 
 
-def bench_store(label: str, daemon: Daemon, database_url: str, options: argparse.Namespace) -> None:
-    print(f"\n{label} ({options.transport} transport):", flush=True)
-    daemon.wait_ready()
-    with daemon.client("bench-setup") as setup:
-        setup.create_definition(DEFINITION_ID, "supd", EXECUTABLE)
-    scheduled: list[str] = []
-    lock = threading.Lock()
-
+def _scheduler(
+    scheduled: list[str], lock: threading.Lock
+) -> Callable[[str], Callable[[ProcessDispatcherClient, int], Any]]:
     def schedule(tag: str) -> Callable[[ProcessDispatcherClient, int], Any]:
         def op(client: ProcessDispatcherClient, i: int) -> Any:
             upid = f"{tag}-{i}"
@@ -226,6 +241,51 @@ def bench_store(label: str, daemon: Daemon, database_url: str, options: argparse
             return result
 
         return op
+
+    return schedule
+
+
+def bench_auth(label: str, daemon: Daemon, options: argparse.Namespace) -> None:
+    """``schedule_process`` rates, unsigned and signed as a principal, alternating."""
+    print(f"\n{label} ({options.transport} transport), authentication off/on:", flush=True)
+    daemon.wait_ready()
+    with daemon.client("bench-setup") as setup:
+        setup.create_definition(DEFINITION_ID, "supd", EXECUTABLE)
+    schedule = _scheduler([], threading.Lock())
+    rates: dict[tuple[int, bool], list[float]] = {}
+    for round_ in range(options.rounds):
+        for clients in (1, 8):
+            calls = options.calls if clients == 1 else options.calls * 2
+            # The order flips every round, so neither side always runs on the
+            # larger table or right after the other's load.
+            for signing in (False, True) if round_ % 2 == 0 else (True, False):
+                daemon.signing = signing
+                tag = f"r{round_}-c{clients}-{'a' if signing else 'u'}"
+                figures = concurrent_rate(daemon, clients, calls, schedule(tag))
+                rates.setdefault((clients, signing), []).append(figures[0])
+                report_rate(
+                    f"round {round_ + 1}: schedule x{clients} {'signed' if signing else 'unsigned'}",
+                    figures,
+                )
+    daemon.signing = False
+    for clients in (1, 8):
+        plain = statistics.median(rates[(clients, False)])
+        signed = statistics.median(rates[(clients, True)])
+        print(
+            f"  median schedule_process x{clients}: unsigned {plain:,.0f}/s, "
+            f"signed {signed:,.0f}/s ({(signed - plain) / plain * 100:+.1f} %)",
+            flush=True,
+        )
+
+
+def bench_store(label: str, daemon: Daemon, database_url: str, options: argparse.Namespace) -> None:
+    print(f"\n{label} ({options.transport} transport):", flush=True)
+    daemon.wait_ready()
+    with daemon.client("bench-setup") as setup:
+        setup.create_definition(DEFINITION_ID, "supd", EXECUTABLE)
+    scheduled: list[str] = []
+    lock = threading.Lock()
+    schedule = _scheduler(scheduled, lock)
 
     def describe(client: ProcessDispatcherClient, i: int) -> Any:
         upid = scheduled[i % len(scheduled)]
@@ -317,10 +377,13 @@ def run_backend(backend: str, amqp_uri: str, options: argparse.Namespace) -> Non
         else:
             url = stack.enter_context(postgres(options.postgres))
             label = "PostgreSQL"
-        daemon = Daemon(state_dir, amqp_uri, url, f"bench{uuid.uuid4().hex[:8]}")
+        daemon = Daemon(state_dir, amqp_uri, url, f"bench{uuid.uuid4().hex[:8]}", auth=options.auth)
         stack.callback(daemon.stop)
         try:
-            bench_store(label, daemon, url, options)
+            if options.auth:
+                bench_auth(label, daemon, options)
+            else:
+                bench_store(label, daemon, url, options)
         except BaseException:
             print(f"--- {daemon.log_path} ---\n{daemon.log_path.read_text()[-4000:]}")
             raise
@@ -337,6 +400,10 @@ def main() -> None:
     parser.add_argument("--transport", choices=["rabbitmq", "embedded"], default="rabbitmq")
     parser.add_argument("--amqp-uri", help="RabbitMQ to use (default: start a private one)")
     parser.add_argument("--postgres", metavar="URL", help="an empty PostgreSQL database")
+    parser.add_argument(
+        "--auth", action="store_true", help="schedule rates unsigned vs signed as a principal"
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of --auth")
     options = parser.parse_args()
     options.sizes = [int(size) for size in options.sizes.split(",") if size]
     backends = [b.strip() for b in options.backends.split(",") if b.strip()]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 
 import click
@@ -18,8 +19,9 @@ from cli.common import (
     stop_on_signals,
 )
 from dashi.broker import mask_uri
+from pdcommon.auth import principal_key
 from pdcommon.settings import DISPATCHER_SECTIONS, LEGACY_IGNORED_KEYS, Settings, unknown_keys
-from pdcommon.wire import broker_config
+from pdcommon.wire import agent_key_hex, broker_config
 
 log = logging.getLogger(__name__)
 
@@ -187,3 +189,39 @@ def system_boot_end(ctx: click.Context) -> None:
 @click.pass_context
 def system_boot_status(ctx: click.Context) -> None:
     _offline_boot(ctx, "status")
+
+
+AGENT_KEY_HELP = """Print the key of agent NAME (hex), derived from security.hmac_key.
+
+Put it in that agent's configuration as security.agent_key (mode 0600): it lets the
+agent sign its own heartbeats and take commands signed for it, and nothing else.
+With --next, the key derived from security.next_hmac_key (security.next_agent_key
+during a rotation, see docs/security.md). Agents the provisioner starts get theirs
+written for them.
+"""
+
+
+@main.command("agent-key", help=AGENT_KEY_HELP)
+@click.argument("name")
+@click.option("--next", "next_master", is_flag=True, help="Derive from security.next_hmac_key.")
+@click.pass_context
+def agent_key(ctx: click.Context, name: str, next_master: bool) -> None:
+    settings = _settings(ctx)
+    try:
+        click.echo(agent_key_hex(settings, name, next_master=next_master))
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+PRINCIPAL_HASH_HELP = """Print the secret_hash of a principal's secret, read from standard input.
+
+security.principals.NAME.secret_hash may hold it instead of the secret itself.
+"""
+
+
+@main.command("principal-hash", help=PRINCIPAL_HASH_HELP)
+def principal_hash() -> None:
+    secret = sys.stdin.readline().rstrip("\n")
+    if not secret:
+        raise click.UsageError("give the secret on standard input")
+    click.echo(principal_key(secret).hex())

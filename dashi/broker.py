@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import socket
+import ssl
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +34,7 @@ import amqp.exceptions
 import kombu
 
 from dashi.errors import AccessRefusedError, DiskFullError
+from dashi.masking import mask_uri
 from dashi.protocol import DEFAULT_MAX_MESSAGE_SIZE
 from dashi.transport import embedded
 from dashi.transport.folder import BrokerFolderMissingError
@@ -47,13 +48,6 @@ CONNECT_TIMEOUT = 5.0
 
 #: What writing a file raises when the disk (or the user's quota) is full.
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
-
-_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][\w+.-]*://)(?P<user>[^:@/]*)(?::[^@/]*)?@")
-
-
-def mask_uri(uri: str) -> str:
-    """Return ``uri`` with any password replaced by ``***``."""
-    return _CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:***@", uri)
 
 
 def describe_failure(exc: BaseException) -> str:
@@ -127,7 +121,11 @@ class BrokerConfig:
         heartbeat: AMQP heartbeat in seconds (0 disables it).
         state_dir: where the embedded transport keeps its messages.
         send_tracebacks: whether services include tracebacks in error replies.
-        ssl: use TLS to the broker.
+        ssl: use TLS to the broker (also implied by an ``amqps://`` URL).
+        ssl_ca: the CA certificate file the broker's certificate must chain to
+            (``None``: the system's CAs).
+        ssl_cert: this peer's client certificate file (mutual TLS), with
+        ssl_key: its private key file.
         max_message_size: largest reply body (bytes) a service publishes; a larger
             reply is answered with :class:`~dashi.errors.ReplyTooLargeError`.
     """
@@ -139,6 +137,9 @@ class BrokerConfig:
     state_dir: Path | None = None
     send_tracebacks: bool = False
     ssl: bool = False
+    ssl_ca: str | None = None
+    ssl_cert: str | None = None
+    ssl_key: str | None = None
     transport_options: dict[str, Any] = field(default_factory=dict)
     max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
 
@@ -169,6 +170,35 @@ class BrokerConfig:
             return Path(folder)
         return (self.state_dir or Path.cwd() / ".pd-state") / "broker"
 
+    @property
+    def uses_tls(self) -> bool:
+        """Whether connections are made over TLS (``ssl``, the CA/cert options, ``amqps``)."""
+        return (
+            self.ssl
+            or self.uri.startswith("amqps://")
+            or any((self.ssl_ca, self.ssl_cert, self.ssl_key))
+        )
+
+    def ssl_options(self) -> dict[str, Any] | bool | None:
+        """kombu's ``ssl`` argument: ``None`` (plain), ``True`` (system CAs) or the
+        options of py-amqp's TLS socket (CA, client certificate and key; the broker's
+        certificate is always verified, against the host name of the URL)."""
+        if not self.uses_tls or self.is_embedded:
+            return None
+        if not any((self.ssl_ca, self.ssl_cert, self.ssl_key)):
+            return True
+        options: dict[str, Any] = {
+            "cert_reqs": ssl.CERT_REQUIRED,
+            "server_hostname": urllib.parse.urlsplit(self.uri).hostname,
+        }
+        if self.ssl_ca:
+            options["ca_certs"] = self.ssl_ca
+        if self.ssl_cert:
+            options["certfile"] = self.ssl_cert
+        if self.ssl_key:
+            options["keyfile"] = self.ssl_key
+        return options
+
     def connection(self, *, create: bool = True) -> kombu.Connection:
         """A new, unconnected kombu connection.
 
@@ -188,7 +218,7 @@ class BrokerConfig:
         return kombu.Connection(
             self.uri,
             heartbeat=heartbeat,
-            ssl=self.ssl or None,
+            ssl=self.ssl_options(),
             connect_timeout=CONNECT_TIMEOUT,
             transport_options=options,
         )

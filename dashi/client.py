@@ -71,7 +71,7 @@ from dashi.protocol import (
     HEADER_SENDER,
     error_from_payload,
 )
-from dashi.security import HEADER_SIGNATURE, MessageSigner
+from dashi.security import HEADER_PRINCIPAL, HEADER_SIGNATURE, MessageSigner
 from dashi.transport.folder import BrokerFolderMissingError
 from dashi.transport.unroutable import UnroutableError
 
@@ -343,6 +343,8 @@ class RpcClient:
             headers[HEADER_SIGNATURE] = self.signer.sign(
                 op=body["op"], args=body["args"], sender=self.sender, to=routing_key
             )
+            if self.signer.principal is not None:
+                headers[HEADER_PRINCIPAL] = self.signer.principal
         properties: dict[str, Any] = {}
         if "correlation_id" in headers:
             properties["correlation_id"] = headers.pop("correlation_id")

@@ -61,7 +61,7 @@ from pdcommon.heartbeat_messages import (
 )
 from pdcommon.requests import Request
 from pdcommon.settings import DEFAULT_SERVICE_NAME, Settings, load_settings
-from pdcommon.wire import broker_config
+from pdcommon.wire import broker_config, client_signer
 
 __all__ = [
     "DefinitionRecord",
@@ -178,8 +178,14 @@ class ProcessDispatcherClient:
     def from_settings(
         cls, settings: Settings, *, name: str = "pd-client", timeout: float = DEFAULT_TIMEOUT
     ) -> ProcessDispatcherClient:
-        """A client for the dispatcher the settings describe."""
-        rpc = RpcClient(broker_config(settings), name, timeout=timeout)
+        """A client for the dispatcher the settings describe.
+
+        With ``security.client`` set (or ``PD_PRINCIPAL``/``PD_SECRET``), every
+        request is signed as that principal (see :mod:`pdcommon.auth`).
+        """
+        rpc = RpcClient(
+            broker_config(settings), name, timeout=timeout, signer=client_signer(settings)
+        )
         return cls(rpc, settings.processdispatcher.service_name, timeout=timeout)
 
     @classmethod

@@ -55,6 +55,7 @@ from pdcommon.requests import (
     Request,
     json_value,
 )
+from pdcommon.roles import OperationRole
 from pdcommon.settings import RestartPolicySettings
 from pdcommon.states import QueueingMode, RestartMode
 
@@ -127,6 +128,7 @@ class CreateDefinitionRequest(Request):
     """``create_definition(definition_id, definition_type, executable, name, description)``."""
 
     operation: ClassVar[str] = "create_definition"
+    role: ClassVar[OperationRole] = OperationRole.OPERATOR
     replay: ClassVar[ReplayKind | None] = "definition"
 
     definition_id: Identifier
@@ -143,12 +145,14 @@ class UpdateDefinitionRequest(CreateDefinitionRequest):
     """``update_definition``: the same arguments as ``create_definition``."""
 
     operation: ClassVar[str] = "update_definition"
+    role: ClassVar[OperationRole] = OperationRole.OPERATOR
 
 
 class DescribeDefinitionRequest(Request):
     """``describe_definition(definition_id)``."""
 
     operation: ClassVar[str] = "describe_definition"
+    role: ClassVar[OperationRole] = OperationRole.READER
     definition_id: Identifier
 
 
@@ -156,6 +160,7 @@ class RemoveDefinitionRequest(DescribeDefinitionRequest):
     """``remove_definition(definition_id)``."""
 
     operation: ClassVar[str] = "remove_definition"
+    role: ClassVar[OperationRole] = OperationRole.OPERATOR
     replay: ClassVar[ReplayKind | None] = "definition"
 
 
@@ -163,6 +168,7 @@ class ListDefinitionsRequest(Request):
     """``list_definitions()``: no arguments."""
 
     operation: ClassVar[str] = "list_definitions"
+    role: ClassVar[OperationRole] = OperationRole.READER
 
 
 # -- processes -------------------------------------------------------------------------
@@ -172,6 +178,7 @@ class CreateProcessRequest(Request):
     """``create_process(upid, definition_id, name=None)``."""
 
     operation: ClassVar[str] = "create_process"
+    role: ClassVar[OperationRole] = OperationRole.OPERATOR
     replay: ClassVar[ReplayKind | None] = "process"
 
     upid: Identifier
@@ -209,6 +216,7 @@ class ScheduleProcessRequest(Request):
     """``schedule_process(upid, definition_id=None, ..., name=None)``."""
 
     operation: ClassVar[str] = "schedule_process"
+    role: ClassVar[OperationRole] = OperationRole.OPERATOR
     replay: ClassVar[ReplayKind | None] = "process"
 
     upid: Identifier
@@ -276,6 +284,7 @@ class DescribeProcessRequest(Request):
     """
 
     operation: ClassVar[str] = "describe_process"
+    role: ClassVar[OperationRole] = OperationRole.READER
     upid: str
 
 
@@ -283,6 +292,7 @@ class DescribeProcessEventsRequest(Request):
     """``describe_process_events(upid, limit=20)`` (new): the last events of a process."""
 
     operation: ClassVar[str] = "describe_process_events"
+    role: ClassVar[OperationRole] = OperationRole.READER
     upid: Identifier
     limit: int = Field(20, ge=1, le=1000)
 
@@ -291,6 +301,7 @@ class DescribeProcessesRequest(Request):
     """``describe_processes()``: no arguments; the reply lists every process."""
 
     operation: ClassVar[str] = "describe_processes"
+    role: ClassVar[OperationRole] = OperationRole.READER
     large_reply: ClassVar[bool] = True
 
 
@@ -298,6 +309,7 @@ class RestartProcessRequest(Request):
     """``restart_process(upid)``."""
 
     operation: ClassVar[str] = "restart_process"
+    role: ClassVar[OperationRole] = OperationRole.OPERATOR
     replay: ClassVar[ReplayKind | None] = "process"
     upid: Identifier
 
@@ -306,6 +318,7 @@ class TerminateProcessRequest(Request):
     """``terminate_process(upid)``."""
 
     operation: ClassVar[str] = "terminate_process"
+    role: ClassVar[OperationRole] = OperationRole.OPERATOR
     replay: ClassVar[ReplayKind | None] = "process"
     upid: Identifier
 
@@ -317,6 +330,7 @@ class SetSystemBootRequest(Request):
     """``set_system_boot(system_boot)``: exactly ``True`` or ``False``."""
 
     operation: ClassVar[str] = "set_system_boot"
+    role: ClassVar[OperationRole] = OperationRole.ADMIN
     system_boot: bool
 
     @classmethod
@@ -328,4 +342,5 @@ class DumpRequest(Request):
     """``dump()``: no arguments; the reply holds every process, resource and node."""
 
     operation: ClassVar[str] = "dump"
+    role: ClassVar[OperationRole] = OperationRole.READER
     large_reply: ClassVar[bool] = True

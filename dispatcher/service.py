@@ -31,7 +31,6 @@ from typing import Any
 from dashi.client import RpcClient
 from dashi.messenger import RpcMessenger
 from dashi.operations import operations_of
-from dashi.security import CommandGuard, SignatureVerifier
 from dashi.service import RpcService
 from dispatcher.core import ProcessDispatcherCore
 from dispatcher.doctor import Doctor
@@ -50,12 +49,13 @@ from dispatcher.registration import Registration
 from dispatcher.replay import RequestReplay
 from dispatcher.store.base import Store
 from dispatcher.transitions import ProcessStateMachine
+from pdcommon.auth import AccessGuard, OperationRole
 from pdcommon.errors import ConfigError
 from pdcommon.heartbeat_messages import HeartbeatRequest
 from pdcommon.settings import Settings
-from pdcommon.wire import broker_config, message_signer, signature_verifier
+from pdcommon.wire import access_guard, broker_config, dispatcher_signer
 
-__all__ = ["RPC_OPERATIONS", "DispatcherService", "engine_registry"]
+__all__ = ["RPC_OPERATIONS", "DispatcherService", "engine_registry", "operation_roles"]
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +69,14 @@ RPC_OPERATIONS = tuple(
 _STORE_THREADS_BESIDES_RPC = 4
 #: Seconds :meth:`DispatcherService.stop` waits for each leader thread.
 _JOIN_TIMEOUT = 10.0
+
+
+def operation_roles() -> dict[str, OperationRole]:
+    """Each served operation's least role, from its request model (see :mod:`pdcommon.auth`)."""
+    return {
+        op.name: op.model.role
+        for op in (*operations_of(ProcessDispatcherCore), *operations_of(HeartbeatHandler))
+    }
 
 
 def engine_registry(settings: Settings) -> EngineRegistry:
@@ -122,8 +130,9 @@ class DispatcherService:
         provisioner: run while this instance leads (``None``: nothing is provisioned).
         elector: decides leadership (``None`` with no singletons).
         messenger_client: the client used for one-way messages (closed on stop).
-        verifier: with ``security.hmac_key`` set, only heartbeats signed with the
-            key are taken (``None``: heartbeats are not checked).
+        guard: checks every request before its handler: principals and roles,
+            and heartbeats signed with their agent's key (``None``, or a guard
+            with nothing configured: every request is taken, as legacy peers expect).
         intake: takes fired heartbeats off the RPC workers (``None``: one applying
             through ``heartbeats`` is made); called heartbeats are applied directly.
         events: the state machine's event log, written in batches by a thread of
@@ -143,7 +152,7 @@ class DispatcherService:
         provisioner: Provisioner | None = None,
         elector: LeaderElector | None = None,
         messenger_client: RpcClient | None = None,
-        verifier: SignatureVerifier | None = None,
+        guard: AccessGuard | None = None,
         intake: HeartbeatIntake | None = None,
         events: EventLog | None = None,
     ) -> None:
@@ -166,6 +175,7 @@ class DispatcherService:
         self._stopped = threading.Event()
         self._threads: list[threading.Thread] = []
         replay = RequestReplay(store)
+        self.guard = guard if guard is not None and guard.active else None
         for op in operations_of(core):
             self.rpc.handle(
                 op.name,
@@ -173,13 +183,7 @@ class DispatcherService:
                 validate=False,
                 large_reply=op.large_reply,
                 replay=replay if op.model.replay is not None else None,
-            )
-        heartbeat_guard = None
-        if verifier is not None:
-            heartbeat_guard = CommandGuard(
-                expected_sender=None,
-                destination=rpc.broker.prefixed(rpc.name),
-                verifier=verifier,
+                guard=self.guard,
             )
         if heartbeats is not None:
             for op in operations_of(heartbeats):
@@ -190,7 +194,7 @@ class DispatcherService:
                     sender_kwarg="sender" if beat else None,
                     validate=False,
                     large_reply=op.large_reply,
-                    guard=heartbeat_guard if beat else None,
+                    guard=self.guard,
                     fire=intake.heartbeat if beat and intake else None,
                 )
 
@@ -229,8 +233,8 @@ class DispatcherService:
             claim_database(store, settings.database_url, broker.sysname, service_name)
             engines.merge_stored(store.list_engines())
             # Agents refuse commands from any other sender; with security.hmac_key
-            # set, every message this client sends is signed.
-            client = RpcClient(broker, service_name, signer=message_signer(settings))
+            # set, every message this client sends is signed with its agent's key.
+            client = RpcClient(broker, service_name, signer=dispatcher_signer(settings))
             messenger = RpcMessenger(client)
             # The one writer of process states, shared by every component below;
             # its event history is written in batches by the service's events thread.
@@ -310,7 +314,7 @@ class DispatcherService:
             doctor=doctor,
             provisioner=provisioner,
             messenger_client=client,
-            verifier=signature_verifier(settings),
+            guard=access_guard(settings, operation_roles(), broker.prefixed(service_name)),
         )
         service.elector = LeaderElector(
             lock_for_database(settings.database_url), service._on_elected
@@ -347,7 +351,18 @@ class DispatcherService:
         return [(name, singleton) for name, singleton in candidates if singleton is not None]
 
     def start(self) -> None:
-        """Start serving; returns once every worker consumes the service queue."""
+        """Start serving; returns once every worker consumes the service queue.
+
+        On a broker other than the embedded one, with no principals configured,
+        logs one WARNING: any peer of the broker may then call every operation.
+        """
+        if not self.rpc.broker.is_embedded and not self.settings.security.principals:
+            log.warning(
+                "dispatcher %s: no principals are configured (security.principals): any "
+                "peer of the broker %s may call every operation; see docs/security.md",
+                self.rpc.name,
+                self.rpc.broker.masked_uri,
+            )
         if self.intake is not None:
             self.intake.start()
         if self.events is not None:

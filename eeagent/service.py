@@ -12,15 +12,20 @@ happen while one is being sent are coalesced into the next: each heartbeat carri
 the full state).
 
 ``launch_process``, ``terminate_process``, ``restart_process`` and ``cleanup``
-are accepted only from the dispatcher (the ``sender`` header must be the
-sysname-prefixed ``pd.name``) and, when a key is configured
-(``security.hmac_key``), only with a valid signature; one
-:class:`~dashi.security.CommandGuard`, registered with the four
-operations, checks that before any handler runs. A refused command changes
-nothing: a call gets a ``BadRequestError`` starting ``not authorized:``, a fire is
-dropped, and both are logged. ``dump_state`` and ``get_process_logs`` only read,
-and stay open to any sender. With a key, heartbeats are signed too (a dispatcher
-with the key takes no others).
+(and ``get_process_logs`` when the agent has a key) are accepted only from the
+dispatcher (the ``sender`` header must be the sysname-prefixed ``pd.name``) and,
+when a key is configured (the
+agent's own ``security.agent_key``, or the master ``security.hmac_key`` it is
+derived from), only with a valid signature made with this agent's key; one
+:class:`~dashi.security.CommandGuard`, registered with those operations, checks
+that before any handler runs. The nonces of accepted commands are kept in
+``<home>/nonces.log`` (:mod:`eeagent.nonces`), so a replay is refused after a
+restart too. A refused command changes nothing: a call gets a
+``BadRequestError`` starting ``not authorized:``, a fire is dropped, and both are
+logged. ``dump_state`` (and ``get_process_logs`` without a key) only read and
+stay open to any sender. With a key,
+heartbeats are signed with the agent's key too (a dispatcher with the master
+takes no others, and takes them only about the agent that signed).
 
 :func:`run_agent` builds the whole agent from :class:`~pdcommon.settings.Settings`.
 """
@@ -41,18 +46,20 @@ from dashi.client import RpcClient
 from dashi.errors import AccessRefusedError
 from dashi.security import (
     COMMAND_OPERATIONS,
+    SIGNED_READ_OPERATIONS,
     CommandGuard,
     MessageSigner,
     SignatureVerifier,
 )
 from dashi.service import RpcService
 from eeagent.agent import EEAgent
+from eeagent.nonces import FileNonceJournal
 from eeagent.persistence import AgentLock, StateStore
 from eeagent.supdconf import STOP_WAIT_SECONDS
 from eeagent.supervisor import SupervisorControl
 from pdcommon.errors import DispatcherError
 from pdcommon.settings import Settings
-from pdcommon.wire import broker_config, message_signer, signature_verifier
+from pdcommon.wire import agent_signer, agent_verifier, broker_config
 
 __all__ = [
     "POLL_INTERVAL",
@@ -251,7 +258,10 @@ class AgentService:
             get_process_logs,
         ):
             op = handler.__name__
-            guard = self.guard if op in COMMAND_OPERATIONS else None
+            guarded = op in COMMAND_OPERATIONS or (
+                op in SIGNED_READ_OPERATIONS and self.guard.verifier is not None
+            )
+            guard = self.guard if guarded else None
             self.rpc.handle(op, handler, guard=guard)
 
     # -- lifecycle ----------------------------------------------------------------
@@ -402,8 +412,10 @@ def run_agent(
             pd_name=settings.pd.name,
             heartbeat=eea.heartbeat,
             leave_running=eea.leave_running_on_shutdown,
-            verifier=signature_verifier(settings),
-            signer=message_signer(settings),
+            # Nonces of accepted commands live with the agent's state, so a command
+            # captured on the wire is refused after a restart too.
+            verifier=agent_verifier(settings, FileNonceJournal(home / "nonces.log")),
+            signer=agent_signer(settings, eea.name),
             # The broker refused the agent: stop, and raise its error below.
             on_refused=lambda _exc: stop.set(),
         )

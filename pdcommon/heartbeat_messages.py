@@ -35,6 +35,7 @@ from pydantic import (
 
 from dashi.errors import BadRequestError
 from pdcommon.requests import Identifier, JsonObject, Request
+from pdcommon.roles import OperationRole
 
 __all__ = [
     "MAX_LOG_TAIL",
@@ -241,6 +242,7 @@ class HeartbeatRequest(Request):
     """
 
     operation: ClassVar[str] = "heartbeat"
+    role: ClassVar[OperationRole] = OperationRole.AGENT
     check_limits: ClassVar[bool] = False
 
     message: Any
@@ -251,6 +253,7 @@ class NodeStateRequest(Request):
     """``node_state(node_id, domain_id, state, properties=None)``."""
 
     operation: ClassVar[str] = "node_state"
+    role: ClassVar[OperationRole] = OperationRole.ADMIN
 
     node_id: NonEmptyStr
     domain_id: str | None
@@ -262,6 +265,7 @@ class GetProcessLogsRequest(Request):
     """``get_process_logs(upid, stream="stdout", tail_bytes=65536)``."""
 
     operation: ClassVar[str] = "get_process_logs"
+    role: ClassVar[OperationRole] = OperationRole.READER
 
     upid: Identifier
     stream: LogStream = "stdout"
@@ -273,6 +277,7 @@ class AddEngineRequest(Request):
     :meth:`~dispatcher.engines.EngineRegistry.parse_definition` (limits included)."""
 
     operation: ClassVar[str] = "add_engine"
+    role: ClassVar[OperationRole] = OperationRole.ADMIN
     check_limits: ClassVar[bool] = False
 
     definition: Any
@@ -282,3 +287,4 @@ class ListEnginesRequest(Request):
     """``list_engines()``: no arguments."""
 
     operation: ClassVar[str] = "list_engines"
+    role: ClassVar[OperationRole] = OperationRole.READER

@@ -21,6 +21,7 @@ from dashi import jsontree
 from dashi.errors import BadRequestError
 from dashi.operations import OperationRequest
 from pdcommon.limits import DEFAULT_LIMITS, LimitError, RequestLimits, check_arguments
+from pdcommon.roles import OperationRole
 
 __all__ = [
     "Identifier",
@@ -79,9 +80,27 @@ ReplayKind = Literal["definition", "process"]
 
 
 class Request(OperationRequest):
-    """Base of the request models: strict types, no unknown fields, immutable."""
+    """Base of the request models: strict types, no unknown fields, immutable.
+
+    A model that declares an ``operation`` must declare its ``role`` in the same
+    class body (the least :class:`~pdcommon.auth.OperationRole` that may call it):
+    otherwise making the class raises ``TypeError``, so that no operation escapes
+    the access check (see :mod:`pdcommon.auth`).
+    """
 
     model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    #: The least role that may call the operation (see :mod:`pdcommon.auth`).
+    role: ClassVar[OperationRole]
+
+    @classmethod
+    def __pydantic_init_subclass__(cls, **kwargs: Any) -> None:
+        super().__pydantic_init_subclass__(**kwargs)
+        if "operation" in vars(cls) and not isinstance(vars(cls).get("role"), OperationRole):
+            raise TypeError(
+                f"{cls.__name__} declares operation {vars(cls)['operation']!r} without a "
+                "role: add `role: ClassVar[OperationRole] = OperationRole.<ROLE>`"
+            )
 
     #: Fields whose every failure reads ``"invalid <field>"`` (the legacy wording).
     identifier_fields: ClassVar[frozenset[str]] = frozenset({"upid", "definition_id"})

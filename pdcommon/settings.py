@@ -15,9 +15,11 @@ EPU Process Dispatcher and eeagent accepted verbatim::
     provisioner: {driver: local | static | libcloud, ...}
     eeagent: {name, node_id, slots, heartbeat, launch_type: {name, supd_directory}}
     pd: {name: process_dispatcher}
-    security: {hmac_key: null, signature_max_age: 300}
+    security: {hmac_key: null, signature_max_age: 300, principals: {}, require_auth: false,
+               client: {principal: null, secret: null}}
 
-Environment variables ``PD_AMQP_URI`` and ``PD_DATABASE_URL`` override the files.
+Environment variables ``PD_AMQP_URI`` and ``PD_DATABASE_URL`` override the files,
+and ``PD_PRINCIPAL``/``PD_SECRET`` the client credentials (``security.client``).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from pydantic import (
     model_validator,
 )
 
+from dashi.masking import mask_uri as _mask_uri
 from dashi.protocol import DEFAULT_MAX_MESSAGE_SIZE
 from pdcommon.errors import ConfigError
 from pdcommon.limits import RequestLimits
@@ -49,11 +52,13 @@ __all__ = [
     "DEFAULT_EXCHANGE",
     "DEFAULT_SERVICE_NAME",
     "AmqpSettings",
+    "ClientCredentials",
     "DashiSettings",
     "EEAgentSettings",
     "EngineSettings",
     "LibcloudSiteSettings",
     "LocalSiteSettings",
+    "PrincipalSettings",
     "ProcessDispatcherSettings",
     "ProvisionerSettings",
     "RestartPolicySettings",
@@ -187,9 +192,23 @@ class AmqpSettings(BaseModel):
     exchange: str = DEFAULT_EXCHANGE
     heartbeat: int = Field(DEFAULT_AMQP_HEARTBEAT, ge=0)
     ssl: bool = False
+    #: TLS to the broker (``amqps://`` URLs): the CA file the broker's certificate
+    #: must chain to, and this program's client certificate and key (mutual TLS).
+    ssl_ca: str | None = None
+    ssl_cert: str | None = None
+    ssl_key: str | None = None
     #: Largest reply body (bytes) a service publishes; set it to the broker's
     #: ``max_message_size`` when that is lowered.
     max_message_size: int = Field(DEFAULT_MAX_MESSAGE_SIZE, gt=0)
+
+    def __repr_args__(self) -> Any:
+        # The URL and the legacy password hold the broker's credentials: masked.
+        for name, value in super().__repr_args__():
+            if name == "uri" and isinstance(value, str):
+                value = _mask_uri(value)
+            elif name == "password" and value is not None:
+                value = "***"
+            yield name, value
 
     def resolved_uri(self) -> str:
         """The kombu URL: ``uri`` if set, else one built from the legacy keys, else embedded."""
@@ -518,34 +537,125 @@ class PdSettings(BaseModel):
     name: str = DEFAULT_SERVICE_NAME
 
 
-class SecuritySettings(BaseModel):
-    """``security``: what the dispatcher and its agents share to authenticate commands.
+class PrincipalSettings(BaseModel):
+    """One entry of ``security.principals``: a role and a secret (or its hash).
 
-    With ``hmac_key`` set, the dispatcher signs every message it sends and an agent
-    refuses ``launch_process``, ``terminate_process``, ``restart_process`` and
-    ``cleanup`` without a valid signature (see :mod:`dashi.security`).
-    The key is a :class:`~pydantic.SecretStr`: it shows in no repr or log.
+    ``secret_hash`` is the hex of :func:`pdcommon.auth.principal_key` of the secret
+    (``pd-dispatcher principal-hash`` prints it), so the dispatcher's file need not
+    hold the secret itself.
+    """
+
+    model_config = _Strict
+
+    role: Literal["reader", "operator", "admin"]
+    secret: SecretStr | None = None
+    secret_hash: SecretStr | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_secret(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        secret, hashed = data.get("secret"), data.get("secret_hash")
+        if (secret is None) == (hashed is None):
+            raise ValueError("give exactly one of secret and secret_hash")
+        if secret is not None:
+            _check_secret("secret", secret)
+        if hashed is not None:
+            value = hashed.get_secret_value() if isinstance(hashed, SecretStr) else hashed
+            if not isinstance(value, str) or len(value) != 64:
+                raise ValueError("secret_hash must be 64 hexadecimal digits")
+            try:
+                bytes.fromhex(value)
+            except ValueError:
+                raise ValueError("secret_hash must be 64 hexadecimal digits") from None
+        return data
+
+
+class ClientCredentials(BaseModel):
+    """``security.client``: the principal a client (``pd-cli``, the client library)
+    signs its requests as (``PD_PRINCIPAL``/``PD_SECRET`` override it)."""
+
+    model_config = _Strict
+
+    principal: str | None = None
+    secret: SecretStr | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _both(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        if (data.get("principal") is None) != (data.get("secret") is None):
+            raise ValueError("give both principal and secret, or neither")
+        if data.get("secret") is not None:
+            _check_secret("secret", data["secret"])
+        return data
+
+
+def _check_secret(name: str, value: Any) -> None:
+    """Refuse an unusable secret without quoting it (errors would show the value)."""
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a string")
+    if len(value) < MIN_HMAC_KEY_LENGTH:
+        raise ValueError(f"{name} must be at least {MIN_HMAC_KEY_LENGTH} characters long")
+
+
+class SecuritySettings(BaseModel):
+    """``security``: who may command whom (see docs/security.md).
+
+    * ``hmac_key`` is the master secret of the agents' keys: the dispatcher signs
+      each command with the key of its agent (HKDF of the master and the agent's
+      name, :func:`dashi.security.derive_key`) and takes a heartbeat only when
+      signed with its sender's key. ``next_hmac_key`` is accepted too during a
+      rotation. An agent is given its own key (``agent_key``, hex, and
+      ``next_agent_key`` during a rotation), or the master (legacy files).
+    * ``principals`` name the clients and their roles; ``require_auth`` refuses
+      every request that is not authenticated (legacy peers too).
+    * ``client`` is the principal a client signs as.
+
+    Every secret is a :class:`~pydantic.SecretStr`: it shows in no repr or log.
     """
 
     model_config = _Strict
 
     hmac_key: SecretStr | None = None
+    next_hmac_key: SecretStr | None = None
+    agent_key: SecretStr | None = None
+    next_agent_key: SecretStr | None = None
     signature_max_age: float = Field(DEFAULT_SIGNATURE_MAX_AGE, gt=0)
+    principals: dict[str, PrincipalSettings] = Field(default_factory=dict)
+    require_auth: bool = False
+    client: ClientCredentials = ClientCredentials()
 
     @model_validator(mode="before")
     @classmethod
     def _usable_key(cls, data: Any) -> Any:
         # Checked on the whole section, not the field: a field error would quote the
         # offending value, and that value is the secret.
-        key = data.get("hmac_key") if isinstance(data, dict) else None
-        if key is None:
+        if not isinstance(data, dict):
             return data
-        if isinstance(key, SecretStr):
-            key = key.get_secret_value()
-        if not isinstance(key, str):
-            raise ValueError("hmac_key must be a string")
-        if len(key) < MIN_HMAC_KEY_LENGTH:
-            raise ValueError(f"hmac_key must be at least {MIN_HMAC_KEY_LENGTH} characters long")
+        for name in ("hmac_key", "next_hmac_key"):
+            if data.get(name) is not None:
+                _check_secret(name, data[name])
+        for name in ("agent_key", "next_agent_key"):
+            key = data.get(name)
+            if key is None:
+                continue
+            if isinstance(key, SecretStr):
+                key = key.get_secret_value()
+            try:
+                usable = isinstance(key, str) and len(bytes.fromhex(key)) == 32
+            except ValueError:
+                usable = False
+            if not usable:
+                raise ValueError(
+                    f"{name} must be 64 hexadecimal digits (`pd-dispatcher agent-key NAME`)"
+                )
+        if data.get("next_hmac_key") is not None and data.get("hmac_key") is None:
+            raise ValueError("next_hmac_key needs hmac_key (the current master)")
         return data
 
 
@@ -750,6 +860,9 @@ def load_settings(
         _set_path(data, "server.amqp.uri", environ["PD_AMQP_URI"])
     if environ.get("PD_DATABASE_URL"):
         _set_path(data, "processdispatcher.database_url", environ["PD_DATABASE_URL"])
+    if environ.get("PD_PRINCIPAL") or environ.get("PD_SECRET"):
+        _set_path(data, "security.client.principal", environ.get("PD_PRINCIPAL") or None)
+        _set_path(data, "security.client.secret", environ.get("PD_SECRET") or None)
     for dotted, value in (overrides or {}).items():
         _set_path(data, dotted, value)
     if data.get("state_dir") is None or environ.get("PD_STATE_DIR"):

@@ -34,7 +34,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -263,7 +263,15 @@ class RabbitMQServer:
     or with another test session on the same machine.
     """
 
-    def __init__(self, *, bin_dir: Path | str | None = None, start_timeout: float = 90.0) -> None:
+    def __init__(
+        self,
+        *,
+        bin_dir: Path | str | None = None,
+        start_timeout: float = 90.0,
+        extra_config: Sequence[str] = (),
+    ) -> None:
+        """``extra_config``: more ``rabbitmq.conf`` lines (e.g. a TLS listener)."""
+        self.extra_config = list(extra_config)
         found = Path(bin_dir) if bin_dir is not None else _find_rabbitmq_bin()
         if found is None:
             raise FileNotFoundError(self.missing_reason() or "rabbitmq-server not found")
@@ -428,6 +436,7 @@ class RabbitMQServer:
                     "vm_memory_high_watermark.relative = 0.9",
                     "log.console = false",
                     "log.file.level = info",
+                    *self.extra_config,
                     "",
                 ]
             )

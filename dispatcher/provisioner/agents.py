@@ -1,8 +1,10 @@
 """The configuration a provisioned node's ``pd-eeagent`` processes run with.
 
 Local nodes get it as a YAML file, cloud nodes inside their user-data. It holds
-the broker URI (with its credentials) and the shared HMAC key, so it is written
-with mode 0600, never logged, and :class:`AgentTemplate`'s repr masks both.
+the broker URI (with its credentials) and the agent's own key (derived from the
+master ``security.hmac_key`` and the agent's name, never the master itself), so
+it is written with mode 0600, never logged, and :class:`AgentTemplate`'s repr
+masks both.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from dashi.broker import mask_uri
+from dashi.security import derive_key
 from pdcommon.settings import DEFAULT_EXCHANGE, DEFAULT_SERVICE_NAME, Settings
 
 __all__ = ["AgentTemplate"]
@@ -28,8 +31,10 @@ class AgentTemplate:
         sysname: ``dashi.sysname``.
         pd_name: the dispatcher's service name (``pd.name`` of the agents).
         ssl: TLS to the broker.
-        hmac_key: the key agents require command signatures with
-            (``security.hmac_key``; ``None``: none).
+        ssl_ca: ``server.amqp.ssl_ca`` (and ``ssl_cert``, ``ssl_key``), passed on.
+        hmac_key: the master the agents' keys derive from
+            (``security.hmac_key``; ``None``: agents get no key).
+        next_hmac_key: the next master during a rotation (``next_agent_key``).
         signature_max_age: ``security.signature_max_age``.
     """
 
@@ -38,7 +43,11 @@ class AgentTemplate:
     sysname: str | None = None
     pd_name: str = DEFAULT_SERVICE_NAME
     ssl: bool = False
+    ssl_ca: str | None = None
+    ssl_cert: str | None = None
+    ssl_key: str | None = None
     hmac_key: SecretStr | None = field(default=None, repr=False)
+    next_hmac_key: SecretStr | None = field(default=None, repr=False)
     signature_max_age: float | None = None
 
     @classmethod
@@ -51,7 +60,11 @@ class AgentTemplate:
             sysname=settings.dashi.sysname,
             pd_name=settings.processdispatcher.service_name,
             ssl=amqp.ssl,
+            ssl_ca=amqp.ssl_ca,
+            ssl_cert=amqp.ssl_cert,
+            ssl_key=amqp.ssl_key,
             hmac_key=settings.security.hmac_key,
+            next_hmac_key=settings.security.next_hmac_key,
             signature_max_age=settings.security.signature_max_age,
         )
 
@@ -65,16 +78,22 @@ class AgentTemplate:
     def config(
         self,
         *,
+        agent_name: str,
         state_dir: str,
         supd_directory: str,
         node_id: str,
         slots: int,
         heartbeat: float,
     ) -> dict[str, Any]:
-        """The ``pd-eeagent`` configuration (the agent name is given on its command line)."""
+        """The ``pd-eeagent`` configuration of agent ``agent_name`` (the name itself is
+        given on its command line; its key is derived from it)."""
         amqp: dict[str, Any] = {"uri": self.amqp_uri, "exchange": self.exchange}
         if self.ssl:
             amqp["ssl"] = True
+        # The same files, at the same paths (a cloud image must provide them there).
+        for option in ("ssl_ca", "ssl_cert", "ssl_key"):
+            if getattr(self, option) is not None:
+                amqp[option] = getattr(self, option)
         config: dict[str, Any] = {
             "state_dir": state_dir,
             "server": {"amqp": amqp},
@@ -88,7 +107,10 @@ class AgentTemplate:
             },
         }
         if self.hmac_key is not None:
-            security: dict[str, Any] = {"hmac_key": self.hmac_key.get_secret_value()}
+            name = f"{self.sysname}.{agent_name}" if self.sysname else agent_name
+            security: dict[str, Any] = {"agent_key": derive_key(self.hmac_key, name).hex()}
+            if self.next_hmac_key is not None:
+                security["next_agent_key"] = derive_key(self.next_hmac_key, name).hex()
             if self.signature_max_age is not None:
                 security["signature_max_age"] = self.signature_max_age
             config["security"] = security

@@ -205,6 +205,7 @@ def build_user_data(
     files = []
     for name in request.agent_names:
         config = template.config(
+            agent_name=name,
             state_dir=site.agent_state_dir,
             supd_directory=f"{site.agent_state_dir}/eeagent",
             node_id=request.node_id,

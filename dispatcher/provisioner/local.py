@@ -155,6 +155,7 @@ class LocalDriver:
         try:
             for name in request.agent_names:
                 config = self.template.config(
+                    agent_name=name,
                     state_dir=str(self.state_dir),
                     supd_directory=str(node_dir),
                     node_id=request.node_id,

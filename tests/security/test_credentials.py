@@ -1,7 +1,8 @@
 """Credentials never show: ``pd-dispatcher`` and ``pd-eeagent`` run on RabbitMQ with
-a password in the broker URL and an HMAC key, every logger at DEBUG (kombu and amqp
-included), and neither secret appears in their output, their agents' output, or
-``dump``."""
+a password in the broker URL, a master key, principals (one by its secret, one by
+its hash) and client credentials, with ``require_auth`` on and every logger at DEBUG
+(kombu and amqp included), and no secret appears in their output, their agents'
+output (nor the agents' own keys), or ``dump``."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from dashi.client import RpcClient
 from dashi.errors import RpcTimeoutError
 from dashi.security import MessageSigner
 from dispatcher.client import ProcessDispatcherClient
+from pdcommon.auth import principal_key
 from pdcommon.settings import load_settings
 from tests.eeagent.conftest import agent_command, wait_for
 from tests.infra import RabbitMQServer
@@ -48,6 +50,8 @@ class Secrets:
         self.user = f"{self.vhost}-pd"
         self.password = f"Pw-{secrets.token_hex(12)}"
         self.key = f"Key-{secrets.token_hex(16)}"
+        self.operator_secret = f"Op-{secrets.token_hex(16)}"
+        self.admin_secret = f"Adm-{secrets.token_hex(16)}"
         self.sysname = f"c{uuid.uuid4().hex[:8]}"
 
     @property
@@ -55,16 +59,34 @@ class Secrets:
         port = self.rabbitmq.port
         return f"amqp://{self.user}:{self.password}@127.0.0.1:{port}/{self.vhost}"
 
-    def assert_absent(self, text: str, where: str) -> None:
+    def assert_absent(self, text: str, where: str, *others: str) -> None:
         assert self.password not in text, f"the broker password appears in {where}"
         assert self.key not in text, f"the HMAC key appears in {where}"
+        for secret in (
+            self.operator_secret,
+            self.admin_secret,
+            principal_key(self.admin_secret).hex(),
+            *others,
+        ):
+            assert secret not in text, f"a secret appears in {where}"
 
     def base_config(self, state_dir: Path) -> dict[str, Any]:
         return {
             "state_dir": str(state_dir),
             "server": {"amqp": {"uri": self.uri}},
             "dashi": {"sysname": self.sysname},
-            "security": {"hmac_key": self.key},
+            "security": {
+                "hmac_key": self.key,
+                "require_auth": True,
+                "principals": {
+                    "operator": {"role": "operator", "secret": self.operator_secret},
+                    "root": {
+                        "role": "admin",
+                        "secret_hash": principal_key(self.admin_secret).hex(),
+                    },
+                },
+                "client": {"principal": "root", "secret": self.admin_secret},
+            },
             "logging": DEBUG_LOGGING,
         }
 
@@ -149,6 +171,12 @@ def test_the_dispatcher_and_its_agents_show_neither_the_password_nor_the_key(
                 str(path): path.read_text(errors="replace")
                 for path in (state_dir / "nodes").rglob("*.log")
             }
+            # (each agent's own key is in its private configuration file, nowhere else)
+            agent_keys = [
+                yaml.safe_load(path.read_text())["security"]["agent_key"]
+                for path in (state_dir / "nodes").rglob("*.yml")
+            ]
+            assert agent_keys
             pd.terminate_process("p1")
             wait_for(lambda: pd.describe_process("p1")["state"] == "700-TERMINATED", timeout=30)
     finally:
@@ -163,8 +191,9 @@ def test_the_dispatcher_and_its_agents_show_neither_the_password_nor_the_key(
     creds.assert_absent(output, "the dispatcher's output")
     creds.assert_absent(json.dumps(dump), "dump")
     assert agent_logs
+    creds.assert_absent(output, "the dispatcher's output", *agent_keys)
     for path, text in agent_logs.items():
-        creds.assert_absent(text, path)
+        creds.assert_absent(text, path, *agent_keys)
 
 
 def test_an_agent_shows_neither_secret_and_runs_processes_as_its_default_user(

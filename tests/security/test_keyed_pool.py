@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from dashi.client import RpcClient
+from dashi.security import derive_key
 from dispatcher.client import ProcessDispatcherClient
 from pdcommon.settings import load_settings
 from pdcommon.wire import broker_config
@@ -66,13 +67,16 @@ def test_a_keyed_dispatcher_runs_work_on_the_agents_it_starts(
         client.terminate_process("p1")
         wait_for(lambda: state(client, "p1") == "700-TERMINATED", 30, "p1 terminated")
     assert not [r for r in caplog.records if "refused" in r.getMessage()]
-    # And the agent got the key in its private configuration file
+    # And each agent got its own key (never the master) in its private configuration file
     configs = list((pool.settings.state_dir / "nodes").glob("*/*.yml"))
     assert configs
+    broker = broker_config(pool.settings)
     for path in configs:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert KEY not in path.read_text()
         security = yaml.safe_load(path.read_text())["security"]
-        assert security == {"hmac_key": KEY, "signature_max_age": 120}
+        own = derive_key(KEY, broker.prefixed(path.stem)).hex()
+        assert security == {"agent_key": own, "signature_max_age": 120}
 
 
 def test_a_keyed_dispatcher_refuses_unsigned_heartbeats(

@@ -19,6 +19,7 @@ from dashi.security import (
     NotAuthorizedError,
     SignatureVerifier,
     canonical_message,
+    derive_key,
 )
 from pdcommon.errors import ConfigError
 from pdcommon.settings import load_settings
@@ -186,11 +187,16 @@ def test_the_agent_template_carries_the_key_to_agents_but_not_into_its_repr() ->
     template = AgentTemplate.from_settings(settings)
     assert KEY not in repr(template) and "pw-123" not in repr(template)
     config = template.config(
-        state_dir="/s", supd_directory="/d", node_id="n1", slots=2, heartbeat=5.0
+        agent_name="n1-0", state_dir="/s", supd_directory="/d", node_id="n1", slots=2, heartbeat=5.0
     )
-    assert config["security"] == {"hmac_key": KEY, "signature_max_age": 300.0}
+    # Each agent gets its own key, derived from the master, never the master itself
+    assert config["security"] == {
+        "agent_key": derive_key(KEY, "n1-0").hex(),
+        "signature_max_age": 300.0,
+    }
+    assert KEY not in str(config)
     # Without a key, agents get no security section (legacy behaviour)
     bare = AgentTemplate.from_settings(load_settings()).config(
-        state_dir="/s", supd_directory="/d", node_id="n1", slots=2, heartbeat=5.0
+        agent_name="n1-0", state_dir="/s", supd_directory="/d", node_id="n1", slots=2, heartbeat=5.0
     )
     assert "security" not in bare

@@ -18,6 +18,7 @@ from typing import Any
 
 from dashi.broker import BrokerConfig
 from dashi.client import RpcClient
+from dashi.security import CommandGuard, MessageSigner, SignatureVerifier, StaticKeys
 from dashi.service import RpcService
 
 
@@ -31,7 +32,11 @@ class FakeEEAgent:
         pd_name: str = "process_dispatcher",
         launch_state: str = "500-RUNNING",
         heartbeat_interval: float | None = None,
+        key: bytes | None = None,
     ) -> None:
+        """``key``: the agent's own key (``derive_key(master, prefixed name)``): it
+        signs the heartbeats, and commands (and log reads) must be signed with it by
+        the dispatcher (``None``: nothing is signed or checked)."""
         self.name = name
         self.node_id = node_id
         self.pd_name = pd_name
@@ -48,10 +53,18 @@ class FakeEEAgent:
         self.logs_gate.set()
         self.lock = threading.Lock()
         self.service = RpcService(broker, name)
+        guard = None
+        if key is not None:
+            guard = CommandGuard(
+                expected_sender=broker.prefixed(pd_name),
+                destination=broker.prefixed(name),
+                verifier=SignatureVerifier(StaticKeys(key), max_age=300),
+            )
         for op in ("launch_process", "terminate_process", "restart_process", "cleanup"):
-            self.service.handle(op, getattr(self, op), validate=False)
-        self.service.handle("get_process_logs", self.get_process_logs, validate=False)
-        self.client = RpcClient(broker, name)
+            self.service.handle(op, getattr(self, op), validate=False, guard=guard)
+        self.service.handle("get_process_logs", self.get_process_logs, validate=False, guard=guard)
+        signer = None if key is None else MessageSigner(StaticKeys(key))
+        self.client = RpcClient(broker, name, signer=signer)
 
     def start(self) -> FakeEEAgent:
         self.service.start()
