@@ -216,15 +216,19 @@ def test_the_dispatcher_an_agent_and_a_client_work_over_mutual_tls(
 
 
 @pytest.mark.parametrize(
-    ("ca", "client", "reason"),
+    ("ca", "client", "reasons"),
     [
-        ("other-ca", True, "CERTIFICATE_VERIFY_FAILED"),
-        ("ca", False, "CERTIFICATE_REQUIRED"),
+        ("other-ca", True, ("CERTIFICATE_VERIFY_FAILED",)),
+        # TLS 1.3 checks the client's certificate after the client has finished its
+        # side of the handshake: the broker's alert is read, or the connection it
+        # closes at once is seen first (an EOF inside the TLS session), whichever
+        # the client meets first. Either is a refusal inside TLS.
+        ("ca", False, ("CERTIFICATE_REQUIRED", "EOF occurred in violation of protocol")),
     ],
     ids=["broker-not-trusted", "no-client-certificate"],
 )
 def test_a_peer_without_the_right_certificates_cannot_connect(
-    tls_broker: TlsBroker, tmp_path: Path, ca: str, client: bool, reason: str
+    tls_broker: TlsBroker, tmp_path: Path, ca: str, client: bool, reasons: tuple[str, ...]
 ) -> None:
     settings = settings_for(tmp_path, tls_broker.amqp(ca=ca, client=client))
     rpc = RpcClient(broker_config(settings), "outsider", timeout=5)
@@ -232,4 +236,4 @@ def test_a_peer_without_the_right_certificates_cannot_connect(
         rpc.call("process_dispatcher", "list_definitions")
     rpc.close()
     # (refused in the TLS handshake, not for want of a listener)
-    assert reason in str(info.value)
+    assert any(reason in str(info.value) for reason in reasons), info.value
