@@ -372,6 +372,9 @@ class HeartbeatHandler:
             "ended_at": now,
             "next_restart_at": None,
         }
+        if process.state < ProcessState.RUNNING and report.started_at is not None:
+            # ended before any heartbeat showed it running: the agent says when it began
+            outcome["started_at"] = min(report.started_at, now)
         for _ in range(WRITE_CONFLICT_RETRIES):
             before = process.state
             action = ending(process, reported)

@@ -96,7 +96,8 @@ class ProcessRecord(BaseModel):
 
     def report(self) -> dict[str, Any]:
         """The heartbeat entry: the legacy fields (``msg`` says why a round ended),
-        and for an ended round the additive ``exit_code`` and ``output`` (when known)."""
+        and for an ended round the additive ``exit_code``, ``output`` and ``started_at``
+        (when known)."""
         entry: dict[str, Any] = {
             "upid": self.upid,
             "round": str(self.round),
@@ -108,6 +109,8 @@ class ProcessRecord(BaseModel):
                 entry["exit_code"] = self.exit_code
             if self.output:
                 entry["output"] = self.output
+            if self.started_at is not None:
+                entry["started_at"] = self.started_at
         return entry
 
 

@@ -20,6 +20,7 @@ the last ``.`` (:func:`resource_id_from_sender`).
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import datetime
 from typing import Annotated, Any, ClassVar, Final, Literal, Self
@@ -129,6 +130,15 @@ def _lenient(kind: type) -> Any:
     return BeforeValidator(check)
 
 
+def _epoch(value: Any) -> float | None:
+    """A finite, positive epoch time in seconds (int or float); else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if not math.isfinite(value) or value <= 0:
+        return None
+    return float(value)
+
+
 def _output(value: Any) -> Any:
     """``{"stdout": str, "stderr": str}`` cut to :data:`MAX_REPORTED_OUTPUT` each; else None."""
     if not isinstance(value, dict):
@@ -147,9 +157,10 @@ class ReportedProcess(BaseModel):
     ``upid``, ``round`` and ``state`` are the legacy fields (``msg`` is legacy too,
     the string ``"None"`` when empty). The others are additive, sent by this
     project's agents for an ended round: ``exit_code``, ``signal``, ``reason``
-    (the agent's words: "exited with code 3", "cannot start: ...") and ``output``
-    (``{"stdout", "stderr"}``: the last few KiB of each). A value of the wrong
-    type counts as absent.
+    (the agent's words: "exited with code 3", "cannot start: ..."), ``output``
+    (``{"stdout", "stderr"}``: the last few KiB of each) and ``started_at`` (when
+    the round was spawned, epoch seconds: a round can end before a heartbeat ever
+    showed it running). A value of the wrong type counts as absent.
     """
 
     model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
@@ -163,6 +174,7 @@ class ReportedProcess(BaseModel):
     signal: Annotated[int | None, _lenient(int)] = None
     reason: Annotated[str | None, _lenient(str)] = None
     output: Annotated[dict[str, str] | None, BeforeValidator(_output)] = None
+    started_at: Annotated[float | None, BeforeValidator(_epoch)] = None
 
     @property
     def why(self) -> str | None:

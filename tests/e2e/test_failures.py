@@ -57,7 +57,9 @@ def test_an_exit_3_keeps_code_reason_and_stderr_after_the_agent_is_gone(
     # Then it is FAILED with its exit code and the agent's reason
     record = cluster.wait_state("bad-1", "850-FAILED")
     assert (record["exit_code"], record["reason"]) == (3, "exited with code 3")
-    assert record["ended_at"] is not None and record["started_at"] is not None
+    # (it may end before any heartbeat shows it running: the agent says when it began)
+    assert record["started_at"] is not None and record["ended_at"] is not None
+    assert record["started_at"] <= record["ended_at"]
     # When its agent is stopped
     for agent in cluster.agents.values():
         agent.stop()
@@ -70,7 +72,6 @@ def test_an_exit_3_keeps_code_reason_and_stderr_after_the_agent_is_gone(
     events = cluster.client.describe_process_events("bad-1")
     states = [e["state"] for e in events]
     assert states[0] == "200-REQUESTED" and states[-1] == "850-FAILED"
-    assert "500-RUNNING" in states
     assert events[-1]["exit_code"] == 3
     assert "bad config: x" in events[-1]["output"]["stderr"]
 

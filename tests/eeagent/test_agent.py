@@ -560,6 +560,7 @@ def test_the_heartbeat_has_the_legacy_fields_and_an_ended_rounds_additive_ones(
         "msg": "exited with code 2",
     }
     assert ended["exit_code"] == 2
+    assert isinstance(ended["started_at"], float)
     assert ended["output"]["stderr"].endswith("\nboom\n")
     assert len(ended["output"]["stderr"]) == 4096
 

@@ -244,3 +244,43 @@ def test_a_backoff_waits_even_with_queueing_mode_never(
         now=clock.now,
     )
     assert decided.decisions[0] == Wait("p1", 1, S.WAITING, clock.now + 1)
+
+
+@BOTH_STORES
+@pytest.mark.parametrize(
+    ("sent", "kept"),
+    [(NOW + 2, NOW + 2), (None, None), ("yesterday", None), (float("nan"), None), (True, None)],
+    ids=["reported", "absent", "a-string", "nan", "a-bool"],
+)
+def test_a_round_ending_before_it_was_seen_running_takes_the_agents_start_time(
+    store: Store, policy_handler: HeartbeatHandler, clock: FakeClock, sent: Any, kept: Any
+) -> None:
+    # Given a process its agent has not yet reported running
+    put_process(store, "p1", S.PENDING, assigned="eeagent_1", restart_mode="NEVER")
+    # When the agent reports it already exited 3, saying when it began
+    clock.advance(5)
+    extra = {} if sent is None else {"started_at": sent}
+    send(
+        policy_handler,
+        ended("p1", 0, "850-FAILED", "exited with code 3", exit_code=3, **extra),
+        at=clock.now,
+    )
+    # Then the record keeps that start (a bad or missing value is no start)
+    record = process(store, "p1")
+    assert (record.state, record.exit_code) == (S.FAILED, 3)
+    assert record.started_at == kept
+    assert record.ended_at == clock.now
+
+
+@BOTH_STORES
+def test_a_round_seen_running_keeps_its_own_start_time(
+    store: Store, policy_handler: HeartbeatHandler, clock: FakeClock
+) -> None:
+    put_process(store, "p1", S.RUNNING, assigned="eeagent_1", restart_mode="NEVER", started_at=NOW)
+    clock.advance(5)
+    send(
+        policy_handler,
+        ended("p1", 0, "850-FAILED", "exited with code 3", exit_code=3, started_at=NOW + 1),
+        at=clock.now,
+    )
+    assert process(store, "p1").started_at == NOW
