@@ -1,9 +1,10 @@
 """The ``libcloud`` driver: nodes are VMs of any Apache Libcloud compute provider.
 
-Capabilities: create (with cloud-init user-data and tags), destroy, and list this
+Capabilities: create (with user-data and tags), destroy, and list this
 dispatcher's nodes by their tags, so a restarted dispatcher adopts its VMs. A VM
-boots from user-data that installs this project (``install_command``, after
-``setup_commands``) and runs one systemd service per agent:
+boots from user-data (:mod:`~dispatcher.provisioner.userdata`, a shell script)
+that installs this project (``install_command``, after ``setup_commands``) once
+and runs one agent per name:
 ``<agent_command> --config /etc/process-dispatcher/<agent>.yml --name <agent>``.
 
 Configuration (a site of ``provisioner.sites``)::
@@ -42,8 +43,6 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-import yaml
-
 from dispatcher.provisioner.agents import AgentTemplate
 from dispatcher.provisioner.base import (
     TAG_ENGINE,
@@ -61,6 +60,7 @@ from dispatcher.provisioner.errors import (
     ThrottledError,
     TransientCloudError,
 )
+from dispatcher.provisioner.userdata import build_user_data
 from pdcommon.errors import ConfigError
 from pdcommon.settings import EMBEDDED_URI, LibcloudSiteSettings
 
@@ -68,8 +68,6 @@ __all__ = ["LibcloudDriver", "build_user_data", "translate_error"]
 
 log = logging.getLogger(__name__)
 
-#: Where the agents' configuration files go on the VM.
-AGENT_CONFIG_DIR = "/etc/process-dispatcher"
 #: ``create_node`` argument names (EC2 and OpenStack spell them so).
 DEFAULT_ARGUMENT_NAMES = {
     "user_data": "ex_userdata",
@@ -195,48 +193,6 @@ def _is_network_error(exc: BaseException) -> bool:
     except ImportError:  # pragma: no cover - libcloud depends on requests
         return isinstance(exc, OSError)
     return isinstance(exc, OSError | socket.timeout | requests.exceptions.RequestException)
-
-
-def build_user_data(
-    site: LibcloudSiteSettings, template: AgentTemplate, request: NodeRequest
-) -> str:
-    """The cloud-init ``#cloud-config`` document that boots the node's agents."""
-    heartbeat = site.agent_heartbeat or request.heartbeat
-    files = []
-    for name in request.agent_names:
-        config = template.config(
-            state_dir=site.agent_state_dir,
-            supd_directory=f"{site.agent_state_dir}/eeagent",
-            node_id=request.node_id,
-            slots=request.slots,
-            heartbeat=heartbeat,
-        )
-        files.append(
-            {
-                "path": f"{AGENT_CONFIG_DIR}/{name}.yml",
-                "permissions": "0600",
-                "content": yaml.safe_dump(config, sort_keys=False),
-            }
-        )
-    files.append(
-        {
-            "path": "/etc/systemd/system/pd-eeagent@.service",
-            "permissions": "0644",
-            "content": (
-                "[Unit]\nDescription=Process Dispatcher agent %i\n"
-                "After=network-online.target\nWants=network-online.target\n\n"
-                "[Service]\n"
-                f"ExecStart=/usr/bin/env {site.agent_command} "
-                f"--config {AGENT_CONFIG_DIR}/%i.yml --name %i\n"
-                "Restart=always\nRestartSec=5\nKillMode=mixed\nTimeoutStopSec=60\n\n"
-                "[Install]\nWantedBy=multi-user.target\n"
-            ),
-        }
-    )
-    commands: list[str] = [*site.setup_commands, site.install_command, "systemctl daemon-reload"]
-    commands += [f"systemctl enable --now pd-eeagent@{name}" for name in request.agent_names]
-    document = {"write_files": files, "runcmd": commands}
-    return "#cloud-config\n" + yaml.safe_dump(document, sort_keys=False, width=1000)
 
 
 class LibcloudDriver:

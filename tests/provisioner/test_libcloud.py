@@ -280,6 +280,16 @@ def instance_user_data(driver: LibcloudDriver, instance_id: str) -> str:
     return base64.b64decode(value).decode()
 
 
+def written_configs(script: str) -> dict[str, Any]:
+    """The agent configurations a boot script writes, by path."""
+    configs = {}
+    for line in script.splitlines():
+        if line.startswith("write_config "):
+            _, path, encoded = line.split(" ")
+            configs[path] = yaml.safe_load(base64.b64decode(encoded))
+    return configs
+
+
 def test_ec2_create_sends_user_data_and_tags_and_a_new_driver_lists_the_node(
     proxy: FaultInjector, sysname: str
 ) -> None:
@@ -291,19 +301,18 @@ def test_ec2_create_sends_user_data_and_tags_and_a_new_driver_lists_the_node(
     assert node.provider_id.startswith("i-")
     assert node.properties["private_ips"]
     # Then its user-data installs the project and starts both agents with the node's settings
-    document = yaml.safe_load(instance_user_data(driver, node.provider_id))
-    files = {f["path"]: f for f in document["write_files"]}
+    script = instance_user_data(driver, node.provider_id)
+    assert script.startswith("#!/bin/sh\n")
+    configs = written_configs(script)
     for name in request.agent_names:
-        agent = files[f"/etc/process-dispatcher/{name}.yml"]
-        assert agent["permissions"] == "0600"
-        config = yaml.safe_load(agent["content"])
+        config = configs[f"/etc/process-dispatcher/{name}.yml"]
         assert config["eeagent"]["node_id"] == request.node_id
         assert config["eeagent"]["slots"] == 3
         assert config["eeagent"]["heartbeat"] == 7
         assert config["server"]["amqp"]["uri"] == AMQP
         assert config["dashi"]["sysname"] == "sys1"
-        assert f"systemctl enable --now pd-eeagent@{name}" in document["runcmd"]
-    assert "python3 -m pip install process-dispatcher" in document["runcmd"]
+    assert f"for name in {' '.join(request.agent_names)}; do" in script
+    assert "    python3 -m pip install process-dispatcher\n" in script
     # And a new driver instance (a restarted dispatcher) finds it by its tags
     again = ec2_driver(proxy.port, owner)
     (listed,) = again.list_nodes()
