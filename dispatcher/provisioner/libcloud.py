@@ -19,7 +19,8 @@ log or error message (messages are built from the provider's code and text, with
 any credential masked). Provider exceptions are translated here: throttling →
 :class:`ThrottledError` (with ``retry_after``), timeouts, connection errors, 5xx
 and capacity shortages → :class:`TransientCloudError`, refused credentials →
-:class:`CloudAuthError`, anything else → :class:`CloudRequestError`.
+:class:`CloudAuthError`, a reached quota → :class:`CloudQuotaError`, an unknown
+image or size → :class:`CloudImageError`, anything else → :class:`CloudRequestError`.
 
 EC2-compatible endpoints that answer in ``http://ec2.amazonaws.com/doc/<v>``
 without the trailing ``/`` (moto, some private clouds) are handled: Libcloud's
@@ -54,12 +55,15 @@ from dispatcher.provisioner.base import (
 )
 from dispatcher.provisioner.errors import (
     CloudAuthError,
+    CloudImageError,
+    CloudQuotaError,
     CloudRequestError,
     NodeNotFoundError,
     ProvisionerError,
     ThrottledError,
     TransientCloudError,
 )
+from dispatcher.provisioner.tagging import TagRules, rules_for
 from dispatcher.provisioner.userdata import build_user_data
 from pdcommon.errors import ConfigError
 from pdcommon.settings import EMBEDDED_URI, LibcloudSiteSettings
@@ -75,6 +79,8 @@ DEFAULT_ARGUMENT_NAMES = {
     "key_pair": "ex_keyname",
     "security_groups": "ex_security_groups",
 }
+#: Per-provider changes to :data:`DEFAULT_ARGUMENT_NAMES` (``site.argument_names`` wins).
+PROVIDER_ARGUMENT_NAMES = {"gce": {"tags": "ex_labels"}}
 #: Provider error codes that mean "slow down" (EC2, OpenStack, GCE spellings).
 THROTTLE_CODES = frozenset(
     {
@@ -110,6 +116,31 @@ AUTH_CODES = frozenset(
         "OptInRequired",
         "UnauthorizedOperation",
         "InvalidAccessKeyId",
+    }
+)
+#: Provider error codes that mean an account quota or limit is reached.
+QUOTA_CODES = frozenset(
+    {
+        "InstanceLimitExceeded",
+        "VcpuLimitExceeded",
+        "MaxSpotInstanceCountExceeded",
+        "AddressLimitExceeded",
+        "QuotaExceeded",
+        "QUOTA_EXCEEDED",
+        "OverQuota",
+        "OverLimit",
+    }
+)
+#: Provider error codes (or their prefixes, before a ``.``) that mean the image or
+#: size is unknown or refused.
+IMAGE_CODES = frozenset(
+    {
+        "InvalidAMIID",
+        "InvalidInstanceType",
+        "Unsupported",
+        "ImageNotFound",
+        "InvalidImage",
+        "FlavorNotFound",
     }
 )
 _CODE = re.compile(r"^\s*(?P<code>[A-Za-z][\w.]*)\s*:\s*(?P<text>.*)$", re.S)
@@ -151,6 +182,10 @@ def translate_error(exc: BaseException, action: str, secrets: tuple[str, ...] = 
         return CloudAuthError(message)
     if code in THROTTLE_CODES or http_code == 429:
         return ThrottledError(message, retry_after=_retry_after(exc))
+    if code in QUOTA_CODES:
+        return CloudQuotaError(message)
+    if code.split(".")[0] in IMAGE_CODES:
+        return CloudImageError(message)
     if code.endswith(".NotFound") and "Instance" in code:
         return NodeNotFoundError(message)
     if code in TRANSIENT_CODES or isinstance(exc, ServiceUnavailableError | MalformedResponseError):
@@ -243,7 +278,20 @@ class LibcloudDriver:
         self._shared_driver: Any = None
         self._shared_lock = threading.Lock()
         self._local = threading.local()
-        self._names = {**DEFAULT_ARGUMENT_NAMES, **site.argument_names}
+        self._names = {
+            **DEFAULT_ARGUMENT_NAMES,
+            **PROVIDER_ARGUMENT_NAMES.get(site.provider.lower(), {}),
+            **site.argument_names,
+        }
+        #: How this provider takes tags and node names (:mod:`.tagging`).
+        self.tag_rules: TagRules = rules_for(site.provider)
+        for key in site.tags:
+            problem = self.tag_rules.check_key(key)
+            if problem is not None:
+                raise ConfigError(
+                    f"provisioner.sites.{site_name}.tags: key {key!r} cannot be a "
+                    f"{self.tag_rules.name} tag: {problem}"
+                )
         self._attempted: set[str] = set()
         #: provider id → tags of the nodes this instance created (for providers,
         #: like ``dummy``, that keep no tags).
@@ -281,7 +329,7 @@ class LibcloudDriver:
             from libcloud.compute.base import NodeImage, NodeSize
 
             arguments: dict[str, Any] = {
-                "name": request.node_id,
+                "name": self.tag_rules.node_name(request.node_id),
                 "image": NodeImage(id=self.site.image, name=None, driver=driver),
                 "size": NodeSize(
                     id=self.site.size,
@@ -293,7 +341,7 @@ class LibcloudDriver:
                     driver=driver,
                 ),
                 self._names["user_data"]: build_user_data(self.site, self.template, request),
-                self._names["tags"]: tags,
+                self._names["tags"]: self.tag_rules.encode(tags),
             }
             if self.site.key_pair:
                 arguments[self._names["key_pair"]] = self.site.key_pair
@@ -365,21 +413,35 @@ class LibcloudDriver:
     def _owned(self, driver: Any) -> list[tuple[Any, dict[str, str]]]:
         from libcloud.compute.types import NodeState
 
+        rules = self.tag_rules
+        owner_key = rules.encode_text(TAG_OWNER, rules.key_limit)
+        owner = rules.encode_text(self.owner, rules.value_limit)
         try:
-            nodes = driver.list_nodes(ex_filters={f"tag:{TAG_OWNER}": self.owner})
+            nodes = driver.list_nodes(ex_filters={f"tag:{owner_key}": owner})
         except TypeError:  # providers without server-side filters
             nodes = driver.list_nodes()
         with self._lock:
             created = dict(self._created)
+        # compared as the provider keeps them (a shortened owner does not decode)
+        site_key = rules.encode_text(TAG_SITE, rules.key_limit)
+        site = rules.encode_text(self.site_name, rules.value_limit)
+        untagged_site = rules.encode_text("default", rules.value_limit)
         owned = []
         for node in nodes:
             if node.state == NodeState.TERMINATED:
                 continue
-            tags = _tags(node) or created.get(str(node.id), {})
-            if tags.get(TAG_OWNER) == self.owner and tags.get(TAG_SITE, "default") in (
-                self.site_name,
-            ):
-                owned.append((node, tags))
+            stored = _tags(node, owner_key)
+            if stored:
+                if stored.get(owner_key) != owner or stored.get(site_key, untagged_site) != site:
+                    continue
+                tags = rules.decode(stored)
+            else:
+                tags = created.get(str(node.id), {})
+                if tags.get(TAG_OWNER) != self.owner:
+                    continue
+                if tags.get(TAG_SITE, "default") != self.site_name:
+                    continue
+            owned.append((node, tags))
         return owned
 
     def _location(self, driver: Any) -> Any:
@@ -406,12 +468,14 @@ class LibcloudDriver:
         )
 
 
-def _tags(node: Any) -> dict[str, str]:
+def _tags(node: Any, owner_key: str = TAG_OWNER) -> dict[str, str]:
+    """The node's tags: the first of its ``tags``, ``metadata``, ``labels`` holding
+    the owner tag, else the first that is not empty."""
     extra = getattr(node, "extra", None) or {}
-    for key in ("tags", "metadata", "labels"):
-        value = extra.get(key)
-        if isinstance(value, dict) and value:
-            return {str(k): str(v) for k, v in value.items()}
+    found = [extra.get(key) for key in ("tags", "metadata", "labels")]
+    dicts = [value for value in found if isinstance(value, dict) and value]
+    for value in sorted(dicts, key=lambda tags: owner_key not in tags):
+        return {str(k): str(v) for k, v in value.items()}
     return {}
 
 

@@ -47,6 +47,8 @@ ROOT_FORMAT = "1"
 CHECKOUT = Path(__file__).resolve().parents[2]
 USER_DATA = "/var/lib/cloud/instance/user-data.txt"
 WHEELS_IN_VM = "/opt/pd-wheels"
+#: What a wheel is not built from.
+_NOT_SOURCES = (".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", ".*_cache")
 
 #: What runs inside the new namespaces: mount, chroot, run the user-data, then idle.
 _VM_INIT = r"""
@@ -139,15 +141,23 @@ def wheelhouse(session_dir: Path) -> Path:
         if not deps.is_dir():
             partial = deps.with_name(deps.name + ".partial")
             shutil.rmtree(partial, ignore_errors=True)
-            subprocess.run([*pip, "-w", str(partial), str(CHECKOUT)], check=True)
+            subprocess.run([*pip, "-w", str(partial), str(_source(session_dir))], check=True)
             for wheel in partial.glob("process_dispatcher-*.whl"):
                 wheel.unlink()
             partial.rename(deps)
     house = session_dir / "wheelhouse"
     if not house.is_dir():
         shutil.copytree(deps, house)
-        subprocess.run([*pip, "--no-deps", "-w", str(house), str(CHECKOUT)], check=True)
+        subprocess.run([*pip, "--no-deps", "-w", str(house), str(_source(session_dir))], check=True)
     return house
+
+
+def _source(session_dir: Path) -> Path:
+    """A copy of the checkout's sources to build from (the build leaves ``build/`` there)."""
+    source = session_dir / "source"
+    if not source.is_dir():
+        shutil.copytree(CHECKOUT, source, ignore=shutil.ignore_patterns(*_NOT_SOURCES))
+    return source
 
 
 def processes_in(root: Path) -> list[tuple[int, str]]:
