@@ -17,8 +17,8 @@ The script (:func:`build_user_data`):
    process with a pid file (containers, a chroot) that is not started twice;
 5. writes ``ok`` to ``<agent_state_dir>/boot-status``.
 
-Failures are loud: a failing step ends the script with status 1 after writing
-``failed: <step> (exit status N)`` to the boot log, to the script's original
+Failures are loud: a failing step ends the script with that step's exit status
+after writing ``failed: <step> (exit status N)`` to the boot log, to the script's original
 standard error (cloud-init copies it to the console, which the provider shows)
 and to ``boot-status``; the node then never heartbeats, and the provisioner
 replaces it at the site's ``boot_timeout``.

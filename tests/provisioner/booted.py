@@ -57,7 +57,8 @@ root=$1
 mount --rbind /dev "$root/dev"
 mount -t proc proc "$root/proc"
 mount -t tmpfs -o mode=755 tmpfs "$root/run"
-exec chroot "$root" /bin/sh -c '
+exec env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root \
+    LANG=C.UTF-8 chroot "$root" /bin/sh -c '
     echo "vm: running user-data"
     status=0
     "$0" || status=$?
