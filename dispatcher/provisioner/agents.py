@@ -31,6 +31,9 @@ class AgentTemplate:
         hmac_key: the key agents require command signatures with
             (``security.hmac_key``; ``None``: none).
         signature_max_age: ``security.signature_max_age``.
+        leave_running_on_shutdown: ``eeagent.leave_running_on_shutdown`` of the
+            dispatcher's settings, given to every agent (an agent told to stop then
+            leaves its supervisord and processes; destroying the node stops them).
     """
 
     amqp_uri: str = field(repr=False)
@@ -40,6 +43,7 @@ class AgentTemplate:
     ssl: bool = False
     hmac_key: SecretStr | None = field(default=None, repr=False)
     signature_max_age: float | None = None
+    leave_running_on_shutdown: bool = False
 
     @classmethod
     def from_settings(cls, settings: Settings, amqp_uri: str | None = None) -> AgentTemplate:
@@ -53,6 +57,7 @@ class AgentTemplate:
             ssl=amqp.ssl,
             hmac_key=settings.security.hmac_key,
             signature_max_age=settings.security.signature_max_age,
+            leave_running_on_shutdown=settings.eeagent.leave_running_on_shutdown,
         )
 
     def __repr__(self) -> str:
@@ -87,6 +92,8 @@ class AgentTemplate:
                 "launch_type": {"name": "supd", "supd_directory": supd_directory},
             },
         }
+        if self.leave_running_on_shutdown:
+            config["eeagent"]["leave_running_on_shutdown"] = True
         if self.hmac_key is not None:
             security: dict[str, Any] = {"hmac_key": self.hmac_key.get_secret_value()}
             if self.signature_max_age is not None:
