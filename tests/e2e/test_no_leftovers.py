@@ -8,6 +8,7 @@ with ``eeagent.leave_running_on_shutdown`` false and true, and an interrupted
 
 from __future__ import annotations
 
+import shutil
 import signal
 import subprocess
 import sys
@@ -57,6 +58,31 @@ def test_destroying_a_local_node_leaves_no_agent_and_no_supervisord(
     driver.destroy_node(request.node_id, request.node_id)
     # Then nothing of it runs
     assert pool_processes(tmp_path) == []
+
+
+@pytest.mark.parametrize("leave_running", [False, True])
+def test_a_pool_whose_directory_is_deleted_stops_by_itself(
+    tmp_path: Path, leave_running: bool
+) -> None:
+    state_dir = tmp_path / "state"
+    driver = LocalDriver(
+        LocalSiteSettings(heartbeat=1),
+        template=AgentTemplate(amqp_uri="embedded://", leave_running_on_shutdown=leave_running),
+        state_dir=state_dir,
+        owner="pd-test",
+        stop_supervisord=stop_left_supervisord,
+    )
+    request = NodeRequest(new_node_id("engine1"), "engine1", slots=1, replicas=1, heartbeat=1)
+    driver.create_node(request)
+    log = state_dir / "nodes" / request.node_id / f"{request.agent_names[0]}.log"
+    wait_for(lambda: "serving on" in log.read_text(), 30, "the agent serving")
+    assert len(supervisords(state_dir)) == 1
+    # Given the pool's owner is gone (killed) and its directory is deleted, so that
+    # no dispatcher can ever adopt or destroy the node
+    driver.close()
+    shutil.rmtree(state_dir)
+    # Then its agent and supervisord notice and stop
+    wait_for(lambda: pool_processes(state_dir) == [], 60, "the orphans to stop")
 
 
 def pool_daemon(tmp_path: Path, leave_running: bool) -> Daemon:
