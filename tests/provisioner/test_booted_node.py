@@ -29,7 +29,8 @@ from tests.conftest import unavailable
 from tests.provisioner import booted
 from tests.support.waiting import wait_for
 
-pytestmark = [pytest.mark.slow, pytest.mark.rabbitmq]
+#: The first run builds the Debian root (debootstrap) and the wheelhouse.
+pytestmark = [pytest.mark.slow, pytest.mark.rabbitmq, pytest.mark.timeout(900)]
 
 HMAC_KEY = "booted-node-hmac-key-0123456789abcdef"
 AMI = "ami-03cf127a"  # one of moto's built-in images

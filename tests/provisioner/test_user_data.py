@@ -52,6 +52,7 @@ def debian_root() -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # the first run builds the Debian root
 @pytest.mark.parametrize(
     ("broken", "step", "status"),
     [
