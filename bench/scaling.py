@@ -13,11 +13,29 @@ request issued within 1 s of the demand.
 With ``--driver local`` the nodes are real local agents on the embedded broker;
 the bench also reports when every agent's first heartbeat arrived, then destroys
 the nodes.
+
+The pool bench runs a whole dispatcher (embedded broker, SQLite, a ``local``
+site) and real work: ``--processes P`` processes (``/bin/sleep``) spread over
+``--nodes N`` nodes (``P / N`` slots per agent). Figures: from the first
+``schedule_process`` to every process ``500-RUNNING``, and from the first
+``terminate_process`` to an empty pool (every VM record final, no agent left),
+then the ``supervisord``/``pd-eeagent`` processes still running (0 expected)::
+
+    .venv/bin/python bench/scaling.py --driver local --nodes 20 --processes 200
+
+Interrupted (Ctrl-C, SIGTERM), the bench stops the provisioner and destroys every
+node it started before it exits: nothing is left running. ``--directory DIR``
+keeps the state there instead of a temporary directory; ``--hold S`` keeps the
+full pool S seconds before the demand ends.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import math
+import os
+import signal
 import sys
 import tempfile
 import threading
@@ -66,7 +84,9 @@ class Timed:
         self.driver.close()
 
 
-def run_once(nodes: int, driver: Any, parallel: int, state_dir: Path | None) -> dict[str, float]:
+def run_once(
+    nodes: int, driver: Any, parallel: int, state_dir: Path | None, hold: float = 0.0
+) -> dict[str, float]:
     store = MemoryStore()
     engines = EngineRegistry({"engine1": EngineSettings(slots=1)}, default_engine="engine1")
     messenger = RecordingMessenger()
@@ -96,36 +116,40 @@ def run_once(nodes: int, driver: Any, parallel: int, state_dir: Path | None) -> 
     stop = threading.Event()
     loop = threading.Thread(target=provisioner.run, args=(stop,), daemon=True)
     loop.start()
-    time.sleep(0.3)  # let the first pass (sync) finish
-    demand = time.perf_counter()
-    provisioner.register_need("engine1", nodes, [])
-    while len(timed.starts) < nodes:
-        time.sleep(0.001)
-    issued = time.perf_counter()
-    while sum(vm.state == VMState.PENDING for vm in store.list_vms()) < nodes:
-        time.sleep(0.005)
-    created = time.perf_counter()
-    result = {
-        "first_create_ms": (min(timed.starts) - demand) * 1000,
-        "all_issued_ms": (issued - demand) * 1000,
-        "all_created_ms": (created - demand) * 1000,
-    }
-    if state_dir is not None:
-        result["heartbeats_ms"] = wait_heartbeats(store, nodes, demand)
-    stop.set()
-    loop.join()
-    provisioner.register_need("engine1", 0, [])
-    provisioner.step()
-    deadline = time.monotonic() + 60
-    while any(vm.state not in VMState.FINAL for vm in store.list_vms()):
-        if time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-        provisioner.step()
-    provisioner.close()
-    if service is not None:
-        service.stop()
+    try:
+        time.sleep(0.3)  # let the first pass (sync) finish
+        demand = time.perf_counter()
+        provisioner.register_need("engine1", nodes, [])
+        while len(timed.starts) < nodes:
+            time.sleep(0.001)
+        issued = time.perf_counter()
+        while sum(vm.state == VMState.PENDING for vm in store.list_vms()) < nodes:
+            time.sleep(0.005)
+        created = time.perf_counter()
+        result = {
+            "first_create_ms": (min(timed.starts) - demand) * 1000,
+            "all_issued_ms": (issued - demand) * 1000,
+            "all_created_ms": (created - demand) * 1000,
+        }
+        if state_dir is not None:
+            result["heartbeats_ms"] = wait_heartbeats(store, nodes, demand)
+        time.sleep(hold)
+    finally:
+        # Also on Ctrl-C: no create may finish after the nodes are destroyed.
+        stop.set()
+        loop.join()
+        provisioner.close()
+        destroy_all(driver)
+        if service is not None:
+            service.stop()
     return result
+
+
+def destroy_all(driver: Any) -> None:
+    """Destroy every node the driver lists (what an interrupted run started too)."""
+    for node in driver.list_nodes():
+        driver.destroy_node(node.node_id, node.provider_id)
+    driver.close()
 
 
 def wait_heartbeats(store: MemoryStore, nodes: int, demand: float) -> float:
@@ -135,7 +159,7 @@ def wait_heartbeats(store: MemoryStore, nodes: int, demand: float) -> float:
     return (time.perf_counter() - demand) * 1000
 
 
-def local_driver(state_dir: Path) -> Any:
+def local_driver(state_dir: Path, owner: str = "bench") -> Any:
     from dispatcher.provisioner.agents import AgentTemplate
     from dispatcher.provisioner.local import LocalDriver
     from eeagent.supervisor import stop_left_supervisord
@@ -145,9 +169,103 @@ def local_driver(state_dir: Path) -> Any:
         LocalSiteSettings(heartbeat=1),
         template=AgentTemplate(amqp_uri="embedded://"),
         state_dir=state_dir,
-        owner="bench",
+        owner=owner,
         stop_supervisord=stop_left_supervisord,
     )
+
+
+def run_pool(
+    nodes: int, processes: int, grace: float, state_dir: Path, hold: float = 0.0
+) -> dict[str, float]:
+    """The pool bench (module docstring): a dispatcher, a local site, real processes."""
+    from dispatcher.client import ProcessDispatcherClient
+    from dispatcher.service import DispatcherService
+    from eeagent.supervisor import stop_left_supervisord
+    from pdcommon.settings import load_settings
+
+    slots = math.ceil(processes / nodes)
+    settings = load_settings(
+        overrides={
+            "state_dir": str(state_dir),
+            "dashi.sysname": f"bench{os.getpid()}",
+            "processdispatcher.engines": {
+                "engine1": {
+                    "slots": slots,
+                    "heartbeat_period": 1,
+                    "heartbeat_warning": 5,
+                    "heartbeat_missing": 15,
+                }
+            },
+            "processdispatcher.default_engine": "engine1",
+            "provisioner.driver": "local",
+            "provisioner.sites": {
+                "default": {"driver": "local", "heartbeat": 1, "scale_down_grace": grace}
+            },
+        }
+    )
+    service = DispatcherService.build(settings, stop_supervisord=stop_left_supervisord)
+    service.start()
+    client = ProcessDispatcherClient.from_settings(settings, timeout=60)
+    upids = [f"p{index:04d}" for index in range(processes)]
+    try:
+        client.create_definition("sleeper", "supd", {"exec": "/bin/sleep", "argv": ["3600"]})
+        demand = time.perf_counter()
+        for upid in upids:
+            client.schedule_process(upid, "sleeper", restart_mode="NEVER")
+        scheduled = time.perf_counter()
+        while _count(client, "500-RUNNING") < processes:
+            time.sleep(0.2)
+        running = time.perf_counter()
+        nodes_used = len(client.dump().get("vms", {}))
+        time.sleep(hold)
+        end = time.perf_counter()
+        for upid in upids:
+            client.terminate_process(upid)
+        while not _pool_empty(client, state_dir):
+            time.sleep(0.2)
+        empty = time.perf_counter()
+        leftovers = len(_pool_processes(state_dir))
+    finally:
+        client.close()
+        service.stop()
+        destroy_all(local_driver(state_dir, owner=f"{settings.dashi.sysname}.process_dispatcher"))
+    return {
+        "scheduled_s": scheduled - demand,
+        "all_running_s": running - demand,
+        "nodes": nodes_used,
+        "empty_s": empty - end,
+        "leftovers": leftovers,
+    }
+
+
+def _count(client: Any, state: str) -> int:
+    return sum(record["state"] == state for record in client.describe_processes())
+
+
+def _pool_empty(client: Any, state_dir: Path) -> bool:
+    vms = client.dump().get("vms", {}).values()
+    final = all(vm["state"] in VMState.FINAL for vm in vms)
+    return final and not list((state_dir / "nodes").glob("*/node.json"))
+
+
+def _pool_processes(directory: Path) -> list[int]:
+    """supervisord and pd-eeagent processes whose command line names ``directory``."""
+    found = []
+    needle = str(directory).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if needle in cmdline and (b"eeagent" in cmdline or b"supervisord" in cmdline):
+            found.append(int(entry.name))
+    return found
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def main() -> None:
@@ -156,25 +274,68 @@ def main() -> None:
     parser.add_argument("--driver", choices=["fake", "local"], default="fake")
     parser.add_argument("--latency", type=float, default=0.0, help="fake create latency (s)")
     parser.add_argument("--parallel", type=int, default=8, help="max_parallel")
+    parser.add_argument("--processes", type=int, help="pool bench: processes (--driver local)")
+    parser.add_argument("--grace", type=float, default=0.0, help="pool bench: scale_down_grace")
+    parser.add_argument(
+        "--hold", type=float, default=0.0, help="seconds to keep the pool before ending the demand"
+    )
+    parser.add_argument("--directory", type=Path, help="state directory (default: a temporary one)")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        if args.processes:
+            if args.driver != "local":
+                parser.error("--processes needs --driver local")
+            pool_bench(args)
+        else:
+            create_bench(args)
+    except KeyboardInterrupt:
+        print("interrupted: every node started was destroyed", flush=True)
+        sys.exit(130)
+
+
+def _state_dir(args: argparse.Namespace) -> Any:
+    if args.directory is not None:
+        args.directory.mkdir(parents=True, exist_ok=True)
+        return contextlib.nullcontext(str(args.directory))
+    return tempfile.TemporaryDirectory(prefix="pdb-", dir="/tmp")
+
+
+def pool_bench(args: argparse.Namespace) -> None:
+    for count in args.nodes or [20]:
+        with _state_dir(args) as tmp:
+            figures = run_pool(count, args.processes, args.grace, Path(tmp), args.hold)
+        print(
+            f"nodes={count} processes={args.processes} grace={args.grace:g}s: "
+            f"all scheduled {figures['scheduled_s']:.1f} s, "
+            f"all 500-RUNNING {figures['all_running_s']:.1f} s (on {figures['nodes']:.0f} nodes), "
+            f"pool empty {figures['empty_s']:.1f} s after the terminates, "
+            f"leftover agents/supervisords: {figures['leftovers']:.0f}",
+            flush=True,
+        )
+
+
+def create_bench(args: argparse.Namespace) -> None:
     counts = args.nodes or ([10, 100, 500] if args.driver == "fake" else [4])
     print(f"driver={args.driver} max_parallel={args.parallel} latency={args.latency}s")
     print(
-        f"{'N':>5} {'first create':>13} {'all issued':>11} {'all created':>12} {'heartbeats':>11}"
+        f"{'N':>5} {'first create':>13} {'all issued':>11} {'all created':>12} {'heartbeats':>11}",
+        flush=True,
     )
     for count in counts:
-        with tempfile.TemporaryDirectory(prefix="pdb-", dir="/tmp") as tmp:
+        with _state_dir(args) as tmp:
             state_dir = Path(tmp) if args.driver == "local" else None
             if state_dir is not None:
                 driver = local_driver(state_dir)
             else:
                 driver = FakeDriver(latency=args.latency)
-            figures = run_once(count, driver, args.parallel, state_dir)
+            figures = run_once(count, driver, args.parallel, state_dir, args.hold)
         beats = figures.get("heartbeats_ms")
         print(
             f"{count:>5} {figures['first_create_ms']:>10.1f} ms {figures['all_issued_ms']:>8.1f} ms"
             f" {figures['all_created_ms']:>9.1f} ms"
-            + (f" {beats:>8.1f} ms" if beats is not None else f" {'-':>11}")
+            + (f" {beats:>8.1f} ms" if beats is not None else f" {'-':>11}"),
+            flush=True,
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 
@@ -89,8 +90,35 @@ def main(
         secure_state_dir(settings)
     configure_logging(settings, log_level)
     stop = threading.Event()
+    _stop_when_removed(config_files, stop)
     with stop_on_signals(stop), reported_errors():
         run_agent(settings, dict(os.environ), stop)
+
+
+#: Seconds between two looks for the agent's configuration files.
+CONFIG_CHECK_SECONDS = 5.0
+
+
+def _stop_when_removed(config_files: tuple[str, ...], stop: threading.Event) -> None:
+    """Stop the agent (as SIGTERM does) once a configuration file it was started with
+    is gone at two looks in a row: its node was removed (a local node's directory
+    deleted), and nothing will ever adopt or stop it otherwise."""
+    paths = [os.path.abspath(path) for path in config_files]
+    if not paths:
+        return
+
+    def watch() -> None:
+        missing = 0
+        while not stop.wait(CONFIG_CHECK_SECONDS):
+            missing = missing + 1 if not all(os.path.exists(p) for p in paths) else 0
+            if missing >= 2:
+                logging.getLogger("eeagent").warning(
+                    "configuration file removed (%s): stopping", ", ".join(paths)
+                )
+                stop.set()
+                return
+
+    threading.Thread(target=watch, name="pd-config-watch", daemon=True).start()
 
 
 if __name__ == "__main__":  # pragma: no cover - python -m cli.eeagent

@@ -21,6 +21,11 @@ changes two things in supervisord's log handlers before starting it:
   something else), the error is dropped instead of printed; a rotation that
   fails reopens the log for appending.
 
+And one more: **supervisord ends when its configuration file is gone** (checked
+every :data:`ORPHAN_CHECK_SECONDS`; gone twice in a row). Its home was removed
+(a local node's directory deleted under a running pool): no agent can ever
+reattach to it, so it stops its programs and exits instead of running for ever.
+
 With a ``supdexe`` configured, supervisord runs as given, without these changes.
 """
 
@@ -28,10 +33,25 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
+import threading
+import time
 from typing import Any
 
-__all__ = ["RESERVE_FRACTION", "RESERVE_MAX", "RESERVE_MIN", "install", "main", "reserve_bytes"]
+__all__ = [
+    "ORPHAN_CHECK_SECONDS",
+    "RESERVE_FRACTION",
+    "RESERVE_MAX",
+    "RESERVE_MIN",
+    "install",
+    "main",
+    "reserve_bytes",
+    "watch_config",
+]
+
+#: Seconds between two looks for the configuration file (see the module docstring).
+ORPHAN_CHECK_SECONDS = 5.0
 
 #: Free space output never uses: a fraction of the filesystem, between two bounds.
 RESERVE_FRACTION = 0.05
@@ -89,10 +109,39 @@ def install() -> None:
     loggers.RotatingFileHandler.emit = emit
 
 
+def watch_config(path: str, interval: float = ORPHAN_CHECK_SECONDS) -> threading.Thread:
+    """End this process (SIGTERM: a clean supervisord shutdown) once ``path`` is gone
+    at two looks in a row."""
+
+    def watch() -> None:
+        missing = 0
+        while True:
+            time.sleep(interval)
+            missing = 0 if os.path.exists(path) else missing + 1
+            if missing >= 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+    thread = threading.Thread(target=watch, name="pd-config-watch", daemon=True)
+    thread.start()
+    return thread
+
+
+def _config_path(argv: list[str]) -> str | None:
+    for index, arg in enumerate(argv[:-1]):
+        if arg in ("-c", "--configuration"):
+            return os.path.abspath(argv[index + 1])
+    return None
+
+
 def main() -> None:
     """Install the changes and run supervisord with this process's arguments."""
     install()
     from supervisor import supervisord
+
+    config = _config_path(sys.argv[1:])
+    if config is not None:
+        watch_config(config)
 
     supervisord.main()
 

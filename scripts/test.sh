@@ -5,7 +5,9 @@
 #
 # 1. Installs Debian's rabbitmq-server and postgresql if their binaries are missing
 #    (as root, or through sudo), without letting the packages start their system
-#    services - the tests start their own private servers on 127.0.0.1.
+#    services - the tests start their own private servers on 127.0.0.1; and
+#    debootstrap (the booted-node test builds a Debian root with it, cached in
+#    /var/cache/pd-test-root).
 # 2. Creates .venv (Python >= 3.11) and installs the project with its test extras
 #    (again only when setup.cfg / pyproject.toml changed since the last install).
 # 3. Runs `ruff check .`, then `lint-imports` (the layering contracts of
@@ -142,6 +144,7 @@ install_packages() {  # install_packages <package>...
 packages=()
 have_rabbitmq || packages+=(rabbitmq-server)
 have_postgres || packages+=(postgresql)
+command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || packages+=(debootstrap)
 if ! venv_ok && ! find_python >/dev/null; then
     packages+=(python3 python3-venv)
 fi

@@ -36,6 +36,9 @@ class AgentTemplate:
             (``security.hmac_key``; ``None``: agents get no key).
         next_hmac_key: the next master during a rotation (``next_agent_key``).
         signature_max_age: ``security.signature_max_age``.
+        leave_running_on_shutdown: ``eeagent.leave_running_on_shutdown`` of the
+            dispatcher's settings, given to every agent (an agent told to stop then
+            leaves its supervisord and processes; destroying the node stops them).
     """
 
     amqp_uri: str = field(repr=False)
@@ -49,6 +52,7 @@ class AgentTemplate:
     hmac_key: SecretStr | None = field(default=None, repr=False)
     next_hmac_key: SecretStr | None = field(default=None, repr=False)
     signature_max_age: float | None = None
+    leave_running_on_shutdown: bool = False
 
     @classmethod
     def from_settings(cls, settings: Settings, amqp_uri: str | None = None) -> AgentTemplate:
@@ -66,6 +70,7 @@ class AgentTemplate:
             hmac_key=settings.security.hmac_key,
             next_hmac_key=settings.security.next_hmac_key,
             signature_max_age=settings.security.signature_max_age,
+            leave_running_on_shutdown=settings.eeagent.leave_running_on_shutdown,
         )
 
     def __repr__(self) -> str:
@@ -106,6 +111,8 @@ class AgentTemplate:
                 "launch_type": {"name": "supd", "supd_directory": supd_directory},
             },
         }
+        if self.leave_running_on_shutdown:
+            config["eeagent"]["leave_running_on_shutdown"] = True
         if self.hmac_key is not None:
             name = f"{self.sysname}.{agent_name}" if self.sysname else agent_name
             security: dict[str, Any] = {"agent_key": derive_key(self.hmac_key, name).hex()}

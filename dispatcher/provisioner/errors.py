@@ -10,10 +10,15 @@ Every driver translates its library's exceptions at its boundary into this tree
      │    └── TransientCloudError     timeouts, connection errors, 5xx, no capacity now
      ├── FatalProvisionerError        retrying the same request will not help
      │    ├── CloudAuthError          the credentials were refused
-     │    └── CloudRequestError       the provider refused the request (bad image,
-     │                                size, key pair, quota ...) or failed oddly
+     │    ├── CloudQuotaError         an account quota or limit is reached
+     │    └── CloudRequestError       the provider refused the request (key pair,
+     │         │                      security group ...) or failed oddly
+     │         └── CloudImageError    the image or size does not exist or is refused
      └── NodeNotFoundError            the provider does not know the node (destroying
                                       it is then done)
+
+A failed create's VM record says which kind of error it was (``reason``:
+``creation failed: <what>``, from the class's :attr:`~ProvisionerError.what`).
 
 Messages never contain credentials: drivers build them from the provider's error
 code and message only.
@@ -25,6 +30,8 @@ from pdcommon.errors import DispatcherError
 
 __all__ = [
     "CloudAuthError",
+    "CloudImageError",
+    "CloudQuotaError",
     "CloudRequestError",
     "FatalProvisionerError",
     "NodeNotFoundError",
@@ -37,6 +44,9 @@ __all__ = [
 
 class ProvisionerError(DispatcherError):
     """Base class of the errors provisioner drivers raise."""
+
+    #: What went wrong, in a few words (a failed VM record's reason names it).
+    what = "provider error"
 
 
 class RecoverableProvisionerError(ProvisionerError):
@@ -66,9 +76,25 @@ class FatalProvisionerError(ProvisionerError):
 class CloudAuthError(FatalProvisionerError):
     """The provider refused the credentials."""
 
+    what = "credentials refused"
+
+
+class CloudQuotaError(FatalProvisionerError):
+    """An account quota or limit (instances, cores, addresses) is reached."""
+
+    what = "quota exceeded"
+
 
 class CloudRequestError(FatalProvisionerError):
     """The provider refused the request, or a driver failed in an unexpected way."""
+
+    what = "request refused"
+
+
+class CloudImageError(CloudRequestError):
+    """The image or the size does not exist, or cannot be used."""
+
+    what = "image or size refused"
 
 
 class NodeNotFoundError(ProvisionerError):

@@ -1,9 +1,10 @@
 """The ``libcloud`` driver: nodes are VMs of any Apache Libcloud compute provider.
 
-Capabilities: create (with cloud-init user-data and tags), destroy, and list this
+Capabilities: create (with user-data and tags), destroy, and list this
 dispatcher's nodes by their tags, so a restarted dispatcher adopts its VMs. A VM
-boots from user-data that installs this project (``install_command``, after
-``setup_commands``) and runs one systemd service per agent:
+boots from user-data (:mod:`~dispatcher.provisioner.userdata`, a shell script)
+that installs this project (``install_command``, after ``setup_commands``) once
+and runs one agent per name:
 ``<agent_command> --config /etc/process-dispatcher/<agent>.yml --name <agent>``.
 
 Configuration (a site of ``provisioner.sites``)::
@@ -18,7 +19,8 @@ log or error message (messages are built from the provider's code and text, with
 any credential masked). Provider exceptions are translated here: throttling →
 :class:`ThrottledError` (with ``retry_after``), timeouts, connection errors, 5xx
 and capacity shortages → :class:`TransientCloudError`, refused credentials →
-:class:`CloudAuthError`, anything else → :class:`CloudRequestError`.
+:class:`CloudAuthError`, a reached quota → :class:`CloudQuotaError`, an unknown
+image or size → :class:`CloudImageError`, anything else → :class:`CloudRequestError`.
 
 EC2-compatible endpoints that answer in ``http://ec2.amazonaws.com/doc/<v>``
 without the trailing ``/`` (moto, some private clouds) are handled: Libcloud's
@@ -42,8 +44,6 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-import yaml
-
 from dispatcher.provisioner.agents import AgentTemplate
 from dispatcher.provisioner.base import (
     TAG_ENGINE,
@@ -55,12 +55,16 @@ from dispatcher.provisioner.base import (
 )
 from dispatcher.provisioner.errors import (
     CloudAuthError,
+    CloudImageError,
+    CloudQuotaError,
     CloudRequestError,
     NodeNotFoundError,
     ProvisionerError,
     ThrottledError,
     TransientCloudError,
 )
+from dispatcher.provisioner.tagging import TagRules, rules_for
+from dispatcher.provisioner.userdata import build_user_data
 from pdcommon.errors import ConfigError
 from pdcommon.settings import EMBEDDED_URI, LibcloudSiteSettings
 
@@ -68,8 +72,6 @@ __all__ = ["LibcloudDriver", "build_user_data", "translate_error"]
 
 log = logging.getLogger(__name__)
 
-#: Where the agents' configuration files go on the VM.
-AGENT_CONFIG_DIR = "/etc/process-dispatcher"
 #: ``create_node`` argument names (EC2 and OpenStack spell them so).
 DEFAULT_ARGUMENT_NAMES = {
     "user_data": "ex_userdata",
@@ -77,6 +79,8 @@ DEFAULT_ARGUMENT_NAMES = {
     "key_pair": "ex_keyname",
     "security_groups": "ex_security_groups",
 }
+#: Per-provider changes to :data:`DEFAULT_ARGUMENT_NAMES` (``site.argument_names`` wins).
+PROVIDER_ARGUMENT_NAMES = {"gce": {"tags": "ex_labels"}}
 #: Provider error codes that mean "slow down" (EC2, OpenStack, GCE spellings).
 THROTTLE_CODES = frozenset(
     {
@@ -112,6 +116,31 @@ AUTH_CODES = frozenset(
         "OptInRequired",
         "UnauthorizedOperation",
         "InvalidAccessKeyId",
+    }
+)
+#: Provider error codes that mean an account quota or limit is reached.
+QUOTA_CODES = frozenset(
+    {
+        "InstanceLimitExceeded",
+        "VcpuLimitExceeded",
+        "MaxSpotInstanceCountExceeded",
+        "AddressLimitExceeded",
+        "QuotaExceeded",
+        "QUOTA_EXCEEDED",
+        "OverQuota",
+        "OverLimit",
+    }
+)
+#: Provider error codes (or their prefixes, before a ``.``) that mean the image or
+#: size is unknown or refused.
+IMAGE_CODES = frozenset(
+    {
+        "InvalidAMIID",
+        "InvalidInstanceType",
+        "Unsupported",
+        "ImageNotFound",
+        "InvalidImage",
+        "FlavorNotFound",
     }
 )
 _CODE = re.compile(r"^\s*(?P<code>[A-Za-z][\w.]*)\s*:\s*(?P<text>.*)$", re.S)
@@ -153,6 +182,10 @@ def translate_error(exc: BaseException, action: str, secrets: tuple[str, ...] = 
         return CloudAuthError(message)
     if code in THROTTLE_CODES or http_code == 429:
         return ThrottledError(message, retry_after=_retry_after(exc))
+    if code in QUOTA_CODES:
+        return CloudQuotaError(message)
+    if code.split(".")[0] in IMAGE_CODES:
+        return CloudImageError(message)
     if code.endswith(".NotFound") and "Instance" in code:
         return NodeNotFoundError(message)
     if code in TRANSIENT_CODES or isinstance(exc, ServiceUnavailableError | MalformedResponseError):
@@ -195,49 +228,6 @@ def _is_network_error(exc: BaseException) -> bool:
     except ImportError:  # pragma: no cover - libcloud depends on requests
         return isinstance(exc, OSError)
     return isinstance(exc, OSError | socket.timeout | requests.exceptions.RequestException)
-
-
-def build_user_data(
-    site: LibcloudSiteSettings, template: AgentTemplate, request: NodeRequest
-) -> str:
-    """The cloud-init ``#cloud-config`` document that boots the node's agents."""
-    heartbeat = site.agent_heartbeat or request.heartbeat
-    files = []
-    for name in request.agent_names:
-        config = template.config(
-            agent_name=name,
-            state_dir=site.agent_state_dir,
-            supd_directory=f"{site.agent_state_dir}/eeagent",
-            node_id=request.node_id,
-            slots=request.slots,
-            heartbeat=heartbeat,
-        )
-        files.append(
-            {
-                "path": f"{AGENT_CONFIG_DIR}/{name}.yml",
-                "permissions": "0600",
-                "content": yaml.safe_dump(config, sort_keys=False),
-            }
-        )
-    files.append(
-        {
-            "path": "/etc/systemd/system/pd-eeagent@.service",
-            "permissions": "0644",
-            "content": (
-                "[Unit]\nDescription=Process Dispatcher agent %i\n"
-                "After=network-online.target\nWants=network-online.target\n\n"
-                "[Service]\n"
-                f"ExecStart=/usr/bin/env {site.agent_command} "
-                f"--config {AGENT_CONFIG_DIR}/%i.yml --name %i\n"
-                "Restart=always\nRestartSec=5\nKillMode=mixed\nTimeoutStopSec=60\n\n"
-                "[Install]\nWantedBy=multi-user.target\n"
-            ),
-        }
-    )
-    commands: list[str] = [*site.setup_commands, site.install_command, "systemctl daemon-reload"]
-    commands += [f"systemctl enable --now pd-eeagent@{name}" for name in request.agent_names]
-    document = {"write_files": files, "runcmd": commands}
-    return "#cloud-config\n" + yaml.safe_dump(document, sort_keys=False, width=1000)
 
 
 class LibcloudDriver:
@@ -288,7 +278,20 @@ class LibcloudDriver:
         self._shared_driver: Any = None
         self._shared_lock = threading.Lock()
         self._local = threading.local()
-        self._names = {**DEFAULT_ARGUMENT_NAMES, **site.argument_names}
+        self._names = {
+            **DEFAULT_ARGUMENT_NAMES,
+            **PROVIDER_ARGUMENT_NAMES.get(site.provider.lower(), {}),
+            **site.argument_names,
+        }
+        #: How this provider takes tags and node names (:mod:`.tagging`).
+        self.tag_rules: TagRules = rules_for(site.provider)
+        for key in site.tags:
+            problem = self.tag_rules.check_key(key)
+            if problem is not None:
+                raise ConfigError(
+                    f"provisioner.sites.{site_name}.tags: key {key!r} cannot be a "
+                    f"{self.tag_rules.name} tag: {problem}"
+                )
         self._attempted: set[str] = set()
         #: provider id → tags of the nodes this instance created (for providers,
         #: like ``dummy``, that keep no tags).
@@ -326,7 +329,7 @@ class LibcloudDriver:
             from libcloud.compute.base import NodeImage, NodeSize
 
             arguments: dict[str, Any] = {
-                "name": request.node_id,
+                "name": self.tag_rules.node_name(request.node_id),
                 "image": NodeImage(id=self.site.image, name=None, driver=driver),
                 "size": NodeSize(
                     id=self.site.size,
@@ -338,7 +341,7 @@ class LibcloudDriver:
                     driver=driver,
                 ),
                 self._names["user_data"]: build_user_data(self.site, self.template, request),
-                self._names["tags"]: tags,
+                self._names["tags"]: self.tag_rules.encode(tags),
             }
             if self.site.key_pair:
                 arguments[self._names["key_pair"]] = self.site.key_pair
@@ -410,21 +413,35 @@ class LibcloudDriver:
     def _owned(self, driver: Any) -> list[tuple[Any, dict[str, str]]]:
         from libcloud.compute.types import NodeState
 
+        rules = self.tag_rules
+        owner_key = rules.encode_text(TAG_OWNER, rules.key_limit)
+        owner = rules.encode_text(self.owner, rules.value_limit)
         try:
-            nodes = driver.list_nodes(ex_filters={f"tag:{TAG_OWNER}": self.owner})
+            nodes = driver.list_nodes(ex_filters={f"tag:{owner_key}": owner})
         except TypeError:  # providers without server-side filters
             nodes = driver.list_nodes()
         with self._lock:
             created = dict(self._created)
+        # compared as the provider keeps them (a shortened owner does not decode)
+        site_key = rules.encode_text(TAG_SITE, rules.key_limit)
+        site = rules.encode_text(self.site_name, rules.value_limit)
+        untagged_site = rules.encode_text("default", rules.value_limit)
         owned = []
         for node in nodes:
             if node.state == NodeState.TERMINATED:
                 continue
-            tags = _tags(node) or created.get(str(node.id), {})
-            if tags.get(TAG_OWNER) == self.owner and tags.get(TAG_SITE, "default") in (
-                self.site_name,
-            ):
-                owned.append((node, tags))
+            stored = _tags(node, owner_key)
+            if stored:
+                if stored.get(owner_key) != owner or stored.get(site_key, untagged_site) != site:
+                    continue
+                tags = rules.decode(stored)
+            else:
+                tags = created.get(str(node.id), {})
+                if tags.get(TAG_OWNER) != self.owner:
+                    continue
+                if tags.get(TAG_SITE, "default") != self.site_name:
+                    continue
+            owned.append((node, tags))
         return owned
 
     def _location(self, driver: Any) -> Any:
@@ -451,12 +468,14 @@ class LibcloudDriver:
         )
 
 
-def _tags(node: Any) -> dict[str, str]:
+def _tags(node: Any, owner_key: str = TAG_OWNER) -> dict[str, str]:
+    """The node's tags: the first of its ``tags``, ``metadata``, ``labels`` holding
+    the owner tag, else the first that is not empty."""
     extra = getattr(node, "extra", None) or {}
-    for key in ("tags", "metadata", "labels"):
-        value = extra.get(key)
-        if isinstance(value, dict) and value:
-            return {str(k): str(v) for k, v in value.items()}
+    found = [extra.get(key) for key in ("tags", "metadata", "labels")]
+    dicts = [value for value in found if isinstance(value, dict) and value]
+    for value in sorted(dicts, key=lambda tags: owner_key not in tags):
+        return {str(k): str(v) for k, v in value.items()}
     return {}
 
 

@@ -593,7 +593,11 @@ class Provisioner:
         log.error("node %s: create failed for good: %s", vm.node_id, error)
 
         fail = partial(
-            lc.failed_attempt, error=error, state=VMState.FAILED, reason="creation failed", now=now
+            lc.failed_attempt,
+            error=error,
+            state=VMState.FAILED,
+            reason=f"creation failed: {exc.what}",
+            now=now,
         )
         self._update(vm, fail)
         self.node_events.node_dead(vm.node_id, InstanceState.FAILED)

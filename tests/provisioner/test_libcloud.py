@@ -24,6 +24,8 @@ from dispatcher.provisioner.base import (
 )
 from dispatcher.provisioner.errors import (
     CloudAuthError,
+    CloudImageError,
+    CloudQuotaError,
     CloudRequestError,
     NodeNotFoundError,
     ThrottledError,
@@ -124,7 +126,9 @@ def test_libcloud_errors_are_translated_by_kind() -> None:
         (ConnectionRefusedError(111, "Connection refused"), TransientCloudError, None),
         (InvalidCredsError("AuthFailure: bad key"), CloudAuthError, None),
         (BaseHTTPError(401, "Unauthorized"), CloudAuthError, None),
-        (BaseHTTPError(400, "InvalidAMIID.NotFound: no such image"), CloudRequestError, None),
+        (BaseHTTPError(400, "InvalidAMIID.NotFound: no such image"), CloudImageError, None),
+        (BaseHTTPError(400, "InstanceLimitExceeded: 20 at most"), CloudQuotaError, None),
+        (BaseHTTPError(400, "InvalidKeyPair.NotFound: no such key"), CloudRequestError, None),
         (BaseHTTPError(400, "InvalidInstanceID.NotFound: gone"), NodeNotFoundError, None),
         (LibcloudError("odd"), CloudRequestError, None),
         (KeyError("x"), CloudRequestError, None),
@@ -280,6 +284,16 @@ def instance_user_data(driver: LibcloudDriver, instance_id: str) -> str:
     return base64.b64decode(value).decode()
 
 
+def written_configs(script: str) -> dict[str, Any]:
+    """The agent configurations a boot script writes, by path."""
+    configs = {}
+    for line in script.splitlines():
+        if line.startswith("write_config "):
+            _, path, encoded = line.split(" ")
+            configs[path] = yaml.safe_load(base64.b64decode(encoded))
+    return configs
+
+
 def test_ec2_create_sends_user_data_and_tags_and_a_new_driver_lists_the_node(
     proxy: FaultInjector, sysname: str
 ) -> None:
@@ -291,19 +305,18 @@ def test_ec2_create_sends_user_data_and_tags_and_a_new_driver_lists_the_node(
     assert node.provider_id.startswith("i-")
     assert node.properties["private_ips"]
     # Then its user-data installs the project and starts both agents with the node's settings
-    document = yaml.safe_load(instance_user_data(driver, node.provider_id))
-    files = {f["path"]: f for f in document["write_files"]}
+    script = instance_user_data(driver, node.provider_id)
+    assert script.startswith("#!/bin/sh\n")
+    configs = written_configs(script)
     for name in request.agent_names:
-        agent = files[f"/etc/process-dispatcher/{name}.yml"]
-        assert agent["permissions"] == "0600"
-        config = yaml.safe_load(agent["content"])
+        config = configs[f"/etc/process-dispatcher/{name}.yml"]
         assert config["eeagent"]["node_id"] == request.node_id
         assert config["eeagent"]["slots"] == 3
         assert config["eeagent"]["heartbeat"] == 7
         assert config["server"]["amqp"]["uri"] == AMQP
         assert config["dashi"]["sysname"] == "sys1"
-        assert f"systemctl enable --now pd-eeagent@{name}" in document["runcmd"]
-    assert "python3 -m pip install process-dispatcher" in document["runcmd"]
+    assert f"for name in {' '.join(request.agent_names)}; do" in script
+    assert "    python3 -m pip install process-dispatcher\n" in script
     # And a new driver instance (a restarted dispatcher) finds it by its tags
     again = ec2_driver(proxy.port, owner)
     (listed,) = again.list_nodes()
@@ -389,3 +402,65 @@ def test_the_provisioner_retries_a_cloud_api_error_adopts_after_restart_and_dest
     (done,) = store.list_vms()
     assert done.state == VMState.TERMINATED
     assert second.sites["default"].driver.list_nodes() == []
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "error", "what"),
+    [
+        (400, "InstanceLimitExceeded", "CloudQuotaError", "quota exceeded"),
+        (400, "VcpuLimitExceeded", "CloudQuotaError", "quota exceeded"),
+        (400, "InvalidAMIID.NotFound", "CloudImageError", "image or size refused"),
+        (400, "InvalidAMIID.Malformed", "CloudImageError", "image or size refused"),
+        (401, "AuthFailure", "CloudAuthError", "credentials refused"),
+        (403, "UnauthorizedOperation", "CloudAuthError", "credentials refused"),
+    ],
+)
+def test_create_errors_fail_the_node_clearly_and_back_off_without_a_crash_loop(
+    proxy: FaultInjector,
+    sysname: str,
+    registration: Registration,
+    clock: FakeClock,
+    status: int,
+    code: str,
+    error: str,
+    what: str,
+) -> None:
+    store = registration.store
+    driver = ec2_driver(proxy.port, f"{sysname}.process_dispatcher")
+    provisioner = Provisioner(
+        store,
+        registration.engines,
+        {"default": Site("default", driver, 900)},
+        registration,
+        settings=ProvisionerSettings(retry_initial=2, retry_max=16),
+        executor=InlineExecutor(),
+        clock=clock,
+    )
+    # Given the cloud refuses every RunInstances for a while
+    proxy.fail("RunInstances", status, code, times=4)
+    provisioner.register_need("engine1", 1, [])
+    # When the provisioner makes a pass every second for 30 seconds
+    for _ in range(30):
+        provisioner.step()
+        clock.advance(1)
+    # Then each refused create failed its node with a reason naming the kind of error
+    failed = [vm for vm in store.list_vms() if vm.state == VMState.FAILED]
+    assert failed
+    for vm in failed:
+        assert vm.reason == f"creation failed: {what}"
+        assert vm.last_error is not None and vm.last_error.startswith(f"{error}: ")
+        assert code in vm.last_error and SECRET not in vm.last_error
+    # And the replacements waited for a growing backoff (2, 4, 8 s): 4 attempts in
+    # 30 s, not one per pass
+    assert proxy.actions.count("RunInstances") == 4 == len(failed)
+    # And once the cloud accepts the request, a node is created
+    (pending,) = [vm for vm in store.list_vms() if vm.state in VMState.ACTIVE]
+    for _ in range(40):
+        if pending.state == VMState.PENDING:
+            break
+        clock.advance(1)
+        provisioner.step()
+        pending = store.get_vm(pending.node_id) or pending
+    assert pending.state == VMState.PENDING and pending.provider_id is not None
+    assert len(driver.list_nodes()) == 1
+    driver.destroy_node(pending.node_id, pending.provider_id)
