@@ -5,7 +5,9 @@ provisioner, or by an operator with the static driver) and recorded with the tim
 it appeared. Each eeagent on it is registered by its first heartbeat: the node
 must be known and its domain ``pd_domain_<engine>`` must name a known engine,
 whose ``slots`` give the agent's slot count (the agent's own slot setting is not
-sent). A node announced dead (any
+sent). On a node the provisioner started, the agent's name must also be one the
+provisioner gave that node's agents, so an agent's key cannot register it on
+another node (node authorisation; keys are per agent name). A node announced dead (any
 :data:`~pdcommon.states.InstanceState.DEAD` state: TERMINATING, TERMINATED,
 FAILED, REJECTED; docs/architecture.md, decision 3) is evacuated.
 
@@ -24,6 +26,7 @@ from datetime import datetime
 from typing import Any
 
 from dashi.errors import NotFoundError, WriteConflictError
+from dispatcher.agent_names import is_agent_of
 from dispatcher.engines import EngineRegistry, engine_id_from_domain
 from dispatcher.evacuation import Evacuation
 from dispatcher.model import Node, Resource
@@ -123,6 +126,16 @@ class Registration:
         node = self.store.get_node(node_id)
         if node is None:
             self._log_unknown_node(resource_id, node_id)
+            return
+        if self.store.get_vm(node_id) is not None and not is_agent_of(node_id, resource_id):
+            # Node authorisation: the provisioner named this node's agents; an agent
+            # of another name (another node's key) does not join it.
+            log.warning(
+                "heartbeat of %s claims node %s, whose agents the provisioner named "
+                "otherwise: dropped",
+                resource_id,
+                node_id,
+            )
             return
         engine_id = engine_id_from_domain(node.domain_id)
         engine = self.engine(engine_id)

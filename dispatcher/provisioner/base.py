@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol
 
+from dispatcher.agent_names import agent_name
+
 __all__ = [
     "TAG_ENGINE",
     "TAG_NODE",
@@ -94,11 +96,6 @@ def new_node_id(engine_id: str) -> str:
     """A fresh node id: ``pd-<engine>-<10 hex digits>`` (only ``[A-Za-z0-9_-]``)."""
     engine_part = _UNSAFE.sub("-", engine_id).strip("-")[:_ENGINE_PART_LENGTH] or "engine"
     return f"pd-{engine_part}-{uuid.uuid4().hex[:10]}"
-
-
-def agent_name(node_id: str, index: int) -> str:
-    """The eeagent name (resource id) of replica ``index`` of ``node_id``; no ``.``."""
-    return f"{_UNSAFE.sub('-', node_id)}-{index}"
 
 
 @dataclass(frozen=True)

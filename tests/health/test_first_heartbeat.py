@@ -287,3 +287,43 @@ def test_one_agent_registering_twice_at_once_is_recorded_once(
     node = store.get_node("node1")
     assert node is not None and node.resources == ["eeagent_1"]
     assert [r.resource_id for r in store.list_resources()] == ["eeagent_1"]
+
+
+@BOTH_STORES
+@pytest.mark.parametrize(
+    ("agent", "joins"),
+    [
+        ("pd-e1-abc-0", True),  # a name the provisioner gave this node's agents
+        ("pd-e1-abc-12", True),
+        ("pd-e1-xyz-0", False),  # another node's agent (its key) claims this node
+        ("eeagent_1", False),
+        ("pd-e1-abc-01", False),
+        ("pd-e1-abc-", False),
+    ],
+)
+def test_on_a_provisioned_node_only_its_own_agents_register(
+    handler: HeartbeatHandler,
+    store: Store,
+    caplog: pytest.LogCaptureFixture,
+    agent: str,
+    joins: bool,
+) -> None:
+    # Given node pd-e1-abc, started by the provisioner and running
+    store.add_vm(VM("pd-e1-abc", "engine1", "default", state="running"))
+    handler.node_state("pd-e1-abc", DOMAIN1, "600-RUNNING")
+    # When an agent heartbeats for it
+    with caplog.at_level(logging.WARNING, logger="dispatcher.registration"):
+        handler.heartbeat(beat(node_id="pd-e1-abc"), sender=f"sys.{agent}")
+    # Then only the node's own agents join; another is dropped with a WARNING
+    assert [r.resource_id for r in store.list_resources()] == ([agent] if joins else [])
+    assert any("claims node pd-e1-abc" in r.getMessage() for r in caplog.records) != joins
+
+
+@BOTH_STORES
+def test_on_a_node_announced_by_node_state_any_agent_registers(
+    handler: HeartbeatHandler, store: Store
+) -> None:
+    # (a static site: no provisioner record, so no naming rule; the legacy behaviour)
+    handler.node_state("node1", DOMAIN1, "600-RUNNING")
+    handler.heartbeat(beat(node_id="node1"), sender="sys.anything_7")
+    assert [r.resource_id for r in store.list_resources()] == ["anything_7"]
