@@ -48,6 +48,7 @@ from pdcommon.heartbeat_messages import (
 )
 from pdcommon.requests import Request
 from pdcommon.settings import Settings
+from pdcommon.signals import signal_label
 from pdcommon.state_dir import PRIVATE_UMASK
 from pdcommon.states import ProcessState, QueueingMode, RestartMode
 from pdcommon.wire import broker_config
@@ -639,7 +640,10 @@ def _local_time(epoch: Any) -> Any:
 
 
 def _local_times(record: dict[str, Any]) -> dict[str, Any]:
+    """A record as a table shows it: times as local ISO times, a signal by its name."""
     shown = dict(record)
+    if isinstance(shown.get("signal"), int):
+        shown["signal"] = signal_label(shown["signal"])
     for key in _TIME_KEYS:
         if key in shown:
             shown[key] = _local_time(shown[key])
@@ -649,11 +653,26 @@ def _local_times(record: dict[str, Any]) -> dict[str, Any]:
     return shown
 
 
+def _signal_note(record: dict[str, Any]) -> str:
+    """``signal SIGKILL (9)`` for a record or event that has a signal its reason does
+    not already name (the agent's reason "killed by signal SIGKILL (9)" does)."""
+    number = record.get("signal")
+    if not isinstance(number, int) or isinstance(number, bool):
+        return ""
+    label = signal_label(number)
+    if label in str(record.get("reason") or ""):
+        return ""
+    return f"signal {label}"
+
+
 def _event_line(event: dict[str, Any]) -> str:
     """One event as a line: time, round, state, and why."""
     parts = [str(_local_time(event.get("time"))), f"round {event.get('round')}", event["state"]]
     if event.get("exit_code") is not None:
         parts.append(f"exit code {event['exit_code']}")
+    signal_note = _signal_note(event)
+    if signal_note:
+        parts.append(signal_note)
     if event.get("reason"):
         parts.append(str(event["reason"]))
     if event.get("agent"):
@@ -962,6 +981,9 @@ def _explain_end(pd: Any, record: dict[str, Any]) -> None:
         message += f": {record['reason']}"
     if record.get("exit_code") is not None:
         message += f" (exit code {record['exit_code']})"
+    signal_note = _signal_note(record)
+    if signal_note:
+        message += f" ({signal_note})"
     click.echo(message, err=True)
     try:
         stderr = str(pd.get_process_logs(upid, stream="stderr", tail_bytes=4096) or "")

@@ -451,6 +451,8 @@ class EEAgent:
             self.stopper.maybe_resignal(record)
         if seen.exit_code is not None:
             record.exit_code = seen.exit_code
+        if seen.signal is not None:
+            record.signal = seen.signal
         if status.state is ProgramState.UNKNOWN:
             log.warning(
                 "supervisord reports UNKNOWN for %s; keeping %s", record.program, record.state

@@ -75,6 +75,8 @@ class ProgramStatus:
         state: the backend state.
         pid: the process id while one exists, else 0.
         exit_status: the exit code once it exited by itself (-1: killed by a signal).
+        signal: the number of the signal that killed it (``exit_status`` -1), when
+            the backend knows it; ``None`` otherwise.
         spawn_error: why it could not be started, when it could not.
         started: whether a process was ever spawned for it.
         identity: an opaque token that identifies the process across pid reuse
@@ -88,6 +90,7 @@ class ProgramStatus:
     spawn_error: str = ""
     started: bool = False
     identity: str | None = None
+    signal: int | None = None
 
 
 @dataclass(frozen=True)

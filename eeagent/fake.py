@@ -8,6 +8,7 @@ explicitly::
     control = FakeProcessControl()
     control.spawn_errors["/missing"] = "NO_FILE: no such file"   # start() fails
     control.exit("p-1", 3)          # the process exits with status 3
+    control.exit("p-1", -1, signal=9)   # the process is killed by SIGKILL
     control.lose_stops = True       # stop signals are lost until resignal()
     control.crash()                 # the backend dies with all its processes
     control.write_log("p-1", "stdout", b"hello")
@@ -33,6 +34,7 @@ class FakeProgram:
     state: ProgramState = ProgramState.STOPPED
     pid: int = 0
     exit_status: int | None = None
+    signal: int | None = None
     spawn_error: str = ""
     started: bool = False
     stop_lost: bool = False
@@ -174,12 +176,22 @@ class FakeProcessControl:
 
     # -- test controls ------------------------------------------------------------
 
-    def exit(self, name: str, status: int) -> None:
-        """Make a running program's process exit with ``status`` (-1: killed by a signal)."""
+    def exit(self, name: str, status: int, *, signal: int | None = None) -> None:
+        """Make a running program's process exit with ``status``.
+
+        Args:
+            name: the program.
+            status: its exit status (-1: killed by a signal).
+            signal: the signal that killed it, when the backend would know it
+                (only with ``status`` -1).
+        """
+        if signal is not None and status != -1:
+            raise ValueError("a process killed by a signal has exit status -1")
         with self._lock:
             program = self.programs[name]
             program.state = ProgramState.EXITED
             program.exit_status = status
+            program.signal = signal
             program.pid = 0
 
     def fatal(self, name: str, error: str) -> None:
@@ -225,6 +237,7 @@ class FakeProcessControl:
             state=program.state,
             pid=program.pid,
             exit_status=program.exit_status,
+            signal=program.signal,
             spawn_error=program.spawn_error,
             started=program.started,
             identity=f"fake:{program.pid}" if program.pid else None,

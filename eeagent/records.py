@@ -54,7 +54,10 @@ class ProcessRecord(BaseModel):
         parameters: the launch parameters as received (kept for restarts).
         state: a legacy state string (``"500-RUNNING"``...).
         msg: why it failed or was rejected; ``None`` otherwise (sent as ``"None"``).
-        exit_code: the exit code once it exited by itself.
+        exit_code: the exit code once it exited by itself (``None`` when a signal
+            killed it).
+        signal: the number of the signal that killed it, when one did and the
+            backend knows which (a stop the agent sent does not count).
         program: the backend program name, once it was meant to reach the backend.
         needs_start: accepted but not yet handed to the backend.
         waiting_for: a program of an older round that must be gone before this one starts.
@@ -78,6 +81,7 @@ class ProcessRecord(BaseModel):
     state: str = ProcessState.PENDING
     msg: str | None = None
     exit_code: int | None = None
+    signal: int | None = None
     program: str | None = None
     needs_start: bool = False
     waiting_for: str | None = None
@@ -96,8 +100,8 @@ class ProcessRecord(BaseModel):
 
     def report(self) -> dict[str, Any]:
         """The heartbeat entry: the legacy fields (``msg`` says why a round ended),
-        and for an ended round the additive ``exit_code``, ``output`` and ``started_at``
-        (when known)."""
+        and for an ended round the additive ``exit_code``, ``signal``, ``output`` and
+        ``started_at`` (each when known)."""
         entry: dict[str, Any] = {
             "upid": self.upid,
             "round": str(self.round),
@@ -107,6 +111,8 @@ class ProcessRecord(BaseModel):
         if self.state in TERMINAL_STATES:
             if self.exit_code is not None and self.exit_code >= 0:
                 entry["exit_code"] = self.exit_code
+            if self.signal is not None:
+                entry["signal"] = self.signal
             if self.output:
                 entry["output"] = self.output
             if self.started_at is not None:

@@ -58,6 +58,9 @@ LOG_BACKUPS = 1
 #: supervisord's own log (``supd.log``): rotated at 1 MB, one backup.
 SUPD_LOG_MAX_BYTES = "1MB"
 SUPD_LOG_BACKUPS = 1
+#: supervisord's own log level. It must keep the WARN line ``exited: NAME (terminated
+#: by SIGKILL; not expected)``: the adapter reads which signal killed a program there.
+SUPD_LOG_LEVEL = "info"
 
 #: Options every program gets. ``autostart=false`` + an explicit ``startProcess``
 #: avoids the double start of autostart-plus-start; ``startsecs=0`` makes a spawned
@@ -237,6 +240,7 @@ def render_config(files: SupervisordFiles, programs: Mapping[str, Mapping[str, s
         "logfile": path(files.logfile),
         "logfile_maxbytes": SUPD_LOG_MAX_BYTES,
         "logfile_backups": str(SUPD_LOG_BACKUPS),
+        "loglevel": SUPD_LOG_LEVEL,
         "pidfile": path(files.pidfile),
         "childlogdir": path(files.childlogdir),
         "identifier": path(files.identifier),

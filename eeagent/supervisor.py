@@ -16,8 +16,9 @@ Files, all under the agent's home ``<supd_directory>/<eeagent.name>/``:
   when the home path is too long the socket goes to
   ``/tmp/pd-eeagent-<uid>/<digest of the home path>.sock`` instead, in a directory
   only the agent's user can enter;
-* ``supd.pid``, ``supd.log`` (supervisord's own log), ``supervisord.out`` (what it
-  prints while starting);
+* ``supd.pid``, ``supd.log`` (supervisord's own log: also where the adapter learns
+  which signal killed a program, see below), ``supervisord.out`` (what it prints
+  while starting);
 * ``logs/<program>.stdout`` and ``logs/<program>.stderr``: each process's output,
   rotated at 10 MB with one backup (at most 40 MB per process, 40 MB times the
   slots per agent), deleted with the program. Output is written only while the
@@ -34,6 +35,13 @@ is reported by :meth:`SupervisorControl.poll` like any other. A child that could
 become the program (exec, setuid or chdir failed) exits with status 127 after
 writing ``supervisor: <reason>`` to the program's stderr; :meth:`~SupervisorControl.poll`
 reports it ``FATAL`` with that reason, however fast it happened.
+
+Which signal killed a program: ``getProcessInfo`` gives exit status -1 and loses
+the number, but supervisord logs ``exited: NAME (terminated by SIGKILL; not
+expected)`` in its own log. For a program seen ended that way, :meth:`~SupervisorControl.poll`
+reads the last :data:`MAIN_LOG_TAIL` bytes of that log (``supervisor.readLog``) once
+and takes the signal from the last such line for that program; when the line is not
+there (the log rotated, or was removed) the signal is unknown (``None``).
 
 supervisord runs with ``nodaemon`` in a session of its own, so it survives the
 agent (``kill -9`` included) and is reattached to by the next agent. Unless an
@@ -52,6 +60,7 @@ import http.client
 import logging
 import os
 import pwd
+import re
 import signal
 import socket
 import subprocess
@@ -77,7 +86,7 @@ from eeagent.reaper import Reaper
 from eeagent.supdconf import STOP_WAIT_SECONDS, SupervisordFiles, program_options, render_config
 from pdcommon import procfs
 
-__all__ = ["SupervisorControl", "socket_path_for", "stop_left_supervisord"]
+__all__ = ["MAIN_LOG_TAIL", "SupervisorControl", "socket_path_for", "stop_left_supervisord"]
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +129,13 @@ _NOT_SPAWNED_STATUS = 127
 _NOT_SPAWNED_LINE = b"supervisor: child process was not spawned\n"
 _NOT_SPAWNED_TAIL = 4096
 _STREAMS: tuple[LogStream, ...] = ("stdout", "stderr")
+#: Bytes at the end of supervisord's own log searched for the line that says which
+#: signal killed a program (it is written as the program ends: the poll that sees the
+#: end reads it, so only a burst of other log lines in between could push it out).
+MAIN_LOG_TAIL = 64 * 1024
+#: A UTF-8 character is at most this many bytes: a tail that starts inside one
+#: starts a character boundary at most this many bytes minus one later.
+_UTF8_MAX = 4
 #: The file that runs supervisord with its output kept off the last free space.
 _SUPDRUN = str(Path(__file__).with_name("supdrun.py"))
 
@@ -211,6 +227,8 @@ class SupervisorControl:
         self.reaper = Reaper(self.files.identifier, self._supervisord_pids, stop_wait)
         #: Programs seen ended since their last start (their leftovers were swept).
         self._ended: set[str] = set()
+        #: The signal that killed a program, by (name, start time): looked up once.
+        self._signals: dict[tuple[str, int], int | None] = {}
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -362,13 +380,18 @@ class SupervisorControl:
         infos = self._call("supervisor.getAllProcessInfo")
         result: dict[str, ProgramStatus] = {}
         live: set[tuple[str, int]] = set()
+        killed: set[tuple[str, int]] = set()
         for info in infos:
             status = self._status(info)
             result[status.name] = status
             if status.pid:
                 live.add((status.name, status.pid))
+            if status.state is ProgramState.EXITED and status.exit_status == -1:
+                killed.add(_signal_key(info))
         for key in set(self._identities) - live:
             del self._identities[key]
+        for key in set(self._signals) - killed:
+            del self._signals[key]
         self._sweep_ended(result)
         return result
 
@@ -665,6 +688,12 @@ class SupervisorControl:
             reason = self._not_spawned_reason(name)
             if reason is not None:  # the program never ran: it could not be started
                 state, exit_status, spawn_error = ProgramState.FATAL, None, reason
+        killed_by = None
+        if exit_status == -1:
+            key = _signal_key(info)
+            if key not in self._signals:
+                self._signals[key] = self._signal_from_log(name)
+            killed_by = self._signals[key]
         return ProgramStatus(
             name=name,
             state=state,
@@ -673,7 +702,51 @@ class SupervisorControl:
             spawn_error=spawn_error,
             started=started,
             identity=identity,
+            signal=killed_by,
         )
+
+    def _signal_from_log(self, name: str) -> int | None:
+        """The signal that killed ``name``, from the last line supervisord logged for it.
+
+        ``None`` when its log cannot be read or no longer holds the line.
+        """
+        tail = self._main_log_tail()
+        if tail is None:
+            return None
+        pattern = re.compile(
+            rf"exited: {re.escape(name)} \(terminated by (?:(SIG[A-Z0-9]+)|signal (\d+))"
+        )
+        matches = list(pattern.finditer(tail))
+        if not matches:
+            log.info("supervisord's log does not say which signal killed %s", name)
+            return None
+        found = matches[-1]
+        if found.group(2) is not None:
+            return int(found.group(2))
+        number = getattr(signal, found.group(1), None)
+        return int(number) if isinstance(number, int) else None
+
+    def _main_log_tail(self) -> str | None:
+        """The last :data:`MAIN_LOG_TAIL` bytes of supervisord's own log (``readLog``).
+
+        supervisord decodes what it read as UTF-8 and fails the call (an HTTP 500)
+        when the tail starts inside a character, so a failed read starts up to
+        ``_UTF8_MAX - 1`` bytes later. ``None`` when the log cannot be read.
+        """
+        for skip in range(_UTF8_MAX):
+            try:
+                return str(self._call("supervisor.readLog", -(MAIN_LOG_TAIL - skip), 0))
+            except BackendFaultError as exc:  # NO_FILE: not there (yet, or any more)
+                log.info("cannot read supervisord's log: %s", exc)
+                return None
+            except BackendUnavailableError as exc:
+                log.debug("reading supervisord's log failed (%s)", exc)
+        return None
+
+
+def _signal_key(info: Mapping[str, Any]) -> tuple[str, int]:
+    """Identifies one run of a program: its name and start time."""
+    return str(info["name"]), int(info.get("start") or 0)
 
 
 def stop_left_supervisord(home: Path) -> None:

@@ -12,10 +12,16 @@ STOPPED       yes, or it had started      ``700-TERMINATED`` (msg says who stopp
 EXITED        yes                         ``700-TERMINATED``
 EXITED 0      no                          ``800-EXITED``
 EXITED n>0    no                          ``850-FAILED`` "exited with code n"
-EXITED -1     no                          ``850-FAILED`` "killed by a signal"
+EXITED -1     no                          ``850-FAILED`` "killed by signal SIGKILL (9)"
+                                          ("killed by a signal" when the backend
+                                          does not know which)
 FATAL         -                           ``850-FAILED`` "cannot start: <reason>" (never executed)
 UNKNOWN       -                           unchanged (logged)
 ============  ==========================  ===========================================
+
+A process killed by a signal has no exit code: its observation carries
+``exit_code=None`` and ``signal=N`` (``None`` when unknown). One the agent stopped
+is ``700-TERMINATED`` however it died, so its signal (the agent's own) is not kept.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from dataclasses import dataclass
 
 from eeagent.control import ProgramState, ProgramStatus
 from eeagent.records import ProcessRecord
+from pdcommon.signals import signal_label
 from pdcommon.states import ProcessState
 
 __all__ = ["RESIGNAL_AFTER", "STOP_RACE_WINDOW", "Observation", "observe", "resignal_due"]
@@ -43,6 +50,8 @@ class Observation:
         state: the state to report, or ``None`` to keep the current one.
         msg: the message that goes with it.
         exit_code: the exit code, when the process exited by itself.
+        signal: the signal that killed the process, when it was killed by one and
+            the backend knows which.
         resend_stop: a requested stop did not take: send it again.
         stopping: the process is stopping: check whether the stop was lost.
     """
@@ -50,6 +59,7 @@ class Observation:
     state: str | None
     msg: str | None = None
     exit_code: int | None = None
+    signal: int | None = None
     resend_stop: bool = False
     stopping: bool = False
 
@@ -74,11 +84,17 @@ def observe(record: ProcessRecord, status: ProgramStatus) -> Observation:
     if state is ProgramState.EXITED:
         code = status.exit_status if status.exit_status is not None else -1
         if record.stop_requested:
-            return Observation(ProcessState.TERMINATED, exit_code=code)
+            return Observation(ProcessState.TERMINATED, exit_code=code if code >= 0 else None)
         if code == 0:
             return Observation(ProcessState.EXITED, exit_code=0)
         if code < 0:
-            return Observation(ProcessState.FAILED, "killed by a signal", exit_code=code)
+            if status.signal is None:
+                return Observation(ProcessState.FAILED, "killed by a signal")
+            return Observation(
+                ProcessState.FAILED,
+                f"killed by signal {signal_label(status.signal)}",
+                signal=status.signal,
+            )
         return Observation(ProcessState.FAILED, f"exited with code {code}", exit_code=code)
     if state is ProgramState.FATAL:
         reason = status.spawn_error or "supervisord could not start it"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -333,6 +334,23 @@ def test_process_wait_times_out_with_status_3(cluster: Cluster) -> None:
     # Then it gives up with status 3, naming the state it saw
     assert result.exit_code == 3
     assert f"timed out waiting for {upid} (it is 300-WAITING)" in result.output
+
+
+def test_wait_and_describe_name_the_signal_that_killed_a_process(cluster: Cluster) -> None:
+    # Given a running process its agent reports killed by SIGKILL
+    upid = running(cluster, None, "--restart-mode", "NEVER")
+    reason = "killed by signal SIGKILL (9)"
+    cluster.agent.set_state(upid, "850-FAILED", msg=reason, signal=9)
+    cluster.wait_state(upid, "850-FAILED")
+    # When pd-cli waits for it
+    result = cluster.cli("process", "wait", upid)
+    # Then it exits 1 with the reason, which names the signal (said once)
+    assert result.exit_code == 1
+    assert f"Error: process {upid} is 850-FAILED: {reason}\n" in result.output
+    # And describe shows the signal by name, the raw number in JSON
+    table = cluster.ok("process", "describe", upid).stdout
+    assert re.search(r"signal\s+SIGKILL \(9\)", table), table
+    assert cluster.json("process", "describe", upid)["signal"] == 9
 
 
 def test_process_wait_on_a_process_that_ended_otherwise_exits_1(cluster: Cluster) -> None:

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import pytest
 from rich.console import Console
 
-from cli.pdcli import Context, _render_dump, _render_table, _spinner
+from cli.pdcli import Context, _event_line, _local_times, _render_dump, _render_table, _spinner
 
 ENGINE_ID = "default-engine-with-a-rather-long-name"
 UPID = "process-with-a-very-long-identifier-0123456789"
@@ -147,3 +147,36 @@ def test_no_spinner_off_an_interactive_terminal_or_when_disabled(
             status.update("p1: 300-WAITING")
             logging.getLogger("dispatcher.test").warning("logged")
     assert out.getvalue() == "WARNING dispatcher.test: logged\n"
+
+
+@pytest.mark.parametrize(
+    ("event", "shown", "not_shown"),
+    [
+        # the agent's reason names the signal: it is not said twice
+        (
+            {"signal": 9, "reason": "killed by signal SIGKILL (9)"},
+            "850-FAILED  killed by signal SIGKILL (9)",
+            "signal SIGKILL (9)  killed",
+        ),
+        # a reason that does not name it: the signal is added by name
+        (
+            {"signal": 11, "reason": "restart limit reached: 4 failures in 60 s"},
+            "850-FAILED  signal SIGSEGV (11)  restart limit reached",
+            None,
+        ),
+        ({"signal": None, "exit_code": 3, "reason": "exited with code 3"}, "exit code 3", "signal"),
+    ],
+)
+def test_an_event_line_names_the_signal_once(
+    event: dict[str, object], shown: str, not_shown: str | None
+) -> None:
+    line = _event_line({"time": 1_700_000_000.0, "round": 2, "state": "850-FAILED", **event})
+    assert shown in line
+    if not_shown is not None:
+        assert not_shown not in line
+
+
+def test_a_described_record_shows_its_signal_by_name() -> None:
+    shown = _local_times({"upid": UPID, "signal": 9, "exit_code": None, "ended_at": 1.0})
+    assert shown["signal"] == "SIGKILL (9)"
+    assert _local_times({"upid": UPID, "signal": None})["signal"] is None

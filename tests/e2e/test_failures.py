@@ -80,7 +80,15 @@ def test_a_kill_by_a_signal_is_said(cluster: Cluster) -> None:
     define(cluster, "killed", "/bin/sh", "-c", "sleep 0.5; kill -KILL $$")
     cluster.client.schedule_process("killed-1", "killed", restart_mode="NEVER")
     record = cluster.wait_state("killed-1", "850-FAILED")
-    assert record["reason"] == "killed by a signal"
+    assert record["reason"] == "killed by signal SIGKILL (9)"
+    assert (record["signal"], record["exit_code"]) == (9, None)
+    # And its last event says the same
+    last = cluster.client.describe_process_events("killed-1")[-1]
+    assert (last["state"], last["signal"], last["reason"]) == (
+        "850-FAILED",
+        9,
+        "killed by signal SIGKILL (9)",
+    )
 
 
 def test_a_crash_loop_backs_off_then_ends_failed_at_the_limit(cluster: Cluster) -> None:

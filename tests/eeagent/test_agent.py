@@ -202,23 +202,64 @@ def test_a_upid_with_unusual_characters_gets_a_safe_program_name(
 
 
 @pytest.mark.parametrize(
-    ("status", "expected", "msg"),
+    ("status", "signal", "expected", "msg", "exit_code"),
     [
-        (0, EXITED, "None"),
-        (3, FAILED, "exited with code 3"),
-        (-1, FAILED, "killed by a signal"),
+        (0, None, EXITED, "None", 0),
+        (3, None, FAILED, "exited with code 3", 3),
+        (-1, 9, FAILED, "killed by signal SIGKILL (9)", None),
+        (-1, 11, FAILED, "killed by signal SIGSEGV (11)", None),
+        (-1, 40, FAILED, "killed by signal 40", None),
+        (-1, None, FAILED, "killed by a signal", None),
     ],
 )
-def test_an_exit_is_reported_by_its_status(
-    agent: EEAgent, control: FakeProcessControl, status: int, expected: str, msg: str
+def test_an_exit_is_reported_by_its_status_or_signal(
+    agent: EEAgent,
+    control: FakeProcessControl,
+    status: int,
+    signal: int | None,
+    expected: str,
+    msg: str,
+    exit_code: int | None,
 ) -> None:
     agent.launch_process("p1", 1, "supd", sleeper())
-    control.exit("p1-1", status)
+    control.exit("p1-1", status, signal=signal)
     agent.poll()
     record = agent.record("p1", 1)
     assert record is not None and record.state == expected
-    assert record.exit_code == status
-    assert agent.heartbeat()["processes"][0]["msg"] == msg
+    # A signal death has a signal and no exit code
+    assert (record.exit_code, record.signal) == (exit_code, signal)
+    entry = agent.heartbeat()["processes"][0]
+    assert entry["msg"] == msg
+    assert (entry.get("exit_code"), entry.get("signal")) == (exit_code, signal)
+
+
+def test_a_process_stopped_by_the_agent_is_terminated_whatever_signal_ended_it(
+    agent: EEAgent, control: FakeProcessControl
+) -> None:
+    # Given a running process the dispatcher asked to stop
+    agent.launch_process("p1", 1, "supd", sleeper())
+    control.lose_stops = True
+    agent.terminate_process("p1", 1)
+    # When it dies of a signal before the backend counts it stopped
+    control.exit("p1-1", -1, signal=15)
+    agent.poll()
+    # Then it is TERMINATED, not a signal failure, and no signal is reported
+    record = agent.record("p1", 1)
+    assert record is not None and record.state == TERMINATED
+    assert (record.exit_code, record.signal) == (None, None)
+    assert "signal" not in agent.heartbeat()["processes"][0]
+
+
+def test_the_signal_survives_an_agent_restart(
+    agent: EEAgent, control: FakeProcessControl, tmp_path: Path
+) -> None:
+    agent.launch_process("p1", 1, "supd", sleeper())
+    control.exit("p1-1", -1, signal=9)
+    agent.poll()
+    second = _new_agent(control, tmp_path)
+    record = second.record("p1", 1)
+    assert record is not None and (record.state, record.signal) == (FAILED, 9)
+    assert second.heartbeat()["processes"][0]["signal"] == 9
 
 
 def test_a_fatal_program_fails_with_supervisords_reason(

@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 
 from eeagent.agent import EEAgent
+from eeagent.control import ProgramSpec, ProgramState
 from eeagent.errors import BackendFaultError
 from eeagent.persistence import StateStore
-from eeagent.supervisor import SupervisorControl
+from eeagent.supervisor import MAIN_LOG_TAIL, SupervisorControl
 from pdcommon.states import ProcessState
 from tests.eeagent.conftest import sleeper, stop_supervisord, wait_for, wait_state
 
@@ -151,6 +152,93 @@ def test_a_program_that_exits_127_itself_is_reported_with_its_code(supd_agent: E
     supd_agent.launch_process("p1", 1, "supd", {"exec": "sh", "argv": ["-c", "exit 127"]})
     record = wait_state(supd_agent, "p1", 1, FAILED)
     assert (record.exit_code, record.msg) == (127, "exited with code 127")
+
+
+@pytest.mark.parametrize(
+    ("name", "number", "label"), [("KILL", 9, "SIGKILL (9)"), ("SEGV", 11, "SIGSEGV (11)")]
+)
+def test_a_process_killed_by_a_signal_is_reported_with_the_signal(
+    supd_agent: EEAgent, name: str, number: int, label: str
+) -> None:
+    # Given a process that kills itself with a signal
+    supd_agent.launch_process("p1", 1, "supd", {"exec": "sh", "argv": ["-c", f"kill -{name} $$"]})
+    # Then it fails with that signal, named in the reason, and no exit code
+    record = wait_state(supd_agent, "p1", 1, FAILED)
+    assert (record.signal, record.exit_code) == (number, None)
+    assert record.msg == f"killed by signal {label}"
+    entry = supd_agent.heartbeat()["processes"][0]
+    assert entry["signal"] == number and "exit_code" not in entry
+
+
+def test_the_signal_is_looked_up_once_per_ended_program_and_never_for_a_running_one(
+    supd_agent: EEAgent, supd: SupervisorControl, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Given supervisord's log reads counted
+    reads: list[tuple[Any, ...]] = []
+    real_call = supd._call
+
+    def call(method: str, *args: Any) -> Any:
+        if method == "supervisor.readLog":
+            reads.append(args)
+        return real_call(method, *args)
+
+    monkeypatch.setattr(supd, "_call", call)
+    # When a running process and one killed by a signal are polled many times
+    supd_agent.launch_process("p1", 1, "supd", sleeper())
+    supd_agent.launch_process("p2", 1, "supd", {"exec": "sh", "argv": ["-c", "kill -KILL $$"]})
+    wait_state(supd_agent, "p2", 1, FAILED)
+    for _ in range(5):
+        supd.poll()
+    # Then the log was read once, for the killed one
+    assert reads == [(-MAIN_LOG_TAIL, 0)]
+    assert supd.poll()["p2-1"].signal == 9
+
+
+def _statename(supd: SupervisorControl, name: str) -> str:
+    return str(supd._call("supervisor.getProcessInfo", name)["statename"])
+
+
+def test_the_signal_is_found_when_the_log_tail_starts_inside_a_character(
+    supd: SupervisorControl, tmp_path: Path
+) -> None:
+    # Given a running program that kills itself with SIGKILL once told to, and
+    # supervisord's log filled with 4-byte characters before that
+    go = tmp_path / "go"
+    script = 'while [ ! -e "$0" ]; do sleep 0.01; done; kill -KILL $$'
+    supd.open()
+    supd.start(ProgramSpec(name="p1-1", argv=("sh", "-c", script, str(go))))
+    wait_for(lambda: _statename(supd, "p1-1") == "RUNNING")
+    log = Path(supd.files.logfile)
+    with log.open("ab") as handle:
+        handle.write(("\U0001f600" * 100 + "\n").encode() * 200)
+    go.touch()
+    wait_for(lambda: _statename(supd, "p1-1") == "EXITED")
+    # ... then a line for another program whose name starts the same, and as many
+    # bytes as make the last MAIN_LOG_TAIL bytes start inside a character
+    data = log.read_bytes()
+    decoy = b"exited: p1-10 (terminated by SIGTERM; not expected)\n"
+    pad = next(
+        b"x" * k
+        for k in range(4)
+        if data[len(data) + len(decoy) + k - MAIN_LOG_TAIL] & 0xC0 == 0x80
+    )
+    with log.open("ab") as handle:
+        handle.write(decoy + pad)
+    # When it is polled
+    status = supd.poll()["p1-1"]
+    # Then the signal is found all the same, the program's own
+    assert (status.state, status.exit_status, status.signal) == (ProgramState.EXITED, -1, 9)
+
+
+def test_the_signal_is_unknown_when_supervisords_log_is_gone(supd_agent: EEAgent) -> None:
+    # Given a process killed by a signal after supervisord's log was removed
+    supd = supd_agent.control
+    assert isinstance(supd, SupervisorControl)
+    Path(supd.files.logfile).unlink()
+    supd_agent.launch_process("p1", 1, "supd", {"exec": "sh", "argv": ["-c", "kill -KILL $$"]})
+    # Then it is reported killed by a signal, without its number
+    record = wait_state(supd_agent, "p1", 1, FAILED)
+    assert (record.signal, record.exit_code, record.msg) == (None, None, "killed by a signal")
 
 
 def test_a_long_running_process_is_reported_running_at_once(supd_agent: EEAgent) -> None:

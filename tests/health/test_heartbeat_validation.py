@@ -171,6 +171,30 @@ def test_the_legacy_agent_message_is_accepted_and_normalised() -> None:
     assert parsed.timestamp.utcoffset() is not None
 
 
+def test_an_ended_rounds_additive_signal_is_parsed_and_a_bad_one_counts_as_absent() -> None:
+    # Given entries from this project's agents: killed by SIGKILL, and a garbled signal
+    message = {
+        "eeagent_id": "eeagent_1",
+        "timestamp": "2013-10-21T19:52:05.123456+00:00",
+        "processes": [
+            {
+                "upid": "p1",
+                "round": "1",
+                "state": [850, "FAILED"],
+                "msg": "killed by signal SIGKILL (9)",
+                "signal": 9,
+            },
+            {"upid": "p2", "round": "1", "state": [850, "FAILED"], "signal": "nine"},
+        ],
+    }
+    # When it is parsed
+    parsed = HeartbeatMessage.parse(message)
+    # Then the signal is kept with no exit code; the garbled one is dropped
+    first, second = parsed.processes
+    assert (first.signal, first.exit_code, first.why) == (9, None, "killed by signal SIGKILL (9)")
+    assert second.signal is None
+
+
 @pytest.mark.parametrize(
     ("sender", "expected"),
     [("eeagent_1", "eeagent_1"), ("sys.eeagent_1", "eeagent_1"), ("a.b.c", "c")],

@@ -87,6 +87,33 @@ def test_an_exit_is_kept_with_its_code_reason_output_and_event(
 
 
 @BOTH_STORES
+def test_a_kill_by_a_signal_is_kept_with_the_signal_and_no_exit_code(
+    store: Store, policy_handler: HeartbeatHandler, clock: FakeClock, parts: Health
+) -> None:
+    # Given a RUNNING process that is never restarted
+    put_process(store, "p1", S.RUNNING, assigned="eeagent_1", restart_mode="NEVER")
+    # When its agent reports it was killed by SIGKILL
+    clock.advance(5)
+    reason = "killed by signal SIGKILL (9)"
+    send(policy_handler, ended("p1", 0, "850-FAILED", reason, signal=9), at=clock.now)
+    # Then the record and its last event say so
+    record = process(store, "p1")
+    assert (record.state, record.exit_code, record.signal, record.reason) == (
+        S.FAILED,
+        None,
+        9,
+        reason,
+    )
+    last = parts.transitions.events.list("p1", 1)[0]
+    assert (last["state"], last["exit_code"], last["signal"], last["reason"]) == (
+        S.FAILED,
+        None,
+        9,
+        reason,
+    )
+
+
+@BOTH_STORES
 def test_a_crash_loop_backs_off_with_growing_delays_then_gives_up(
     store: Store,
     policy_handler: HeartbeatHandler,

@@ -133,9 +133,12 @@ class FakeEEAgent:
 
     # -- test controls ----------------------------------------------------------------
 
-    def set_state(self, upid: str, state: str) -> None:
+    def set_state(self, upid: str, state: str, **report: Any) -> None:
+        """Report ``upid`` in ``state``; ``report`` adds keys to its heartbeat entry
+        (``msg``, or the additive ``exit_code``, ``signal``... of an ended round)."""
         with self.lock:
             self.processes[upid]["state"] = state
+            self.processes[upid]["report"] = report
         self.heartbeat()
 
     def ops(self, op: str) -> list[dict[str, Any]]:
@@ -150,6 +153,7 @@ class FakeEEAgent:
                     "round": str(p["round"]),
                     "state": [int(p["state"][:3]), p["state"][4:]],
                     "msg": "None",
+                    **p.get("report", {}),
                 }
                 for upid, p in self.processes.items()
             ]
