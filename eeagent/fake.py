@@ -154,6 +154,16 @@ class FakeProcessControl:
             return b""
         return program.logs.get(stream, b"")[-tail_bytes:]
 
+    def log_size(self, name: str) -> int:
+        program = self.programs.get(name)
+        return sum(len(data) for data in program.logs.values()) if program else 0
+
+    def drop_logs(self, name: str) -> None:
+        self.calls.append("drop_logs")
+        program = self.programs.get(name)
+        if program is not None:
+            program.logs.clear()
+
     def kill_stray(self, processes: Iterable[tuple[int, str | None]]) -> list[int]:
         self.calls.append("kill_stray")
         killed = [pid for pid, identity in processes if pid in self._stray and identity]
