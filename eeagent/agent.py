@@ -427,6 +427,7 @@ class EEAgent:
         table.ended = False
         self._next_budget_check = now + CHECK_INTERVAL
         candidates: dict[str, ProcessRecord] = {}
+        ended_at: dict[str, float] = {}
         ended: list[EndedLogs] = []
         for record in table.records.values():
             name = record.program
@@ -438,12 +439,14 @@ class EEAgent:
                 log.warning("cannot measure the logs of %s: %s", name, exc)
                 continue
             candidates[name] = record
+            ended_at[name] = record.ended_at
             ended.append(EndedLogs(name, record.ended_at, size))
         for drop in plan_drops(ended, now, self.log_budget):
             record = candidates[drop.name]
-            if record.output is None:
+            if record.output is None:  # e.g. lost with its supervisord: keep the tail now
                 record.output = self._output_tail(record)
-                table.changed = table.changed or record.output is not None
+                if record.output is not None:
+                    table.changed = True
             try:
                 self.control.drop_logs(drop.name)
             except OSError as exc:
@@ -453,7 +456,7 @@ class EEAgent:
             table.dirty = True
             if drop.reason == "age":
                 why = (
-                    f"it ended {now - (record.ended_at or now):.0f}s ago "
+                    f"it ended {now - ended_at[drop.name]:.0f}s ago "
                     f"(eeagent.ended_logs_max_age: {self.log_budget.max_age:g}s)"
                 )
             else:
