@@ -20,8 +20,10 @@ Files, all under the agent's home ``<supd_directory>/<eeagent.name>/``:
   prints while starting);
 * ``logs/<program>.stdout`` and ``logs/<program>.stderr``: each process's output,
   rotated at 10 MB with one backup (at most 40 MB per process, 40 MB times the
-  slots per agent), deleted with the program. Output is written only while the
-  disk keeps a reserve free, and dropped otherwise (see :mod:`eeagent.supdrun`).
+  slots per agent), deleted with the program, or earlier by :meth:`drop_logs`
+  once it ended (the agent's log budget, :mod:`eeagent.logbudget`). Output is
+  written only while the disk keeps a reserve free, and dropped otherwise (see
+  :mod:`eeagent.supdrun`).
 
 URL used for XML-RPC: ``unix://<socket>``, through
 :class:`supervisor.xmlrpc.SupervisorTransport` with a socket timeout. Faults and
