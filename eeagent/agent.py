@@ -21,6 +21,13 @@ State machine of one record (legacy state strings; backend details in
     supervisord died ─▶ every live record 850-FAILED ("lost: ..."), a new one is started
     cleanup ─▶ record removed (its program stopped and removed)
 
+An ended record keeps its program and log files until ``cleanup``, within the
+agent's log budget (:mod:`eeagent.logbudget`): checked every
+:data:`~eeagent.logbudget.CHECK_INTERVAL` seconds and whenever a round ends, it
+deletes the log files of rounds that ended too long ago, then of the oldest ended
+rounds while their logs take too much space. Such a record keeps the tail of its
+output captured when it ended, and ``get_process_logs`` answers with that tail.
+
 Request rules (legacy, except that ``restart_process`` really restarts:
 docs/architecture.md, decision 4):
 
@@ -61,6 +68,7 @@ from eeagent.errors import (
     BackendUnavailableError,
     SpawnError,
 )
+from eeagent.logbudget import CHECK_INTERVAL, EndedLogs, LogBudget, plan_drops
 from eeagent.parameters import ParameterError, parse_parameters, program_name
 from eeagent.persistence import StateStore
 from eeagent.records import OUTPUT_TAIL, ProcessRecord, RetiringProgram
@@ -100,6 +108,8 @@ class EEAgent:
         on_change: called whenever the heartbeat content changes, under the
             agent's lock: it must return at once (e.g. set an event).
         clock: seconds since the epoch (injectable for tests).
+        log_budget: how much disk the log files of ended rounds may take
+            (``None``: the defaults of :class:`~eeagent.logbudget.LogBudget`).
 
     Every public method is thread-safe.
     """
@@ -117,6 +127,7 @@ class EEAgent:
         stop_wait: float = 10.0,
         on_change: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.time,
+        log_budget: LogBudget | None = None,
     ) -> None:
         self.name = name
         self.node_id = node_id
@@ -127,12 +138,14 @@ class EEAgent:
         self.stop_wait = stop_wait
         self.on_change = on_change
         self.clock = clock
-        self.table = ProcessTable(name, store, lambda: self.on_change())
+        self.log_budget = log_budget if log_budget is not None else LogBudget()
+        self.table = ProcessTable(name, store, lambda: self.on_change(), clock)
         self.stopper = Stopper(control, self.table, clock)
         self._lock = threading.RLock()
         self._backend_down = False
         self._recovery_attempts = 0
         self._next_recovery = 0.0
+        self._next_budget_check = 0.0
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -148,6 +161,11 @@ class EEAgent:
         with self._lock:
             self.table.load()
             self.table.forget_old_terminates(self.clock())
+            for record in self.table.records.values():
+                if not record.live and record.ended_at is None:
+                    # saved by an agent that did not stamp it: its age counts from now
+                    record.ended_at = self.clock()
+                    self.table.dirty = True
             attachment = self.control.open()
             if attachment.fresh or attachment.instance != self.table.backend:
                 self._lose_all("lost: supervisord was not running when the agent started")
@@ -321,6 +339,8 @@ class EEAgent:
         """The last ``tail_bytes`` bytes a process wrote to ``stream``, as text.
 
         Invalid UTF-8 is replaced by U+FFFD; a character cut by the tail is dropped.
+        For a round whose log files were deleted to keep the log budget, the tail
+        kept when it ended (at most :data:`~eeagent.records.OUTPUT_TAIL` bytes).
 
         Raises:
             BadRequestError: ``stream`` is not ``stdout``/``stderr``, or ``tail_bytes``
@@ -341,9 +361,13 @@ class EEAgent:
                 raise NotFoundError(f"no process {u_pid} round {round} on agent {self.name}")
             if record.program is None or record.needs_start:
                 return ""
-            data = self.control.read_log(
-                record.program, "stdout" if stream == "stdout" else "stderr", tail_bytes
-            )
+            if record.logs_dropped:
+                kept = (record.output or {}).get(stream, "").encode()
+                data = kept[len(kept) - tail_bytes :] if tail_bytes < len(kept) else kept
+            else:
+                data = self.control.read_log(
+                    record.program, "stdout" if stream == "stdout" else "stderr", tail_bytes
+                )
         if len(data) >= tail_bytes:
             data = data.lstrip(_CONTINUATION_BYTES)
         return data.decode("utf-8", "replace")
@@ -391,7 +415,62 @@ class EEAgent:
                     self._recover()
             else:
                 self._refresh()
+            if self.table.ended or self.clock() >= self._next_budget_check:
+                self._keep_log_budget()
             self.table.commit()
+
+    def _keep_log_budget(self) -> None:
+        """Delete the log files of ended rounds beyond the budget (see the module
+        docstring); the record stays, with the tail of its output."""
+        table = self.table
+        now = self.clock()
+        table.ended = False
+        self._next_budget_check = now + CHECK_INTERVAL
+        candidates: dict[str, ProcessRecord] = {}
+        ended_at: dict[str, float] = {}
+        ended: list[EndedLogs] = []
+        for record in table.records.values():
+            name = record.program
+            if record.live or record.logs_dropped or name is None or record.ended_at is None:
+                continue
+            try:
+                size = self.control.log_size(name)
+            except OSError as exc:
+                log.warning("cannot measure the logs of %s: %s", name, exc)
+                continue
+            candidates[name] = record
+            ended_at[name] = record.ended_at
+            ended.append(EndedLogs(name, record.ended_at, size))
+        for drop in plan_drops(ended, now, self.log_budget):
+            record = candidates[drop.name]
+            if record.output is None:  # e.g. lost with its supervisord: keep the tail now
+                record.output = self._output_tail(record)
+                if record.output is not None:
+                    table.changed = True
+            try:
+                self.control.drop_logs(drop.name)
+            except OSError as exc:
+                log.warning("cannot delete the logs of %s: %s", drop.name, exc)
+                continue
+            record.logs_dropped = True
+            table.dirty = True
+            if drop.reason == "age":
+                why = (
+                    f"it ended {now - ended_at[drop.name]:.0f}s ago "
+                    f"(eeagent.ended_logs_max_age: {self.log_budget.max_age:g}s)"
+                )
+            else:
+                why = (
+                    "the ended rounds' logs take more than "
+                    f"eeagent.ended_logs_max_bytes ({self.log_budget.max_bytes} bytes)"
+                )
+            log.info(
+                "%s round %d: deleted its log files (%d bytes, the tail is kept): %s",
+                record.upid,
+                record.round,
+                drop.size,
+                why,
+            )
 
     def _refresh(self) -> None:
         try:

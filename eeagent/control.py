@@ -178,6 +178,22 @@ class ProcessControl(Protocol):
         """Return the last ``tail_bytes`` bytes a program wrote to ``stream`` (may be empty)."""
         ...
 
+    def log_size(self, name: str) -> int:
+        """Return the bytes a program's captured output takes on disk (both streams,
+        rotated files included); 0 when it has none."""
+        ...
+
+    def drop_logs(self, name: str) -> None:
+        """Delete a program's captured output (both streams, rotated files included),
+        freeing its space even if the backend still holds a file open; the program
+        stays registered. Called only for a program that has ended; files already
+        gone are ignored.
+
+        Raises:
+            OSError: a file exists but cannot be deleted.
+        """
+        ...
+
     def kill_stray(self, processes: Iterable[tuple[int, str | None]]) -> list[int]:
         """Kill leftover processes of a backend that died, given ``(pid, identity)`` pairs.
 

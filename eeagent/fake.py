@@ -53,6 +53,8 @@ class FakeProcessControl:
             :meth:`resignal` (the fork/exec race of the real backend).
         fail_recover: when true, :meth:`recover` raises :class:`BackendStartError`.
         killed: pids passed to :meth:`kill_stray` that were killed.
+        orphan_logs: the output of programs lost in a :meth:`crash`, by name (a real
+            backend's log files stay on disk when it dies).
         calls: the names of the methods called, in order.
     """
 
@@ -63,6 +65,7 @@ class FakeProcessControl:
         self.lose_stops = False
         self.fail_recover = False
         self.killed: list[int] = []
+        self.orphan_logs: dict[str, dict[str, bytes]] = {}
         self.calls: list[str] = []
         self.alive = True
         self.instance = 1
@@ -101,6 +104,7 @@ class FakeProcessControl:
             )
         program = FakeProgram(spec=spec)
         self.programs[spec.name] = program
+        self.orphan_logs.pop(spec.name, None)
         error = self.spawn_errors.get(spec.argv[0])
         if error is not None:
             program.spawn_error = error
@@ -132,6 +136,7 @@ class FakeProcessControl:
     def remove(self, name: str) -> None:
         self.calls.append("remove")
         self._check_alive()
+        self.orphan_logs.pop(name, None)
         program = self.programs.get(name)
         if program is None:
             return
@@ -151,10 +156,17 @@ class FakeProcessControl:
             return {name: self._status(program) for name, program in self.programs.items()}
 
     def read_log(self, name: str, stream: LogStream, tail_bytes: int) -> bytes:
-        program = self.programs.get(name)
-        if program is None or tail_bytes <= 0:
+        if tail_bytes <= 0:
             return b""
-        return program.logs.get(stream, b"")[-tail_bytes:]
+        return self._logs(name).get(stream, b"")[-tail_bytes:]
+
+    def log_size(self, name: str) -> int:
+        self.calls.append("log_size")
+        return sum(len(data) for data in self._logs(name).values())
+
+    def drop_logs(self, name: str) -> None:
+        self.calls.append("drop_logs")
+        self._logs(name).clear()
 
     def kill_stray(self, processes: Iterable[tuple[int, str | None]]) -> list[int]:
         self.calls.append("kill_stray")
@@ -206,6 +218,7 @@ class FakeProcessControl:
         """The backend dies: its programs are gone, their processes become strays."""
         self.alive = False
         self._stray.update(p.pid for p in self.programs.values() if p.pid)
+        self.orphan_logs.update((name, p.logs) for name, p in self.programs.items())
         self.programs.clear()
 
     def write_log(self, name: str, stream: LogStream, data: bytes) -> None:
@@ -225,6 +238,12 @@ class FakeProcessControl:
         self.instance += 1
         self.programs.clear()
         return Attachment(instance=str(self.instance), fresh=True)
+
+    def _logs(self, name: str) -> dict[str, bytes]:
+        program = self.programs.get(name)
+        if program is not None:
+            return program.logs
+        return self.orphan_logs.get(name, {})
 
     def _check_alive(self) -> None:
         if not self.alive:

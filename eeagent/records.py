@@ -70,6 +70,10 @@ class ProcessRecord(BaseModel):
         output: once the round ended, the last :data:`OUTPUT_TAIL` bytes of its
             ``stdout`` and ``stderr`` (as text), sent with the heartbeat so that the
             dispatcher keeps them after this agent forgets the round.
+        ended_at: when the round entered a terminal state (epoch seconds); the
+            log budget (:mod:`eeagent.logbudget`) counts its age from then.
+        logs_dropped: its log files were deleted to keep the log budget;
+            ``get_process_logs`` answers with ``output`` instead.
     """
 
     model_config = ConfigDict(extra="ignore", validate_assignment=False)
@@ -92,6 +96,8 @@ class ProcessRecord(BaseModel):
     pid: int = 0
     identity: str | None = None
     output: dict[str, str] | None = None
+    ended_at: float | None = None
+    logs_dropped: bool = False
 
     @property
     def live(self) -> bool:

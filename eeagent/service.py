@@ -53,6 +53,7 @@ from dashi.security import (
 )
 from dashi.service import RpcService
 from eeagent.agent import EEAgent
+from eeagent.logbudget import LogBudget
 from eeagent.nonces import FileNonceJournal
 from eeagent.persistence import AgentLock, StateStore
 from eeagent.supdconf import STOP_WAIT_SECONDS
@@ -405,6 +406,9 @@ def run_agent(
             default_directory=str(supd_directory),
             default_user=eea.default_user,
             stop_wait=STOP_WAIT_SECONDS,
+            log_budget=LogBudget(
+                max_bytes=eea.ended_logs_max_bytes, max_age=eea.ended_logs_max_age
+            ),
         )
         service = AgentService(
             agent,

@@ -35,6 +35,7 @@ from eeagent.control import ProgramSpec
 
 __all__ = [
     "ENV_SHIM",
+    "LOG_BACKUPS",
     "PROGRAM_DEFAULTS",
     "SupervisordFiles",
     "command_line",

@@ -21,8 +21,10 @@ Files, all under the agent's home ``<supd_directory>/<eeagent.name>/``:
   while starting);
 * ``logs/<program>.stdout`` and ``logs/<program>.stderr``: each process's output,
   rotated at 10 MB with one backup (at most 40 MB per process, 40 MB times the
-  slots per agent), deleted with the program. Output is written only while the
-  disk keeps a reserve free, and dropped otherwise (see :mod:`eeagent.supdrun`).
+  slots per agent), deleted with the program, or earlier by :meth:`drop_logs`
+  once it ended (the agent's log budget, :mod:`eeagent.logbudget`). Output is
+  written only while the disk keeps a reserve free, and dropped otherwise (see
+  :mod:`eeagent.supdrun`).
 
 URL used for XML-RPC: ``unix://<socket>``, through
 :class:`supervisor.xmlrpc.SupervisorTransport` with a socket timeout. Faults and
@@ -83,7 +85,13 @@ from eeagent.errors import (
     SpawnError,
 )
 from eeagent.reaper import Reaper
-from eeagent.supdconf import STOP_WAIT_SECONDS, SupervisordFiles, program_options, render_config
+from eeagent.supdconf import (
+    LOG_BACKUPS,
+    STOP_WAIT_SECONDS,
+    SupervisordFiles,
+    program_options,
+    render_config,
+)
 from pdcommon import procfs
 
 __all__ = ["MAIN_LOG_TAIL", "SupervisorControl", "socket_path_for", "stop_left_supervisord"]
@@ -414,6 +422,23 @@ class SupervisorControl:
             data = older + data
         return data
 
+    def log_size(self, name: str) -> int:
+        """Bytes of a program's log files (both streams, rotated files included)."""
+        total = 0
+        for path in self._log_files(name):
+            with contextlib.suppress(FileNotFoundError):
+                total += path.lstat().st_size
+        return total
+
+    def drop_logs(self, name: str) -> None:
+        """Delete a program's log files, leaving the program registered.
+
+        supervisord closes an exited program's log files when it reaps it (its
+        output dispatchers are dropped); each file is emptied before it is unlinked
+        all the same, so that the space is freed even if a handle is still open.
+        """
+        self._remove_logs(name)
+
     def kill_stray(self, processes: Iterable[tuple[int, str | None]]) -> list[int]:
         """SIGKILL the process groups of leftover children whose identity still matches.
 
@@ -615,12 +640,32 @@ class SupervisorControl:
     def _log_path(self, name: str, stream: LogStream) -> Path:
         return self.logs / f"{name}.{stream}"
 
-    def _remove_logs(self, name: str) -> None:
+    def _log_files(self, name: str) -> list[Path]:
+        """Every file a program's output may be in: both streams and their rotations."""
+        files = []
         for stream in _STREAMS:
             path = self._log_path(name, stream)
-            for candidate in (path, path.with_name(path.name + ".1")):
-                with contextlib.suppress(FileNotFoundError):
-                    candidate.unlink()
+            files.append(path)
+            files += [path.with_name(f"{path.name}.{n}") for n in range(1, LOG_BACKUPS + 1)]
+        return files
+
+    def _remove_logs(self, name: str) -> None:
+        """Delete a program's log files, emptying each first: supervisord may still
+        hold one open (a deleted file's space is freed only once it is closed)."""
+        for path in self._log_files(name):
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            except FileNotFoundError:
+                continue
+            except OSError:
+                pass  # e.g. a symlink someone put there: deleting it is enough
+            else:
+                try:
+                    os.ftruncate(fd, 0)
+                finally:
+                    os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
     def _check_spawnable(self, spec: ProgramSpec) -> None:
         directory = spec.working_directory

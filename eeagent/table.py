@@ -13,11 +13,17 @@ reaches the agent): at most :data:`MAX_REMEMBERED_TERMINATES`, each for
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 from eeagent.errors import PersistenceError
 from eeagent.persistence import AgentSnapshot, StateStore
-from eeagent.records import ProcessRecord, RememberedTerminate, RetiringProgram
+from eeagent.records import (
+    TERMINAL_STATES,
+    ProcessRecord,
+    RememberedTerminate,
+    RetiringProgram,
+)
 from pdcommon.states import ProcessState
 
 __all__ = ["MAX_REMEMBERED_TERMINATES", "REMEMBER_TERMINATE_SECONDS", "ProcessTable"]
@@ -40,12 +46,20 @@ class ProcessTable:
         agent: the agent's name (saved in the state file).
         store: where to persist (``None``: nowhere).
         on_change: called by :meth:`commit` when the reported state changed.
+        clock: seconds since the epoch (stamps ``ended_at``).
 
     Not thread-safe: the agent calls it under its lock.
     """
 
-    def __init__(self, agent: str, store: StateStore | None, on_change: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        agent: str,
+        store: StateStore | None,
+        on_change: Callable[[], None],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.agent = agent
+        self.clock = clock
         self.store = store
         self.on_change = on_change
         self.records: dict[tuple[str, int], ProcessRecord] = {}
@@ -56,6 +70,8 @@ class ProcessTable:
         self.backend: str | None = None
         self.dirty = False
         self.changed = False
+        #: A round ended since the agent last looked (it checks the log budget).
+        self.ended = False
 
     # -- records ------------------------------------------------------------------
 
@@ -83,7 +99,8 @@ class ProcessTable:
     def set_state(self, record: ProcessRecord, state: str, msg: str | None = None) -> None:
         """Move ``record`` to ``state``; ``msg`` replaces its message when given.
 
-        Entering ``400-PENDING`` or ``500-RUNNING`` clears the message.
+        Entering ``400-PENDING`` or ``500-RUNNING`` clears the message; entering a
+        terminal state for the first time stamps ``ended_at``.
         """
         if record.state == state and (msg is None or record.msg == msg):
             return
@@ -92,6 +109,9 @@ class ProcessTable:
         record.state = state
         if msg is not None or state in (ProcessState.PENDING, ProcessState.RUNNING):
             record.msg = msg
+        if state in TERMINAL_STATES and record.ended_at is None:
+            record.ended_at = self.clock()
+            self.ended = True
         self.dirty = self.changed = True
 
     # -- terminates of unlaunched rounds ---------------------------------------------

@@ -34,6 +34,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -49,6 +50,8 @@ from pdcommon.errors import ConfigError
 from pdcommon.limits import RequestLimits
 
 __all__ = [
+    "DEFAULT_ENDED_LOGS_MAX_AGE",
+    "DEFAULT_ENDED_LOGS_MAX_BYTES",
     "DEFAULT_EXCHANGE",
     "DEFAULT_SERVICE_NAME",
     "AmqpSettings",
@@ -132,6 +135,12 @@ DEFAULT_RESTART_MAX_DELAY = 60.0
 DEFAULT_RESTART_FAILURE_LIMIT = 10
 DEFAULT_RESTART_INTERVAL = 600.0
 DEFAULT_RESTART_JITTER = 0.2
+#: Budget of an agent's ended rounds' log files (``eeagent.ended_logs_max_bytes``,
+#: ``eeagent.ended_logs_max_age``), kept until the dispatcher's cleanup: 256 MiB is
+#: about six rounds that filled their rotated logs (40 MB each) and thousands of
+#: ordinary ones; a day is long enough to read the logs of last night's failures.
+DEFAULT_ENDED_LOGS_MAX_BYTES = 256 * 1024 * 1024
+DEFAULT_ENDED_LOGS_MAX_AGE = 86400.0
 #: Seconds a signed agent command stays valid after (and before) its timestamp:
 #: room for clock skew between hosts and for a command waiting in the agent's
 #: queue while the agent restarts (an unused queue expires after 60 s).
@@ -507,6 +516,13 @@ class LaunchTypeSettings(BaseModel):
     supdexe: Path | None = None
 
 
+def _not_a_boolean(value: Any) -> Any:
+    # YAML true/false would otherwise pass as the number 1/0.
+    if isinstance(value, bool):
+        raise ValueError("must be a number, not a boolean")
+    return value
+
+
 class EEAgentSettings(BaseModel):
     """``eeagent``: the agent's legacy keys."""
 
@@ -522,6 +538,15 @@ class EEAgentSettings(BaseModel):
     #: The account processes that name no ``user`` run as (the agent must be root
     #: to run them as another account); ``None``: the agent's own.
     default_user: str | None = None
+    #: Bytes the log files of ended rounds (not cleaned up yet) may take together;
+    #: beyond it, the oldest ended rounds lose their log files (eeagent/logbudget.py).
+    ended_logs_max_bytes: Annotated[int, BeforeValidator(_not_a_boolean), Field(gt=0)] = (
+        DEFAULT_ENDED_LOGS_MAX_BYTES
+    )
+    #: Seconds an ended round keeps its log files at most.
+    ended_logs_max_age: Annotated[
+        float, BeforeValidator(_not_a_boolean), Field(gt=0, allow_inf_nan=False)
+    ] = DEFAULT_ENDED_LOGS_MAX_AGE
 
     @field_validator("name")
     @classmethod

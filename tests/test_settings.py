@@ -53,6 +53,14 @@ def test_the_default_engine_of_a_local_site_has_wide_agents(tmp_path):
     assert mine.processdispatcher.engines["default"].slots == 2
 
 
+def test_an_agent_keeps_its_ended_rounds_logs_within_256_mib_and_a_day_unless_told(tmp_path):
+    default = load_settings(environ={"PD_STATE_DIR": str(tmp_path)}).eeagent
+    assert (default.ended_logs_max_bytes, default.ended_logs_max_age) == (256 * 2**20, 86400.0)
+    path = write(tmp_path, "a.yml", "eeagent: {ended_logs_max_bytes: 1000, ended_logs_max_age: 60}")
+    mine = load_settings([path], environ={}).eeagent
+    assert (mine.ended_logs_max_bytes, mine.ended_logs_max_age) == (1000, 60.0)
+
+
 def test_later_files_deep_merge_over_earlier_ones(tmp_path):
     first = write(tmp_path, "a.yml", "server:\n  amqp:\n    uri: amqp://a//\n    exchange: ex1\n")
     second = write(tmp_path, "b.yml", "server:\n  amqp:\n    exchange: ex2\ndashi:\n  sysname: s\n")
@@ -134,6 +142,11 @@ processdispatcher:
         ),
         ("processdispatcher: {process_engines: {a.b: ghost}}", "unknown engine 'ghost'"),
         ("eeagent: {name: 'has.dot'}", "eeagent.name"),
+        ("eeagent: {ended_logs_max_bytes: 0}", "eeagent.ended_logs_max_bytes: Input should be"),
+        ("eeagent: {ended_logs_max_bytes: 10MB}", "eeagent.ended_logs_max_bytes: Input should"),
+        ("eeagent: {ended_logs_max_bytes: true}", "eeagent.ended_logs_max_bytes: Value error"),
+        ("eeagent: {ended_logs_max_age: -1}", "eeagent.ended_logs_max_age: Input should be"),
+        ("eeagent: {ended_logs_max_age: .inf}", "eeagent.ended_logs_max_age: Input should be"),
         ("provisioner: {driver: cloudy}", "provisioner.driver"),
         (
             "processdispatcher: {engines: {e: {slots: 1, heartbeat_warning: null}}}",

@@ -16,7 +16,13 @@ from pydantic import SecretStr
 
 from dashi.broker import mask_uri
 from dashi.security import derive_key
-from pdcommon.settings import DEFAULT_EXCHANGE, DEFAULT_SERVICE_NAME, Settings
+from pdcommon.settings import (
+    DEFAULT_ENDED_LOGS_MAX_AGE,
+    DEFAULT_ENDED_LOGS_MAX_BYTES,
+    DEFAULT_EXCHANGE,
+    DEFAULT_SERVICE_NAME,
+    Settings,
+)
 
 __all__ = ["AgentTemplate"]
 
@@ -39,6 +45,10 @@ class AgentTemplate:
         leave_running_on_shutdown: ``eeagent.leave_running_on_shutdown`` of the
             dispatcher's settings, given to every agent (an agent told to stop then
             leaves its supervisord and processes; destroying the node stops them).
+        ended_logs_max_bytes: ``eeagent.ended_logs_max_bytes`` of the dispatcher's
+            settings, given to every agent when it is not the default (``None``:
+            the agents' default).
+        ended_logs_max_age: ``eeagent.ended_logs_max_age``, likewise.
     """
 
     amqp_uri: str = field(repr=False)
@@ -53,11 +63,15 @@ class AgentTemplate:
     next_hmac_key: SecretStr | None = field(default=None, repr=False)
     signature_max_age: float | None = None
     leave_running_on_shutdown: bool = False
+    ended_logs_max_bytes: int | None = None
+    ended_logs_max_age: float | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, amqp_uri: str | None = None) -> AgentTemplate:
         """The template of a dispatcher's agents; ``amqp_uri`` overrides its own URI."""
         amqp = settings.server.amqp
+        eea = settings.eeagent
+        max_bytes, max_age = eea.ended_logs_max_bytes, eea.ended_logs_max_age
         return cls(
             amqp_uri=amqp_uri or settings.amqp_uri,
             exchange=amqp.exchange,
@@ -70,7 +84,9 @@ class AgentTemplate:
             hmac_key=settings.security.hmac_key,
             next_hmac_key=settings.security.next_hmac_key,
             signature_max_age=settings.security.signature_max_age,
-            leave_running_on_shutdown=settings.eeagent.leave_running_on_shutdown,
+            leave_running_on_shutdown=eea.leave_running_on_shutdown,
+            ended_logs_max_bytes=None if max_bytes == DEFAULT_ENDED_LOGS_MAX_BYTES else max_bytes,
+            ended_logs_max_age=None if max_age == DEFAULT_ENDED_LOGS_MAX_AGE else max_age,
         )
 
     def __repr__(self) -> str:
@@ -113,6 +129,10 @@ class AgentTemplate:
         }
         if self.leave_running_on_shutdown:
             config["eeagent"]["leave_running_on_shutdown"] = True
+        if self.ended_logs_max_bytes is not None:
+            config["eeagent"]["ended_logs_max_bytes"] = self.ended_logs_max_bytes
+        if self.ended_logs_max_age is not None:
+            config["eeagent"]["ended_logs_max_age"] = self.ended_logs_max_age
         if self.hmac_key is not None:
             name = f"{self.sysname}.{agent_name}" if self.sysname else agent_name
             security: dict[str, Any] = {"agent_key": derive_key(self.hmac_key, name).hex()}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -198,3 +199,30 @@ def test_an_agent_restarted_after_its_supervisord_died_reports_the_processes_los
     # and it runs new work
     launch(client, "p2", sleeper())
     pd.wait_for(lambda m: process_state(m, "p2") == [500, "RUNNING"])
+
+
+def test_an_ended_rounds_logs_beyond_the_configured_budget_are_deleted_but_still_answered(
+    agent_process: Callable[[dict[str, Any]], AgentProcess],
+    pd: PdSink,
+    client: RpcClient,
+    tmp_path: Path,
+    sysname: str,
+) -> None:
+    # Given an agent whose ended rounds may keep 1000 bytes of logs
+    agent = agent_process(settings(tmp_path, sysname, ended_logs_max_bytes=1000))
+    agent.start()
+    pd.wait_for(lambda m: m["processes"] == [])
+    # When a process writes 3000 bytes and fails
+    script = "import sys; sys.stderr.write('x' * 2990 + 'last line\\n'); sys.exit(3)"
+    launch(client, "p1", {"exec": sys.executable, "argv": ["-c", script]})
+    beat = pd.wait_for(lambda m: process_state(m, "p1") == [850, "FAILED"])
+    # Then its log files are deleted, it is still reported with the end of its output
+    logs = tmp_path / "supd" / "agent1" / "logs"
+    wait_for(lambda: not list(logs.glob("p1-1.*")), timeout=10)
+    assert beat["processes"][0]["output"]["stderr"].endswith("last line\n")
+    # and get_process_logs answers with that end
+    tail = client.call("agent1", "get_process_logs", u_pid="p1", round=1, stream="stderr")
+    assert tail.endswith("x" * 10 + "last line\n") and len(tail) == 3000
+    agent.signal(signal.SIGTERM)
+    assert agent.wait() == 0
+    assert "p1 round 1: deleted its log files (3000 bytes" in agent.output()
