@@ -336,6 +336,18 @@ def definition() -> None:
     pass
 
 
+def _max_runtime_option(help_: str) -> Callable[[F], F]:
+    """``--max-runtime SECONDS``: a number of seconds > 0 (the dispatcher checks the
+    upper limit, a year)."""
+    return click.option(
+        "--max-runtime",
+        "max_runtime_seconds",
+        type=click.FloatRange(min=0, min_open=True),
+        metavar="SECONDS",
+        help=help_,
+    )
+
+
 def _executable(
     file: str | None,
     exec_: str | None,
@@ -344,11 +356,7 @@ def _executable(
     workdir: str | None,
 ) -> tuple[Any, str | None, str | None]:
     if file:
-        data = yaml.safe_load(Path(file).read_text(encoding="utf-8"))
-        if not isinstance(data, dict) or "executable" not in data:
-            raise click.BadParameter(
-                "the file must be a mapping with an 'executable' key", param_hint="--file"
-            )
+        data = _definition_file(file)
         return data["executable"], data.get("name"), data.get("description")
     if not exec_:
         raise click.UsageError("give --exec (with --arg, --env, --workdir) or --file")
@@ -364,6 +372,22 @@ def _executable(
     if workdir:
         executable["working_directory"] = workdir
     return executable, None, None
+
+
+def _definition_file(file: str) -> dict[str, Any]:
+    data = yaml.safe_load(Path(file).read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or "executable" not in data:
+        raise click.BadParameter(
+            "the file must be a mapping with an 'executable' key", param_hint="--file"
+        )
+    return data
+
+
+def _file_max_runtime(file: str | None, given: float | None) -> Any:
+    """``--max-runtime`` if given, else the file's ``max_runtime_seconds`` (if any)."""
+    if given is not None or not file:
+        return given
+    return _definition_file(file).get("max_runtime_seconds")
 
 
 def _definition_options(func: F) -> F:
@@ -382,6 +406,10 @@ def _definition_options(func: F) -> F:
             click.option("--type", "definition_type", default="supd", show_default=True),
             click.option("--name"),
             click.option("--description"),
+            _max_runtime_option(
+                "Default maximum runtime of its processes, in seconds: a process "
+                "scheduled without --max-runtime is terminated (not restarted) after it."
+            ),
         ]
     ):
         func = decorator(func)
@@ -408,6 +436,7 @@ def definition_create(
     definition_type: str,
     name: str | None,
     description: str | None,
+    max_runtime_seconds: float | None,
 ) -> None:
     executable, file_name, file_description = _executable(file, exec_, args, env, workdir)
     with ctx.client() as pd:
@@ -417,6 +446,7 @@ def definition_create(
             executable,
             name=name or file_name,
             description=description or file_description,
+            max_runtime_seconds=_file_max_runtime(file, max_runtime_seconds),
         )
         ctx.render(pd.describe_definition(definition_id))
 
@@ -436,6 +466,7 @@ def definition_update(
     definition_type: str,
     name: str | None,
     description: str | None,
+    max_runtime_seconds: float | None,
 ) -> None:
     executable, file_name, file_description = _executable(file, exec_, args, env, workdir)
     with ctx.client() as pd:
@@ -445,6 +476,7 @@ def definition_update(
             executable,
             name=name or file_name,
             description=description or file_description,
+            max_runtime_seconds=_file_max_runtime(file, max_runtime_seconds),
         )
         ctx.render(pd.describe_definition(definition_id))
 
@@ -518,11 +550,8 @@ def _mapping_option(value: str | None, name: str) -> dict[str, Any] | None:
     help="Restart policy as JSON/YAML: any of initial_delay, max_delay, failure_limit, "
     "interval, jitter (docs/configuration.md).",
 )
-@click.option(
-    "--max-runtime",
-    "max_runtime_seconds",
-    type=click.FloatRange(min=0, min_open=True),
-    help="Seconds a round may run before it is terminated (not restarted).",
+@_max_runtime_option(
+    "Seconds a round may run before it is terminated (not restarted); default: the definition's."
 )
 @click.argument("upid")
 @click.option("--definition", "definition_id", help="Definition id (required for a new process).")

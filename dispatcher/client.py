@@ -129,13 +129,20 @@ class ProcessEvent(TypedDict):
     output: dict[str, str] | None
 
 
-class DefinitionRecord(TypedDict):
+class _LegacyDefinitionRecord(TypedDict):
     definition_id: str
     definition_type: str | None
     executable: Any
     name: str | None
     description: str | None
     version: None
+
+
+class DefinitionRecord(_LegacyDefinitionRecord, total=False):
+    """``describe_definition()``: the six legacy keys, and ``max_runtime_seconds``
+    (new) only when the definition has one."""
+
+    max_runtime_seconds: float
 
 
 class DumpResult(TypedDict, total=False):
@@ -234,9 +241,14 @@ class ProcessDispatcherClient:
         *,
         name: str | None = None,
         description: str | None = None,
+        max_runtime_seconds: float | None = None,
     ) -> None:
-        """Store a new definition; an existing id raises ``WriteConflictError``."""
-        self._send(CreateDefinitionRequest, locals())
+        """Store a new definition; an existing id raises ``WriteConflictError``.
+
+        ``max_runtime_seconds`` (new: the default of the processes scheduled with
+        it) is sent only when given, so a legacy dispatcher still takes the call.
+        """
+        self._send(CreateDefinitionRequest, locals(), omit_none=("max_runtime_seconds",))
 
     def describe_definition(self, definition_id: str) -> DefinitionRecord | None:
         """The definition, or ``None`` if it is unknown."""
@@ -251,9 +263,14 @@ class ProcessDispatcherClient:
         *,
         name: str | None = None,
         description: str | None = None,
+        max_runtime_seconds: float | None = None,
     ) -> None:
-        """Replace a definition whole; an unknown id raises ``NotFoundError``."""
-        self._send(UpdateDefinitionRequest, locals())
+        """Replace a definition whole; an unknown id raises ``NotFoundError``.
+
+        Omitting ``max_runtime_seconds`` leaves the definition without a default,
+        like ``name`` and ``description``; it is sent only when given.
+        """
+        self._send(UpdateDefinitionRequest, locals(), omit_none=("max_runtime_seconds",))
 
     def remove_definition(self, definition_id: str) -> None:
         self._send(RemoveDefinitionRequest, locals())

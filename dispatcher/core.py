@@ -47,6 +47,7 @@ from dashi.errors import (
 from dashi.gcpause import collector_paused
 from dashi.jsontree import tree_copy
 from dashi.operations import operation, operations_of
+from dispatcher.culler import scheduled_max_runtime
 from dispatcher.engine_status import DriverOf, engine_statuses, system_status
 from dispatcher.engines import EngineRegistry
 from dispatcher.messaging import Messenger
@@ -153,6 +154,8 @@ class ProcessDispatcherCore:
                 ``{"exec": "/bin/sleep", "argv": ["5"]}``); any JSON value.
             name: a display name.
             description: free text.
+            max_runtime_seconds: new, optional: the default ``max_runtime_seconds``
+                of the processes scheduled with it (> 0, at most a year).
 
         Raises:
             BadRequestError: an argument is invalid.
@@ -172,7 +175,8 @@ class ProcessDispatcherCore:
 
         Returns:
             ``{definition_id, definition_type, executable, name, description,
-            version}``, or ``None`` if there is no such definition.
+            version}`` (and ``max_runtime_seconds`` when it is set), or ``None``
+            if there is no such definition.
         """
         definition = self.store.get_definition(req.definition_id)
         return None if definition is None else definition.to_dict()
@@ -181,7 +185,8 @@ class ProcessDispatcherCore:
     def update_definition(self, req: UpdateDefinitionRequest) -> None:
         """Replace a definition wholesale (omitted ``name``/``description`` become None).
 
-        Existing processes keep the copy of the definition taken at their creation.
+        Existing processes keep the copy of the definition taken at their creation;
+        a new ``max_runtime_seconds`` applies to the rounds scheduled from now on.
 
         Args (of ``req``):
             definition_id: the definition's id.
@@ -189,6 +194,7 @@ class ProcessDispatcherCore:
             executable: as for :meth:`create_definition`.
             name: a display name.
             description: free text.
+            max_runtime_seconds: as for :meth:`create_definition` (omitted: none).
 
         Raises:
             BadRequestError: an argument is invalid.
@@ -237,7 +243,12 @@ class ProcessDispatcherCore:
             The process dict.
         """
         definition = self._get_definition(req.definition_id)
-        process = self.transitions.new_process(req.upid, definition.to_dict(), name=req.name)
+        process = self.transitions.new_process(
+            req.upid,
+            definition.to_dict(),
+            name=req.name,
+            max_runtime_seconds=definition.max_runtime_seconds,
+        )
         try:
             self.store.add_process(process)
             self.transitions.record(process, reason="created")
@@ -273,6 +284,12 @@ class ProcessDispatcherCore:
         harmless nudge for an in-play process). Subscribers are not notified of
         REQUESTED.
 
+        Without ``max_runtime_seconds`` a process takes its definition's default:
+        the one the definition has now when it is created or rescheduled (recorded
+        in the process's copy of its definition, so a later ``update_definition``
+        does not change it), and the recorded one when an in-play process is
+        scheduled again (so the repeat stays idempotent).
+
         Args (of ``req``):
             upid: the process's id.
             definition_id: the definition, required when the process is unknown.
@@ -284,6 +301,9 @@ class ProcessDispatcherCore:
             execution_engine_id: the engine to run on (``constraints["engine"]``).
             node_exclusive: a tag at most one process per node may carry.
             name: a display name (ignored for an in-play process).
+            restart_policy: new, optional: the process's own restart policy.
+            max_runtime_seconds: new, optional: seconds a round may run (default:
+                the definition's, see :func:`~dispatcher.culler.scheduled_max_runtime`).
 
         Raises:
             BadRequestError: an argument is invalid; a parameter differs from an
@@ -420,6 +440,11 @@ class ProcessDispatcherCore:
             if changed and req.definition_id is not None:
                 updates["definition"] = self._get_definition(req.definition_id).to_dict()
                 reason = f"definition changed from {stored_id} to {req.definition_id}"
+            else:
+                self._refresh_default_runtime(process, updates)
+            updates["max_runtime_seconds"] = scheduled_max_runtime(
+                req.max_runtime_seconds, updates.get("definition", process.definition)
+            )
             self._check_engine(
                 replace(
                     process,
@@ -430,7 +455,11 @@ class ProcessDispatcherCore:
             process = self.transitions.reschedule(process, updates, reason=reason)
             return process, False
 
-        # In play: an idempotent repeat of the request that put it there.
+        # In play: an idempotent repeat of the request that put it there (without
+        # max_runtime_seconds, that request took the default recorded in the copy).
+        updates["max_runtime_seconds"] = scheduled_max_runtime(
+            req.max_runtime_seconds, process.definition
+        )
         if changed:
             raise BadRequestError(
                 f"process {req.upid} is {process.state} but definition_id parameter value "
@@ -443,6 +472,28 @@ class ProcessDispatcherCore:
                     "doesn't match request"
                 )
         return process, False
+
+    def _refresh_default_runtime(self, process: Process, updates: dict[str, Any]) -> None:
+        """Put the definition's current ``max_runtime_seconds`` default into the copy
+        ``process`` is rescheduled with (``updates["definition"]``), if it changed.
+
+        Only that key is refreshed: the rest of the copy stays as taken at the
+        process's creation (legacy). A definition removed since leaves the copy as
+        it is (its last known default).
+        """
+        definition_id = process.definition.get("definition_id")
+        if not isinstance(definition_id, str):
+            return
+        current = self.store.get_definition(definition_id)
+        if current is None:
+            return
+        if process.definition.get("max_runtime_seconds") == current.max_runtime_seconds:
+            return
+        copy = tree_copy(process.definition)
+        copy.pop("max_runtime_seconds", None)
+        if current.max_runtime_seconds is not None:
+            copy["max_runtime_seconds"] = current.max_runtime_seconds
+        updates["definition"] = copy
 
     def _enqueue_scheduled(self, process: Process) -> None:
         """Queue ``(upid, round)``; take it back if the process ended meanwhile.
@@ -650,9 +701,10 @@ class ProcessDispatcherCore:
 
     def _requested(self, req: ScheduleProcessRequest, definition: Definition) -> Process:
         """A new process for ``req``, in ``200-REQUESTED`` at round 0."""
-        return self.transitions.new_process(
-            req.upid, definition.to_dict(), requested=True, **req.updates()
-        )
+        copy = definition.to_dict()
+        updates = req.updates()
+        updates["max_runtime_seconds"] = scheduled_max_runtime(req.max_runtime_seconds, copy)
+        return self.transitions.new_process(req.upid, copy, requested=True, **updates)
 
     def _get_definition(self, definition_id: str) -> Definition:
         definition = self.store.get_definition(definition_id)
@@ -678,6 +730,7 @@ def _definition(req: CreateDefinitionRequest) -> Definition:
         executable=tree_copy(req.executable),
         name=req.name,
         description=req.description,
+        max_runtime_seconds=req.max_runtime_seconds,
     )
 
 

@@ -1,8 +1,12 @@
 """The culler: processes that run longer than they may are terminated, not restarted.
 
-A round may run ``max_runtime_seconds`` (the process's own limit, a
-``schedule_process`` argument) and at most ``processdispatcher.max_process_age``
-(a limit for every process, like Hydroplane's culler); the smaller applies. Once
+A round may run ``max_runtime_seconds`` (the process's own limit) and at most
+``processdispatcher.max_process_age`` (a limit for every process, like Hydroplane's
+culler); the smaller applies. The process's own limit is fixed when it is
+scheduled (:func:`scheduled_max_runtime`): the ``schedule_process`` argument, else
+its definition's ``max_runtime_seconds`` default, else none. So a definition
+default never lifts ``max_process_age``, and an argument may be longer or shorter
+than the definition's default. Once
 a RUNNING round is past its limit (counted from ``started_at``), it becomes
 ``600-TERMINATING`` with the reason ``max runtime exceeded: ran N s (limit S s)``
 and its agent is told to terminate it; its end is then recorded
@@ -19,8 +23,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from typing import Final
+from collections.abc import Callable, Mapping
+from typing import Any, Final
 
 from dashi.errors import NotFoundError, WriteConflictError
 from dispatcher.messaging import Messenger
@@ -30,7 +34,7 @@ from dispatcher.terminates import fire_terminate
 from dispatcher.transitions import ProcessStateMachine
 from pdcommon.states import ProcessState
 
-__all__ = ["LOOK_INTERVAL", "Culler", "runtime_limit"]
+__all__ = ["LOOK_INTERVAL", "Culler", "runtime_limit", "scheduled_max_runtime"]
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +42,25 @@ log = logging.getLogger(__name__)
 LOOK_INTERVAL: Final = 2.0
 #: A look may take at most this share of the time between looks.
 _LOOK_SHARE: Final = 0.05
+
+
+def scheduled_max_runtime(requested: float | None, definition: Mapping[str, Any]) -> float | None:
+    """The ``max_runtime_seconds`` a process is scheduled with.
+
+    Args:
+        requested: the ``schedule_process`` argument (``None``: not given).
+        definition: the process's copy of its definition (``Definition.to_dict()``),
+            whose ``max_runtime_seconds`` key, when present, is the default.
+
+    Returns:
+        ``requested`` if given, else the definition's default, else ``None``.
+    """
+    if requested is not None:
+        return requested
+    default = definition.get("max_runtime_seconds")
+    if isinstance(default, bool) or not isinstance(default, int | float):
+        return None
+    return float(default)
 
 
 def runtime_limit(process: Process, max_process_age: float | None) -> float | None:

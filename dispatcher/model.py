@@ -46,16 +46,25 @@ class Definition:
     name: str | None = None
     description: str | None = None
     version: Any = None  # legacy field, always None
+    #: New (optional): the ``max_runtime_seconds`` of the processes scheduled with
+    #: this definition and without their own (None: no default).
+    max_runtime_seconds: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The legacy record, a deep copy (``schedule_process`` copies it into each process).
+
+        The six legacy keys, and ``max_runtime_seconds`` only when it is set (an
+        additive key: a legacy client sees exactly the legacy record).
 
         Built with :func:`~dashi.jsontree.tree_copy` rather than
         ``deepcopy(asdict(...))``, which costs several times more for the same
         result and recurses once per level of nesting.
         """
         values = self.__dict__
-        return {name: tree_copy(values[name]) for name in _DEFINITION_FIELDS}
+        data = {name: tree_copy(values[name]) for name in _LEGACY_DEFINITION_FIELDS}
+        if self.max_runtime_seconds is not None:
+            data["max_runtime_seconds"] = self.max_runtime_seconds
+        return data
 
 
 @dataclass
@@ -129,8 +138,10 @@ class Process:
         }
 
 
-#: ``Definition`` fields in declaration order.
-_DEFINITION_FIELDS: Final = tuple(f.name for f in fields(Definition))
+#: The legacy ``Definition`` fields, in declaration order (the wire record's keys).
+_LEGACY_DEFINITION_FIELDS: Final = tuple(
+    f.name for f in fields(Definition) if f.name != "max_runtime_seconds"
+)
 #: ``Process`` fields in declaration order, without ``version`` (not on the wire).
 _PROCESS_WIRE_FIELDS: Final = tuple(f.name for f in fields(Process) if f.name != "version")
 

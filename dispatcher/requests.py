@@ -60,6 +60,7 @@ from pdcommon.settings import RestartPolicySettings
 from pdcommon.states import QueueingMode, RestartMode
 
 __all__ = [
+    "MAX_RUNTIME_LIMIT",
     "CreateDefinitionRequest",
     "CreateProcessRequest",
     "DescribeDefinitionRequest",
@@ -68,6 +69,7 @@ __all__ = [
     "DescribeProcessesRequest",
     "DumpRequest",
     "ListDefinitionsRequest",
+    "MaxRuntime",
     "QueueingModeName",
     "RemoveDefinitionRequest",
     "ReplayKind",
@@ -124,8 +126,15 @@ RestartModeName = Literal["NEVER", "ALWAYS", "ABNORMAL"]
 # -- definitions -----------------------------------------------------------------------
 
 
+#: Longest ``max_runtime_seconds`` accepted (a year).
+MAX_RUNTIME_LIMIT = 366 * 86400.0
+#: A ``max_runtime_seconds`` argument: seconds, > 0 and at most :data:`MAX_RUNTIME_LIMIT`.
+MaxRuntime = Annotated[float | None, Field(gt=0, le=MAX_RUNTIME_LIMIT)]
+
+
 class CreateDefinitionRequest(Request):
-    """``create_definition(definition_id, definition_type, executable, name, description)``."""
+    """``create_definition(definition_id, definition_type, executable, name, description)``,
+    and (new, optional) ``max_runtime_seconds``."""
 
     operation: ClassVar[str] = "create_definition"
     role: ClassVar[OperationRole] = OperationRole.OPERATOR
@@ -136,6 +145,9 @@ class CreateDefinitionRequest(Request):
     executable: JsonValue
     name: str | None = None
     description: str | None = None
+    #: New (optional): the default ``max_runtime_seconds`` of the processes
+    #: scheduled with this definition (their own argument overrides it).
+    max_runtime_seconds: MaxRuntime = None
 
     def _check_limits(self, limits: RequestLimits) -> None:
         check_executable(self.executable, limits)
@@ -208,8 +220,6 @@ def _restart_policy(value: Any) -> Any:
 
 
 _POLICY_KEYS = tuple(RestartPolicySettings.model_fields)
-#: Longest ``max_runtime_seconds`` accepted (a year).
-MAX_RUNTIME_LIMIT = 366 * 86400.0
 
 
 class ScheduleProcessRequest(Request):
@@ -232,8 +242,9 @@ class ScheduleProcessRequest(Request):
     #: New (optional): the process's own restart policy (see
     #: :mod:`dispatcher.restart_policy`); any subset of its keys.
     restart_policy: Annotated[dict[str, Any] | None, BeforeValidator(_restart_policy)] = None
-    #: New (optional): seconds a round may run before it is terminated.
-    max_runtime_seconds: float | None = Field(None, gt=0, le=MAX_RUNTIME_LIMIT)
+    #: New (optional): seconds a round may run before it is terminated; without
+    #: it, the definition's ``max_runtime_seconds`` (see :mod:`dispatcher.culler`).
+    max_runtime_seconds: MaxRuntime = None
 
     #: The record fields a schedule writes ("updates"), in the order they are checked
     #: by the idempotency comparison of an in-play process.

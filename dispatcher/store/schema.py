@@ -6,7 +6,8 @@ under ``dispatcher/migrations/versions``.
 
 Tables:
 
-``definitions``  one row per definition (JSON: ``executable``, legacy ``version``).
+``definitions``  one row per definition (JSON: ``executable``, legacy ``version``;
+                 ``max_runtime_seconds``, the default of its processes, nullable).
 ``processes``    one row per process; ``id`` gives creation order, ``upid`` is unique,
                  ``version`` is the optimistic-concurrency counter.
 ``process_events``  the bounded event history of each process (state changes with
@@ -70,6 +71,7 @@ definitions = Table(
     Column("name", Text),
     Column("description", Text),
     Column("legacy_version", JSON),
+    Column("max_runtime_seconds", Float),
 )
 
 processes = Table(

@@ -226,6 +226,57 @@ def test_definition_create_from_a_yaml_file(cluster: Cluster, tmp_path: Path) ->
     assert (record["name"], record["description"]) == ("from-file", "a file")
 
 
+def test_definition_max_runtime_is_stored_shown_and_taken_by_its_processes(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    # Given a definition created with --max-runtime
+    definition_id = unique("def-max")
+    created = cluster.json(
+        "definition", "create", definition_id, "--exec", "/bin/sleep", "--arg", "600",
+        "--max-runtime", "45",
+    )  # fmt: skip
+    # Then its record has the additive key, and describe shows it as a table row
+    assert created["max_runtime_seconds"] == 45
+    table = cluster.ok("definition", "describe", definition_id).stdout
+    row = next(line for line in table.splitlines() if "max_runtime_seconds" in line)
+    assert "45" in row
+    # And a process scheduled without --max-runtime takes it
+    upid = unique("p-max")
+    cluster.ok("process", "schedule", upid, "--definition", definition_id)
+    assert cluster.json("process", "describe", upid)["max_runtime_seconds"] == 45
+    # When it is updated with another, Then that shows; without one, it is gone
+    updated = cluster.json(
+        "definition", "update", definition_id, "--exec", "/bin/true", "--max-runtime", "90.5"
+    )
+    assert updated["max_runtime_seconds"] == 90.5
+    cleared = cluster.json("definition", "update", definition_id, "--exec", "/bin/true")
+    assert "max_runtime_seconds" not in cleared
+    # And a definition file may carry it too (--max-runtime overrides it)
+    file = tmp_path / "def.yml"
+    file.write_text(
+        yaml.safe_dump({"executable": {"exec": "/bin/true"}, "max_runtime_seconds": 30})
+    )
+    from_file = cluster.json("definition", "create", unique("def-file"), "--file", str(file))
+    assert from_file["max_runtime_seconds"] == 30
+    overridden = cluster.json(
+        "definition", "create", unique("def-file"), "--file", str(file), "--max-runtime", "5"
+    )
+    assert overridden["max_runtime_seconds"] == 5
+
+
+def test_a_definition_max_runtime_past_the_limit_is_refused_and_nothing_stored(
+    cluster: Cluster,
+) -> None:
+    definition_id = unique("def-max")
+    result = cluster.cli(
+        "definition", "create", definition_id, "--exec", "/bin/true", "--max-runtime", "1e9"
+    )
+    assert result.exit_code == 1
+    assert "BadRequestError" in result.output and "max_runtime_seconds" in result.output
+    assert_no_traceback(result)
+    assert definition_id not in cluster.json("definition", "list")
+
+
 def test_remote_errors_exit_1_with_the_message_and_no_traceback(cluster: Cluster) -> None:
     define(cluster, "def-dup")
     duplicate = cluster.cli("definition", "create", "def-dup", "--exec", "/bin/true")
@@ -711,6 +762,18 @@ def test_completion_prints_a_script_for_each_shell() -> None:
         (["process", "schedule", "p", "--constraint", "novalue"], "--constraint"),
         (["definition", "create", "d", "--exec", "/bin/true", "--env", "NOEQUALS"], "--env"),
         (["definition", "create", "d", "--file", "/no/such/file.yml"], "--file"),
+        (
+            ["definition", "create", "d", "--exec", "/bin/true", "--max-runtime", "0"],
+            "--max-runtime",
+        ),
+        (
+            ["definition", "create", "d", "--exec", "/bin/true", "--max-runtime", "x"],
+            "--max-runtime",
+        ),
+        (
+            ["definition", "update", "d", "--exec", "/bin/true", "--max-runtime", "-1"],
+            "--max-runtime",
+        ),
         (["engine", "add", "e", "--slots", "0"], "--slots"),
         (["engine", "add", "e", "--slots", "two"], "--slots"),
         (["engine", "add", "e", "--slots", "1", "--replicas", "0"], "--replicas"),

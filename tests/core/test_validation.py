@@ -301,9 +301,16 @@ def test_rpc_operations_are_methods_with_the_legacy_keyword_names(
     import inspect
 
     expected = {
-        "create_definition": ["definition_id", "definition_type", "executable", "name", "description"],
+        "create_definition": [
+            "definition_id", "definition_type", "executable", "name", "description",
+            # new, optional (after the legacy ones)
+            "max_runtime_seconds",
+        ],
         "describe_definition": ["definition_id"],
-        "update_definition": ["definition_id", "definition_type", "executable", "name", "description"],
+        "update_definition": [
+            "definition_id", "definition_type", "executable", "name", "description",
+            "max_runtime_seconds",
+        ],
         "remove_definition": ["definition_id"],
         "list_definitions": [],
         "create_process": ["upid", "definition_id", "name"],

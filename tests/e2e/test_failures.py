@@ -125,3 +125,23 @@ def test_a_round_past_its_max_runtime_is_terminated_and_not_restarted(
     assert record["reason"].startswith("max runtime exceeded: ran ")
     assert record["reason"].endswith("(limit 1 s)")
     assert (record["round"], record["restarts"]) == (0, 0)
+
+
+def test_a_round_past_its_definitions_max_runtime_is_terminated_and_not_restarted(
+    cluster: Cluster,
+) -> None:
+    # Given a definition whose processes may run 1 s, and a process scheduled
+    # without a limit of its own, that would restart on any end
+    cluster.client.create_definition(
+        "capped", "supd", {"exec": "/bin/sleep", "argv": ["600"]}, max_runtime_seconds=1
+    )
+    cluster.client.schedule_process("capped-1", "capped", restart_mode="ALWAYS")
+    # Then it is terminated with the reason, at round 0, not restarted
+    record = cluster.wait_state("capped-1", "700-TERMINATED")
+    assert record["max_runtime_seconds"] == 1
+    assert record["reason"] is not None
+    assert record["reason"].startswith("max runtime exceeded: ran ")
+    assert record["reason"].endswith("(limit 1 s)")
+    assert (record["round"], record["restarts"]) == (0, 0)
+    states = [e["state"] for e in cluster.client.describe_process_events("capped-1", limit=100)]
+    assert "500-RUNNING" in states and states[-1] == "700-TERMINATED"

@@ -145,6 +145,7 @@ FIELDS: dict[str, dict[str, st.SearchStrategy[Any]]] = {
         "executable": field_values([EXECUTABLE, {}]),
         "name": names,
         "description": names,
+        "max_runtime_seconds": field_values([None, 30, 0.5, 0, -1, "x", 1e12]),
     },
     "describe_definition": {"definition_id": definition_ids},
     "update_definition": {
@@ -153,6 +154,7 @@ FIELDS: dict[str, dict[str, st.SearchStrategy[Any]]] = {
         "executable": field_values([EXECUTABLE]),
         "name": names,
         "description": names,
+        "max_runtime_seconds": field_values([None, 30, 0.5, 0, -1, "x", 1e12]),
     },
     "remove_definition": {"definition_id": definition_ids},
     "list_definitions": {},

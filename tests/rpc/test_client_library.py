@@ -161,3 +161,18 @@ def test_legacy_positional_calls_keep_working_and_the_rest_is_keyword_only(
     with pytest.raises(TypeError):
         client.get_process_logs("p1", "stderr")  # type: ignore[misc]
     assert len(recorder.calls) == 4
+
+
+def test_a_definition_max_runtime_is_sent_only_when_given(
+    client: ProcessDispatcherClient, recorder: Recorder
+) -> None:
+    # Given definitions created and updated with and without the new argument
+    client.create_definition("D", "supd", {"exec": "/bin/true"}, max_runtime_seconds=30)
+    client.update_definition("D", "supd", {"exec": "/bin/true"}, max_runtime_seconds=60.5)
+    client.update_definition("D", "supd", {"exec": "/bin/true"})
+    # Then it is sent when given; without it the request has the legacy arguments only
+    sent = [args for _, _, args in recorder.calls]
+    assert [args and args.get("max_runtime_seconds") for args in sent] == [30, 60.5, None]
+    assert sent[2] is not None and set(sent[2]) == {
+        "definition_id", "definition_type", "executable", "name", "description",
+    }  # fmt: skip

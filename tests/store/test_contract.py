@@ -101,6 +101,22 @@ def test_definition_update_and_remove(store: Store) -> None:
     assert store.list_definition_ids() == []
 
 
+def test_definition_max_runtime_round_trips_and_an_update_replaces_it(store: Store) -> None:
+    # Given a definition with a default maximum runtime and one without
+    store.add_definition(Definition("d1", "supd", {"exec": "/bin/true"}, max_runtime_seconds=30.5))
+    store.add_definition(Definition("d2", "supd", {"exec": "/bin/true"}))
+    # Then each reads back as written
+    d1, d2 = store.get_definition("d1"), store.get_definition("d2")
+    assert d1 is not None and d1.max_runtime_seconds == 30.5
+    assert d2 is not None and d2.max_runtime_seconds is None
+    # When d1 is replaced without one and d2 with one, Then they read back so
+    store.update_definition(Definition("d1", "supd", {"exec": "/bin/true"}))
+    store.update_definition(Definition("d2", "supd", {"exec": "/bin/true"}, max_runtime_seconds=7))
+    d1, d2 = store.get_definition("d1"), store.get_definition("d2")
+    assert d1 is not None and d1.max_runtime_seconds is None
+    assert d2 is not None and d2.max_runtime_seconds == 7
+
+
 def test_definition_update_or_remove_missing_is_not_found(store: Store) -> None:
     with pytest.raises(NotFoundError):
         store.update_definition(Definition("d1"))

@@ -7,9 +7,9 @@ import threading
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
-from dispatcher.model import Process
+from dispatcher.model import Definition, Process
 from dispatcher.store import migrate
 from dispatcher.store.engine import make_engine
 from dispatcher.store.schema import metadata
@@ -123,3 +123,44 @@ def test_downgrade_to_base_drops_every_table(empty_url: str) -> None:
     # And it can be upgraded again
     migrate.upgrade(empty_url)
     assert migrate.current(empty_url) == migrate.head()
+
+
+def test_0005_adds_the_definition_default_runtime_and_keeps_existing_definitions(
+    empty_url: str,
+) -> None:
+    # Given a database at 0004 holding a definition
+    migrate.upgrade(empty_url, "0004")
+    engine = make_engine(empty_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO definitions (definition_id, definition_type, executable, name)"
+                    " VALUES ('d1', 'supd', '{\"exec\": \"/bin/true\"}', 'n')"
+                )
+            )
+    finally:
+        engine.dispose()
+    # When upgraded to 0005
+    migrate.upgrade(empty_url, "0005")
+    # Then the definition is there with no default, and a default can be stored
+    store = SqlStore(empty_url)
+    try:
+        kept = store.get_definition("d1")
+        assert kept == Definition("d1", "supd", {"exec": "/bin/true"}, "n")
+        store.add_definition(Definition("d2", "supd", "x", max_runtime_seconds=60))
+        got = store.get_definition("d2")
+        assert got is not None and got.max_runtime_seconds == 60
+    finally:
+        store.close()
+    # When downgraded to 0004, Then the column is gone and the definitions stay
+    migrate.downgrade(empty_url, "0004")
+    engine = make_engine(empty_url)
+    try:
+        columns = {c["name"] for c in inspect(engine).get_columns("definitions")}
+        with engine.connect() as conn:
+            ids = conn.execute(text("SELECT definition_id FROM definitions")).scalars().all()
+    finally:
+        engine.dispose()
+    assert "max_runtime_seconds" not in columns
+    assert sorted(ids) == ["d1", "d2"]
