@@ -31,6 +31,7 @@ from dispatcher.service import DispatcherService
 from pdcommon.settings import load_settings
 from pdcommon.wire import broker_config
 from tests.support.fake_eeagent import FakeEEAgent
+from tests.support.signals import sigint_as_in_a_terminal
 from tests.support.waiting import waiter
 
 pytestmark = [pytest.mark.rabbitmq]
@@ -525,16 +526,28 @@ def test_process_logs_prints_stdout_or_stderr_from_the_agent(cluster: Cluster) -
 
 
 def follow_logs(cluster: Cluster, upid: str) -> subprocess.Popen[str]:
-    """``pd-cli process logs UPID --follow`` in a process of its own (to send it Ctrl-C)."""
+    """``pd-cli process logs UPID --follow`` in a process of its own (to send it
+    Ctrl-C), started as from a terminal: with SIGINT not ignored."""
     command = [sys.executable, "-m", "cli.pdcli", "--sysname", cluster.sysname]
     command += ["process", "logs", upid, "--follow", "--interval", "0.1"]
-    return subprocess.Popen(
-        command,
-        cwd=REPO,
-        env={**os.environ, **cluster.env()},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    with sigint_as_in_a_terminal():
+        return subprocess.Popen(
+            command,
+            cwd=REPO,
+            env={**os.environ, **cluster.env()},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+
+def fetched_since(cluster: Cluster, upid: str, asked: int) -> bool:
+    """Whether the agent got a ``get_process_logs`` for ``upid`` after its first
+    ``asked`` requests (another process's fetch, e.g. a late one of an earlier
+    test, does not count)."""
+    return any(
+        op == "get_process_logs" and args["u_pid"] == upid
+        for op, args in cluster.agent.received[asked:]
     )
 
 
@@ -560,6 +573,30 @@ def test_process_logs_follow_prints_new_output_until_interrupted(cluster: Cluste
             proc.wait()
 
 
+def test_process_logs_follow_gets_ctrl_c_even_if_the_test_run_ignores_sigint(
+    cluster: Cluster,
+) -> None:
+    # Given a test run started with SIGINT ignored (a background job of a
+    # non-interactive shell), which its children would inherit
+    upid = running(cluster)
+    cluster.agent.logs[(upid, "stdout")] = "first\n"
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        proc = follow_logs(cluster, upid)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == "first\n"
+        # When Ctrl-C comes, pd-cli (started as from a terminal) still ends normally
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(WAIT) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 @pytest.mark.parametrize("fetch", ["first", "later"])
 def test_process_logs_follow_interrupted_during_a_call_exits_normally(
     cluster: Cluster, fetch: str
@@ -577,7 +614,7 @@ def test_process_logs_follow_interrupted_during_a_call_exits_normally(
             assert proc.stdout.readline() == "first\n"
             cluster.agent.logs_gate.clear()
             asked = len(cluster.agent.received)
-        wait_for(lambda: len(cluster.agent.received) > asked, what="a fetch")
+        wait_for(lambda: fetched_since(cluster, upid, asked), what="a fetch")
         # When Ctrl-C comes then
         proc.send_signal(signal.SIGINT)
         # Then pd-cli ends normally, without a traceback

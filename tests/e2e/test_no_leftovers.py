@@ -24,6 +24,7 @@ from eeagent.supervisor import stop_left_supervisord
 from pdcommon.settings import LocalSiteSettings
 from tests.daemon.conftest import Daemon
 from tests.support.processes import pool_processes
+from tests.support.signals import sigint_as_in_a_terminal
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.supervisord, pytest.mark.slow]
@@ -167,22 +168,23 @@ def test_a_pool_outliving_its_dispatcher_is_emptied_by_the_next_one_without_left
 
 def test_an_interrupted_scaling_bench_leaves_no_agent_and_no_supervisord(tmp_path: Path) -> None:
     directory = tmp_path / "bench"
-    bench = subprocess.Popen(
-        [
-            sys.executable,
-            str(BENCH),
-            "--driver",
-            "local",
-            "--nodes",
-            "3",
-            "--hold",
-            "600",
-            "--directory",
-            str(directory),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    with sigint_as_in_a_terminal():
+        bench = subprocess.Popen(
+            [
+                sys.executable,
+                str(BENCH),
+                "--driver",
+                "local",
+                "--nodes",
+                "3",
+                "--hold",
+                "600",
+                "--directory",
+                str(directory),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
     try:
         # Given the bench's local pool is up
         wait_for(lambda: len(supervisords(directory)) == 3, 90, "three agents up")

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.signals import sigint_as_in_a_terminal
+
 pytestmark = [pytest.mark.supervisord, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -47,14 +49,15 @@ def test_the_main_job_runs_the_example_process(tmp_path: Path) -> None:
     state = tmp_path / "state"
     env = {k: v for k, v in os.environ.items() if not k.startswith("PD_")}
     env["PD_STATE_DIR"] = str(state)
-    job = subprocess.Popen(
-        ["bash", "scripts/run.sh"],
-        cwd=clone,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    with sigint_as_in_a_terminal():
+        job = subprocess.Popen(
+            ["bash", "scripts/run.sh"],
+            cwd=clone,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     lines: list[str] = []
     seen = threading.Event()
     ready = threading.Event()
