@@ -41,6 +41,7 @@ from typing import Any, Final, TypeVar
 from dashi.errors import (
     BadRequestError,
     NotFoundError,
+    TransportError,
     WriteConflictError,
     WriteRetriesExhaustedError,
 )
@@ -65,6 +66,7 @@ from dispatcher.requests import (
     RestartProcessRequest,
     ScheduleProcessRequest,
     SetSystemBootRequest,
+    TerminateProcessesRequest,
     TerminateProcessRequest,
     UpdateDefinitionRequest,
 )
@@ -546,8 +548,20 @@ class ProcessDispatcherCore:
 
     @operation(DescribeProcessesRequest)
     def describe_processes(self, req: DescribeProcessesRequest) -> list[dict[str, Any]]:
-        """Return the full record of every process."""
-        return self.store.list_process_dicts()
+        """Return the full record of every process, or of those the filter selects.
+
+        Args (of ``req``), all new and optional (see :mod:`dispatcher.selectors`):
+            states: a list of states (``500-RUNNING`` or ``RUNNING``).
+            engine: the engine the process asked for.
+            group: the process's group.
+            label_selector: a label selector (``app=web,tier!=db``).
+            name_prefix: the start of the process's name.
+            upid_prefix: the start of its upid.
+
+        Raises:
+            BadRequestError: an argument is invalid (a bad selector, an unknown state).
+        """
+        return self.store.list_process_dicts(req.process_filter())
 
     # -- processes: restart and terminate ---------------------------------------------
 
@@ -627,8 +641,67 @@ class ProcessDispatcherCore:
             The process dict.
         """
 
+        return self._terminate(req.upid)
+
+    @operation(TerminateProcessesRequest)
+    def terminate_processes(self, req: TerminateProcessesRequest) -> dict[str, Any]:
+        """Terminate every process the filter selects (new operation).
+
+        Each selected process is terminated as by ``terminate_process`` (one at a
+        time, in creation order); those already ended are left as they are. A
+        process that could not be updated (its write kept conflicting) is listed in
+        ``failed`` and the others are still terminated. A terminate the agent could
+        not be sent is re-sent by the leader, so that process counts as terminated.
+
+        Args (of ``req``): the filter arguments of ``describe_processes``, and
+            all: must be true to terminate every process (an empty filter).
+
+        Raises:
+            BadRequestError: an argument is invalid, or the filter is empty and
+                ``all`` is not true (nothing is terminated).
+
+        Returns:
+            ``{"terminated": [upid, ...], "already_ended": [upid, ...],
+            "failed": [upid, ...]}``: the processes this call ended or began
+            terminating, those it found ended, and those it could not update.
+        """
+        selected = req.process_filter()
+        if selected.empty and not req.all:
+            raise BadRequestError(
+                "terminate_processes needs a filter (states, engine, group, "
+                "label_selector, name_prefix or upid_prefix), or all=true to "
+                "terminate every process"
+            )
+        terminated: list[str] = []
+        already_ended: list[str] = []
+        failed: list[str] = []
+        for record in self.store.list_process_dicts(selected):
+            upid = record["upid"]
+            if record["state"] in _TERMINAL:
+                already_ended.append(upid)
+                continue
+            try:
+                self._terminate(upid)
+            except TransportError as exc:
+                log.warning("terminate of %s: %s; the leader re-sends it", upid, exc)
+            except (BadRequestError, NotFoundError) as exc:
+                log.warning("terminate of %s failed: %s", upid, exc)
+                failed.append(upid)
+                continue
+            terminated.append(upid)
+        log.info(
+            "terminate_processes: %d terminated, %d already ended, %d failed",
+            len(terminated),
+            len(already_ended),
+            len(failed),
+        )
+        return {"terminated": terminated, "already_ended": already_ended, "failed": failed}
+
+    def _terminate(self, upid: str) -> dict[str, Any]:
+        """:meth:`terminate_process` of ``upid``, its one code path."""
+
         def attempt() -> dict[str, Any]:
-            process = self._get_process(req.upid)
+            process = self._get_process(upid)
             if process.state in _TERMINAL:
                 return process.summary()
             ended = process
@@ -644,7 +717,7 @@ class ProcessDispatcherCore:
             )
             return ended.summary()
 
-        return self._retrying(req.upid, attempt)
+        return self._retrying(upid, attempt)
 
     # -- dispatcher-wide ----------------------------------------------------------------
 

@@ -36,6 +36,7 @@ from typing import Any, Final, Generic, TypeVar
 import sqlalchemy.exc as sa_exc
 from sqlalchemy import (
     Column,
+    ColumnElement,
     Connection,
     Engine,
     Insert,
@@ -55,6 +56,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from dashi import jsontree
 from dashi.errors import NotFoundError, WriteConflictError
 from dispatcher.model import VM, Definition, Node, Process, Resource
+from dispatcher.selectors import ProcessFilter
 from dispatcher.store import migrate
 from dispatcher.store._codec import (
     DEFINITION,
@@ -166,7 +168,7 @@ class _Mapping(Generic[_R]):
 
 
 _DEFINITIONS: Final = _Mapping("definition", DEFINITION, definitions, {"version": "legacy_version"})
-_PROCESSES: Final = _Mapping("process", PROCESS, processes, {})
+_PROCESSES: Final = _Mapping("process", PROCESS, processes, {"group": "group_name"})
 _RESOURCES: Final = _Mapping("resource", RESOURCE, resources, {})
 _NODES: Final = _Mapping("node", NODE, nodes, {})
 _VMS: Final = _Mapping("vm", VM_LAYOUT, vms, {})
@@ -181,6 +183,29 @@ _LIST_PROCESSES_IN_STATES: Final = _LIST_PROCESSES.where(
     processes.c.state.in_(bindparam("states", expanding=True))
 )
 _ENQUEUE: Final = insert(queue)
+
+
+def _process_conditions(selected: ProcessFilter) -> list[ColumnElement[bool]]:
+    """The ``WHERE`` conditions of a process filter (all but its label selector).
+
+    The engine narrows on the JSON text of ``constraints`` (the engine id as a JSON
+    string in it); the caller checks the exact engine on the rows it returns.
+    """
+    conditions: list[ColumnElement[bool]] = []
+    if selected.states is not None:
+        conditions.append(processes.c.state.in_(list(selected.states)))
+    if selected.group is not None:
+        conditions.append(processes.c.group_name == selected.group)
+    if selected.name_prefix is not None:
+        conditions.append(processes.c.name.startswith(selected.name_prefix, autoescape=True))
+    if selected.upid_prefix is not None:
+        conditions.append(processes.c.upid.startswith(selected.upid_prefix, autoescape=True))
+    if selected.engine is not None:
+        constraints = cast(processes.c.constraints, Text)
+        conditions.append(constraints.contains(dumps(selected.engine), autoescape=True))
+    return conditions
+
+
 _QUEUE_MATCH: Final = (queue.c.upid == bindparam("upid")) & (queue.c.round == bindparam("round"))
 _DEQUEUE: Final = delete(queue).where(
     queue.c.id == select(func.min(queue.c.id)).where(_QUEUE_MATCH).scalar_subquery()
@@ -616,13 +641,19 @@ class SqlStore:
             rows = self._read("list_processes", lambda conn: conn.execute(stmt, params).all())
             return PROCESS.build_from_columns(rows)
 
-    def list_process_dicts(self) -> list[dict[str, Any]]:
-        """Every process's ``to_dict()``, in creation order, built straight from the rows."""
+    def list_process_dicts(self, selected: ProcessFilter | None = None) -> list[dict[str, Any]]:
+        """Every process's ``to_dict()``, in creation order, built straight from the rows
+        (only those ``selected``: the query narrows on states, group, engine and the
+        prefixes; the label selector and the exact engine are checked here)."""
+        stmt = _LIST_PROCESSES
+        if selected is not None and not selected.empty:
+            stmt = _LIST_PROCESSES.where(*_process_conditions(selected))
         with gc_paused():  # 100,000 rows and more: see _codec
-            rows = self._read(
-                "list_process_dicts", lambda conn: conn.execute(_LIST_PROCESSES).all()
-            )
-            return PROCESS.wire_dicts_from_columns(rows)
+            rows = self._read("list_process_dicts", lambda conn: conn.execute(stmt).all())
+            dicts = PROCESS.wire_dicts_from_columns(rows)
+        if selected is not None and (selected.engine is not None or selected.labels.requirements):
+            dicts = [d for d in dicts if selected.matches(d)]
+        return dicts
 
     # -- queue ----------------------------------------------------------------------
     def enqueue(self, upid: str, round_: int) -> None:
