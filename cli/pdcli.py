@@ -809,7 +809,7 @@ _STATE_HELP: Final = (
 
 
 #: Columns ``process list`` can sort by.
-_SORT_KEYS = ("upid", "name", "state", "round", "engine", "node", "assigned")
+_SORT_KEYS = ("upid", "name", "state", "round", "engine", "node", "assigned", "group")
 
 
 def _process_rows(dump: dict[str, Any]) -> list[dict[str, Any]]:
@@ -908,9 +908,6 @@ def process_list(
         and (not nodes or row["node"] in nodes)
         and (matching is None or row["upid"] in matching)
     ]
-    if not any(row["group"] for row in rows):
-        for row in rows:
-            del row["group"]
     rows.sort(key=lambda row: _sort_value(row, sort_key))
     if reverse:
         rows.reverse()
