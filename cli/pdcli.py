@@ -32,6 +32,7 @@ from dispatcher.requests import (
     RestartModeName,
     RestartProcessRequest,
     ScheduleProcessRequest,
+    SetGroupTtlRequest,
     SetSystemBootRequest,
     TerminateProcessesRequest,
     TerminateProcessRequest,
@@ -1222,6 +1223,34 @@ def process_terminate(
 
 
 # -- nodes and engines ---------------------------------------------------------------
+
+
+@main.group("group", help="Process groups: a time to live for all of a group.")
+def group_() -> None:
+    pass
+
+
+@_calls(SetGroupTtlRequest, local=("clear",))
+@group_.command(
+    "ttl",
+    help="Terminate every process of GROUP (and any scheduled into it later) "
+    "TTL_SECONDS from now, with the reason 'group time to live exceeded'; "
+    "a new call replaces the deadline, --clear removes it.",
+)
+@click.argument("group")
+@click.argument(
+    "ttl_seconds", required=False, type=click.FloatRange(min=0, min_open=True), metavar="SECONDS"
+)
+@click.option("--clear", is_flag=True, help="Remove the group's deadline.")
+@pass_ctx
+def group_ttl(ctx: Context, group: str, ttl_seconds: float | None, clear: bool) -> None:
+    if clear == (ttl_seconds is not None):
+        raise click.UsageError("give SECONDS, or --clear")
+    with ctx.client() as pd:
+        result = pd.set_group_ttl(group, ttl_seconds)
+    if ctx.format == "table" and result.get("expires_at") is not None:
+        result = {**result, "expires_at": _local_time(result["expires_at"])}
+    ctx.render(result)
 
 
 @main.group(help="Nodes (VMs or local agent groups) and their agents.")

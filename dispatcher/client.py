@@ -47,6 +47,7 @@ from dispatcher.requests import (
     RestartModeName,
     RestartProcessRequest,
     ScheduleProcessRequest,
+    SetGroupTtlRequest,
     SetSystemBootRequest,
     TerminateProcessesRequest,
     TerminateProcessRequest,
@@ -388,6 +389,12 @@ class ProcessDispatcherClient:
         result: TerminateProcessesResult = self._send(
             TerminateProcessesRequest, locals(), omit_none=_FILTER_FIELDS
         )
+        return result
+
+    def set_group_ttl(self, group: str, ttl_seconds: float | None) -> dict[str, Any]:
+        """Terminate every process of ``group`` ``ttl_seconds`` from now (new operation);
+        ``None`` clears the deadline. Returns ``{"group", "expires_at"}``."""
+        result: dict[str, Any] = self._send(SetGroupTtlRequest, locals())
         return result
 
     # -- system -------------------------------------------------------------------

@@ -65,6 +65,7 @@ from dispatcher.requests import (
     RemoveDefinitionRequest,
     RestartProcessRequest,
     ScheduleProcessRequest,
+    SetGroupTtlRequest,
     SetSystemBootRequest,
     TerminateProcessesRequest,
     TerminateProcessRequest,
@@ -702,22 +703,41 @@ class ProcessDispatcherCore:
 
         def attempt() -> dict[str, Any]:
             process = self._get_process(upid)
-            if process.state in _TERMINAL:
-                return process.summary()
-            ended = process
-            if process.assigned is None:
-                # On a conflict, re-decide: it may have been assigned meanwhile.
-                ended = self.transitions.terminate_unassigned(process)
-                self.transitions.dequeue_all(ended.upid, ended.round)
-                return ended.summary()
-            if process.state < ProcessState.TERMINATING:
-                ended = self.transitions.begin_terminating(process)
-            self.messenger.fire(
-                process.assigned, "terminate_process", u_pid=ended.upid, round=ended.round
-            )
+            # On a conflict, re-decide: it may have been assigned meanwhile.
+            ended = self.transitions.terminate(process)
+            if ended.state not in _TERMINAL and process.assigned is not None:
+                self.messenger.fire(
+                    process.assigned, "terminate_process", u_pid=ended.upid, round=ended.round
+                )
             return ended.summary()
 
         return self._retrying(upid, attempt)
+
+    @operation(SetGroupTtlRequest)
+    def set_group_ttl(self, req: SetGroupTtlRequest) -> dict[str, Any]:
+        """Give a group a time to live (new operation; see :mod:`dispatcher.culler`).
+
+        ``ttl_seconds`` from now, every process of the group still in play is
+        terminated with the reason ``group time to live exceeded`` and not restarted,
+        and so is any process scheduled into the group after that, until the deadline
+        is replaced or cleared. A new call replaces the deadline.
+
+        Args (of ``req``):
+            group: the group (it need not have processes yet).
+            ttl_seconds: seconds from now (> 0, at most a year); ``None`` clears it.
+
+        Raises:
+            BadRequestError: an argument is invalid.
+
+        Returns:
+            ``{"group": group, "expires_at": epoch seconds or None}``.
+        """
+        expires_at = None
+        if req.ttl_seconds is not None:
+            expires_at = self.transitions.clock() + req.ttl_seconds
+        self.store.set_group_expiry(req.group, expires_at)
+        log.info("group %s: expires at %s", req.group, expires_at)
+        return {"group": req.group, "expires_at": expires_at}
 
     # -- dispatcher-wide ----------------------------------------------------------------
 

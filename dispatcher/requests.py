@@ -85,6 +85,7 @@ __all__ = [
     "RestartModeName",
     "RestartProcessRequest",
     "ScheduleProcessRequest",
+    "SetGroupTtlRequest",
     "SetSystemBootRequest",
     "TerminateProcessRequest",
     "TerminateProcessesRequest",
@@ -413,6 +414,16 @@ class TerminateProcessRequest(Request):
     role: ClassVar[OperationRole] = OperationRole.OPERATOR
     replay: ClassVar[ReplayKind | None] = "process"
     upid: Identifier
+
+
+class SetGroupTtlRequest(Request):
+    """``set_group_ttl(group, ttl_seconds)`` (new): the group's processes are terminated
+    ``ttl_seconds`` from now (``None``: clear the deadline); see :mod:`dispatcher.culler`."""
+
+    operation: ClassVar[str] = "set_group_ttl"
+    role: ClassVar[OperationRole] = OperationRole.OPERATOR
+    group: Annotated[str, BeforeValidator(check_group)]
+    ttl_seconds: MaxRuntime
 
 
 # -- dispatcher-wide -------------------------------------------------------------------

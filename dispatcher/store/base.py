@@ -198,6 +198,14 @@ class Store(Protocol):
             The recorded owner: ``owner``, or the one that claimed it first.
         """
 
+    # -- group deadlines (see dispatcher.culler) --------------------------------------
+    def set_group_expiry(self, group: str, expires_at: float | None) -> None:
+        """Record that ``group`` expires at ``expires_at`` (epoch seconds), replacing an
+        earlier deadline; ``None`` forgets it. Listeners hear ``"state"``."""
+
+    def list_group_expiries(self) -> dict[str, float]:
+        """Every group deadline, by group, ordered by group."""
+
     # -- processes the matchmaker set aside (shown by dump) ---------------------------
     def record_set_aside(self, upid: str, record: dict[str, Any]) -> None:
         """Remember why ``upid`` was set aside (replaces an earlier record of it)."""

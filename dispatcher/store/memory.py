@@ -122,6 +122,7 @@ class MemoryStore:
         self._owner: str | None = None
         self._applied: dict[str, AppliedRequest] = {}
         self._set_aside: dict[str, dict[str, Any]] = {}
+        self._group_expiries: dict[str, float] = {}
         self._events: list[dict[str, Any]] = []
         self._event_ids = 0
 
@@ -429,6 +430,17 @@ class MemoryStore:
             return self._owner
 
     # -- processes the matchmaker set aside -----------------------------------------
+    def set_group_expiry(self, group: str, expires_at: float | None) -> None:
+        with self._writing("state"):
+            if expires_at is None:
+                self._group_expiries.pop(group, None)
+            else:
+                self._group_expiries[group] = float(expires_at)
+
+    def list_group_expiries(self) -> dict[str, float]:
+        with self._lock:
+            return {g: self._group_expiries[g] for g in sorted(self._group_expiries)}
+
     def record_set_aside(self, upid: str, record: dict[str, Any]) -> None:
         stored = json_copy(record)
         with self._writing("state"):

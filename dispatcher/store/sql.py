@@ -118,6 +118,8 @@ _BOOT_PENDING_KEY: Final = "boot_init_pending"
 _OWNER_KEY: Final = "owner"
 #: ``pd_state`` keys of the matchmaker's set-aside records: this prefix and the upid.
 _SET_ASIDE_PREFIX: Final = "set_aside:"
+#: ``pd_state`` keys of group deadlines: this prefix and the group name.
+_GROUP_EXPIRY_PREFIX: Final = "group_expires_at:"
 
 
 class _Mapping(Generic[_R]):
@@ -220,6 +222,12 @@ _STATE_VALUES: Final = select(pd_state.c.key, pd_state.c.value).where(
         [_PD_STATE_KEY, _SYSTEM_BOOT_KEY, _INITIALIZED_KEY, _OWNER_KEY, _BOOT_PENDING_KEY]
     )
 )
+_GROUP_EXPIRY_VALUES: Final = (
+    select(pd_state.c.key, pd_state.c.value)
+    .where(pd_state.c.key.startswith(_GROUP_EXPIRY_PREFIX, autoescape=True))
+    .order_by(pd_state.c.key)
+)
+_FORGET_STATE_VALUE: Final = delete(pd_state).where(pd_state.c.key == bindparam("key"))
 _SET_ASIDE_VALUES: Final = (
     select(pd_state.c.key, pd_state.c.value)
     .where(pd_state.c.key.startswith(_SET_ASIDE_PREFIX, autoescape=True))
@@ -865,6 +873,24 @@ class SqlStore:
         with self._translated("claim_owner"), self._connect("claim_owner") as conn:
             conn.execute(self._claim_state, params)
         return self._state_values("claim_owner").get(_OWNER_KEY, owner)
+
+    # -- group deadlines (kept in pd_state: no schema change) --------------------------
+    def set_group_expiry(self, group: str, expires_at: float | None) -> None:
+        key = _GROUP_EXPIRY_PREFIX + group
+        if expires_at is not None:
+            self._set_state_value("set_group_expiry", key, repr(float(expires_at)))
+            return
+        params = {"key": key}
+        self._write(
+            "state", "set_group_expiry", lambda conn: conn.execute(_FORGET_STATE_VALUE, params)
+        )
+
+    def list_group_expiries(self) -> dict[str, float]:
+        rows = self._read(
+            "list_group_expiries", lambda conn: conn.execute(_GROUP_EXPIRY_VALUES).all()
+        )
+        start = len(_GROUP_EXPIRY_PREFIX)
+        return {key[start:]: float(value) for key, value in rows}
 
     # -- processes the matchmaker set aside (kept in pd_state: no schema change) -------
     def record_set_aside(self, upid: str, record: dict[str, Any]) -> None:

@@ -331,6 +331,7 @@ def test_rpc_operations_are_methods_with_the_legacy_keyword_names(
         "terminate_processes": [
             "states", "engine", "group", "label_selector", "name_prefix", "upid_prefix", "all",
         ],
+        "set_group_ttl": ["group", "ttl_seconds"],
         "set_system_boot": ["system_boot"],
         "dump": [],
     }  # fmt: skip

@@ -195,6 +195,10 @@ FIELDS: dict[str, dict[str, st.SearchStrategy[Any]]] = {
         "label_selector": field_values([None, "app=web", "app in ()"]),
         "all": field_values([False, True, "yes"]),
     },
+    "set_group_ttl": {
+        "group": field_values(["g1", "g 2", None]),
+        "ttl_seconds": field_values([None, 60, 0, -1, "x"]),
+    },
     "set_system_boot": {"system_boot": field_values([True, False])},
     "dump": {},
     "heartbeat": {"message": heartbeat_messages},

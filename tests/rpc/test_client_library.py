@@ -44,6 +44,7 @@ LEGACY_POSITIONAL = {
     "describe_process_events": ["upid"],
     # new operations take keyword arguments only
     "terminate_processes": [],
+    "set_group_ttl": ["group", "ttl_seconds"],
 }
 
 

@@ -125,3 +125,27 @@ def test_label_selectors_filter_the_listing(store: Store) -> None:
     assert selected("app=web,!tier") == []
     # And with a group, only that group's processes are checked
     assert _upids(store, group="exp-17", labels=parse_selector("tier=db")) == ["web-2"]
+
+
+def test_group_expiries_are_set_replaced_listed_and_cleared(store: Store) -> None:
+    # Given no deadlines
+    assert store.list_group_expiries() == {}
+    # When two groups get one, and one is replaced
+    store.set_group_expiry("exp-18", 200.5)
+    store.set_group_expiry("exp-17", 100.0)
+    store.set_group_expiry("exp-18", 300.25)
+    # Then both are listed by group, with the latest deadline
+    assert store.list_group_expiries() == {"exp-17": 100.0, "exp-18": 300.25}
+    # When one is cleared (and clearing an unknown group is harmless)
+    store.set_group_expiry("exp-17", None)
+    store.set_group_expiry("never-set", None)
+    # Then only the other remains
+    assert store.list_group_expiries() == {"exp-18": 300.25}
+
+
+def test_a_group_expiry_notifies_state_listeners(store: Store) -> None:
+    heard: list[str] = []
+    store.add_listener(heard.append)
+    store.set_group_expiry("g", 1.0)
+    store.set_group_expiry("g", None)
+    assert heard == ["state", "state"]
