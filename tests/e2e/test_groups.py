@@ -84,3 +84,27 @@ def test_fifty_processes_in_two_groups_filtered_and_one_group_terminated(
     again = cluster.client.terminate_processes(group="exp-17")
     assert again == {"terminated": [], "already_ended": web, "failed": []}
     assert _upids(cluster, group="exp-18", states=["RUNNING"]) == batch
+
+
+def test_a_groups_time_to_live_terminates_its_running_processes_for_good(
+    cluster: Cluster,
+) -> None:
+    # Given three processes that restart on any end, in a group, and one outside it
+    define(cluster, "sleeper", "/bin/sleep", "600")
+    doomed = [f"doomed-{i}" for i in range(3)]
+    for upid in doomed:
+        cluster.client.schedule_process(upid, "sleeper", group="exp-19", restart_mode="ALWAYS")
+    cluster.client.schedule_process("kept", "sleeper", group="exp-20", restart_mode="ALWAYS")
+    wait_for(
+        lambda: len(_upids(cluster, states=["RUNNING"])) == 4, SETTLE, "four processes running"
+    )
+    # When the group gets a time to live of one second
+    cluster.client.set_group_ttl("exp-19", 1)
+    # Then its processes end TERMINATED with the reason, on the real agents
+    for upid in doomed:
+        record = cluster.wait_state(upid, "700-TERMINATED", timeout=SETTLE)
+        assert record["reason"] == "group time to live exceeded"
+    # And they are not restarted (still round 0), while the other group runs on
+    records = cluster.client.describe_processes(group="exp-19")
+    assert [(r["state"], r["round"]) for r in records] == [("700-TERMINATED", 0)] * 3
+    assert cluster.state("kept") == "500-RUNNING"
