@@ -1253,6 +1253,35 @@ def group_ttl(ctx: Context, group: str, ttl_seconds: float | None, clear: bool) 
     ctx.render(result)
 
 
+@_calls(DumpRequest)
+@group_.command("list", help="List groups: their processes, those in play, and deadlines.")
+@pass_ctx
+def group_list(ctx: Context) -> None:
+    with ctx.client() as pd:
+        dump = pd.dump()
+    expiries: dict[str, float] = dump.get("group_expiries") or {}
+    counts: dict[str, list[int]] = {name: [0, 0] for name in expiries}
+    for record in dump.get("processes", {}).values():
+        name = record.get("group")
+        if name is None:
+            continue
+        count = counts.setdefault(name, [0, 0])
+        count[0] += 1
+        if record["state"] not in ProcessState.TERMINAL_STATES:
+            count[1] += 1
+    table = ctx.format == "table"
+    rows = [
+        {
+            "group": name,
+            "processes": counts[name][0],
+            "in_play": counts[name][1],
+            "expires_at": _local_time(expiries.get(name)) if table else expiries.get(name),
+        }
+        for name in sorted(counts)
+    ]
+    ctx.render(rows, empty="no groups")
+
+
 @main.group(help="Nodes (VMs or local agent groups) and their agents.")
 def node() -> None:
     pass

@@ -164,7 +164,8 @@ class DumpResult(TypedDict, total=False):
     once the matchmaker has set a process aside, ``set_aside`` (upid → ``round``,
     ``reason``, ``time``); ``system`` (dispatcher state, boot flag, pending boot
     initialisation, held-back count) and ``engines`` (engine id → status, need
-    and why: :mod:`dispatcher.engine_status`)."""
+    and why: :mod:`dispatcher.engine_status`); ``group_expiries`` (group → epoch
+    seconds of its deadline) once a group has a time to live."""
 
     resources: dict[str, dict[str, Any]]
     processes: dict[str, ProcessRecord]
@@ -173,6 +174,7 @@ class DumpResult(TypedDict, total=False):
     set_aside: dict[str, dict[str, Any]]
     system: dict[str, Any]
     engines: dict[str, dict[str, Any]]
+    group_expiries: dict[str, float]
 
 
 class ProcessDispatcherClient:

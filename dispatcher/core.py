@@ -763,7 +763,8 @@ class ProcessDispatcherCore:
             "nodes": {node_id: record}, "vms": {node_id: record}}``: the legacy
             three, and the provisioner's node lifecycle records (state, provider id,
             last error, attempts). When the matchmaker has set processes aside,
-            ``"set_aside": {upid: {"round", "reason", "time"}}`` too.
+            ``"set_aside": {upid: {"round", "reason", "time"}}`` too; when groups
+            have a time to live, ``"group_expiries": {group: epoch seconds}``.
             ``"system"``: the dispatcher state, the boot flag, a pending boot
             initialisation and the held-back process count
             (:func:`~dispatcher.engine_status.system_status`); with engines,
@@ -784,6 +785,9 @@ class ProcessDispatcherCore:
             }
         if set_aside:
             dumped["set_aside"] = set_aside
+        group_expiries = self.store.list_group_expiries()
+        if group_expiries:
+            dumped["group_expiries"] = group_expiries
         dumped["system"] = system_status(self.store)
         if self.engines is not None:
             self.engines.merge_stored(self.store.list_engines())

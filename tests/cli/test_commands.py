@@ -563,6 +563,37 @@ def test_groups_and_labels_schedule_list_describe_and_bulk_terminate(cluster: Cl
     cluster.wait_state(other, "700-TERMINATED")
 
 
+def test_group_ttl_sets_lists_and_clears_a_deadline(cluster: Cluster) -> None:
+    # Given a group with a running process
+    tag = uuid.uuid4().hex[:6]
+    group = f"ttl-{tag}"
+    upid = running(cluster, f"ttl-{tag}", "--group", group)
+    # When it gets an hour to live
+    set_ = cluster.json("group", "ttl", group, "3600")
+    assert set_["group"] == group and set_["expires_at"] > 0
+    # Then group list shows its process and its deadline
+    rows = {r["group"]: r for r in cluster.json("group", "list")}
+    assert rows[group] == {
+        "group": group,
+        "processes": 1,
+        "in_play": 1,
+        "expires_at": set_["expires_at"],
+    }
+    assert group in cluster.ok("group", "list").stdout
+    # When it is cleared, Then the deadline is gone and the process still runs
+    assert cluster.json("group", "ttl", group, "--clear") == {"group": group, "expires_at": None}
+    rows = {r["group"]: r for r in cluster.json("group", "list")}
+    assert rows[group]["expires_at"] is None
+    assert cluster.state(upid) == "500-RUNNING"
+    # And SECONDS or --clear is required, and a bad group is the dispatcher's error
+    assert cluster.cli("group", "ttl", group).exit_code == 2
+    assert cluster.cli("group", "ttl", group, "5", "--clear").exit_code == 2
+    bad = cluster.cli("group", "ttl", "a b", "5")
+    assert bad.exit_code == 1 and "invalid group" in bad.output
+    assert_no_traceback(bad)
+    cluster.ok("process", "terminate", upid)
+
+
 def test_process_terminate_needs_a_upid_or_a_selection(cluster: Cluster) -> None:
     nothing = cluster.cli("process", "terminate")
     assert nothing.exit_code == 2 and "give a UPID, or --group" in nothing.output

@@ -36,9 +36,12 @@ def test_set_group_ttl_records_the_deadline_and_clears_it(
     # When a group is given 60 s, Then its deadline is 60 s from now
     assert core.set_group_ttl("exp-17", 60) == {"group": "exp-17", "expires_at": NOW + 60}
     assert store.list_group_expiries() == {"exp-17": NOW + 60}
-    # When it is cleared, Then there is none
+    # And dump shows it
+    assert core.dump()["group_expiries"] == {"exp-17": NOW + 60}
+    # When it is cleared, Then there is none, and dump has no such key
     assert core.set_group_ttl("exp-17", None) == {"group": "exp-17", "expires_at": None}
     assert store.list_group_expiries() == {}
+    assert "group_expiries" not in core.dump()
 
 
 @pytest.mark.parametrize(
