@@ -32,7 +32,9 @@ from dispatcher.requests import (
     RestartModeName,
     RestartProcessRequest,
     ScheduleProcessRequest,
+    SetGroupTtlRequest,
     SetSystemBootRequest,
+    TerminateProcessesRequest,
     TerminateProcessRequest,
     UpdateDefinitionRequest,
 )
@@ -102,7 +104,10 @@ COMMAND_CALLS: dict[click.Command, Calls] = {}
 #: Operations no command calls, with the reason.
 NO_COMMAND: Final[Mapping[type[Request], str]] = {
     HeartbeatRequest: "sent by eeagents",
-    DescribeProcessesRequest: "process list asks for dump: it shows each process's engine and node",
+    DescribeProcessesRequest: "process list asks for dump: it shows each process's engine and "
+    "node (with --group or --label it also asks describe_processes which processes match)",
+    TerminateProcessRequest: "process terminate declares terminate_processes (its filters); "
+    "with a UPID it calls terminate_process",
     NodeStateRequest: "sent by the provisioner (or an EPU management service)",
 }
 
@@ -542,6 +547,7 @@ def _mapping_option(value: str | None, name: str) -> dict[str, Any] | None:
         "subscribers": "subscribers",
         "constraints": "constraints",
         "restart_policy": "restart_policy",
+        "labels": "labels",
     },
 )
 @process.command("schedule", help="Schedule a process (every schedule_process parameter).")
@@ -567,6 +573,14 @@ def _mapping_option(value: str | None, name: str) -> dict[str, Any] | None:
 @click.option("--engine", "execution_engine_id", help="Execution engine id.")
 @click.option("--node-exclusive", help="Tag held on the node while the process runs.")
 @click.option("--name", help="Process name.")
+@click.option("--group", help="The process's group (letters, digits and .-_).")
+@click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A label of the process; repeat for several.",
+)
 @pass_ctx
 def process_schedule(
     ctx: Context,
@@ -582,7 +596,15 @@ def process_schedule(
     name: str | None,
     restart_policy: str | None,
     max_runtime_seconds: float | None,
+    group: str | None,
+    labels: tuple[str, ...],
 ) -> None:
+    label_map: dict[str, str] = {}
+    for item in labels:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--label")
+        label_map[key] = value
     subs = []
     for item in subscribers:
         target, sep, op = item.partition(":")
@@ -610,6 +632,8 @@ def process_schedule(
                 name=name,
                 restart_policy=_mapping_option(restart_policy, "--restart-policy"),
                 max_runtime_seconds=max_runtime_seconds,
+                group=group,
+                labels=label_map or None,
             )
         )
 
@@ -786,7 +810,7 @@ _STATE_HELP: Final = (
 
 
 #: Columns ``process list`` can sort by.
-_SORT_KEYS = ("upid", "name", "state", "round", "engine", "node", "assigned")
+_SORT_KEYS = ("upid", "name", "state", "round", "engine", "node", "assigned", "group")
 
 
 def _process_rows(dump: dict[str, Any]) -> list[dict[str, Any]]:
@@ -814,6 +838,7 @@ def _process_rows(dump: dict[str, Any]) -> list[dict[str, Any]]:
                 "engine": engine,
                 "node": node_id,
                 "assigned": p.get("assigned"),
+                "group": p.get("group"),
             }
         )
     return rows
@@ -825,8 +850,20 @@ def _sort_value(row: dict[str, Any], key: str) -> tuple[bool, Any, str]:
     return (value is not None, value if isinstance(value, int) else str(value or ""), row["upid"])
 
 
-@_calls(DumpRequest, local=("states", "engines", "nodes", "sort_key", "reverse"))
+@_calls(
+    DumpRequest,
+    local=("states", "engines", "nodes", "group", "label_selector", "sort_key", "reverse"),
+)
 @process.command("list", help="List processes, filtered and sorted.")
+@click.option("--group", help="Only processes of this group (filtered by the dispatcher).")
+@click.option(
+    "-l",
+    "--label",
+    "label_selector",
+    metavar="SELECTOR",
+    help="Only processes whose labels match, e.g. 'app=web,tier!=db,env in (a,b),!x' "
+    "(filtered by the dispatcher).",
+)
 @click.option(
     "--state",
     "states",
@@ -853,8 +890,16 @@ def process_list(
     nodes: tuple[str, ...],
     sort_key: str,
     reverse: bool,
+    group: str | None,
+    label_selector: str | None,
 ) -> None:
+    matching: set[str] | None = None
     with ctx.client() as pd:
+        if group is not None or label_selector is not None:
+            selected = pd.describe_processes(
+                states=list(states) or None, group=group, label_selector=label_selector
+            )
+            matching = {record["upid"] for record in selected}
         dump = pd.dump()
     rows = [
         row
@@ -862,11 +907,12 @@ def process_list(
         if (not states or row["state"] in states)
         and (not engines or row["engine"] in engines)
         and (not nodes or row["node"] in nodes)
+        and (matching is None or row["upid"] in matching)
     ]
     rows.sort(key=lambda row: _sort_value(row, sort_key))
     if reverse:
         rows.reverse()
-    filtered = bool(states or engines or nodes)
+    filtered = bool(states or engines or nodes or matching is not None)
     ctx.render(rows, empty="no processes match" if filtered else "no processes")
 
 
@@ -1110,16 +1156,130 @@ def process_restart(ctx: Context, upid: str) -> None:
         ctx.render(pd.restart_process(upid))
 
 
-@_calls(TerminateProcessRequest)
-@process.command("terminate", help="Terminate a process.")
-@click.argument("upid")
+@_calls(
+    TerminateProcessesRequest,
+    builds={"states": "states"},
+    local=("upid", "yes"),
+    not_exposed={
+        "engine": "select an engine's processes with process list --engine",
+        "name_prefix": "select by group or labels",
+        "upid_prefix": "select by group or labels",
+        "all": "terminate every process through the client library",
+    },
+)
+@process.command(
+    "terminate",
+    help="Terminate a process (UPID), or every process of a group or label selector.",
+)
+@click.argument("upid", required=False)
+@click.option("--group", help="Terminate every process of this group.")
+@click.option(
+    "-l",
+    "--label",
+    "label_selector",
+    metavar="SELECTOR",
+    help="Terminate every process whose labels match, e.g. 'app=web,tier!=db'.",
+)
+@click.option(
+    "--state",
+    "states",
+    multiple=True,
+    type=_StateType(),
+    help="With --group or --label: only processes in this state; repeat for several.",
+)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @pass_ctx
-def process_terminate(ctx: Context, upid: str) -> None:
+def process_terminate(
+    ctx: Context,
+    upid: str | None,
+    group: str | None,
+    label_selector: str | None,
+    states: tuple[str, ...],
+    yes: bool,
+) -> None:
+    selecting = group is not None or label_selector is not None
+    if upid is not None and (selecting or states):
+        raise click.UsageError("give a UPID, or --group/--label, not both")
+    if upid is not None:
+        with ctx.client() as pd:
+            ctx.render(pd.terminate_process(upid))
+        return
+    if not selecting:
+        raise click.UsageError("give a UPID, or --group and/or --label to select processes")
+    chosen = {"states": list(states) or None, "group": group, "label_selector": label_selector}
     with ctx.client() as pd:
-        ctx.render(pd.terminate_process(upid))
+        if not yes:
+            selected = pd.describe_processes(**chosen)  # type: ignore[arg-type]
+            in_play = [
+                r["upid"] for r in selected if r["state"] not in ProcessState.TERMINAL_STATES
+            ]
+            if not in_play:
+                click.echo(f"no process in play matches ({len(selected)} already ended)")
+                return
+            shown = ", ".join(in_play[:10]) + (", ..." if len(in_play) > 10 else "")
+            click.confirm(f"Terminate {len(in_play)} process(es): {shown}?", abort=True, err=True)
+        result = pd.terminate_processes(**chosen)  # type: ignore[arg-type]
+    ctx.render(dict(result))
 
 
 # -- nodes and engines ---------------------------------------------------------------
+
+
+@main.group("group", help="Process groups: a time to live for all of a group.")
+def group_() -> None:
+    pass
+
+
+@_calls(SetGroupTtlRequest, local=("clear",))
+@group_.command(
+    "ttl",
+    help="Terminate every process of GROUP (and any scheduled into it later) "
+    "TTL_SECONDS from now, with the reason 'group time to live exceeded'; "
+    "a new call replaces the deadline, --clear removes it.",
+)
+@click.argument("group")
+@click.argument(
+    "ttl_seconds", required=False, type=click.FloatRange(min=0, min_open=True), metavar="SECONDS"
+)
+@click.option("--clear", is_flag=True, help="Remove the group's deadline.")
+@pass_ctx
+def group_ttl(ctx: Context, group: str, ttl_seconds: float | None, clear: bool) -> None:
+    if clear == (ttl_seconds is not None):
+        raise click.UsageError("give SECONDS, or --clear")
+    with ctx.client() as pd:
+        result = pd.set_group_ttl(group, ttl_seconds)
+    if ctx.format == "table" and result.get("expires_at") is not None:
+        result = {**result, "expires_at": _local_time(result["expires_at"])}
+    ctx.render(result)
+
+
+@_calls(DumpRequest)
+@group_.command("list", help="List groups: their processes, those in play, and deadlines.")
+@pass_ctx
+def group_list(ctx: Context) -> None:
+    with ctx.client() as pd:
+        dump = pd.dump()
+    expiries: dict[str, float] = dump.get("group_expiries") or {}
+    counts: dict[str, list[int]] = {name: [0, 0] for name in expiries}
+    for record in dump.get("processes", {}).values():
+        name = record.get("group")
+        if name is None:
+            continue
+        count = counts.setdefault(name, [0, 0])
+        count[0] += 1
+        if record["state"] not in ProcessState.TERMINAL_STATES:
+            count[1] += 1
+    table = ctx.format == "table"
+    rows = [
+        {
+            "group": name,
+            "processes": counts[name][0],
+            "in_play": counts[name][1],
+            "expires_at": _local_time(expiries.get(name)) if table else expiries.get(name),
+        }
+        for name in sorted(counts)
+    ]
+    ctx.render(rows, empty="no groups")
 
 
 @main.group(help="Nodes (VMs or local agent groups) and their agents.")

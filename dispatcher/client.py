@@ -47,7 +47,9 @@ from dispatcher.requests import (
     RestartModeName,
     RestartProcessRequest,
     ScheduleProcessRequest,
+    SetGroupTtlRequest,
     SetSystemBootRequest,
+    TerminateProcessesRequest,
     TerminateProcessRequest,
     UpdateDefinitionRequest,
 )
@@ -70,6 +72,7 @@ __all__ = [
     "ProcessEvent",
     "ProcessRecord",
     "ProcessSummary",
+    "TerminateProcessesResult",
 ]
 
 
@@ -111,6 +114,17 @@ class ProcessRecord(ProcessSummary, total=False):
     restart_policy: dict[str, Any] | None
     failure_times: list[float]
     effective_restart_mode: str
+    # only when set
+    group: str
+    labels: dict[str, str]
+
+
+class TerminateProcessesResult(TypedDict):
+    """The reply of ``terminate_processes``: what it did, upids in creation order."""
+
+    terminated: list[str]
+    already_ended: list[str]
+    failed: list[str]
 
 
 class ProcessEvent(TypedDict):
@@ -150,7 +164,8 @@ class DumpResult(TypedDict, total=False):
     once the matchmaker has set a process aside, ``set_aside`` (upid → ``round``,
     ``reason``, ``time``); ``system`` (dispatcher state, boot flag, pending boot
     initialisation, held-back count) and ``engines`` (engine id → status, need
-    and why: :mod:`dispatcher.engine_status`)."""
+    and why: :mod:`dispatcher.engine_status`); ``group_expiries`` (group → epoch
+    seconds of its deadline) once a group has a time to live."""
 
     resources: dict[str, dict[str, Any]]
     processes: dict[str, ProcessRecord]
@@ -159,6 +174,7 @@ class DumpResult(TypedDict, total=False):
     set_aside: dict[str, dict[str, Any]]
     system: dict[str, Any]
     engines: dict[str, dict[str, Any]]
+    group_expiries: dict[str, float]
 
 
 class ProcessDispatcherClient:
@@ -302,16 +318,19 @@ class ProcessDispatcherClient:
         name: str | None = None,
         restart_policy: Mapping[str, Any] | None = None,
         max_runtime_seconds: float | None = None,
+        group: str | None = None,
+        labels: Mapping[str, str] | None = None,
     ) -> ProcessSummary:
         """Schedule (or reschedule) a process; idempotent while it is in play.
 
-        ``restart_policy`` and ``max_runtime_seconds`` are new: sent only when given,
-        so a legacy dispatcher still takes the call without them.
+        ``restart_policy``, ``max_runtime_seconds``, ``group`` and ``labels`` are
+        new: sent only when given, so a legacy dispatcher still takes the call
+        without them.
         """
         result: ProcessSummary = self._send(
             ScheduleProcessRequest,
             locals(),
-            omit_none=("restart_policy", "max_runtime_seconds"),
+            omit_none=("restart_policy", "max_runtime_seconds", "group", "labels"),
         )
         return result
 
@@ -324,8 +343,26 @@ class ProcessDispatcherClient:
         result: list[ProcessEvent] = self._send(DescribeProcessEventsRequest, locals())
         return result
 
-    def describe_processes(self) -> list[ProcessRecord]:
-        result: list[ProcessRecord] = self._send(DescribeProcessesRequest, locals())
+    def describe_processes(
+        self,
+        *,
+        states: Sequence[str] | None = None,
+        engine: str | None = None,
+        group: str | None = None,
+        label_selector: str | None = None,
+        name_prefix: str | None = None,
+        upid_prefix: str | None = None,
+    ) -> list[ProcessRecord]:
+        """Every process's record, or those the (new, optional) filter selects.
+
+        ``states`` are full (``500-RUNNING``) or bare (``RUNNING``) names;
+        ``label_selector`` is Kubernetes-style (``app=web,tier!=db,env in (a,b),!x``).
+        Filter arguments are sent only when given, so without them a legacy
+        dispatcher still takes the call.
+        """
+        result: list[ProcessRecord] = self._send(
+            DescribeProcessesRequest, locals(), omit_none=_FILTER_FIELDS
+        )
         return result
 
     def restart_process(self, upid: str) -> ProcessSummary:
@@ -334,6 +371,32 @@ class ProcessDispatcherClient:
 
     def terminate_process(self, upid: str) -> ProcessSummary:
         result: ProcessSummary = self._send(TerminateProcessRequest, locals())
+        return result
+
+    def terminate_processes(
+        self,
+        *,
+        states: Sequence[str] | None = None,
+        engine: str | None = None,
+        group: str | None = None,
+        label_selector: str | None = None,
+        name_prefix: str | None = None,
+        upid_prefix: str | None = None,
+        all: bool = False,
+    ) -> TerminateProcessesResult:
+        """Terminate every process the filter selects (new operation).
+
+        An empty filter raises ``BadRequestError`` unless ``all`` is true.
+        """
+        result: TerminateProcessesResult = self._send(
+            TerminateProcessesRequest, locals(), omit_none=_FILTER_FIELDS
+        )
+        return result
+
+    def set_group_ttl(self, group: str, ttl_seconds: float | None) -> dict[str, Any]:
+        """Terminate every process of ``group`` ``ttl_seconds`` from now (new operation);
+        ``None`` clears the deadline. Returns ``{"group", "expires_at"}``."""
+        result: dict[str, Any] = self._send(SetGroupTtlRequest, locals())
         return result
 
     # -- system -------------------------------------------------------------------
@@ -368,6 +431,10 @@ class ProcessDispatcherClient:
         self, upid: str, *, stream: LogStream = "stdout", tail_bytes: int = 65536
     ) -> Any:
         return self._send(GetProcessLogsRequest, locals())
+
+
+#: The filter arguments of the listings, left out of a request when ``None``.
+_FILTER_FIELDS = ("states", "engine", "group", "label_selector", "name_prefix", "upid_prefix")
 
 
 def _plain(value: Any) -> Any:

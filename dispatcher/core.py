@@ -41,6 +41,7 @@ from typing import Any, Final, TypeVar
 from dashi.errors import (
     BadRequestError,
     NotFoundError,
+    TransportError,
     WriteConflictError,
     WriteRetriesExhaustedError,
 )
@@ -64,7 +65,9 @@ from dispatcher.requests import (
     RemoveDefinitionRequest,
     RestartProcessRequest,
     ScheduleProcessRequest,
+    SetGroupTtlRequest,
     SetSystemBootRequest,
+    TerminateProcessesRequest,
     TerminateProcessRequest,
     UpdateDefinitionRequest,
 )
@@ -546,8 +549,20 @@ class ProcessDispatcherCore:
 
     @operation(DescribeProcessesRequest)
     def describe_processes(self, req: DescribeProcessesRequest) -> list[dict[str, Any]]:
-        """Return the full record of every process."""
-        return self.store.list_process_dicts()
+        """Return the full record of every process, or of those the filter selects.
+
+        Args (of ``req``), all new and optional (see :mod:`dispatcher.selectors`):
+            states: a list of states (``500-RUNNING`` or ``RUNNING``).
+            engine: the engine the process asked for.
+            group: the process's group.
+            label_selector: a label selector (``app=web,tier!=db``).
+            name_prefix: the start of the process's name.
+            upid_prefix: the start of its upid.
+
+        Raises:
+            BadRequestError: an argument is invalid (a bad selector, an unknown state).
+        """
+        return self.store.list_process_dicts(req.process_filter())
 
     # -- processes: restart and terminate ---------------------------------------------
 
@@ -627,24 +642,102 @@ class ProcessDispatcherCore:
             The process dict.
         """
 
-        def attempt() -> dict[str, Any]:
-            process = self._get_process(req.upid)
-            if process.state in _TERMINAL:
-                return process.summary()
-            ended = process
-            if process.assigned is None:
-                # On a conflict, re-decide: it may have been assigned meanwhile.
-                ended = self.transitions.terminate_unassigned(process)
-                self.transitions.dequeue_all(ended.upid, ended.round)
-                return ended.summary()
-            if process.state < ProcessState.TERMINATING:
-                ended = self.transitions.begin_terminating(process)
-            self.messenger.fire(
-                process.assigned, "terminate_process", u_pid=ended.upid, round=ended.round
+        return self._terminate(req.upid)
+
+    @operation(TerminateProcessesRequest)
+    def terminate_processes(self, req: TerminateProcessesRequest) -> dict[str, Any]:
+        """Terminate every process the filter selects (new operation).
+
+        Each selected process is terminated as by ``terminate_process`` (one at a
+        time, in creation order); those already ended are left as they are. A
+        process that could not be updated (its write kept conflicting) is listed in
+        ``failed`` and the others are still terminated. A terminate the agent could
+        not be sent is re-sent by the leader, so that process counts as terminated.
+
+        Args (of ``req``): the filter arguments of ``describe_processes``, and
+            all: must be true to terminate every process (an empty filter).
+
+        Raises:
+            BadRequestError: an argument is invalid, or the filter is empty and
+                ``all`` is not true (nothing is terminated).
+
+        Returns:
+            ``{"terminated": [upid, ...], "already_ended": [upid, ...],
+            "failed": [upid, ...]}``: the processes this call ended or began
+            terminating, those it found ended, and those it could not update.
+        """
+        selected = req.process_filter()
+        if selected.empty and not req.all:
+            raise BadRequestError(
+                "terminate_processes needs a filter (states, engine, group, "
+                "label_selector, name_prefix or upid_prefix), or all=true to "
+                "terminate every process"
             )
+        terminated: list[str] = []
+        already_ended: list[str] = []
+        failed: list[str] = []
+        for record in self.store.list_process_dicts(selected):
+            upid = record["upid"]
+            if record["state"] in _TERMINAL:
+                already_ended.append(upid)
+                continue
+            try:
+                self._terminate(upid)
+            except TransportError as exc:
+                log.warning("terminate of %s: %s; the leader re-sends it", upid, exc)
+            except (BadRequestError, NotFoundError) as exc:
+                log.warning("terminate of %s failed: %s", upid, exc)
+                failed.append(upid)
+                continue
+            terminated.append(upid)
+        log.info(
+            "terminate_processes: %d terminated, %d already ended, %d failed",
+            len(terminated),
+            len(already_ended),
+            len(failed),
+        )
+        return {"terminated": terminated, "already_ended": already_ended, "failed": failed}
+
+    def _terminate(self, upid: str) -> dict[str, Any]:
+        """:meth:`terminate_process` of ``upid``, its one code path."""
+
+        def attempt() -> dict[str, Any]:
+            process = self._get_process(upid)
+            # On a conflict, re-decide: it may have been assigned meanwhile.
+            ended = self.transitions.terminate(process)
+            if ended.state not in _TERMINAL and process.assigned is not None:
+                self.messenger.fire(
+                    process.assigned, "terminate_process", u_pid=ended.upid, round=ended.round
+                )
             return ended.summary()
 
-        return self._retrying(req.upid, attempt)
+        return self._retrying(upid, attempt)
+
+    @operation(SetGroupTtlRequest)
+    def set_group_ttl(self, req: SetGroupTtlRequest) -> dict[str, Any]:
+        """Give a group a time to live (new operation; see :mod:`dispatcher.culler`).
+
+        ``ttl_seconds`` from now, every process of the group still in play is
+        terminated with the reason ``group time to live exceeded`` and not restarted,
+        and so is any process scheduled into the group after that, until the deadline
+        is replaced or cleared. A new call replaces the deadline.
+
+        Args (of ``req``):
+            group: the group (it need not have processes yet).
+            ttl_seconds: seconds from now (> 0, at most a year); ``None`` clears it.
+
+        Raises:
+            BadRequestError: an argument is invalid.
+
+        Returns:
+            ``{"group": group, "expires_at": epoch seconds or None}``.
+        """
+        expires_at = None
+        if req.ttl_seconds is not None:
+            expires_at = self.transitions.clock() + req.ttl_seconds
+        self.store.set_group_expiry(req.group, expires_at)
+        log.info("group %s: expires at %s", req.group, expires_at)
+        return {"group": req.group, "expires_at": expires_at}
 
     # -- dispatcher-wide ----------------------------------------------------------------
 
@@ -670,7 +763,8 @@ class ProcessDispatcherCore:
             "nodes": {node_id: record}, "vms": {node_id: record}}``: the legacy
             three, and the provisioner's node lifecycle records (state, provider id,
             last error, attempts). When the matchmaker has set processes aside,
-            ``"set_aside": {upid: {"round", "reason", "time"}}`` too.
+            ``"set_aside": {upid: {"round", "reason", "time"}}`` too; when groups
+            have a time to live, ``"group_expiries": {group: epoch seconds}``.
             ``"system"``: the dispatcher state, the boot flag, a pending boot
             initialisation and the held-back process count
             (:func:`~dispatcher.engine_status.system_status`); with engines,
@@ -691,6 +785,9 @@ class ProcessDispatcherCore:
             }
         if set_aside:
             dumped["set_aside"] = set_aside
+        group_expiries = self.store.list_group_expiries()
+        if group_expiries:
+            dumped["group_expiries"] = group_expiries
         dumped["system"] = system_status(self.store)
         if self.engines is not None:
             self.engines.merge_stored(self.store.list_engines())

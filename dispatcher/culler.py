@@ -12,6 +12,16 @@ a RUNNING round is past its limit (counted from ``started_at``), it becomes
 and its agent is told to terminate it; its end is then recorded
 ``700-TERMINATED`` with that reason, and a terminated process is never restarted.
 
+A group may carry a time to live (``set_group_ttl(group, ttl_seconds)``): its
+deadline, ``ttl_seconds`` after the call, is kept in the store
+(:meth:`~dispatcher.store.base.Store.set_group_expiry`). At each look past a
+group's deadline, every process of the group still in play is terminated as
+``terminate_process`` terminates it (:meth:`ProcessStateMachine.terminate`), with
+the reason ``group time to live exceeded`` (so it is not restarted); its agent is
+told. The deadline stays until it is cleared or replaced (``set_group_ttl(group,
+None)``), so a process scheduled into an expired group is terminated at the next
+look too.
+
 Driven by the matchmaker's loop (a leader singleton) like the terminate retries:
 :meth:`Culler.run` at each step, :meth:`Culler.next_due` for its sleep. Each look
 lists the RUNNING processes; looks are :data:`LOOK_INTERVAL` apart, or further
@@ -29,17 +39,33 @@ from typing import Any, Final
 from dashi.errors import NotFoundError, WriteConflictError
 from dispatcher.messaging import Messenger
 from dispatcher.model import Process
+from dispatcher.selectors import ProcessFilter
 from dispatcher.store.base import Store
 from dispatcher.terminates import fire_terminate
 from dispatcher.transitions import ProcessStateMachine
 from pdcommon.states import ProcessState
 
-__all__ = ["LOOK_INTERVAL", "Culler", "runtime_limit", "scheduled_max_runtime"]
+__all__ = [
+    "GROUP_TTL_REASON",
+    "LOOK_INTERVAL",
+    "Culler",
+    "runtime_limit",
+    "scheduled_max_runtime",
+]
 
 log = logging.getLogger(__name__)
 
 #: Seconds between looks at the running processes (at least).
 LOOK_INTERVAL: Final = 2.0
+#: The reason of a process terminated because its group's time to live ran out.
+GROUP_TTL_REASON: Final = "group time to live exceeded"
+#: The states a group deadline terminates: in play, and not terminating already (the
+#: terminate retries re-send those).
+_IN_PLAY: Final = tuple(
+    s
+    for s in ProcessState.ALL
+    if s not in ProcessState.TERMINAL_STATES and s != ProcessState.TERMINATING
+)
 #: A look may take at most this share of the time between looks.
 _LOOK_SHARE: Final = 0.05
 
@@ -127,8 +153,33 @@ class Culler:
                 continue
             if self._cull(process, now - process.started_at, limit):
                 culled += 1
+        for group, expires_at in self.store.list_group_expiries().items():
+            if expires_at > now:
+                next_look = min(next_look, max(expires_at, now + 0.1))
+                continue
+            culled += self._expire_group(group)
         self._next_look = next_look
         return culled
+
+    def _expire_group(self, group: str) -> int:
+        """Terminate every process of ``group`` in play; how many were."""
+        selected = ProcessFilter(states=_IN_PLAY, group=group)
+        ended = 0
+        for record in self.store.list_process_dicts(selected):
+            process = self.store.get_process(record["upid"])
+            if process is None or process.group != group:
+                continue  # pragma: no cover - processes are never removed
+            try:
+                terminated = self.transitions.terminate(process, reason=GROUP_TTL_REASON)
+            except (WriteConflictError, NotFoundError):
+                continue  # it changed meanwhile: the next look decides again
+            log.warning("process %s of group %s: %s", process.upid, group, GROUP_TTL_REASON)
+            if terminated.assigned and terminated.state == ProcessState.TERMINATING:
+                fire_terminate(
+                    self.messenger, terminated.assigned, terminated.upid, terminated.round
+                )
+            ended += 1
+        return ended
 
     def _cull(self, process: Process, ran: float, limit: float) -> bool:
         reason = f"max runtime exceeded: ran {ran:.0f} s (limit {limit:g} s)"

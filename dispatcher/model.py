@@ -36,6 +36,15 @@ def add_derived_process_keys(data: dict[str, Any]) -> None:
     """Add the keys a process's wire record derives from its fields (new, additive):
     ``effective_restart_mode``, the restart mode that applies (never blank)."""
     data["effective_restart_mode"] = data["restart_mode"] or DEFAULT_RESTART_MODE
+    # group and labels are additive keys shown only when set: a legacy client sees
+    # exactly the keys it knows for a process without them.
+    for key in _WHEN_SET_KEYS:
+        if data[key] is None:
+            del data[key]
+
+
+#: The process record keys present only when set (see :mod:`dispatcher.selectors`).
+_WHEN_SET_KEYS: Final = ("group", "labels")
 
 
 @dataclass
@@ -108,6 +117,10 @@ class Process:
     restart_policy: dict[str, Any] | None = None
     #: Epoch seconds of the recent failures the restart limit counts.
     failure_times: list[float] = field(default_factory=list)
+    #: New (optional): the group the process belongs to (see :mod:`dispatcher.selectors`).
+    group: str | None = None
+    #: New (optional): string keys to string values (None: no labels).
+    labels: dict[str, str] | None = None
     version: int = 0
 
     def to_dict(self) -> dict[str, Any]:

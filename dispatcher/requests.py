@@ -44,8 +44,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BeforeValidator, Field, ValidationError
+from pydantic import BeforeValidator, Field, PrivateAttr, ValidationError
 
+from dispatcher.selectors import (
+    LabelSelector,
+    ProcessFilter,
+    check_group,
+    check_labels,
+    normalize_states,
+    parse_selector,
+)
 from pdcommon.limits import RequestLimits, check_executable
 from pdcommon.requests import (
     Identifier,
@@ -77,8 +85,10 @@ __all__ = [
     "RestartModeName",
     "RestartProcessRequest",
     "ScheduleProcessRequest",
+    "SetGroupTtlRequest",
     "SetSystemBootRequest",
     "TerminateProcessRequest",
+    "TerminateProcessesRequest",
     "UpdateDefinitionRequest",
 ]
 
@@ -117,6 +127,23 @@ def _subscriber_pairs(value: Any) -> Any:
 
 
 Subscribers = Annotated[list[list[str]] | None, BeforeValidator(_subscriber_pairs)]
+#: A process's ``group`` (see :mod:`dispatcher.selectors`).
+Group = Annotated[str | None, BeforeValidator(check_group)]
+#: A process's ``labels``: string keys to string values; ``{}`` becomes ``None``.
+Labels = Annotated[dict[str, str] | None, BeforeValidator(check_labels)]
+#: A list of process states, full or bare names; given back as full names.
+States = Annotated[tuple[str, ...] | None, BeforeValidator(normalize_states)]
+
+
+def _selector_text(value: Any) -> Any:
+    """A label selector: checked by parsing it (the request keeps the parsed one)."""
+    if value is None:
+        return None
+    parse_selector(value)
+    return value
+
+
+SelectorText = Annotated[str | None, BeforeValidator(_selector_text)]
 #: A ``queueing_mode`` (:attr:`QueueingMode.ALL`).
 QueueingModeName = Literal["NEVER", "ALWAYS", "START_ONLY", "RESTART_ONLY"]
 #: A ``restart_mode`` (:attr:`RestartMode.ALL`).
@@ -245,6 +272,10 @@ class ScheduleProcessRequest(Request):
     #: New (optional): seconds a round may run before it is terminated; without
     #: it, the definition's ``max_runtime_seconds`` (see :mod:`dispatcher.culler`).
     max_runtime_seconds: MaxRuntime = None
+    #: New (optional): the process's group (see :mod:`dispatcher.selectors`).
+    group: Group = None
+    #: New (optional): the process's labels (string keys to string values).
+    labels: Labels = None
 
     #: The record fields a schedule writes ("updates"), in the order they are checked
     #: by the idempotency comparison of an in-play process.
@@ -257,6 +288,8 @@ class ScheduleProcessRequest(Request):
         "node_exclusive",
         "restart_policy",
         "max_runtime_seconds",
+        "group",
+        "labels",
         "name",
     )
 
@@ -283,6 +316,8 @@ class ScheduleProcessRequest(Request):
             "node_exclusive": self.node_exclusive,
             "restart_policy": json_value(self.restart_policy),
             "max_runtime_seconds": self.max_runtime_seconds,
+            "group": self.group,
+            "labels": dict(self.labels) if self.labels is not None else None,
             "name": self.name,
         }
 
@@ -308,12 +343,59 @@ class DescribeProcessEventsRequest(Request):
     limit: int = Field(20, ge=1, le=1000)
 
 
-class DescribeProcessesRequest(Request):
-    """``describe_processes()``: no arguments; the reply lists every process."""
+class _ProcessFilterArguments(Request):
+    """The (new, optional) filter arguments of the process listings; see
+    :class:`~dispatcher.selectors.ProcessFilter`.
+
+    ``states`` accepts full (``500-RUNNING``) and bare (``RUNNING``) names;
+    ``label_selector`` is parsed once, when the request is validated.
+    """
+
+    states: States = None
+    engine: str | None = None
+    group: Group = None
+    label_selector: SelectorText = None
+    name_prefix: str | None = None
+    upid_prefix: str | None = None
+
+    _selector: LabelSelector = PrivateAttr(default_factory=LabelSelector)
+
+    def model_post_init(self, context: Any, /) -> None:
+        if self.label_selector is not None:
+            self._selector = parse_selector(self.label_selector)
+
+    def process_filter(self) -> ProcessFilter:
+        """The filter these arguments describe (empty: every process)."""
+        return ProcessFilter(
+            states=self.states,
+            engine=self.engine,
+            group=self.group,
+            name_prefix=self.name_prefix,
+            upid_prefix=self.upid_prefix,
+            labels=self._selector,
+        )
+
+
+class DescribeProcessesRequest(_ProcessFilterArguments):
+    """``describe_processes()``: the reply lists every process; new, optional filter
+    arguments (``states, engine, group, label_selector, name_prefix, upid_prefix``)
+    narrow it."""
 
     operation: ClassVar[str] = "describe_processes"
     role: ClassVar[OperationRole] = OperationRole.READER
     large_reply: ClassVar[bool] = True
+
+
+class TerminateProcessesRequest(_ProcessFilterArguments):
+    """``terminate_processes(states, engine, group, label_selector, name_prefix,
+    upid_prefix, all=False)`` (new): terminate every process the filter selects.
+
+    An empty filter is refused unless ``all`` is true.
+    """
+
+    operation: ClassVar[str] = "terminate_processes"
+    role: ClassVar[OperationRole] = OperationRole.OPERATOR
+    all: bool = False
 
 
 class RestartProcessRequest(Request):
@@ -332,6 +414,16 @@ class TerminateProcessRequest(Request):
     role: ClassVar[OperationRole] = OperationRole.OPERATOR
     replay: ClassVar[ReplayKind | None] = "process"
     upid: Identifier
+
+
+class SetGroupTtlRequest(Request):
+    """``set_group_ttl(group, ttl_seconds)`` (new): the group's processes are terminated
+    ``ttl_seconds`` from now (``None``: clear the deadline); see :mod:`dispatcher.culler`."""
+
+    operation: ClassVar[str] = "set_group_ttl"
+    role: ClassVar[OperationRole] = OperationRole.OPERATOR
+    group: Annotated[str, BeforeValidator(check_group)]
+    ttl_seconds: MaxRuntime
 
 
 # -- dispatcher-wide -------------------------------------------------------------------

@@ -465,6 +465,38 @@ class ProcessStateMachine:
         self.record(candidate, reason="restarted by restart_process")
         return candidate
 
+    def terminate(self, process: Process, reason: str | None = None) -> Process:
+        """End ``process`` as ``terminate_process`` does, without telling its agent.
+
+        Terminal: returned unchanged. On no agent: ``700-TERMINATED`` at once and its
+        queue entries of the round removed (:meth:`terminate_unassigned`). Assigned
+        below TERMINATING: ``600-TERMINATING`` (:meth:`begin_terminating`). Already
+        TERMINATING: unchanged. The caller tells the agent of an assigned result.
+
+        Args:
+            process: the record as last read (not modified).
+            reason: the reason written (default: the ``terminate_process`` ones).
+
+        Raises:
+            WriteConflictError: the record changed since it was read.
+            NotFoundError: the record disappeared.
+        """
+        if process.state in ProcessState.TERMINAL_STATES:
+            return process
+        if process.assigned is None:
+            ended = (
+                self.terminate_unassigned(process)
+                if reason is None
+                else self.terminate_unassigned(process, reason)
+            )
+            self.dequeue_all(ended.upid, ended.round)
+            return ended
+        if process.state < ProcessState.TERMINATING:
+            if reason is None:
+                return self.begin_terminating(process)
+            return self.begin_terminating(process, reason)
+        return process
+
     def terminate_unassigned(
         self, process: Process, reason: str = "terminated by terminate_process"
     ) -> Process:

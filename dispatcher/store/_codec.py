@@ -231,6 +231,7 @@ PROCESS: Final = Layout(
         "dispatch_times",
         "restart_policy",
         "failure_times",
+        "labels",
     ),
     # Process.to_dict(): every field but the row version, then the legacy owner.
     wire_fields=tuple(f.name for f in dataclasses.fields(Process) if f.name != "version"),

@@ -37,6 +37,7 @@ from collections.abc import Callable, Collection, Sequence
 from typing import Any, Final, Protocol
 
 from dispatcher.model import VM, Definition, Node, Process, Resource
+from dispatcher.selectors import ProcessFilter
 from dispatcher.store.applied import AppliedRequest
 
 __all__ = ["EVENT_KEYS", "ChangeListener", "Store"]
@@ -90,11 +91,16 @@ class Store(Protocol):
     def list_processes(self, states: Collection[str] | None = None) -> list[Process]:
         """All processes (optionally only those in ``states``), in creation order."""
 
-    def list_process_dicts(self) -> list[dict[str, Any]]:
+    def list_process_dicts(self, selected: ProcessFilter | None = None) -> list[dict[str, Any]]:
         """``[p.to_dict() for p in list_processes()]``, built without the records.
 
         The dicts are fresh (nothing is shared with the store or between dicts);
         this is the listing ``describe_processes`` and ``dump`` send.
+
+        Args:
+            selected: only the processes this filter selects (``None`` or an empty
+                filter: all). States, engine, group and the prefixes narrow the
+                query; the label selector is checked on what it returns.
         """
 
     # -- queue ----------------------------------------------------------------------
@@ -191,6 +197,14 @@ class Store(Protocol):
         Returns:
             The recorded owner: ``owner``, or the one that claimed it first.
         """
+
+    # -- group deadlines (see dispatcher.culler) --------------------------------------
+    def set_group_expiry(self, group: str, expires_at: float | None) -> None:
+        """Record that ``group`` expires at ``expires_at`` (epoch seconds), replacing an
+        earlier deadline; ``None`` forgets it. Listeners hear ``"state"``."""
+
+    def list_group_expiries(self) -> dict[str, float]:
+        """Every group deadline, by group, ordered by group."""
 
     # -- processes the matchmaker set aside (shown by dump) ---------------------------
     def record_set_aside(self, upid: str, record: dict[str, Any]) -> None:

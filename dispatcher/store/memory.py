@@ -16,10 +16,11 @@ import copy
 import threading
 from collections.abc import Collection, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any, Generic, TypeVar
+from typing import Any, Final, Generic, TypeVar
 
 from dashi.errors import NotFoundError, WriteConflictError
 from dispatcher.model import VM, Definition, Node, Process, Resource
+from dispatcher.selectors import ProcessFilter
 from dispatcher.store._codec import (
     DEFINITION,
     NODE,
@@ -121,6 +122,7 @@ class MemoryStore:
         self._owner: str | None = None
         self._applied: dict[str, AppliedRequest] = {}
         self._set_aside: dict[str, dict[str, Any]] = {}
+        self._group_expiries: dict[str, float] = {}
         self._events: list[dict[str, Any]] = []
         self._event_ids = 0
 
@@ -215,10 +217,15 @@ class MemoryStore:
             keys = [k for k, (sc, _) in self._processes.rows.items() if sc[state_index] in wanted]
             return self._processes.list(keys)
 
-    def list_process_dicts(self) -> list[dict[str, Any]]:
-        """Every process's ``to_dict()``, in creation order, built without the records."""
+    def list_process_dicts(self, selected: ProcessFilter | None = None) -> list[dict[str, Any]]:
+        """Every process's ``to_dict()``, in creation order, built without the records
+        (only those ``selected``, narrowed on the scalar fields first)."""
         with self._lock, gc_paused():
-            return PROCESS.wire_dicts_from_arrays(list(self._processes.rows.values()))
+            rows = list(self._processes.rows.values())
+            if selected is None or selected.empty:
+                return PROCESS.wire_dicts_from_arrays(rows)
+            rows = [row for row in rows if _scalars_match(selected, row[0])]
+            return [d for d in PROCESS.wire_dicts_from_arrays(rows) if selected.matches(d)]
 
     # -- queue ----------------------------------------------------------------------
     def enqueue(self, upid: str, round_: int) -> None:
@@ -423,6 +430,17 @@ class MemoryStore:
             return self._owner
 
     # -- processes the matchmaker set aside -----------------------------------------
+    def set_group_expiry(self, group: str, expires_at: float | None) -> None:
+        with self._writing("state"):
+            if expires_at is None:
+                self._group_expiries.pop(group, None)
+            else:
+                self._group_expiries[group] = float(expires_at)
+
+    def list_group_expiries(self) -> dict[str, float]:
+        with self._lock:
+            return {g: self._group_expiries[g] for g in sorted(self._group_expiries)}
+
     def record_set_aside(self, upid: str, record: dict[str, Any]) -> None:
         stored = json_copy(record)
         with self._writing("state"):
@@ -431,3 +449,21 @@ class MemoryStore:
     def list_set_aside(self) -> dict[str, dict[str, Any]]:
         with self._lock:
             return {upid: json_copy(self._set_aside[upid]) for upid in sorted(self._set_aside)}
+
+
+_SCALAR_INDEX: Final = {name: i for i, name in enumerate(PROCESS.scalar_fields)}
+
+
+def _scalars_match(selected: ProcessFilter, scalars: Sequence[Any]) -> bool:
+    """The narrowing the SQL store does in its query, on a stored row's scalars."""
+    if selected.states is not None and scalars[_SCALAR_INDEX["state"]] not in selected.states:
+        return False
+    if selected.group is not None and scalars[_SCALAR_INDEX["group"]] != selected.group:
+        return False
+    name = scalars[_SCALAR_INDEX["name"]]
+    if selected.name_prefix is not None and not (
+        isinstance(name, str) and name.startswith(selected.name_prefix)
+    ):
+        return False
+    upid: str = scalars[_SCALAR_INDEX["upid"]]
+    return selected.upid_prefix is None or upid.startswith(selected.upid_prefix)

@@ -9,7 +9,8 @@ Tables:
 ``definitions``  one row per definition (JSON: ``executable``, legacy ``version``;
                  ``max_runtime_seconds``, the default of its processes, nullable).
 ``processes``    one row per process; ``id`` gives creation order, ``upid`` is unique,
-                 ``version`` is the optimistic-concurrency counter.
+                 ``version`` is the optimistic-concurrency counter; ``group_name``
+                 (indexed) and ``labels`` (JSON) are nullable.
 ``process_events``  the bounded event history of each process (state changes with
                  their time, round, agent, node, reason, exit code and kept output).
 ``queue``        ``(upid, round)`` entries; ``id`` gives FIFO order; duplicates allowed.
@@ -105,8 +106,11 @@ processes = Table(
     Column("max_runtime_seconds", Float),
     Column("restart_policy", JSON),
     Column("failure_times", JSON),
+    Column("group_name", Text),
+    Column("labels", JSON),
     Column("version", Integer, nullable=False),
     Index(None, "state"),
+    Index(None, "group_name"),
 )
 
 process_events = Table(

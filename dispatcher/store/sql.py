@@ -36,6 +36,7 @@ from typing import Any, Final, Generic, TypeVar
 import sqlalchemy.exc as sa_exc
 from sqlalchemy import (
     Column,
+    ColumnElement,
     Connection,
     Engine,
     Insert,
@@ -55,6 +56,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from dashi import jsontree
 from dashi.errors import NotFoundError, WriteConflictError
 from dispatcher.model import VM, Definition, Node, Process, Resource
+from dispatcher.selectors import ProcessFilter
 from dispatcher.store import migrate
 from dispatcher.store._codec import (
     DEFINITION,
@@ -116,6 +118,8 @@ _BOOT_PENDING_KEY: Final = "boot_init_pending"
 _OWNER_KEY: Final = "owner"
 #: ``pd_state`` keys of the matchmaker's set-aside records: this prefix and the upid.
 _SET_ASIDE_PREFIX: Final = "set_aside:"
+#: ``pd_state`` keys of group deadlines: this prefix and the group name.
+_GROUP_EXPIRY_PREFIX: Final = "group_expires_at:"
 
 
 class _Mapping(Generic[_R]):
@@ -166,7 +170,7 @@ class _Mapping(Generic[_R]):
 
 
 _DEFINITIONS: Final = _Mapping("definition", DEFINITION, definitions, {"version": "legacy_version"})
-_PROCESSES: Final = _Mapping("process", PROCESS, processes, {})
+_PROCESSES: Final = _Mapping("process", PROCESS, processes, {"group": "group_name"})
 _RESOURCES: Final = _Mapping("resource", RESOURCE, resources, {})
 _NODES: Final = _Mapping("node", NODE, nodes, {})
 _VMS: Final = _Mapping("vm", VM_LAYOUT, vms, {})
@@ -181,6 +185,29 @@ _LIST_PROCESSES_IN_STATES: Final = _LIST_PROCESSES.where(
     processes.c.state.in_(bindparam("states", expanding=True))
 )
 _ENQUEUE: Final = insert(queue)
+
+
+def _process_conditions(selected: ProcessFilter) -> list[ColumnElement[bool]]:
+    """The ``WHERE`` conditions of a process filter (all but its label selector).
+
+    The engine narrows on the JSON text of ``constraints`` (the engine id as a JSON
+    string in it); the caller checks the exact engine on the rows it returns.
+    """
+    conditions: list[ColumnElement[bool]] = []
+    if selected.states is not None:
+        conditions.append(processes.c.state.in_(list(selected.states)))
+    if selected.group is not None:
+        conditions.append(processes.c.group_name == selected.group)
+    if selected.name_prefix is not None:
+        conditions.append(processes.c.name.startswith(selected.name_prefix, autoescape=True))
+    if selected.upid_prefix is not None:
+        conditions.append(processes.c.upid.startswith(selected.upid_prefix, autoescape=True))
+    if selected.engine is not None:
+        constraints = cast(processes.c.constraints, Text)
+        conditions.append(constraints.contains(dumps(selected.engine), autoescape=True))
+    return conditions
+
+
 _QUEUE_MATCH: Final = (queue.c.upid == bindparam("upid")) & (queue.c.round == bindparam("round"))
 _DEQUEUE: Final = delete(queue).where(
     queue.c.id == select(func.min(queue.c.id)).where(_QUEUE_MATCH).scalar_subquery()
@@ -195,6 +222,12 @@ _STATE_VALUES: Final = select(pd_state.c.key, pd_state.c.value).where(
         [_PD_STATE_KEY, _SYSTEM_BOOT_KEY, _INITIALIZED_KEY, _OWNER_KEY, _BOOT_PENDING_KEY]
     )
 )
+_GROUP_EXPIRY_VALUES: Final = (
+    select(pd_state.c.key, pd_state.c.value)
+    .where(pd_state.c.key.startswith(_GROUP_EXPIRY_PREFIX, autoescape=True))
+    .order_by(pd_state.c.key)
+)
+_FORGET_STATE_VALUE: Final = delete(pd_state).where(pd_state.c.key == bindparam("key"))
 _SET_ASIDE_VALUES: Final = (
     select(pd_state.c.key, pd_state.c.value)
     .where(pd_state.c.key.startswith(_SET_ASIDE_PREFIX, autoescape=True))
@@ -616,13 +649,19 @@ class SqlStore:
             rows = self._read("list_processes", lambda conn: conn.execute(stmt, params).all())
             return PROCESS.build_from_columns(rows)
 
-    def list_process_dicts(self) -> list[dict[str, Any]]:
-        """Every process's ``to_dict()``, in creation order, built straight from the rows."""
+    def list_process_dicts(self, selected: ProcessFilter | None = None) -> list[dict[str, Any]]:
+        """Every process's ``to_dict()``, in creation order, built straight from the rows
+        (only those ``selected``: the query narrows on states, group, engine and the
+        prefixes; the label selector and the exact engine are checked here)."""
+        stmt = _LIST_PROCESSES
+        if selected is not None and not selected.empty:
+            stmt = _LIST_PROCESSES.where(*_process_conditions(selected))
         with gc_paused():  # 100,000 rows and more: see _codec
-            rows = self._read(
-                "list_process_dicts", lambda conn: conn.execute(_LIST_PROCESSES).all()
-            )
-            return PROCESS.wire_dicts_from_columns(rows)
+            rows = self._read("list_process_dicts", lambda conn: conn.execute(stmt).all())
+            dicts = PROCESS.wire_dicts_from_columns(rows)
+        if selected is not None and (selected.engine is not None or selected.labels.requirements):
+            dicts = [d for d in dicts if selected.matches(d)]
+        return dicts
 
     # -- queue ----------------------------------------------------------------------
     def enqueue(self, upid: str, round_: int) -> None:
@@ -834,6 +873,24 @@ class SqlStore:
         with self._translated("claim_owner"), self._connect("claim_owner") as conn:
             conn.execute(self._claim_state, params)
         return self._state_values("claim_owner").get(_OWNER_KEY, owner)
+
+    # -- group deadlines (kept in pd_state: no schema change) --------------------------
+    def set_group_expiry(self, group: str, expires_at: float | None) -> None:
+        key = _GROUP_EXPIRY_PREFIX + group
+        if expires_at is not None:
+            self._set_state_value("set_group_expiry", key, repr(float(expires_at)))
+            return
+        params = {"key": key}
+        self._write(
+            "state", "set_group_expiry", lambda conn: conn.execute(_FORGET_STATE_VALUE, params)
+        )
+
+    def list_group_expiries(self) -> dict[str, float]:
+        rows = self._read(
+            "list_group_expiries", lambda conn: conn.execute(_GROUP_EXPIRY_VALUES).all()
+        )
+        start = len(_GROUP_EXPIRY_PREFIX)
+        return {key[start:]: float(value) for key, value in rows}
 
     # -- processes the matchmaker set aside (kept in pd_state: no schema change) -------
     def record_set_aside(self, upid: str, record: dict[str, Any]) -> None:

@@ -444,7 +444,8 @@ def test_process_list_filters_by_state_engine_and_node_and_sorts(cluster: Cluste
     rows = [r for r in cluster.json("process", "list") if tag in r["upid"]]
     # Every row has the same stable shape
     assert all(
-        set(r) == {"upid", "name", "state", "round", "engine", "node", "assigned"} for r in rows
+        set(r) == {"upid", "name", "state", "round", "engine", "node", "assigned", "group"}
+        for r in rows
     )
     by_upid = {r["upid"]: r for r in rows}
     assert by_upid[on_node]["engine"] == ENGINE
@@ -477,6 +478,128 @@ def test_process_list_filters_by_state_engine_and_node_and_sorts(cluster: Cluste
     assert yaml.safe_load(cluster.ok("process", "list", fmt="yaml").stdout) == cluster.json(
         "process", "list"
     )
+
+
+def test_groups_and_labels_schedule_list_describe_and_bulk_terminate(cluster: Cluster) -> None:
+    # Given processes scheduled in two groups with labels
+    tag = uuid.uuid4().hex[:6]
+    group_a, group_b = f"exp-a{tag}", f"exp-b{tag}"
+    web = running(
+        cluster, f"web-{tag}", "--group", group_a, "--label", "app=web", "--label", "tier=front"
+    )
+    db = running(cluster, f"db-{tag}", "--group", group_a, "--label", "app=db")
+    other = running(cluster, f"other-{tag}", "--group", group_b, "--label", "app=web")
+    # Then describe shows the group and labels
+    record = cluster.json("process", "describe", web)
+    assert record["group"] == group_a
+    assert record["labels"] == {"app": "web", "tier": "front"}
+    assert "group" not in cluster.json("process", "describe", running(cluster))
+
+    def listed(*options: str) -> list[str]:
+        return [r["upid"] for r in cluster.json("process", "list", *options)]
+
+    # And the dispatcher filters the listing by group, selector and state
+    assert listed("--group", group_a) == sorted([web, db])
+    assert listed("--group", group_a, "-l", "app=web,tier!=db") == [web]
+    mine = [u for u in listed("-l", "app=web,!tier", "--state", "RUNNING") if u.endswith(tag)]
+    assert mine == [other]
+    assert listed("--group", group_a, "-l", "app in (db,none)") == [db]
+    assert listed("--group", group_b, "--state", "TERMINATED") == []
+    rows = cluster.json("process", "list", "--group", group_b)
+    assert [(r["upid"], r["group"]) for r in rows] == [(other, group_b)]
+    # A bad selector is the dispatcher's clear error, with no traceback
+    bad = cluster.cli("process", "list", "-l", "app in (web")
+    assert bad.exit_code == 1 and "invalid label_selector" in bad.output
+    assert_no_traceback(bad)
+
+    # When the first group is terminated without --yes and the prompt is declined
+    declined = CliRunner().invoke(
+        pd_cli,
+        [
+            "--sysname",
+            cluster.sysname,
+            "--timeout",
+            "20",
+            "process",
+            "terminate",
+            "--group",
+            group_a,
+        ],
+        env=cluster.env(),
+        input="n\n",
+    )
+    # Then it asked with the count, and nothing ended
+    assert declined.exit_code == 1 and "Terminate 2 process(es)" in declined.output
+    assert cluster.state(web) == cluster.state(db) == "500-RUNNING"
+    # When it is confirmed
+    confirmed = CliRunner().invoke(
+        pd_cli,
+        [
+            "--sysname",
+            cluster.sysname,
+            "--timeout",
+            "20",
+            "--json",
+            "process",
+            "terminate",
+            "--group",
+            group_a,
+        ],
+        env=cluster.env(),
+        input="y\n",
+    )
+    assert confirmed.exit_code == 0, confirmed.output
+    result = json.loads(confirmed.stdout)
+    assert sorted(result["terminated"]) == sorted([web, db]) and result["failed"] == []
+    # Then the group ends, and the other group runs on
+    cluster.wait_state(web, "700-TERMINATED")
+    cluster.wait_state(db, "700-TERMINATED")
+    assert cluster.state(other) == "500-RUNNING"
+    # And with --yes again: nothing in play, both already ended
+    again = cluster.json("process", "terminate", "--group", group_a, "--yes")
+    assert again["terminated"] == [] and sorted(again["already_ended"]) == sorted([web, db])
+    # And a label selector with --yes terminates the rest
+    last = cluster.json("process", "terminate", "--group", group_b, "-l", "app=web", "--yes")
+    assert last["terminated"] == [other]
+    cluster.wait_state(other, "700-TERMINATED")
+
+
+def test_group_ttl_sets_lists_and_clears_a_deadline(cluster: Cluster) -> None:
+    # Given a group with a running process
+    tag = uuid.uuid4().hex[:6]
+    group = f"ttl-{tag}"
+    upid = running(cluster, f"ttl-{tag}", "--group", group)
+    # When it gets an hour to live
+    set_ = cluster.json("group", "ttl", group, "3600")
+    assert set_["group"] == group and set_["expires_at"] > 0
+    # Then group list shows its process and its deadline
+    rows = {r["group"]: r for r in cluster.json("group", "list")}
+    assert rows[group] == {
+        "group": group,
+        "processes": 1,
+        "in_play": 1,
+        "expires_at": set_["expires_at"],
+    }
+    assert group in cluster.ok("group", "list").stdout
+    # When it is cleared, Then the deadline is gone and the process still runs
+    assert cluster.json("group", "ttl", group, "--clear") == {"group": group, "expires_at": None}
+    rows = {r["group"]: r for r in cluster.json("group", "list")}
+    assert rows[group]["expires_at"] is None
+    assert cluster.state(upid) == "500-RUNNING"
+    # And SECONDS or --clear is required, and a bad group is the dispatcher's error
+    assert cluster.cli("group", "ttl", group).exit_code == 2
+    assert cluster.cli("group", "ttl", group, "5", "--clear").exit_code == 2
+    bad = cluster.cli("group", "ttl", "a b", "5")
+    assert bad.exit_code == 1 and "invalid group" in bad.output
+    assert_no_traceback(bad)
+    cluster.ok("process", "terminate", upid)
+
+
+def test_process_terminate_needs_a_upid_or_a_selection(cluster: Cluster) -> None:
+    nothing = cluster.cli("process", "terminate")
+    assert nothing.exit_code == 2 and "give a UPID, or --group" in nothing.output
+    both = cluster.cli("process", "terminate", "p1", "--group", "g")
+    assert both.exit_code == 2 and "not both" in both.output
 
 
 def test_process_restart_starts_a_new_round(cluster: Cluster) -> None:

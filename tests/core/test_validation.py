@@ -318,13 +318,20 @@ def test_rpc_operations_are_methods_with_the_legacy_keyword_names(
             "upid", "definition_id", "configuration", "subscribers", "constraints",
             "queueing_mode", "restart_mode", "execution_engine_id", "node_exclusive", "name",
             # new, optional (after the legacy ones)
-            "restart_policy", "max_runtime_seconds",
+            "restart_policy", "max_runtime_seconds", "group", "labels",
         ],
         "describe_process": ["upid"],
         "describe_process_events": ["upid", "limit"],
-        "describe_processes": [],
+        "describe_processes": [
+            # new, optional filter arguments
+            "states", "engine", "group", "label_selector", "name_prefix", "upid_prefix",
+        ],
         "restart_process": ["upid"],
         "terminate_process": ["upid"],
+        "terminate_processes": [
+            "states", "engine", "group", "label_selector", "name_prefix", "upid_prefix", "all",
+        ],
+        "set_group_ttl": ["group", "ttl_seconds"],
         "set_system_boot": ["system_boot"],
         "dump": [],
     }  # fmt: skip

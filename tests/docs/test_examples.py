@@ -4,7 +4,8 @@
   with the real click command (options, choices, value types).
 * Fenced blocks preceded by ``<!-- test: run -->`` are run, line by line and in
   order, through ``CliRunner`` against a real dispatcher on RabbitMQ with a fake
-  agent (the ``Cluster`` of ``tests/cli/test_commands.py``); every line must exit 0.
+  agent (the ``Cluster`` of ``tests/cli/test_commands.py``); every line must exit 0,
+  and a line ending in a ``# → TEXT`` comment must print ``TEXT``.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ DOCUMENTS = sorted(
 RUN_MARKER = "<!-- test: run -->"
 _FENCE = re.compile(r"^```")
 SHELLS = ("sh", "bash", "shell", "console")
+#: A ``# → TEXT`` comment: the text the line's output must contain.
+_EXPECTED = re.compile(r"#\s*→\s*(.+)$")
 _SUBSHELL = re.compile(r"\$\((pd-cli [^)]*)\)")
 
 
@@ -164,6 +167,12 @@ def test_runnable_examples_succeed_against_a_real_dispatcher(
                     f"{path.name}:{number}: pd-cli {shlex.join(args)} exited "
                     f"{result.exit_code}: {result.output}"
                 )
+                expected = _EXPECTED.search(dict(block)[number])
+                if expected is not None:
+                    assert expected.group(1).strip() in result.output, (
+                        f"{path.name}:{number}: pd-cli {shlex.join(args)} did not print "
+                        f"{expected.group(1).strip()!r}: {result.output}"
+                    )
     finally:
         cluster.close()
     assert ran >= 4

@@ -42,6 +42,9 @@ LEGACY_POSITIONAL = {
     "add_engine": ["definition"],
     "get_process_logs": ["upid"],
     "describe_process_events": ["upid"],
+    # new operations take keyword arguments only
+    "terminate_processes": [],
+    "set_group_ttl": ["group", "ttl_seconds"],
 }
 
 

@@ -164,3 +164,52 @@ def test_0005_adds_the_definition_default_runtime_and_keeps_existing_definitions
         engine.dispose()
     assert "max_runtime_seconds" not in columns
     assert sorted(ids) == ["d1", "d2"]
+
+
+def test_0006_adds_process_groups_and_labels_and_keeps_existing_processes(
+    empty_url: str,
+) -> None:
+    # Given a database at 0005 holding a process written before groups existed
+    migrate.upgrade(empty_url, "0005")
+    engine = make_engine(empty_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO processes (upid, state, round, definition, starts,"
+                    " dispatches, version) VALUES ('old', '100-UNSCHEDULED', 0, '{}', 0, 0, 1)"
+                )
+            )
+    finally:
+        engine.dispose()
+    # When upgraded to 0006
+    migrate.upgrade(empty_url, "0006")
+    # Then the old process has no group and no labels (its record shows neither key)
+    store = SqlStore(empty_url)
+    try:
+        old = store.get_process("old")
+        assert old is not None and old.group is None and old.labels is None
+        assert "group" not in old.to_dict() and "labels" not in old.to_dict()
+        # And a grouped, labelled process round trips, and group_name is indexed
+        store.add_process(Process(upid="new", definition={}, group="exp-17", labels={"app": "web"}))
+        new = store.get_process("new")
+        assert new is not None and new.group == "exp-17" and new.labels == {"app": "web"}
+    finally:
+        store.close()
+    engine = make_engine(empty_url)
+    try:
+        indexes = {i["name"] for i in inspect(engine).get_indexes("processes")}
+    finally:
+        engine.dispose()
+    assert "ix_processes_group_name" in indexes
+    # When downgraded to 0005, Then the columns are gone and the processes stay
+    migrate.downgrade(empty_url, "0005")
+    engine = make_engine(empty_url)
+    try:
+        columns = {c["name"] for c in inspect(engine).get_columns("processes")}
+        with engine.connect() as conn:
+            upids = conn.execute(text("SELECT upid FROM processes")).scalars().all()
+    finally:
+        engine.dispose()
+    assert not {"group_name", "labels"} & columns
+    assert sorted(upids) == ["new", "old"]
