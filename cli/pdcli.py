@@ -38,6 +38,7 @@ from dispatcher.requests import (
     TerminateProcessRequest,
     UpdateDefinitionRequest,
 )
+from dispatcher.selectors import check_group, check_labels, parse_selector
 from pdcommon.errors import DispatcherError
 from pdcommon.heartbeat_messages import (
     MAX_LOG_TAIL,
@@ -540,6 +541,38 @@ def _mapping_option(value: str | None, name: str) -> dict[str, Any] | None:
     return parsed
 
 
+class _GroupType(click.ParamType[str, Any]):
+    """A group name, checked as the dispatcher checks it (before any call)."""
+
+    name = "group"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            return check_group(str(value)) or ""
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+class _SelectorType(click.ParamType[str, Any]):
+    """A label selector, parsed as the dispatcher parses it (before any call)."""
+
+    name = "selector"
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context) -> str:
+        return "SELECTOR"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        try:
+            parse_selector(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        return str(value)
+
+
+_GROUP_NAME = _GroupType()
+_SELECTOR = _SelectorType()
+
+
 @_calls(
     ScheduleProcessRequest,
     builds={
@@ -573,7 +606,7 @@ def _mapping_option(value: str | None, name: str) -> dict[str, Any] | None:
 @click.option("--engine", "execution_engine_id", help="Execution engine id.")
 @click.option("--node-exclusive", help="Tag held on the node while the process runs.")
 @click.option("--name", help="Process name.")
-@click.option("--group", help="The process's group (letters, digits and .-_).")
+@click.option("--group", type=_GROUP_NAME, help="The process's group (letters, digits and .-_).")
 @click.option(
     "--label",
     "labels",
@@ -605,6 +638,10 @@ def process_schedule(
         if not sep or not key:
             raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--label")
         label_map[key] = value
+    try:
+        check_labels(label_map)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--label") from None
     subs = []
     for item in subscribers:
         target, sep, op = item.partition(":")
@@ -855,12 +892,16 @@ def _sort_value(row: dict[str, Any], key: str) -> tuple[bool, Any, str]:
     local=("states", "engines", "nodes", "group", "label_selector", "sort_key", "reverse"),
 )
 @process.command("list", help="List processes, filtered and sorted.")
-@click.option("--group", help="Only processes of this group (filtered by the dispatcher).")
+@click.option(
+    "--group",
+    type=_GROUP_NAME,
+    help="Only processes of this group (filtered by the dispatcher).",
+)
 @click.option(
     "-l",
     "--label",
     "label_selector",
-    metavar="SELECTOR",
+    type=_SELECTOR,
     help="Only processes whose labels match, e.g. 'app=web,tier!=db,env in (a,b),!x' "
     "(filtered by the dispatcher).",
 )
@@ -1172,12 +1213,12 @@ def process_restart(ctx: Context, upid: str) -> None:
     help="Terminate a process (UPID), or every process of a group or label selector.",
 )
 @click.argument("upid", required=False)
-@click.option("--group", help="Terminate every process of this group.")
+@click.option("--group", type=_GROUP_NAME, help="Terminate every process of this group.")
 @click.option(
     "-l",
     "--label",
     "label_selector",
-    metavar="SELECTOR",
+    type=_SELECTOR,
     help="Terminate every process whose labels match, e.g. 'app=web,tier!=db'.",
 )
 @click.option(

@@ -507,9 +507,9 @@ def test_groups_and_labels_schedule_list_describe_and_bulk_terminate(cluster: Cl
     assert listed("--group", group_b, "--state", "TERMINATED") == []
     rows = cluster.json("process", "list", "--group", group_b)
     assert [(r["upid"], r["group"]) for r in rows] == [(other, group_b)]
-    # A bad selector is the dispatcher's clear error, with no traceback
+    # A bad selector is a usage error before any call, with no traceback
     bad = cluster.cli("process", "list", "-l", "app in (web")
-    assert bad.exit_code == 1 and "invalid label_selector" in bad.output
+    assert bad.exit_code == 2 and "unbalanced '('" in bad.output
     assert_no_traceback(bad)
 
     # When the first group is terminated without --yes and the prompt is declined
@@ -947,6 +947,14 @@ def test_completion_prints_a_script_for_each_shell() -> None:
             "--heartbeat-missing",
         ),
         (["engine", "add", "e"], "--slots"),
+        (["process", "schedule", "p", "--definition", "d", "--group", "a/b"], "--group"),
+        (["process", "schedule", "p", "--definition", "d", "--label", "bad key=v"], "--label"),
+        (["process", "schedule", "p", "--definition", "d", "--label", "k=" + "v" * 64], "--label"),
+        (["process", "list", "--group", ""], "--group"),
+        (["process", "list", "-l", "app in (a"], "--label"),
+        (["process", "list", "-l", "app notin x"], "--label"),
+        (["process", "terminate", "--group", "x y"], "--group"),
+        (["process", "terminate", "-l", "!"], "--label"),
         (["system-boot", "maybe"], "maybe"),
         (["completion", "tcsh"], "tcsh"),
         (["--config", "/no/such/config.yml", "dump"], "/no/such/config.yml"),
