@@ -296,6 +296,11 @@ def main() -> None:
     )
     parser.add_argument("--directory", type=Path, help="state directory (default: a temporary one)")
     args = parser.parse_args()
+    # SIGINT too, explicitly: a process started in the background by a
+    # non-interactive shell (``cmd &``, as when test suites run side by side)
+    # inherits SIGINT ignored, and Python then installs no handler for it, so
+    # Ctrl-C or ``kill -INT`` would be lost and the pool held for --hold seconds.
+    signal.signal(signal.SIGINT, _interrupt)
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         if args.processes:

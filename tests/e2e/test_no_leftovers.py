@@ -165,7 +165,15 @@ def test_a_pool_outliving_its_dispatcher_is_emptied_by_the_next_one_without_left
         daemon.kill()
 
 
-def test_an_interrupted_scaling_bench_leaves_no_agent_and_no_supervisord(tmp_path: Path) -> None:
+def ignore_sigint() -> None:
+    """What a shell does to a command it starts in the background (``cmd &``)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("inherited_sigint", ["default", "ignored"])
+def test_an_interrupted_scaling_bench_leaves_no_agent_and_no_supervisord(
+    tmp_path: Path, inherited_sigint: str
+) -> None:
     directory = tmp_path / "bench"
     bench = subprocess.Popen(
         [
@@ -182,6 +190,8 @@ def test_an_interrupted_scaling_bench_leaves_no_agent_and_no_supervisord(tmp_pat
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
+        # Started in the background by a shell, it inherits SIGINT ignored
+        preexec_fn=ignore_sigint if inherited_sigint == "ignored" else None,
     )
     try:
         # Given the bench's local pool is up
