@@ -159,7 +159,14 @@ def stop_on_signals(stop: threading.Event) -> Iterator[None]:
     done = threading.Event()
 
     def ignore(signum: int, frame: FrameType | None) -> None:
-        """Keep the default action (exit) from happening; the watcher acts."""
+        """Keep the default action (exit) from happening; the watcher acts.
+
+        It also tells the watcher itself: a signal that arrives after this handler is
+        installed but before the wakeup descriptor is set is written nowhere else,
+        and the process would run on, deaf to it. A second write is harmless.
+        """
+        with contextlib.suppress(OSError):
+            os.write(write_fd, bytes([signum]))
 
     def watch() -> None:
         while not done.is_set():

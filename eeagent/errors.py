@@ -12,6 +12,7 @@ catches everything the project raises::
                ├── BackendUnavailableError  it cannot be reached (recoverable: the
                │                            agent starts a new one)
                ├── BackendStartError        a new one could not be started
+               │    └── StartCancelledError  the agent was stopped while it started
                ├── BackendFaultError        it answered a request with an XML-RPC fault
                └── SpawnError               a program could not be started (missing
                                             program, bad directory, unknown user...)
@@ -35,6 +36,7 @@ __all__ = [
     "PersistenceError",
     "ProcessControlError",
     "SpawnError",
+    "StartCancelledError",
 ]
 
 
@@ -63,6 +65,10 @@ class BackendUnavailableError(ProcessControlError):
 
 class BackendStartError(ProcessControlError):
     """A backend could not be started (bad executable, unusable directory, socket in use)."""
+
+
+class StartCancelledError(BackendStartError):
+    """The agent was asked to stop while its new backend was starting (it was killed)."""
 
 
 class BackendFaultError(ProcessControlError):

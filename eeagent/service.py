@@ -53,6 +53,7 @@ from dashi.security import (
 )
 from dashi.service import RpcService
 from eeagent.agent import EEAgent
+from eeagent.errors import StartCancelledError
 from eeagent.logbudget import LogBudget
 from eeagent.nonces import FileNonceJournal
 from eeagent.persistence import AgentLock, StateStore
@@ -396,6 +397,8 @@ def run_agent(
             home,
             supdexe=eea.launch_type.supdexe,
             environ={k: v for k, v in environ.items() if not k.startswith(PRIVATE_ENV_PREFIX)},
+            # A stop during start-up (SIGTERM) does not wait for supervisord to answer.
+            stopping=stop,
         )
         agent = EEAgent(
             name=eea.name,
@@ -423,8 +426,15 @@ def run_agent(
             # The broker refused the agent: stop, and raise its error below.
             on_refused=lambda _exc: stop.set(),
         )
+        if stop.is_set():
+            log.info("agent %s stopped before it started", eea.name)
+            return
         started = time.monotonic()
-        service.start(wait_for_broker=False)
+        try:
+            service.start(wait_for_broker=False)
+        except StartCancelledError:
+            log.info("agent %s stopped while its supervisord was starting", eea.name)
+            return
         log.info("agent %s started in %.2fs (home %s)", eea.name, time.monotonic() - started, home)
         if ready is not None:
             ready(service)

@@ -67,6 +67,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import xmlrpc.client
 from collections.abc import Iterable, Mapping
@@ -83,6 +84,7 @@ from eeagent.errors import (
     BackendStartError,
     BackendUnavailableError,
     SpawnError,
+    StartCancelledError,
 )
 from eeagent.reaper import Reaper
 from eeagent.supdconf import (
@@ -196,6 +198,9 @@ class SupervisorControl:
         stop_wait: seconds between SIGTERM and SIGKILL, for a program's process
             group (supervisord's ``stopwaitsecs``) and for the processes it
             started outside that group.
+        stopping: once set (the agent is asked to stop), a supervisord that is
+            still starting is not waited for: it is killed and :meth:`open`
+            raises :class:`~eeagent.errors.StartCancelledError`.
     """
 
     def __init__(
@@ -207,8 +212,10 @@ class SupervisorControl:
         rpc_timeout: float = RPC_TIMEOUT,
         start_timeout: float = START_TIMEOUT,
         stop_wait: int = STOP_WAIT_SECONDS,
+        stopping: threading.Event | None = None,
     ) -> None:
         self.home = Path(home).absolute()
+        self.stopping = stopping
         self.supdexe = supdexe
         self.environ = dict(environ) if environ is not None else None
         self.rpc_timeout = rpc_timeout
@@ -267,7 +274,12 @@ class SupervisorControl:
                     if status.state in (ProgramState.STARTING, ProgramState.RUNNING):
                         self.stop(name)
                 self._call("supervisor.shutdown")
-            except (BackendUnavailableError, BackendFaultError) as exc:
+            except BackendUnavailableError as exc:
+                # Not answering (still starting, or hung): a request cannot reach it,
+                # a signal can. On SIGTERM supervisord shuts down as on the request.
+                log.warning("supervisord shutdown request failed: %s; sending SIGTERM", exc)
+                self._signal_supervisord(signal.SIGTERM)
+            except BackendFaultError as exc:
                 log.warning("supervisord shutdown request failed: %s", exc)
             pid = self._pid or self._pidfile_pid()
             deadline = time.monotonic() + STOP_WAIT_SECONDS + 5
@@ -553,6 +565,11 @@ class SupervisorControl:
                 pid = self._attach()
                 break
             except BackendUnavailableError:
+                if self.stopping is not None and self.stopping.is_set():
+                    self._cancel_start()
+                    raise StartCancelledError(
+                        "the agent is stopping: the supervisord still starting was killed"
+                    ) from None
                 if self._proc.poll() is not None:
                     raise BackendStartError(
                         f"supervisord exited with status {self._proc.returncode}: "
@@ -569,19 +586,31 @@ class SupervisorControl:
         log.info("started supervisord (pid %d) in %s", pid, self.home)
         return Attachment(instance=str(pid), fresh=True)
 
+    def _cancel_start(self) -> None:
+        """Kill the supervisord started by :meth:`_start_fresh` that does not answer yet
+        (it has no programs): our child, and whatever its pid file names."""
+        if self._proc is not None and self._proc.poll() is None:
+            with contextlib.suppress(OSError):
+                self._proc.kill()
+        self._kill_supervisord()
+
     def _kill_supervisord(self) -> None:
         """SIGKILL our supervisord if it still exists (it is dead or hung)."""
         self._disconnect()
-        candidates = {self._pid, self._pidfile_pid()}
-        config = os.fsencode(self.files.config)
-        for pid in candidates:
-            if pid and config in (procfs.read_cmdline(pid) or b""):
-                with contextlib.suppress(OSError):
-                    os.kill(pid, signal.SIGKILL)
+        self._signal_supervisord(signal.SIGKILL)
         if self._proc is not None:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 self._proc.wait(5)
         self._reap()
+
+    def _signal_supervisord(self, sig: int) -> None:
+        """Send ``sig`` to our supervisord (known pid or pid file) if it still runs
+        with this home's configuration."""
+        config = os.fsencode(self.files.config)
+        for pid in {self._pid, self._pidfile_pid()}:
+            if pid and config in (procfs.read_cmdline(pid) or b""):
+                with contextlib.suppress(OSError):
+                    os.kill(pid, sig)
 
     def _adopt(self, supervisord: int) -> None:
         """Put a running supervisord into its cgroup (set up at the first call)."""

@@ -24,7 +24,6 @@ from eeagent.supervisor import stop_left_supervisord
 from pdcommon.settings import LocalSiteSettings
 from tests.daemon.conftest import Daemon
 from tests.support.processes import pool_processes
-from tests.support.signals import sigint_as_in_a_terminal
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.supervisord, pytest.mark.slow]
@@ -166,25 +165,39 @@ def test_a_pool_outliving_its_dispatcher_is_emptied_by_the_next_one_without_left
         daemon.kill()
 
 
-def test_an_interrupted_scaling_bench_leaves_no_agent_and_no_supervisord(tmp_path: Path) -> None:
+def ignore_sigint() -> None:
+    """What a shell does to a command it starts in the background (``cmd &``)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def default_sigint() -> None:
+    """What a terminal gives a command (whatever this test run inherited)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize("inherited_sigint", ["default", "ignored"])
+def test_an_interrupted_scaling_bench_leaves_no_agent_and_no_supervisord(
+    tmp_path: Path, inherited_sigint: str
+) -> None:
     directory = tmp_path / "bench"
-    with sigint_as_in_a_terminal():
-        bench = subprocess.Popen(
-            [
-                sys.executable,
-                str(BENCH),
-                "--driver",
-                "local",
-                "--nodes",
-                "3",
-                "--hold",
-                "600",
-                "--directory",
-                str(directory),
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
+    bench = subprocess.Popen(
+        [
+            sys.executable,
+            str(BENCH),
+            "--driver",
+            "local",
+            "--nodes",
+            "3",
+            "--hold",
+            "600",
+            "--directory",
+            str(directory),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        # Started in the background by a shell, it inherits SIGINT ignored
+        preexec_fn=ignore_sigint if inherited_sigint == "ignored" else default_sigint,
+    )
     try:
         # Given the bench's local pool is up
         wait_for(lambda: len(supervisords(directory)) == 3, 90, "three agents up")

@@ -29,7 +29,7 @@ def test_every_error_of_the_package_derives_from_one_base() -> None:
         for name in eeagent.errors.__all__
         if isinstance(getattr(eeagent.errors, name), type)
     ]
-    assert len(classes) == 8
+    assert len(classes) == 9
     assert all(issubclass(cls, EEAgentError) for cls in classes)
     assert issubclass(EEAgentError, DispatcherError)
 
