@@ -22,10 +22,12 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dispatcher.model import Definition, Process
+from dispatcher.selectors import ProcessFilter, parse_selector
 from dispatcher.store.base import Store
 from dispatcher.store.memory import MemoryStore
 from dispatcher.store.schema import processes
@@ -84,21 +86,40 @@ def concurrent_schedule(store: Store, threads: int, per_thread: int) -> None:
     )
 
 
+#: Bulk-filled processes fall in this many groups, each with a ``shard`` label of
+#: four values: the filtered listings select a tenth and a quarter of them.
+GROUPS = 10
+
+
+def bulk_process(i: int) -> Process:
+    process = make_process(f"bulk-{i}")
+    process.group = f"g{i % GROUPS}"
+    process.labels = {"shard": str(i % 4)}
+    return process
+
+
 def bulk_fill(store: Store, count: int) -> None:
     if isinstance(store, SqlStore):
-        template = {c.name: None for c in processes.columns if c.name != "id"}
+        columns = [c.name for c in processes.columns if c.name != "id"]
         rows = []
         for i in range(count):
-            p = make_process(f"bulk-{i}")
-            row = dict(template)
-            row.update({k: getattr(p, k) for k in template})
+            p = bulk_process(i)
+            row = {k: getattr(p, k, None) for k in columns}
+            row["group_name"] = p.group
             row["version"] = 1
             rows.append(row)
         with store._engine.begin() as conn:
             conn.execute(processes.insert(), rows)
     else:
         for i in range(count):
-            store.add_process(make_process(f"bulk-{i}"))
+            store.add_process(bulk_process(i))
+
+
+def timed_listing(label: str, listing: Callable[[], list[Any]]) -> None:
+    began = time.perf_counter()
+    listed = listing()
+    elapsed = time.perf_counter() - began
+    print(f"  {label + f' ({len(listed):,})':<36} {elapsed:>8.3f} s")
 
 
 def bench(name: str, store: Store, n: int, list_size: int) -> None:
@@ -127,6 +148,12 @@ def bench(name: str, store: Store, n: int, list_size: int) -> None:
     listed = store.list_processes(["500-RUNNING"])
     elapsed = time.perf_counter() - began
     print(f"  list_processes(RUNNING: {len(listed):,}) {elapsed:>8.3f} s")
+    del listed
+    timed_listing("process dicts, no filter", store.list_process_dicts)
+    by_group = ProcessFilter(group="g3")
+    timed_listing("process dicts, group=g3", lambda: store.list_process_dicts(by_group))
+    by_label = ProcessFilter(labels=parse_selector("shard=1"))
+    timed_listing("process dicts, shard=1", lambda: store.list_process_dicts(by_label))
     store.close()
 
 
